@@ -1,0 +1,298 @@
+//! Binding: turning a path into a tree of bound names (endpoint sets) by
+//! rewriting it with a dtab and asking a [`Namer`] about the paths no
+//! dentry matches — Finagle's `Namer.bind` with `DefaultInterpreter`'s
+//! lookup order.
+//!
+//! Rules, as Finagle's:
+//! - every path is looked up in the dtab first (`/#/…` and `/$/…` too); only
+//!   a path no dentry matches goes to the namer;
+//! - the matches of one lookup are alternatives, last dentry first: the
+//!   first that binds to anything but `~` wins (`$` and bound names alike),
+//!   and `!` stops the search;
+//! - a union binds every branch and keeps those that are not `~` or `!`;
+//!   it fails only if no branch succeeded and one failed;
+//! - each lookup is one level; more than [`MAX_DEPTH`] levels is an error.
+//!
+//! Binding here is a function of a snapshot (the dtab and what the namer
+//! knows now); callers re-bind when either changes, rather than holding a
+//! live `Activity` as Finagle does.
+
+use crate::Dtab;
+use crate::{Label, NameTree, Path, Weighted};
+
+/// Finagle's `namerMaxDepth` default: how many rewrite levels one binding may take.
+pub const MAX_DEPTH: usize = 100;
+
+/// How many tree nodes may be open at once while binding; it bounds the
+/// stack when each of [`MAX_DEPTH`] levels also nests (never in a real dtab).
+pub const MAX_OPEN_NODES: usize = 2_000;
+
+/// A name a namer hands back: a path to bind further, or a bound one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Name<B> {
+    Path(Path),
+    Bound(B),
+}
+
+/// A namer's failure to answer for a path (Finagle: a failed `Activity`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct NamerError {
+    pub message: String,
+}
+
+impl NamerError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a path could not be bound.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    /// Finagle's `NamerExceededMaxDepthException`.
+    #[error("Max recursion level: {limit} reached in Namer lookup (at {path})")]
+    MaxDepth { limit: usize, path: Path },
+    /// Rewrites nested more tree nodes than [`MAX_OPEN_NODES`].
+    #[error("name tree nested deeper than {limit} nodes while binding {path}")]
+    TooDeep { limit: usize, path: Path },
+    /// A namer failed.
+    #[error("namer failed for {path}: {source}")]
+    Namer { path: Path, source: NamerError },
+}
+
+/// Resolves the paths the dtab does not rewrite (service discovery, `/$/…`).
+pub trait Namer {
+    /// What a bound leaf is: an endpoint set, a client id, …
+    type Bound: Clone;
+
+    /// The tree `path` names, `~` if this namer does not know it.
+    fn lookup(&self, path: &Path) -> Result<NameTree<Name<Self::Bound>>, NamerError>;
+}
+
+/// Binds `path` with `dtab` and `namer`. The result has no `Alt` nodes and
+/// is simplified: a leaf, a union of bound trees, `~`, `!` or `$`.
+pub fn bind<N: Namer + ?Sized>(
+    dtab: &Dtab,
+    path: &Path,
+    namer: &N,
+) -> Result<NameTree<N::Bound>, BindError> {
+    Binder {
+        dtab,
+        namer,
+        open_nodes: 0,
+    }
+    .bind_path(path, 0)
+}
+
+struct Binder<'a, N: ?Sized> {
+    dtab: &'a Dtab,
+    namer: &'a N,
+    open_nodes: usize,
+}
+
+/// How a leaf of the tree being bound turns into a name.
+trait LeafName<B> {
+    fn name(&self, residual: &[Label]) -> Name<B>;
+}
+
+impl<B> LeafName<B> for Path {
+    #[inline]
+    fn name(&self, residual: &[Label]) -> Name<B> {
+        Name::Path(self.join(residual))
+    }
+}
+
+impl<B: Clone> LeafName<B> for Name<B> {
+    #[inline]
+    fn name(&self, _: &[Label]) -> Name<B> {
+        self.clone()
+    }
+}
+
+impl<N: Namer + ?Sized> Binder<'_, N> {
+    fn bind_path(&mut self, path: &Path, depth: usize) -> Result<NameTree<N::Bound>, BindError> {
+        if depth > MAX_DEPTH {
+            return Err(BindError::MaxDepth {
+                limit: MAX_DEPTH,
+                path: path.clone(),
+            });
+        }
+        // The lookup's Alt over matching dentries, walked lazily: no tree is
+        // built for alternatives that are never reached.
+        let mut matched = false;
+        for (dentry, residual) in self.dtab.matching(path) {
+            matched = true;
+            match self.bind_tree(&dentry.dst, residual, depth + 1, path)? {
+                NameTree::Neg => {}
+                decided => return Ok(decided),
+            }
+        }
+        if matched {
+            return Ok(NameTree::Neg);
+        }
+        let named = self.namer.lookup(path).map_err(|source| BindError::Namer {
+            path: path.clone(),
+            source,
+        })?;
+        self.bind_tree(&named, &[], depth + 1, path)
+    }
+
+    fn bind_tree<L: LeafName<N::Bound>>(
+        &mut self,
+        tree: &NameTree<L>,
+        residual: &[Label],
+        depth: usize,
+        from: &Path,
+    ) -> Result<NameTree<N::Bound>, BindError> {
+        if depth > MAX_DEPTH {
+            return Err(BindError::MaxDepth {
+                limit: MAX_DEPTH,
+                path: from.clone(),
+            });
+        }
+        if self.open_nodes >= MAX_OPEN_NODES {
+            return Err(BindError::TooDeep {
+                limit: MAX_OPEN_NODES,
+                path: from.clone(),
+            });
+        }
+        self.open_nodes += 1;
+        let bound = self.bind_node(tree, residual, depth, from);
+        self.open_nodes -= 1;
+        bound
+    }
+
+    fn bind_node<L: LeafName<N::Bound>>(
+        &mut self,
+        tree: &NameTree<L>,
+        residual: &[Label],
+        depth: usize,
+        from: &Path,
+    ) -> Result<NameTree<N::Bound>, BindError> {
+        match tree {
+            NameTree::Neg => Ok(NameTree::Neg),
+            NameTree::Fail => Ok(NameTree::Fail),
+            NameTree::Empty => Ok(NameTree::Empty),
+            NameTree::Leaf(leaf) => match leaf.name(residual) {
+                Name::Path(path) => self.bind_path(&path, depth),
+                Name::Bound(bound) => Ok(NameTree::Leaf(bound)),
+            },
+            NameTree::Alt(trees) => {
+                for tree in trees {
+                    match self.bind_tree(tree, residual, depth, from)? {
+                        NameTree::Neg => {}
+                        decided => return Ok(decided),
+                    }
+                }
+                Ok(NameTree::Neg)
+            }
+            NameTree::Union(branches) => {
+                let mut oks = Vec::with_capacity(branches.len());
+                let mut first_error = None;
+                for branch in branches {
+                    match self.bind_tree(&branch.tree, residual, depth, from) {
+                        Ok(tree) => oks.push(Weighted::new(branch.weight, tree)),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                match first_error {
+                    Some(e) if oks.is_empty() => Err(e),
+                    _ => Ok(NameTree::Union(oks).simplify()),
+                }
+            }
+        }
+    }
+}
+
+/// A namer that knows nothing: every path the dtab does not rewrite is `~`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoNamer;
+
+impl Namer for NoNamer {
+    type Bound = Path;
+    fn lookup(&self, _: &Path) -> Result<NameTree<Name<Path>>, NamerError> {
+        Ok(NameTree::Neg)
+    }
+}
+
+/// What `/$/inet/<host>/<port>` (or `/$/inet/<port>`, meaning localhost)
+/// names. Resolving the host is the caller's business: this crate does no I/O.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InetName {
+    /// The bound id: the path up to and including the port.
+    pub id: Path,
+    /// Empty for localhost.
+    pub host: String,
+    pub port: u16,
+    /// `fixedinet`: resolve once and keep the answer.
+    pub fixed: bool,
+    /// The elements after the port.
+    pub residual: Path,
+}
+
+/// Finagle's global namer for `/$/…` paths: `/$/inet` and `/$/fixedinet`
+/// bind to an [`InetName`], `/$/fail…` is `!`, `/$/nil…` is `$`; any other
+/// `/$/<kind>` fails as an unknown namer, and paths outside `/$` are `~`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GlobalNamer;
+
+impl Namer for GlobalNamer {
+    type Bound = InetName;
+
+    fn lookup(&self, path: &Path) -> Result<NameTree<Name<InetName>>, NamerError> {
+        let elems = path.elems();
+        let Some((first, rest)) = elems.split_first() else {
+            return Ok(NameTree::Neg);
+        };
+        if first.as_bytes() != b"$" {
+            return Ok(NameTree::Neg);
+        }
+        let Some((kind, args)) = rest.split_first() else {
+            return Ok(NameTree::Neg);
+        };
+        match kind.as_bytes() {
+            b"fail" => Ok(NameTree::Fail),
+            b"nil" => Ok(NameTree::Empty),
+            scheme @ (b"inet" | b"fixedinet") => {
+                let fixed = scheme == b"fixedinet";
+                let port_of = |l: &Label| {
+                    std::str::from_utf8(l.as_bytes())
+                        .ok()
+                        .and_then(|s| s.parse::<u16>().ok())
+                };
+                let (host, port, used) = match args {
+                    [host, port, ..] if port_of(port).is_some() => (
+                        String::from_utf8_lossy(host.as_bytes()).into_owned(),
+                        port_of(port),
+                        2,
+                    ),
+                    [port, ..] if port_of(port).is_some() => (String::new(), port_of(port), 1),
+                    _ => (String::new(), None, 0),
+                };
+                let Some(port) = port else {
+                    return Err(NamerError::new(format!(
+                        "Unknown namer: {} for path: {path}",
+                        String::from_utf8_lossy(kind.as_bytes())
+                    )));
+                };
+                let id_len = 2 + used;
+                Ok(NameTree::Leaf(Name::Bound(InetName {
+                    id: path.take(id_len),
+                    host,
+                    port,
+                    fixed,
+                    residual: path.skip(id_len),
+                })))
+            }
+            other => Err(NamerError::new(format!(
+                "Unknown namer: {} for path: {path}",
+                String::from_utf8_lossy(other)
+            ))),
+        }
+    }
+}

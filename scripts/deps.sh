@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the tests need, from the lists in deps/: Debian packages
+# (deps/apt.txt) and Python packages into a venv (deps/python.txt).
+# Idempotent: installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages() { grep -v '^\s*#' "$1" | grep -v '^\s*$' || true; }
+
+mapfile -t apt < <(packages deps/apt.txt)
+missing=()
+for p in "${apt[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing Debian packages: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+mapfile -t py < <(packages deps/python.txt)
+if [ ${#py[@]} -gt 0 ]; then
+  venv="${ECSMESH_VENV:-$HOME/.cache/ecsmesh/venv}"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -r deps/python.txt; then
+    echo "deps: pip install failed" >&2
+    exit 1
+  fi
+fi
+echo "deps: ok"
