@@ -81,14 +81,21 @@ impl TryFrom<&str> for Label {
 
 /// A hierarchical name: `/svc/world` has the elements `svc` and `world`.
 /// The empty path shows as `/`. Cloning is a reference-count increment.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[must_use]
 pub struct Path(Arc<[Label]>);
 
+impl Default for Path {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 impl Path {
-    /// The empty path, `/`.
+    /// The empty path, `/`. Shared: no allocation.
     pub fn empty() -> Self {
-        Self::default()
+        static EMPTY: std::sync::LazyLock<Path> = std::sync::LazyLock::new(|| Path(Arc::from([])));
+        EMPTY.clone()
     }
 
     /// A path of the given elements.
@@ -149,8 +156,10 @@ impl Path {
     pub fn skip(&self, n: usize) -> Path {
         if n == 0 {
             self.clone()
+        } else if n >= self.len() {
+            Self::empty()
         } else {
-            Self(Arc::from(self.0.get(n..).unwrap_or_default()))
+            Self(Arc::from(&self.0[n..]))
         }
     }
 
@@ -193,6 +202,15 @@ impl fmt::Display for Path {
 impl fmt::Debug for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Path({self})")
+    }
+}
+
+// Lets maps keyed by `Path` be searched with a slice of elements (a path's
+// first few elements, say) without building a new path: `Path` hashes and
+// compares exactly as its element slice does.
+impl std::borrow::Borrow<[Label]> for Path {
+    fn borrow(&self) -> &[Label] {
+        &self.0
     }
 }
 

@@ -1,0 +1,133 @@
+//! Which agents are connected, and which version each holds: the
+//! controller's view of convergence (`/agents`, `ecsmeshctl status`,
+//! the lag metrics).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use ecsmesh_proto::v1 as pb;
+use serde::Serialize;
+
+/// One agent stream's state.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentStatus {
+    pub instance_id: String,
+    pub host_ip: String,
+    pub availability_zone: String,
+    pub namespace: String,
+    pub agent_version: String,
+    pub cluster: String,
+    /// The last version sent to it.
+    pub sent_version: u64,
+    /// The last version it ACKed (0 before the first).
+    pub acked_version: u64,
+    /// Seconds since the Unix epoch of the last ACK.
+    pub last_ack_unix: Option<f64>,
+    /// The last NACK's error, cleared by the next ACK.
+    pub last_nack: Option<String>,
+    pub connected_unix: f64,
+}
+
+/// The registry of connected agents, keyed by stream.
+#[derive(Debug, Default)]
+pub struct Agents {
+    next_id: Mutex<u64>,
+    streams: Mutex<BTreeMap<u64, AgentStatus>>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Agents {
+    fn streams(&self) -> MutexGuard<'_, BTreeMap<u64, AgentStatus>> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a new stream; the handle forgets it when dropped.
+    pub fn register(self: &Arc<Self>, hello: &pb::Hello) -> AgentHandle {
+        let id = {
+            let mut next = self.next_id.lock().unwrap_or_else(PoisonError::into_inner);
+            *next += 1;
+            *next
+        };
+        let namespace = if hello.namespace.is_empty() {
+            "default".to_owned()
+        } else {
+            hello.namespace.clone()
+        };
+        self.streams().insert(
+            id,
+            AgentStatus {
+                instance_id: hello.instance_id.clone(),
+                host_ip: hello.host_ip.clone(),
+                availability_zone: hello.availability_zone.clone(),
+                namespace,
+                agent_version: hello.agent_version.clone(),
+                cluster: hello.cluster.clone(),
+                sent_version: 0,
+                acked_version: 0,
+                last_ack_unix: None,
+                last_nack: None,
+                connected_unix: unix_now(),
+            },
+        );
+        AgentHandle {
+            id,
+            agents: Arc::clone(self),
+        }
+    }
+
+    /// Every connected agent, in connection order.
+    pub fn list(&self) -> Vec<AgentStatus> {
+        self.streams().values().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.streams().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.streams().is_empty()
+    }
+}
+
+/// A connected agent's entry; removed when the stream ends.
+#[derive(Debug)]
+pub struct AgentHandle {
+    id: u64,
+    agents: Arc<Agents>,
+}
+
+impl AgentHandle {
+    fn update(&self, f: impl FnOnce(&mut AgentStatus)) {
+        if let Some(a) = self.agents.streams().get_mut(&self.id) {
+            f(a);
+        }
+    }
+
+    pub fn sent(&self, version: u64) {
+        self.update(|a| a.sent_version = version);
+    }
+
+    pub fn acked(&self, version: u64) {
+        self.update(|a| {
+            a.acked_version = a.acked_version.max(version);
+            a.last_ack_unix = Some(unix_now());
+            a.last_nack = None;
+        });
+    }
+
+    pub fn nacked(&self, version: u64, error: &str) {
+        self.update(|a| a.last_nack = Some(format!("version {version}: {error}")));
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        self.agents.streams().remove(&self.id);
+    }
+}

@@ -1,0 +1,306 @@
+//! `DtabAdmin`: namerd's dtab API over gRPC. Writes are validated (a
+//! malformed dtab is `INVALID_ARGUMENT` with the parser's offset, and
+//! nothing is stored) and compare-and-set (`FAILED_PRECONDITION` on a
+//! version mismatch). When a token is configured, writes need
+//! `authorization: Bearer <token>`; reads are open.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ecsmesh_dtab::{self as dtab, Dtab, NameTree, Path, json};
+use ecsmesh_proto::v1 as pb;
+use ecsmesh_state::{Bound, MeshNamer, MeshState};
+use futures_util::{Stream, StreamExt as _};
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+
+use crate::publish::Publisher;
+use crate::reconcile::BaseDtabs;
+use crate::store::{DtabStore, StoreError, StoredDtab};
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    pub store: Arc<DtabStore>,
+    pub base: BaseDtabs,
+    pub publisher: Arc<Publisher>,
+    /// Writes need this bearer token when set.
+    pub write_token: Option<Arc<str>>,
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as map_err(status_of)
+fn status_of(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(_) => Status::not_found(e.to_string()),
+        StoreError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        StoreError::VersionMismatch { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::InvalidNamespace(_) => Status::invalid_argument(e.to_string()),
+        StoreError::Io { .. } | StoreError::Corrupt { .. } => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Opaque versions on the wire: the decimal text of the store's version.
+fn encode_version(v: u64) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+fn decode_version(bytes: &[u8]) -> Result<u64, Status> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            Status::invalid_argument("malformed version: pass back the version GetDtab returned")
+        })
+}
+
+fn parse_dtab(text: &str) -> Result<Dtab, Status> {
+    Dtab::read(text).map_err(|e| Status::invalid_argument(format!("invalid dtab: {e}")))
+}
+
+fn parse_path(text: &str) -> Result<Path, Status> {
+    Path::read(text).map_err(|e| Status::invalid_argument(format!("invalid path: {e}")))
+}
+
+impl AdminService {
+    fn authorize_write<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.write_token else {
+            return Ok(());
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::permission_denied("invalid bearer token")),
+            None => Err(Status::unauthenticated(
+                "writes need 'authorization: Bearer <token>'",
+            )),
+        }
+    }
+
+    fn versioned(&self, namespace: &str, stored: Option<&StoredDtab>) -> pb::VersionedDtab {
+        pb::VersionedDtab {
+            namespace: namespace.to_owned(),
+            dtab: stored.map(|s| s.dtab.to_string()).unwrap_or_default(),
+            version: stored
+                .map(|s| encode_version(s.version))
+                .unwrap_or_default(),
+            effective_dtab: self
+                .base
+                .effective(namespace, stored.map(|s| &*s.dtab))
+                .to_string(),
+            exists: stored.is_some(),
+        }
+    }
+
+    /// The namespace's effective dtab plus an optional extra one.
+    fn routing_dtab(&self, namespace: &str, extra: &str) -> Result<Dtab, Status> {
+        let namespaces = self.store.namespaces();
+        let stored = namespaces.get(namespace);
+        if stored.is_none() && !self.base.0.contains_key(namespace) {
+            return Err(Status::not_found(format!(
+                "namespace {namespace:?} does not exist"
+            )));
+        }
+        let dtab = self.base.effective(namespace, stored.map(|s| &*s.dtab));
+        Ok(if extra.trim().is_empty() {
+            dtab
+        } else {
+            dtab.concat(&parse_dtab(extra)?)
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::VersionedDtab, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::dtab_admin_server::DtabAdmin for AdminService {
+    async fn list_namespaces(
+        &self,
+        _: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let stored = self.store.namespaces();
+        let mut namespaces: Vec<String> =
+            self.base.0.keys().chain(stored.keys()).cloned().collect();
+        namespaces.sort();
+        namespaces.dedup();
+        Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn get_dtab(
+        &self,
+        request: Request<pb::GetDtabRequest>,
+    ) -> Result<Response<pb::VersionedDtab>, Status> {
+        let ns = &request.get_ref().namespace;
+        let stored = self.store.namespaces();
+        match stored.get(ns) {
+            Some(s) => Ok(Response::new(self.versioned(ns, Some(s)))),
+            None => Err(Status::not_found(format!(
+                "namespace {ns:?} has no stored dtab"
+            ))),
+        }
+    }
+
+    async fn create_dtab(
+        &self,
+        request: Request<pb::CreateDtabRequest>,
+    ) -> Result<Response<pb::VersionedDtab>, Status> {
+        self.authorize_write(&request)?;
+        let req = request.into_inner();
+        let dtab = parse_dtab(&req.dtab)?;
+        let stored = self
+            .store
+            .create(&req.namespace, dtab)
+            .await
+            .map_err(status_of)?;
+        tracing::info!(namespace = %req.namespace, version = stored.version, "dtab created");
+        Ok(Response::new(self.versioned(&req.namespace, Some(&stored))))
+    }
+
+    async fn update_dtab(
+        &self,
+        request: Request<pb::UpdateDtabRequest>,
+    ) -> Result<Response<pb::VersionedDtab>, Status> {
+        self.authorize_write(&request)?;
+        let req = request.into_inner();
+        let dtab = parse_dtab(&req.dtab)?;
+        let expected = decode_version(&req.expected_version)?;
+        let stored = self
+            .store
+            .update(&req.namespace, dtab, expected)
+            .await
+            .map_err(status_of)?;
+        tracing::info!(namespace = %req.namespace, version = stored.version, "dtab updated");
+        Ok(Response::new(self.versioned(&req.namespace, Some(&stored))))
+    }
+
+    async fn delete_dtab(
+        &self,
+        request: Request<pb::DeleteDtabRequest>,
+    ) -> Result<Response<pb::DeleteDtabResponse>, Status> {
+        self.authorize_write(&request)?;
+        let req = request.into_inner();
+        let expected = if req.expected_version.is_empty() {
+            None
+        } else {
+            Some(decode_version(&req.expected_version)?)
+        };
+        self.store
+            .delete(&req.namespace, expected)
+            .await
+            .map_err(status_of)?;
+        tracing::info!(namespace = %req.namespace, "dtab deleted");
+        Ok(Response::new(pb::DeleteDtabResponse {}))
+    }
+
+    type WatchDtabStream = WatchStream;
+
+    async fn watch_dtab(
+        &self,
+        request: Request<pb::WatchDtabRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let ns = request.into_inner().namespace;
+        let this = self.clone();
+        let updates = tokio_stream::wrappers::WatchStream::new(self.store.subscribe());
+        let mut last: Option<Option<StoredDtab>> = None;
+        let stream = updates.filter_map(move |all| {
+            let entry = all.get(&ns).cloned();
+            // Only this namespace's changes (and the first state) are sent.
+            let msg =
+                (last.as_ref() != Some(&entry)).then(|| Ok(this.versioned(&ns, entry.as_ref())));
+            last = Some(entry);
+            std::future::ready(msg)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn delegate(
+        &self,
+        request: Request<pb::DelegateRequest>,
+    ) -> Result<Response<pb::DelegateResponse>, Status> {
+        let req = request.into_inner();
+        let dtab = self.routing_dtab(&req.namespace, &req.extra_dtab)?;
+        let path = parse_path(&req.path)?;
+        let tree =
+            dtab::delegate(&dtab, &path).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let state = self.publisher.current().state.clone();
+        let mut tree_json = json::delegation(&tree);
+        add_endpoints(&mut tree_json, MeshNamer::new(&state));
+        Ok(Response::new(pb::DelegateResponse {
+            tree_json: tree_json.to_string(),
+            result: tree.result().to_string(),
+        }))
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let req = request.into_inner();
+        let dtab = self.routing_dtab(&req.namespace, &req.extra_dtab)?;
+        let path = parse_path(&req.path)?;
+        let state: Arc<MeshState> = self.publisher.current().state.clone();
+        let bound = dtab::bind(&dtab, &path, &MeshNamer::new(&state))
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let mut endpoints = Vec::new();
+        for leaf in bound.leaves() {
+            if let Bound::Set {
+                id, endpoints: set, ..
+            } = leaf
+            {
+                endpoints.extend(set.iter().map(|e| pb::ResolvedEndpoint {
+                    set: id.to_string(),
+                    endpoint: Some(pb::Endpoint {
+                        addr: Some(pb::SocketAddr {
+                            ip: e.addr.ip().to_string(),
+                            port: u32::from(e.addr.port()),
+                        }),
+                        meta: e.meta.clone().into_iter().collect(),
+                        weight: e.weight,
+                    }),
+                }));
+            }
+        }
+        let shown: NameTree<Path> = bound.map(&mut |b: Bound| b.id().clone());
+        Ok(Response::new(pb::ResolveResponse {
+            bound: shown.to_string(),
+            endpoints,
+        }))
+    }
+}
+
+/// Adds `"endpoints": [...]` to every leaf of a delegator JSON tree whose
+/// path is a concrete name the controller knows.
+fn add_endpoints(node: &mut Value, namer: MeshNamer<'_>) {
+    let is_leaf = node.get("type").and_then(Value::as_str) == Some("leaf");
+    if is_leaf {
+        let set = node
+            .get("path")
+            .and_then(Value::as_str)
+            .and_then(|p| Path::read(p).ok())
+            .and_then(|p| namer.set(&p).map(|(_, set)| Arc::clone(set)));
+        if let Some(set) = set {
+            node["endpoints"] = set
+                .iter()
+                .map(|e| serde_json::json!({ "ip": e.addr.ip().to_string(), "port": e.addr.port(), "meta": e.meta }))
+                .collect();
+        }
+        return;
+    }
+    for key in ["delegate", "alt", "union", "tree"] {
+        match node.get_mut(key) {
+            Some(Value::Array(children)) => {
+                for child in children {
+                    add_endpoints(child, namer);
+                }
+            }
+            Some(child @ Value::Object(_)) => add_endpoints(child, namer),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! # ecsmesh-controller
+//!
+//! The control plane, shaped like a kube-runtime operator:
+//! - **sources** ([`sources`]) observe ECS and Consul and report whole views
+//!   of the endpoint sets they see;
+//! - the **store** ([`store`]) keeps the dtab overrides operators write;
+//! - the **reconciler** ([`reconcile`]) computes the desired mesh state from
+//!   both plus the configured base dtabs, and hands it to the
+//!   **publisher** ([`publish`]), which versions it;
+//! - the **servers** ([`grpc`], [`http`]) stream it to every agent (a
+//!   snapshot, then deltas, with ACKs) and serve the dtab admin API, the
+//!   metrics and the agents' convergence.
+
+pub mod agents;
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod publish;
+pub mod reconcile;
+pub mod sources;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ecsmesh_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::agents::Agents;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+use crate::sources::Observed;
+use crate::store::{DtabStore, file::FileStore};
+
+/// A started controller: its bound addresses and its shared parts.
+#[derive(Debug)]
+pub struct Controller {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub publisher: Arc<Publisher>,
+    pub observed: Arc<Observed>,
+    pub store: Arc<DtabStore>,
+    pub agents: Arc<Agents>,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Controller {
+    /// Binds the listeners and starts every task. `extra_sources` names
+    /// sources the caller feeds through [`Controller::observed`] (tests,
+    /// static endpoint files) that must report before the first publish.
+    pub async fn start(config: Config, extra_sources: &[&str]) -> anyhow::Result<Self> {
+        let store = Arc::new(DtabStore::File(
+            FileStore::open(&config.store_dir).context("opening the dtab store")?,
+        ));
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Arc::new(Publisher::new());
+        let agents = Arc::new(Agents::default());
+        let expected = extra_sources.iter().map(|s| (*s).to_owned());
+        let observed = Arc::new(Observed::new(expected));
+
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+        let admin_listener = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn({
+            let (base, observed, stored) = (
+                config.base_dtabs.clone(),
+                observed.subscribe(),
+                store.subscribe(),
+            );
+            let (publisher, metrics) = (Arc::clone(&publisher), Arc::clone(&metrics));
+            async move {
+                reconcile::run(base, observed, stored, publisher, metrics).await;
+                Ok(())
+            }
+        });
+        tasks.spawn(serve_grpc(
+            grpc_listener,
+            grpc::mesh::MeshService {
+                publisher: Arc::clone(&publisher),
+                agents: Arc::clone(&agents),
+                metrics: Arc::clone(&metrics),
+            },
+            grpc::admin::AdminService {
+                store: Arc::clone(&store),
+                base: config.base_dtabs.clone(),
+                publisher: Arc::clone(&publisher),
+                write_token: config.admin_token.clone(),
+            },
+        ));
+        let admin = http::router(http::AdminState {
+            publisher: Arc::clone(&publisher),
+            agents: Arc::clone(&agents),
+            metrics: Arc::clone(&metrics),
+        });
+        tasks.spawn(async move {
+            axum::serve(admin_listener, admin)
+                .await
+                .context("admin HTTP server")
+        });
+        tracing::info!(%grpc_addr, %admin_addr, "controller started");
+        Ok(Self {
+            grpc_addr,
+            admin_addr,
+            publisher,
+            observed,
+            store,
+            agents,
+            tasks,
+        })
+    }
+
+    /// Runs until a task fails (or all end).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while let Some(done) = self.tasks.join_next().await {
+            done.context("controller task panicked")??;
+        }
+        Ok(())
+    }
+
+    /// Stops every task (the listeners close).
+    pub fn shutdown(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    mesh: grpc::mesh::MeshService,
+    admin: grpc::admin::AdminService,
+) -> anyhow::Result<()> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::mesh_server::MeshServer<grpc::mesh::MeshService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::dtab_admin_server::DtabAdminServer<grpc::admin::AdminService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ecsmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+    tonic::transport::Server::builder()
+        // Dead agents are noticed without waiting for TCP timeouts.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(pb::mesh_server::MeshServer::new(mesh))
+        .add_service(pb::dtab_admin_server::DtabAdminServer::new(admin))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await
+        .context("gRPC server")
+}

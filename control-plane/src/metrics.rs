@@ -1,0 +1,143 @@
+//! The controller's Prometheus metrics, served at the admin `/metrics`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// An external API call: which API (`ecs`, `ec2`, `consul`) and operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCall {
+    pub api: &'static str,
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabel {
+    pub instance_id: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    reconcile_seconds: Histogram,
+    snapshot_version: Gauge,
+    api_calls: Family<ApiCall, Counter>,
+    api_errors: Family<ApiCall, Counter>,
+    agents_connected: Gauge,
+    agent_lag: Family<AgentLabel, Gauge>,
+    push_latency_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Self {
+            registry: Mutex::new(Registry::with_prefix("ecsmesh_controller")),
+            // 100 µs to ~13 s.
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            snapshot_version: Gauge::default(),
+            api_calls: Family::default(),
+            api_errors: Family::default(),
+            agents_connected: Gauge::default(),
+            agent_lag: Family::default(),
+            // 100 µs to ~26 s.
+            push_latency_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 19)),
+        };
+        {
+            let mut r = m.registry();
+            r.register_with_unit(
+                "reconcile_duration",
+                "Time to compute the desired mesh state",
+                Unit::Seconds,
+                m.reconcile_seconds.clone(),
+            );
+            r.register(
+                "snapshot_version",
+                "Version of the published mesh state",
+                m.snapshot_version.clone(),
+            );
+            r.register(
+                "api_calls",
+                "Calls to ECS, EC2 and Consul, by operation",
+                m.api_calls.clone(),
+            );
+            r.register(
+                "api_errors",
+                "Failed calls to ECS, EC2 and Consul, by operation",
+                m.api_errors.clone(),
+            );
+            r.register(
+                "agents_connected",
+                "Agents with an open stream",
+                m.agents_connected.clone(),
+            );
+            r.register(
+                "agent_lag_versions",
+                "Versions between the published state and the agent's last ACK",
+                m.agent_lag.clone(),
+            );
+            r.register_with_unit(
+                "push_latency",
+                "Time from publishing a version to an agent's ACK of it",
+                Unit::Seconds,
+                m.push_latency_seconds.clone(),
+            );
+        }
+        m
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn observe_reconcile(&self, took: Duration, version: u64) {
+        self.reconcile_seconds.observe(took.as_secs_f64());
+        self.snapshot_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    pub fn api_call(&self, api: &'static str, operation: &'static str, ok: bool) {
+        let labels = ApiCall { api, operation };
+        self.api_calls.get_or_create(&labels).inc();
+        if !ok {
+            self.api_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    pub fn observe_push(&self, latency: Duration) {
+        self.push_latency_seconds.observe(latency.as_secs_f64());
+    }
+
+    /// Refreshes the per-agent gauges (at scrape time, from the registry).
+    pub fn set_agents(&self, connected: usize, lags: impl IntoIterator<Item = (String, u64)>) {
+        self.agents_connected
+            .set(i64::try_from(connected).unwrap_or(i64::MAX));
+        self.agent_lag.clear();
+        for (instance_id, lag) in lags {
+            self.agent_lag
+                .get_or_create(&AgentLabel { instance_id })
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
+        out
+    }
+}
