@@ -5,6 +5,8 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ecsmesh/target
 export CARGO_TERM_COLOR ?= never
 CARGO ?= cargo
+VENV ?= $(HOME)/.cache/ecsmesh/venv
+export ECSMESH_VENV := $(VENV)
 FUZZ_SECONDS ?= 60
 
 .PHONY: all deps test lint fmt bench-dtab fuzz demo clean-venv
@@ -17,6 +19,7 @@ deps:
 
 ## test: everything the tests need, then the whole test suite.
 test: deps
+	$(VENV)/bin/python -m pytest tests/harness -q
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 

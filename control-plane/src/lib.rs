@@ -59,7 +59,10 @@ impl Controller {
         let metrics = Arc::new(Metrics::new());
         let publisher = Arc::new(Publisher::new());
         let agents = Arc::new(Agents::default());
-        let expected = extra_sources.iter().map(|s| (*s).to_owned());
+        let mut expected: Vec<String> = extra_sources.iter().map(|s| (*s).to_owned()).collect();
+        if let Some(ecs) = &config.ecs {
+            expected.extend(ecs.clusters.iter().map(|c| sources::ecs::source_id(c)));
+        }
         let observed = Arc::new(Observed::new(expected));
 
         let grpc_listener = TcpListener::bind(config.grpc_addr)
@@ -72,6 +75,13 @@ impl Controller {
         let admin_addr = admin_listener.local_addr()?;
 
         let mut tasks = JoinSet::new();
+        if let Some(ecs) = config.ecs.clone() {
+            let (observed, metrics) = (Arc::clone(&observed), Arc::clone(&metrics));
+            tasks.spawn(async move {
+                sources::ecs::run(ecs, observed, metrics).await;
+                Ok(())
+            });
+        }
         tasks.spawn({
             let (base, observed, stored) = (
                 config.base_dtabs.clone(),

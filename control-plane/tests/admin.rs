@@ -2,6 +2,8 @@
 //! persistence across restarts, watch, delegate and resolve — and that a
 //! stored override reaches the agents.
 
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
 mod common;
 
 use common::{SOURCE, TestAgent, channel, sets, start};

@@ -2,6 +2,8 @@
 //! them, and every one ACKs it. Prints the propagation percentiles (the
 //! test asserts delivery; the figures are for the record, not a benchmark).
 
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
 mod common;
 
 use std::time::{Duration, Instant};

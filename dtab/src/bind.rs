@@ -5,7 +5,8 @@
 //!
 //! Rules, as Finagle's:
 //! - every path is looked up in the dtab first (`/#/…` and `/$/…` too); only
-//!   a path no dentry matches goes to the namer;
+//!   a path the lookup answers `~` for goes to the namer: one no dentry
+//!   matches, or one whose only matching dentry is `prefix => ~`;
 //! - the matches of one lookup are alternatives, last dentry first: the
 //!   first that binds to anything but `~` wins (`$` and bound names alike),
 //!   and `!` stops the search;
@@ -23,9 +24,19 @@ use crate::{Label, NameTree, Path, Weighted};
 /// Finagle's `namerMaxDepth` default: how many rewrite levels one binding may take.
 pub const MAX_DEPTH: usize = 100;
 
-/// How many tree nodes may be open at once while binding; it bounds the
-/// stack when each of [`MAX_DEPTH`] levels also nests (never in a real dtab).
-pub const MAX_OPEN_NODES: usize = 2_000;
+/// How many tree nodes may be open at once while binding or delegating: it
+/// bounds the stack when each of [`MAX_DEPTH`] levels also nests (never in
+/// a real dtab). 400 keeps the deepest recursion under 1 MiB of stack in a
+/// release build (measured: ~2 KiB a node for `delegate`), so it fits
+/// Tokio's 2 MiB worker stacks; a plain chain of 100 rewrites needs ~100.
+pub const MAX_OPEN_NODES: usize = 400;
+
+/// How many paths one binding or delegation may look up in all. Finagle
+/// has no such limit; without one, a dtab whose every entry rewrites to two
+/// copies of the next (`/p0=>/p1|/p1;/p1=>/p2|/p2;…`) takes time and memory
+/// exponential in its length — a denial of service through an `l5d-dtab`
+/// header. Real bindings look up a handful of paths.
+pub const MAX_LOOKUPS: usize = 1_000;
 
 /// A name a namer hands back: a path to bind further, or a bound one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +69,9 @@ pub enum BindError {
     /// Rewrites nested more tree nodes than [`MAX_OPEN_NODES`].
     #[error("name tree nested deeper than {limit} nodes while binding {path}")]
     TooDeep { limit: usize, path: Path },
+    /// More than [`MAX_LOOKUPS`] paths were looked up.
+    #[error("binding {path} looked up more than {limit} paths")]
+    TooManyLookups { limit: usize, path: Path },
     /// A namer failed.
     #[error("namer failed for {path}: {source}")]
     Namer { path: Path, source: NamerError },
@@ -83,6 +97,7 @@ pub fn bind<N: Namer + ?Sized>(
         dtab,
         namer,
         open_nodes: 0,
+        lookups: 0,
     }
     .bind_path(path, 0)
 }
@@ -91,6 +106,7 @@ struct Binder<'a, N: ?Sized> {
     dtab: &'a Dtab,
     namer: &'a N,
     open_nodes: usize,
+    lookups: usize,
 }
 
 /// How a leaf of the tree being bound turns into a name.
@@ -120,17 +136,29 @@ impl<N: Namer + ?Sized> Binder<'_, N> {
                 path: path.clone(),
             });
         }
+        self.lookups += 1;
+        if self.lookups > MAX_LOOKUPS {
+            return Err(BindError::TooManyLookups {
+                limit: MAX_LOOKUPS,
+                path: path.clone(),
+            });
+        }
         // The lookup's Alt over matching dentries, walked lazily: no tree is
         // built for alternatives that are never reached.
-        let mut matched = false;
+        let mut matches = 0_usize;
+        let mut lone_neg = false;
         for (dentry, residual) in self.dtab.matching(path) {
-            matched = true;
+            matches += 1;
+            lone_neg = matches == 1 && matches!(dentry.dst, NameTree::Neg);
             match self.bind_tree(&dentry.dst, residual, depth + 1, path)? {
                 NameTree::Neg => {}
                 decided => return Ok(decided),
             }
         }
-        if matched {
+        // Finagle asks the namer whenever `dtab.lookup` is `~`: when no
+        // dentry matches, and also when the one that does has the tree `~`
+        // (several matches look up to an Alt, which is not `~`).
+        if matches > 0 && !lone_neg {
             return Ok(NameTree::Neg);
         }
         let named = self.namer.lookup(path).map_err(|source| BindError::Namer {

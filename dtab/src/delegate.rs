@@ -8,7 +8,7 @@
 
 use std::fmt::{self, Write as _};
 
-use crate::bind::{MAX_DEPTH, MAX_OPEN_NODES};
+use crate::bind::{MAX_DEPTH, MAX_LOOKUPS, MAX_OPEN_NODES};
 use crate::{Dentry, Dtab, Label, NameTree, Path, Weighted};
 
 /// Why a delegation stopped.
@@ -17,6 +17,9 @@ pub enum DelegateError {
     /// More than [`MAX_DEPTH`] rewrites in a row (a loop such as `/a=>/b;/b=>/a`).
     #[error("Max recursion level: {limit} reached in delegation (at {path})")]
     MaxDepth { limit: usize, path: Path },
+    /// More than [`MAX_LOOKUPS`] paths were looked up.
+    #[error("delegation looked up more than {limit} paths (at {path})")]
+    TooManyLookups { limit: usize, path: Path },
     /// The expansion holds more nested nodes than [`MAX_OPEN_NODES`].
     #[error("delegation tree nested deeper than {limit} nodes (at {path})")]
     TooDeep { limit: usize, path: Path },
@@ -55,6 +58,7 @@ pub fn delegate(dtab: &Dtab, path: &Path) -> Result<DelegateTree, DelegateError>
     Delegator {
         dtab,
         open_nodes: 0,
+        lookups: 0,
     }
     .path(path, None, 0)
 }
@@ -143,6 +147,7 @@ impl fmt::Display for DelegateTree {
 struct Delegator<'a> {
     dtab: &'a Dtab,
     open_nodes: usize,
+    lookups: usize,
 }
 
 impl Delegator<'_> {
@@ -171,6 +176,14 @@ impl Delegator<'_> {
         depth: usize,
     ) -> Result<DelegateTree, DelegateError> {
         self.enter(path, depth)?;
+        self.lookups += 1;
+        if self.lookups > MAX_LOOKUPS {
+            self.open_nodes -= 1;
+            return Err(DelegateError::TooManyLookups {
+                limit: MAX_LOOKUPS,
+                path: path.clone(),
+            });
+        }
         let step = self.path_node(path, depth);
         self.open_nodes -= 1;
         Ok(DelegateTree {

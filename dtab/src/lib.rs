@@ -25,8 +25,8 @@ mod path;
 mod tree;
 
 pub use bind::{
-    BindError, GlobalNamer, InetName, MAX_DEPTH, MAX_OPEN_NODES, Name, Namer, NamerError, NoNamer,
-    bind,
+    BindError, GlobalNamer, InetName, MAX_DEPTH, MAX_LOOKUPS, MAX_OPEN_NODES, Name, Namer,
+    NamerError, NoNamer, bind,
 };
 pub use delegate::{DelegateError, DelegateNode, DelegateTree, delegate};
 pub use dtab::{Dentry, Dtab, Prefix, PrefixElem};

@@ -211,6 +211,9 @@ impl<T> NameTree<T> {
                 }
                 Eval::Neg
             }
+            // A lone branch is evaluated as itself, so a lone `!` stays a
+            // failure (Finagle's `case Union(Weighted(_, tree)) => eval(tree)`).
+            Self::Union(trees) if trees.len() == 1 => trees[0].tree.eval_state(),
             Self::Union(trees) => {
                 let mut any = false;
                 let mut set = BTreeSet::new();

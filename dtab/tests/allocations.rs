@@ -2,6 +2,8 @@
 //! lookup allocate a fixed number of times per rewrite step, whatever the
 //! length of the path.
 
+use std::fmt::Write as _;
+
 use ecsmesh_dtab::{Dtab, Name, NameTree, Namer, NamerError, Path, bind};
 
 /// Binds `/#/ns/<svc>` (any residual) to the service name's length.
@@ -22,7 +24,7 @@ impl Namer for Endpoints {
 fn path_with_residual(elems: usize) -> Path {
     let mut s = String::from("/svc/hello");
     for i in 0..elems {
-        s.push_str(&format!("/part{i}"));
+        write!(s, "/part{i}").expect("writing to a String");
     }
     Path::read(&s).expect("valid path")
 }
@@ -30,7 +32,7 @@ fn path_with_residual(elems: usize) -> Path {
 fn dtab() -> Dtab {
     let mut text = String::new();
     for i in 0..18 {
-        text.push_str(&format!("/unrelated{i} => /#/ns/x{i};"));
+        write!(text, "/unrelated{i} => /#/ns/x{i};").expect("writing to a String");
     }
     text.push_str("/srv => /#/ns; /svc => /srv");
     Dtab::read(&text).expect("valid dtab")

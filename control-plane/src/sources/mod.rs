@@ -3,6 +3,8 @@
 //! kube-runtime's reflector swapping its store at the end of a relist), so
 //! the reconciler never sees half a resync.
 
+pub mod ecs;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! A controller on loopback ports with a test-fed endpoint source, and a
 //! minimal agent-stream client.
-#![allow(dead_code, clippy::missing_panics_doc)]
+#![allow(dead_code, clippy::missing_panics_doc, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

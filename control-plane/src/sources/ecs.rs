@@ -1,0 +1,521 @@
+//! The ECS source: every resync interval, per cluster, read the running
+//! tasks and turn them into endpoint sets `/#/ecs/<cluster>/<service>`.
+//!
+//! Calls per resync, never one per task: `ListTasks` (paged), `DescribeTasks`
+//! in batches of 100, `DescribeContainerInstances` in batches of 100 for
+//! instances not yet known, EC2 `DescribeInstances` for instance IPs not yet
+//! known, `DescribeTaskDefinition` once per task definition ever (they are
+//! immutable). An error never empties a set: the last good view stays until
+//! a resync succeeds, and throttling backs the loop off exponentially.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ec2 as ec2;
+use aws_sdk_ecs as ecs;
+use aws_sdk_ecs::error::ProvideErrorMetadata as _;
+use aws_sdk_ecs::types::{
+    ContainerDefinition, DesiredStatus, HealthStatus, NetworkMode, Task, TaskDefinition,
+};
+use ecsmesh_dtab::Path;
+use ecsmesh_state::{Endpoint, EndpointSet, names};
+
+use crate::config::EcsSettings;
+use crate::metrics::Metrics;
+use crate::sources::{Observed, SourceSets};
+
+/// The AWS limit on ARNs per DescribeTasks / DescribeContainerInstances call.
+const BATCH: usize = 100;
+/// The longest the loop backs off after repeated failures.
+const MAX_BACKOFF: Duration = Duration::from_mins(5);
+
+/// Endpoint metadata keys.
+pub mod meta {
+    pub const TASK_ARN: &str = "task_arn";
+    pub const CONTAINER: &str = "container";
+    pub const CONTAINER_INSTANCE: &str = "container_instance";
+    pub const INSTANCE_ID: &str = "instance_id";
+    pub const HOST_IP: &str = "host_ip";
+    pub const AVAILABILITY_ZONE: &str = "availability_zone";
+    pub const TASK_DEFINITION: &str = "task_definition";
+}
+
+/// A failed ECS or EC2 call.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation}: {message}")]
+pub struct EcsError {
+    pub operation: &'static str,
+    pub message: String,
+    /// The API asked us to slow down.
+    pub throttled: bool,
+}
+
+impl EcsError {
+    fn from_sdk<E, R>(operation: &'static str, e: &aws_sdk_ecs::error::SdkError<E, R>) -> Self
+    where
+        E: aws_sdk_ecs::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let code = e.code().unwrap_or_default();
+        Self {
+            operation,
+            message: aws_sdk_ecs::error::DisplayErrorContext(e).to_string(),
+            throttled: matches!(
+                code,
+                "ThrottlingException"
+                    | "Throttling"
+                    | "RequestLimitExceeded"
+                    | "TooManyRequestsException"
+            ),
+        }
+    }
+}
+
+/// Builds the SDK clients: region and credentials from the standard chain,
+/// with the configured overrides (an endpoint URL for emulators).
+pub async fn clients(settings: &EcsSettings) -> (ecs::Client, ec2::Client) {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(url) = &settings.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    let conf = loader.load().await;
+    (ecs::Client::new(&conf), ec2::Client::new(&conf))
+}
+
+/// Runs one resync loop per configured cluster; reports to `observed` as
+/// source `ecs:<cluster>`.
+pub async fn run(settings: EcsSettings, observed: Arc<Observed>, metrics: Arc<Metrics>) {
+    let (ecs, ec2) = clients(&settings).await;
+    let mut loops = tokio::task::JoinSet::new();
+    for cluster in &settings.clusters {
+        let mut source = EcsSource::new(
+            ecs.clone(),
+            ec2.clone(),
+            cluster.clone(),
+            Arc::clone(&metrics),
+        );
+        let (observed, interval) = (Arc::clone(&observed), settings.resync_interval);
+        loops.spawn(async move { source.run(&observed, interval).await });
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+/// Source id of a cluster's view in [`Observed`].
+pub fn source_id(cluster: &str) -> String {
+    format!("ecs:{cluster}")
+}
+
+/// Where a container instance runs.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub instance_id: String,
+    pub availability_zone: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+/// One cluster's watcher and its caches.
+#[derive(Debug)]
+pub struct EcsSource {
+    ecs: ecs::Client,
+    ec2: ec2::Client,
+    cluster: String,
+    metrics: Arc<Metrics>,
+    task_definitions: HashMap<String, Arc<TaskDefinition>>,
+    hosts: HashMap<String, Host>,
+    /// Each task's endpoints at the last resync: reused for a task that a
+    /// describe call reports as a failure, rather than dropping it.
+    last_by_task: HashMap<String, Vec<(Path, Endpoint)>>,
+}
+
+impl EcsSource {
+    pub fn new(ecs: ecs::Client, ec2: ec2::Client, cluster: String, metrics: Arc<Metrics>) -> Self {
+        Self {
+            ecs,
+            ec2,
+            cluster,
+            metrics,
+            task_definitions: HashMap::new(),
+            hosts: HashMap::new(),
+            last_by_task: HashMap::new(),
+        }
+    }
+
+    /// Resyncs forever: on success the view is replaced; on failure it is
+    /// kept and the next attempt backs off (exponentially, with jitter).
+    pub async fn run(&mut self, observed: &Observed, interval: Duration) {
+        let id = source_id(&self.cluster);
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.resync().await {
+                Ok(sets) => {
+                    failures = 0;
+                    tracing::debug!(cluster = %self.cluster, sets = sets.len(), "ECS resync");
+                    observed.replace(&id, sets);
+                    interval
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let backoff = backoff(interval, failures, e.throttled);
+                    tracing::warn!(cluster = %self.cluster, error = %e, retry_in = ?backoff,
+                        "ECS resync failed; keeping the last good endpoints");
+                    backoff
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn count(&self, api: &'static str, operation: &'static str, ok: bool) {
+        self.metrics.api_call(api, operation, ok);
+    }
+
+    /// One full read of the cluster.
+    pub async fn resync(&mut self) -> Result<SourceSets, EcsError> {
+        let arns = self.list_tasks().await?;
+        let mut tasks = Vec::with_capacity(arns.len());
+        let mut undescribed = Vec::new();
+        for batch in arns.chunks(BATCH) {
+            let out = self
+                .ecs
+                .describe_tasks()
+                .cluster(&self.cluster)
+                .set_tasks(Some(batch.to_vec()))
+                .send()
+                .await;
+            self.count("ecs", "DescribeTasks", out.is_ok());
+            let out = out.map_err(|e| EcsError::from_sdk("DescribeTasks", &e))?;
+            for f in out.failures() {
+                tracing::warn!(arn = ?f.arn(), reason = ?f.reason(), "DescribeTasks failure");
+                self.count("ecs", "DescribeTasksFailure", false);
+                undescribed.extend(f.arn().map(str::to_owned));
+            }
+            tasks.extend(out.tasks.unwrap_or_default());
+        }
+        self.learn_hosts(&tasks).await?;
+        self.learn_task_definitions(&tasks).await?;
+
+        let mut by_task: HashMap<String, Vec<(Path, Endpoint)>> = HashMap::new();
+        for task in &tasks {
+            let Some(arn) = task.task_arn() else { continue };
+            let def = task
+                .task_definition_arn()
+                .and_then(|a| self.task_definitions.get(a));
+            let host = task
+                .container_instance_arn()
+                .and_then(|a| self.hosts.get(a));
+            let endpoints = match def {
+                Some(def) => task_endpoints(&self.cluster, task, def, host),
+                None => Vec::new(),
+            };
+            by_task.insert(arn.to_owned(), endpoints);
+        }
+        for arn in undescribed {
+            if let Some(previous) = self.last_by_task.get(&arn) {
+                by_task.insert(arn, previous.clone());
+            }
+        }
+        let mut sets: BTreeMap<Path, EndpointSet> = BTreeMap::new();
+        for (name, endpoint) in by_task.values().flatten() {
+            sets.entry(name.clone())
+                .or_default()
+                .insert(endpoint.clone());
+        }
+        self.last_by_task = by_task;
+        self.forget_unused_hosts(&tasks);
+        Ok(sets.into_iter().map(|(n, s)| (n, Arc::new(s))).collect())
+    }
+
+    async fn list_tasks(&self) -> Result<Vec<String>, EcsError> {
+        let mut pages = self
+            .ecs
+            .list_tasks()
+            .cluster(&self.cluster)
+            .desired_status(DesiredStatus::Running)
+            .into_paginator()
+            .send();
+        let mut arns = Vec::new();
+        while let Some(page) = pages.next().await {
+            self.count("ecs", "ListTasks", page.is_ok());
+            let page = page.map_err(|e| EcsError::from_sdk("ListTasks", &e))?;
+            arns.extend(page.task_arns.unwrap_or_default());
+        }
+        Ok(arns)
+    }
+
+    /// Container instance → EC2 instance → private IP, for instances not yet cached.
+    async fn learn_hosts(&mut self, tasks: &[Task]) -> Result<(), EcsError> {
+        let unknown: Vec<String> = tasks
+            .iter()
+            .filter_map(Task::container_instance_arn)
+            .filter(|a| !self.hosts.contains_key(*a))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut new_hosts = Vec::new();
+        for batch in unknown.chunks(BATCH) {
+            let out = self
+                .ecs
+                .describe_container_instances()
+                .cluster(&self.cluster)
+                .set_container_instances(Some(batch.to_vec()))
+                .send()
+                .await;
+            self.count("ecs", "DescribeContainerInstances", out.is_ok());
+            let out = out.map_err(|e| EcsError::from_sdk("DescribeContainerInstances", &e))?;
+            for ci in out.container_instances() {
+                let (Some(arn), Some(instance_id)) =
+                    (ci.container_instance_arn(), ci.ec2_instance_id())
+                else {
+                    continue;
+                };
+                let availability_zone = ci
+                    .attributes()
+                    .iter()
+                    .find(|a| a.name() == "ecs.availability-zone")
+                    .and_then(|a| a.value())
+                    .map(str::to_owned);
+                new_hosts.push((
+                    arn.to_owned(),
+                    Host {
+                        instance_id: instance_id.to_owned(),
+                        availability_zone,
+                        ip: None,
+                    },
+                ));
+            }
+        }
+        if new_hosts.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = new_hosts
+            .iter()
+            .map(|(_, h)| h.instance_id.clone())
+            .collect();
+        let mut ips = HashMap::new();
+        for batch in ids.chunks(BATCH) {
+            let out = self
+                .ec2
+                .describe_instances()
+                .set_instance_ids(Some(batch.to_vec()))
+                .send()
+                .await;
+            self.count("ec2", "DescribeInstances", out.is_ok());
+            let out = out.map_err(|e| EcsError::from_sdk("DescribeInstances", &e))?;
+            for instance in out
+                .reservations()
+                .iter()
+                .flat_map(ec2::types::Reservation::instances)
+            {
+                if let (Some(id), Some(Ok(ip))) = (
+                    instance.instance_id(),
+                    instance.private_ip_address().map(str::parse::<IpAddr>),
+                ) {
+                    ips.insert(id.to_owned(), ip);
+                }
+            }
+        }
+        for (arn, mut host) in new_hosts {
+            host.ip = ips.get(&host.instance_id).copied();
+            // An instance EC2 did not describe yet is retried next time.
+            if host.ip.is_some() {
+                self.hosts.insert(arn, host);
+            }
+        }
+        Ok(())
+    }
+
+    async fn learn_task_definitions(&mut self, tasks: &[Task]) -> Result<(), EcsError> {
+        let unknown: HashSet<&str> = tasks
+            .iter()
+            .filter_map(Task::task_definition_arn)
+            .filter(|a| !self.task_definitions.contains_key(*a))
+            .collect();
+        for arn in unknown {
+            let out = self
+                .ecs
+                .describe_task_definition()
+                .task_definition(arn)
+                .send()
+                .await;
+            self.count("ecs", "DescribeTaskDefinition", out.is_ok());
+            let out = out.map_err(|e| EcsError::from_sdk("DescribeTaskDefinition", &e))?;
+            if let Some(def) = out.task_definition {
+                self.task_definitions.insert(arn.to_owned(), Arc::new(def));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the host cache to the instances running tasks now.
+    fn forget_unused_hosts(&mut self, tasks: &[Task]) {
+        let used: HashSet<&str> = tasks
+            .iter()
+            .filter_map(Task::container_instance_arn)
+            .collect();
+        self.hosts.retain(|arn, _| used.contains(arn.as_str()));
+    }
+}
+
+/// How long to wait after `failures` failed resyncs in a row.
+fn backoff(interval: Duration, failures: u32, throttled: bool) -> Duration {
+    let base = if throttled {
+        interval * 2
+    } else {
+        interval.min(Duration::from_secs(2))
+    };
+    let exp = base.saturating_mul(1 << failures.min(8).saturating_sub(1));
+    let capped = exp.min(MAX_BACKOFF);
+    // ±20 % jitter so many controllers do not retry in step.
+    capped.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+/// Whether a task should receive traffic: running, meant to keep running,
+/// and not unhealthy.
+pub fn routable(task: &Task) -> bool {
+    task.last_status() == Some("RUNNING")
+        && task.desired_status() == Some("RUNNING")
+        && task.health_status() != Some(&HealthStatus::Unhealthy)
+}
+
+/// The service name of one container port, in order of precedence: the
+/// docker label `ecsmesh.service.<port>`, then `ecsmesh.service`;
+/// registrator's `SERVICE_<port>_NAME`, then `SERVICE_NAME`; the ECS
+/// service (`group` = `service:<name>`); the container's name.
+pub fn service_name(task: &Task, def: &ContainerDefinition, container_port: i32) -> Option<String> {
+    let labels = def.docker_labels();
+    let label = |k: &str| {
+        labels
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let env = |k: &str| {
+        def.environment()
+            .iter()
+            .find(|kv| kv.name() == Some(k))
+            .and_then(|kv| kv.value())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    label(&format!("ecsmesh.service.{container_port}"))
+        .or_else(|| label("ecsmesh.service"))
+        .or_else(|| env(&format!("SERVICE_{container_port}_NAME")))
+        .or_else(|| env("SERVICE_NAME"))
+        .or_else(|| {
+            task.group()
+                .and_then(|g| g.strip_prefix("service:"))
+                .map(str::to_owned)
+        })
+        .or_else(|| def.name().map(str::to_owned))
+}
+
+/// The endpoints one task contributes, by concrete name.
+pub fn task_endpoints(
+    cluster: &str,
+    task: &Task,
+    def: &TaskDefinition,
+    host: Option<&Host>,
+) -> Vec<(Path, Endpoint)> {
+    if !routable(task) {
+        return Vec::new();
+    }
+    let awsvpc = def.network_mode() == Some(&NetworkMode::Awsvpc);
+    let task_eni_ip = task
+        .attachments()
+        .iter()
+        .filter(|a| a.r#type() == Some("ElasticNetworkInterface"))
+        .flat_map(aws_sdk_ecs::types::Attachment::details)
+        .find(|d| d.name() == Some("privateIPv4Address"))
+        .and_then(|d| d.value())
+        .and_then(|v| v.parse::<IpAddr>().ok());
+    let mut out = Vec::new();
+    for container in task.containers() {
+        let Some(cdef) = def
+            .container_definitions()
+            .iter()
+            .find(|d| d.name() == container.name())
+        else {
+            continue;
+        };
+        if !container_healthy(container.health_status(), cdef) {
+            continue;
+        }
+        // (container port, address)
+        let mut addrs: Vec<(i32, SocketAddr)> = Vec::new();
+        if awsvpc {
+            let ip = container
+                .network_interfaces()
+                .iter()
+                .find_map(|n| n.private_ipv4_address())
+                .and_then(|v| v.parse::<IpAddr>().ok())
+                .or(task_eni_ip);
+            if let Some(ip) = ip {
+                for pm in cdef.port_mappings() {
+                    if let Some(port) = pm.container_port().and_then(|p| u16::try_from(p).ok()) {
+                        addrs.push((i32::from(port), SocketAddr::new(ip, port)));
+                    }
+                }
+            }
+        } else if let Some(ip) = host.and_then(|h| h.ip) {
+            let mut seen = HashSet::new();
+            for nb in container.network_bindings() {
+                // Newer agents report a binding per address family: dedupe.
+                let (Some(cport), Some(hport)) = (nb.container_port(), nb.host_port()) else {
+                    continue;
+                };
+                let Ok(hport) = u16::try_from(hport) else {
+                    continue;
+                };
+                if hport != 0 && seen.insert((cport, hport)) {
+                    addrs.push((cport, SocketAddr::new(ip, hport)));
+                }
+            }
+        }
+        for (container_port, addr) in addrs {
+            let Some(name) =
+                service_name(task, cdef, container_port).and_then(|svc| names::ecs(cluster, &svc))
+            else {
+                continue;
+            };
+            let mut e = Endpoint::new(addr);
+            let mut meta = |k: &str, v: Option<&str>| {
+                if let Some(v) = v {
+                    e.meta.insert(k.to_owned(), v.to_owned());
+                }
+            };
+            meta(meta::TASK_ARN, task.task_arn());
+            meta(meta::CONTAINER, container.name());
+            meta(meta::CONTAINER_INSTANCE, task.container_instance_arn());
+            meta(meta::INSTANCE_ID, host.map(|h| h.instance_id.as_str()));
+            meta(
+                meta::HOST_IP,
+                host.and_then(|h| h.ip).map(|ip| ip.to_string()).as_deref(),
+            );
+            meta(
+                meta::AVAILABILITY_ZONE,
+                task.availability_zone()
+                    .or_else(|| host.and_then(|h| h.availability_zone.as_deref())),
+            );
+            let family_revision = def.family().map(|f| format!("{f}:{}", def.revision()));
+            meta(meta::TASK_DEFINITION, family_revision.as_deref());
+            out.push((name, e));
+        }
+    }
+    out
+}
+
+/// A container with a health check must be HEALTHY; one without may be
+/// UNKNOWN; UNHEALTHY never routes.
+fn container_healthy(status: Option<&HealthStatus>, def: &ContainerDefinition) -> bool {
+    match status {
+        Some(HealthStatus::Unhealthy) => false,
+        Some(HealthStatus::Healthy) => true,
+        _ => def.health_check().is_none(),
+    }
+}
