@@ -22,6 +22,8 @@ test: deps
 	$(VENV)/bin/python -m pytest tests/harness -q
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	$(CARGO) build -p ecsmesh-controller --bins
+	ECSMESH_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(VENV)/bin/python -m pytest tests/grpc -q
 
 ## lint: formatting check and clippy with warnings as errors.
 lint:

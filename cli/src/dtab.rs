@@ -1,5 +1,8 @@
-//! `ecsmeshctl dtab …`: offline dtab tools. Each prints its answer (one
-//! line, except `delegate --explain` in text form) or fails with the error.
+//! `ecsmeshctl dtab …`: the offline dtab tools (parse, path, tree, lookup,
+//! delegate with `--dtab`), each printing one answer (one line, except
+//! `delegate --explain` in text form), and the controller's dtab API
+//! (list, get, set, update, delete, watch, delegate, resolve; see
+//! [`crate::remote`]).
 
 use anyhow::{Context as _, Result, anyhow};
 use clap::{Args, Subcommand, ValueEnum};
@@ -18,7 +21,7 @@ pub enum Output {
 pub struct OutputArg {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, global = true)]
-    output: Output,
+    pub output: Output,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,20 +59,41 @@ pub enum DtabCommand {
         #[command(flatten)]
         out: OutputArg,
     },
-    /// Rewrite a path through a dtab until only namer names (/#/…, /$/…) remain.
+    /// Rewrite a path through a dtab until only namer names (/#/…, /$/…)
+    /// remain: offline with --dtab, else through the controller's namespace
+    /// dtab (with the endpoints it knows at each leaf).
     Delegate {
-        #[arg(long)]
-        dtab: String,
+        /// The dtab to delegate with (offline; no controller needed).
+        #[arg(long, conflicts_with_all = ["namespace", "extra"])]
+        dtab: Option<String>,
         path: String,
         /// Print every step and the dentry behind it.
         #[arg(long)]
         explain: bool,
+        /// The controller namespace whose dtab to use (without --dtab).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// An extra dtab appended, as an l5d-dtab header would (without --dtab).
+        #[arg(long)]
+        extra: Option<String>,
+        #[command(flatten)]
+        controller: crate::remote::ControllerArgs,
         #[command(flatten)]
         out: OutputArg,
     },
+    #[command(flatten)]
+    Remote(crate::remote::RemoteCommand),
 }
 
-pub fn run(cmd: &DtabCommand) -> Result<String> {
+/// Runs an offline command, or says it needs the controller.
+pub fn run_offline(cmd: &DtabCommand) -> Result<Option<String>> {
+    match cmd {
+        DtabCommand::Delegate { dtab: None, .. } | DtabCommand::Remote(_) => Ok(None),
+        offline => run(offline).map(Some),
+    }
+}
+
+fn run(cmd: &DtabCommand) -> Result<String> {
     match cmd {
         DtabCommand::Parse { dtab, out } => {
             let d = read("dtab", dtab, Dtab::read)?;
@@ -99,10 +123,11 @@ pub fn run(cmd: &DtabCommand) -> Result<String> {
             Ok(render(out.output, &t, || json::tree(&t)))
         }
         DtabCommand::Delegate {
-            dtab,
+            dtab: Some(dtab),
             path,
             explain,
             out,
+            ..
         } => {
             let d = read("dtab", dtab, Dtab::read)?;
             let p = read("path", path, Path::read)?;
@@ -116,10 +141,13 @@ pub fn run(cmd: &DtabCommand) -> Result<String> {
                 }
             })
         }
+        DtabCommand::Delegate { dtab: None, .. } | DtabCommand::Remote(_) => {
+            Err(anyhow!("this command needs the controller"))
+        }
     }
 }
 
-fn render(
+pub(crate) fn render(
     format: Output,
     value: &impl std::fmt::Display,
     as_json: impl FnOnce() -> serde_json::Value,
@@ -131,7 +159,11 @@ fn render(
 }
 
 /// Parses `input`; on failure the error names the offset and shows where.
-fn read<T>(what: &str, input: &str, parse: fn(&str) -> Result<T, ParseError>) -> Result<T> {
+pub(crate) fn read<T>(
+    what: &str,
+    input: &str,
+    parse: fn(&str) -> Result<T, ParseError>,
+) -> Result<T> {
     parse(input)
         .map_err(|e| anyhow!("{}", pointed(input, &e)))
         .with_context(|| format!("invalid {what}"))

@@ -1,8 +1,9 @@
 //! `ecsmeshctl`: the ecsmesh command line.
 
 mod dtab;
+mod output;
+mod remote;
 
-use std::io::{self, Write as _};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -20,18 +21,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The dtab playground: parse, print, look up and delegate offline.
+    /// Dtabs: the offline playground (parse, path, tree, lookup, delegate
+    /// --dtab) and the controller's dtab API.
     #[command(subcommand)]
     Dtab(dtab::DtabCommand),
+    /// The agents connected to the controller and whether they converged.
+    Status(remote::StatusCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Dtab(cmd) => dtab::run(&cmd),
-    };
-    match result {
-        Ok(out) => print_line(&out),
+    match run(&cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ecsmeshctl: {e:#}");
             ExitCode::FAILURE
@@ -39,16 +40,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes the answer and its newline. `println!` would panic when the reader
-/// has gone (`ecsmeshctl … | head`); a closed pipe is a normal end instead.
-fn print_line(out: &str) -> ExitCode {
-    let mut stdout = io::stdout().lock();
-    match writeln!(stdout, "{out}").and_then(|()| stdout.flush()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ecsmeshctl: writing the answer: {e}");
-            ExitCode::FAILURE
-        }
+fn run(command: &Command) -> anyhow::Result<()> {
+    if let Command::Dtab(cmd) = command
+        && let Some(answer) = dtab::run_offline(cmd)?
+    {
+        return output::emit(&answer);
     }
+    // Only the controller commands need a runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match command {
+            Command::Dtab(cmd) => remote::run_dtab(cmd).await,
+            Command::Status(cmd) => remote::status(cmd).await,
+        }
+    })
 }

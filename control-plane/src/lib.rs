@@ -107,6 +107,10 @@ impl Controller {
                 publisher: Arc::clone(&publisher),
                 write_token: config.admin_token.clone(),
             },
+            grpc::mesh::StatusService {
+                publisher: Arc::clone(&publisher),
+                agents: Arc::clone(&agents),
+            },
         ));
         let admin = http::router(http::AdminState {
             publisher: Arc::clone(&publisher),
@@ -154,6 +158,7 @@ async fn serve_grpc(
     listener: TcpListener,
     mesh: grpc::mesh::MeshService,
     admin: grpc::admin::AdminService,
+    status: grpc::mesh::StatusService,
 ) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -162,19 +167,32 @@ async fn serve_grpc(
     health_reporter
         .set_serving::<pb::dtab_admin_server::DtabAdminServer<grpc::admin::AdminService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ecsmesh_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    health_reporter
+        .set_serving::<pb::mesh_status_server::MeshStatusServer<grpc::mesh::StatusService>>()
+        .await;
+    // Reflection in both versions: grpcurl speaks v1, many clients
+    // (Python's grpcio-reflection among them) only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ecsmesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .context("building gRPC reflection")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .context("building gRPC reflection")?;
     tonic::transport::Server::builder()
         // Dead agents are noticed without waiting for TCP timeouts.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(pb::mesh_server::MeshServer::new(mesh))
         .add_service(pb::dtab_admin_server::DtabAdminServer::new(admin))
+        .add_service(pb::mesh_status_server::MeshStatusServer::new(status))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
         .context("gRPC server")

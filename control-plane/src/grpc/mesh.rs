@@ -154,3 +154,43 @@ async fn read_acks(
     // Dropping the last handle clone (here or in the sender) unregisters it.
     drop(agent);
 }
+
+/// `MeshStatus`: the agent registry over gRPC.
+#[derive(Debug, Clone)]
+pub struct StatusService {
+    pub publisher: Arc<Publisher>,
+    pub agents: Arc<Agents>,
+}
+
+#[tonic::async_trait]
+impl pb::mesh_status_server::MeshStatus for StatusService {
+    async fn list_agents(
+        &self,
+        _: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let current = self.publisher.current();
+        let agents = self
+            .agents
+            .list()
+            .into_iter()
+            .map(|a| pb::AgentStatus {
+                instance_id: a.instance_id,
+                host_ip: a.host_ip,
+                availability_zone: a.availability_zone,
+                namespace: a.namespace,
+                agent_version: a.agent_version,
+                cluster: a.cluster,
+                sent_version: a.sent_version,
+                acked_version: a.acked_version,
+                last_ack_unix: a.last_ack_unix.unwrap_or_default(),
+                last_nack: a.last_nack.unwrap_or_default(),
+                connected_unix: a.connected_unix,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse {
+            version: current.version,
+            epoch: self.publisher.epoch().to_owned(),
+            agents,
+        }))
+    }
+}

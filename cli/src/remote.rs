@@ -1,0 +1,468 @@
+//! The commands that talk to a controller over gRPC: the dtab admin API
+//! (`ecsmeshctl dtab list|get|set|update|delete|watch|delegate|resolve`)
+//! and `ecsmeshctl status`.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use ecsmesh_dtab::{Dtab, Path};
+use ecsmesh_proto::v1 as pb;
+use pb::dtab_admin_client::DtabAdminClient;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+use crate::dtab::{DtabCommand, Output, OutputArg, read, render};
+use crate::output::emit;
+
+/// Where the controller is, and the token writes present.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// The controller's gRPC address.
+    #[arg(
+        long,
+        env = "ECSMESH_CONTROLLER",
+        default_value = "http://127.0.0.1:4321"
+    )]
+    pub controller: String,
+    /// Bearer token for writes (the controller's --admin-token-file).
+    #[arg(long, env = "ECSMESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// List the controller's namespaces.
+    List {
+        #[command(flatten)]
+        controller: ControllerArgs,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Print a namespace's stored dtab, then a comment line with its version.
+    Get {
+        namespace: String,
+        #[command(flatten)]
+        controller: ControllerArgs,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Store a namespace's dtab, creating the namespace or replacing its dtab.
+    Set {
+        namespace: String,
+        dtab: String,
+        #[command(flatten)]
+        controller: ControllerArgs,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Replace a namespace's dtab only if it is still at --version.
+    Update {
+        namespace: String,
+        dtab: String,
+        /// The version `get` printed.
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        controller: ControllerArgs,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Delete a namespace's stored dtab (only at --version, when given).
+    Delete {
+        namespace: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        controller: ControllerArgs,
+    },
+    /// Print a namespace's stored dtab now and at every change.
+    Watch {
+        namespace: String,
+        /// Stop after this many updates (the first state included).
+        #[arg(long)]
+        count: Option<usize>,
+        #[command(flatten)]
+        controller: ControllerArgs,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Bind a path as an agent would, and print the endpoints it reaches.
+    Resolve {
+        path: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// An extra dtab appended, as an l5d-dtab header would.
+        #[arg(long)]
+        extra: Option<String>,
+        #[command(flatten)]
+        controller: ControllerArgs,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+/// `ecsmeshctl status`: agents and their convergence.
+#[derive(Debug, Args)]
+pub struct StatusCommand {
+    #[command(flatten)]
+    controller: ControllerArgs,
+    #[command(flatten)]
+    out: OutputArg,
+}
+
+async fn connect(args: &ControllerArgs) -> Result<Channel> {
+    let url = if args.controller.contains("://") {
+        args.controller.clone()
+    } else {
+        format!("http://{}", args.controller)
+    };
+    Channel::from_shared(url.clone())
+        .with_context(|| format!("invalid controller address {url}"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the controller at {url}"))
+}
+
+fn authorized<T>(args: &ControllerArgs, msg: T) -> Result<Request<T>> {
+    let mut req = Request::new(msg);
+    if let Some(token) = &args.token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .context("the token is not a valid header value")?,
+        );
+    }
+    Ok(req)
+}
+
+fn version_text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+fn dtab_json(d: &pb::VersionedDtab) -> Value {
+    json!({
+        "namespace": d.namespace,
+        "dtab": d.dtab,
+        "version": version_text(&d.version),
+        "effective_dtab": d.effective_dtab,
+        "exists": d.exists,
+    })
+}
+
+/// The dtab, then `# version N` (a dtab comment, so the text reads back).
+fn dtab_text(d: &pb::VersionedDtab) -> String {
+    if d.exists {
+        format!("{}\n# version {}", d.dtab, version_text(&d.version))
+    } else {
+        format!("# namespace {} has no stored dtab", d.namespace)
+    }
+}
+
+/// Validates a dtab locally first, so the error points into the input.
+fn checked_dtab(text: &str) -> Result<String> {
+    read("dtab", text, Dtab::read).map(|d| d.to_string())
+}
+
+/// Runs a controller command, printing as it goes.
+pub async fn run_dtab(cmd: &DtabCommand) -> Result<()> {
+    match cmd {
+        DtabCommand::Delegate {
+            dtab: None,
+            path,
+            explain,
+            namespace,
+            extra,
+            controller,
+            out,
+        } => {
+            let path = read("path", path, Path::read)?.to_string();
+            let mut api = DtabAdminClient::new(connect(controller).await?);
+            let resp = api
+                .delegate(pb::DelegateRequest {
+                    namespace: namespace.clone().unwrap_or_else(|| "default".to_owned()),
+                    path,
+                    extra_dtab: extra.clone().unwrap_or_default(),
+                })
+                .await
+                .context("delegate")?
+                .into_inner();
+            let tree: Value =
+                serde_json::from_str(&resp.tree_json).context("the controller's tree")?;
+            emit(&match (explain, out.output) {
+                (true, Output::Text) => serde_json::to_string_pretty(&tree)?,
+                (true, Output::Json) => tree.to_string(),
+                (false, Output::Text) => resp.result,
+                (false, Output::Json) => json!({ "result": resp.result, "tree": tree }).to_string(),
+            })
+        }
+        DtabCommand::Remote(remote) => run_remote(remote).await,
+        _ => bail!("not a controller command"),
+    }
+}
+
+async fn run_remote(cmd: &RemoteCommand) -> Result<()> {
+    match cmd {
+        RemoteCommand::List { controller, out } => {
+            let mut api = DtabAdminClient::new(connect(controller).await?);
+            let ns = api
+                .list_namespaces(pb::ListNamespacesRequest {})
+                .await
+                .context("list")?
+                .into_inner()
+                .namespaces;
+            emit(&render(out.output, &ns.join("\n"), || json!(ns)))
+        }
+        RemoteCommand::Get {
+            namespace,
+            controller,
+            out,
+        } => {
+            let mut api = DtabAdminClient::new(connect(controller).await?);
+            let d = api
+                .get_dtab(pb::GetDtabRequest {
+                    namespace: namespace.clone(),
+                })
+                .await
+                .context("get")?
+                .into_inner();
+            emit(&render(out.output, &dtab_text(&d), || dtab_json(&d)))
+        }
+        RemoteCommand::Set {
+            namespace,
+            dtab,
+            controller,
+            out,
+        } => {
+            let dtab = checked_dtab(dtab)?;
+            let mut api = DtabAdminClient::new(connect(controller).await?);
+            let d = set(&mut api, controller, namespace, &dtab).await?;
+            emit(&render(out.output, &dtab_text(&d), || dtab_json(&d)))
+        }
+        RemoteCommand::Update {
+            namespace,
+            dtab,
+            version,
+            controller,
+            out,
+        } => {
+            let dtab = checked_dtab(dtab)?;
+            let mut api = DtabAdminClient::new(connect(controller).await?);
+            let d = api
+                .update_dtab(authorized(
+                    controller,
+                    pb::UpdateDtabRequest {
+                        namespace: namespace.clone(),
+                        dtab,
+                        expected_version: version.clone().into_bytes(),
+                    },
+                )?)
+                .await
+                .context("update")?
+                .into_inner();
+            emit(&render(out.output, &dtab_text(&d), || dtab_json(&d)))
+        }
+        RemoteCommand::Delete {
+            namespace,
+            version,
+            controller,
+        } => {
+            let mut api = DtabAdminClient::new(connect(controller).await?);
+            api.delete_dtab(authorized(
+                controller,
+                pb::DeleteDtabRequest {
+                    namespace: namespace.clone(),
+                    expected_version: version.clone().unwrap_or_default().into_bytes(),
+                },
+            )?)
+            .await
+            .context("delete")?;
+            emit(&format!("deleted {namespace}"))
+        }
+        RemoteCommand::Watch {
+            namespace,
+            count,
+            controller,
+            out,
+        } => watch(namespace, *count, controller, out.output).await,
+        RemoteCommand::Resolve {
+            path,
+            namespace,
+            extra,
+            controller,
+            out,
+        } => resolve(path, namespace, extra.as_deref(), controller, out.output).await,
+    }
+}
+
+/// Prints the namespace's dtab now and at every change (`count` of them at most).
+async fn watch(
+    namespace: &str,
+    count: Option<usize>,
+    controller: &ControllerArgs,
+    output: Output,
+) -> Result<()> {
+    let mut api = DtabAdminClient::new(connect(controller).await?);
+    let mut updates = api
+        .watch_dtab(pb::WatchDtabRequest {
+            namespace: namespace.to_owned(),
+        })
+        .await
+        .context("watch")?
+        .into_inner();
+    let mut seen = 0;
+    while count.is_none_or(|c| seen < c) {
+        let Some(d) = updates.message().await.context("watch")? else {
+            break;
+        };
+        seen += 1;
+        emit(&render(output, &dtab_text(&d), || dtab_json(&d)))?;
+    }
+    Ok(())
+}
+
+async fn resolve(
+    path: &str,
+    namespace: &str,
+    extra: Option<&str>,
+    controller: &ControllerArgs,
+    output: Output,
+) -> Result<()> {
+    let path = read("path", path, Path::read)?.to_string();
+    let mut api = DtabAdminClient::new(connect(controller).await?);
+    let r = api
+        .resolve(pb::ResolveRequest {
+            namespace: namespace.to_owned(),
+            path,
+            extra_dtab: extra.unwrap_or_default().to_owned(),
+        })
+        .await
+        .context("resolve")?
+        .into_inner();
+    let endpoints: Vec<(String, String)> = r
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let addr = e.endpoint.as_ref()?.addr.as_ref()?;
+            Some((e.set.clone(), format!("{}:{}", addr.ip, addr.port)))
+        })
+        .collect();
+    let mut text = r.bound.clone();
+    for (set, addr) in &endpoints {
+        let _ = write!(text, "\n{addr}\t{set}");
+    }
+    emit(&render(output, &text, || {
+        json!({
+            "bound": r.bound,
+            "endpoints": endpoints.iter().map(|(set, addr)| json!({"set": set, "addr": addr})).collect::<Vec<_>>(),
+        })
+    }))
+}
+
+/// Create, or replace at the current version; a concurrent change between
+/// the read and the write is retried a few times.
+async fn set(
+    api: &mut DtabAdminClient<Channel>,
+    controller: &ControllerArgs,
+    namespace: &str,
+    dtab: &str,
+) -> Result<pb::VersionedDtab> {
+    for _ in 0..5 {
+        let current = api
+            .get_dtab(pb::GetDtabRequest {
+                namespace: namespace.to_owned(),
+            })
+            .await;
+        let written = match current {
+            Err(s) if s.code() == Code::NotFound => {
+                api.create_dtab(authorized(
+                    controller,
+                    pb::CreateDtabRequest {
+                        namespace: namespace.to_owned(),
+                        dtab: dtab.to_owned(),
+                    },
+                )?)
+                .await
+            }
+            Err(s) => return Err(s).context("set"),
+            Ok(current) => {
+                api.update_dtab(authorized(
+                    controller,
+                    pb::UpdateDtabRequest {
+                        namespace: namespace.to_owned(),
+                        dtab: dtab.to_owned(),
+                        expected_version: current.into_inner().version,
+                    },
+                )?)
+                .await
+            }
+        };
+        match written {
+            Ok(d) => return Ok(d.into_inner()),
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::AlreadyExists) => {}
+            Err(s) => return Err(s).context("set"),
+        }
+    }
+    bail!("set: the namespace kept changing underneath; try again")
+}
+
+pub async fn status(cmd: &StatusCommand) -> Result<()> {
+    let channel = connect(&cmd.controller).await?;
+    let r = pb::mesh_status_client::MeshStatusClient::new(channel)
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .context("status")?
+        .into_inner();
+    let converged = r
+        .agents
+        .iter()
+        .filter(|a| a.acked_version == r.version)
+        .count();
+    if cmd.out.output == Output::Json {
+        let agents: Vec<Value> = r
+            .agents
+            .iter()
+            .map(|a| {
+                json!({
+                    "instance_id": a.instance_id, "host_ip": a.host_ip,
+                    "availability_zone": a.availability_zone, "namespace": a.namespace,
+                    "agent_version": a.agent_version, "cluster": a.cluster,
+                    "sent_version": a.sent_version, "acked_version": a.acked_version,
+                    "converged": a.acked_version == r.version, "last_nack": a.last_nack,
+                })
+            })
+            .collect();
+        return emit(
+            &json!({ "version": r.version, "epoch": r.epoch, "converged": converged, "agents": agents })
+                .to_string(),
+        );
+    }
+    let mut text = format!(
+        "mesh version {} (epoch {}): {converged}/{} agents converged\n",
+        r.version,
+        r.epoch,
+        r.agents.len()
+    );
+    let _ = write!(
+        text,
+        "{:<22} {:<15} {:<10} {:>6} {:>6}  state",
+        "INSTANCE", "HOST IP", "NAMESPACE", "SENT", "ACKED"
+    );
+    for a in &r.agents {
+        let state = if !a.last_nack.is_empty() {
+            format!("rejected: {}", a.last_nack)
+        } else if a.acked_version == r.version {
+            "converged".to_owned()
+        } else {
+            format!("{} behind", r.version.saturating_sub(a.acked_version))
+        };
+        let _ = write!(
+            text,
+            "\n{:<22} {:<15} {:<10} {:>6} {:>6}  {state}",
+            a.instance_id, a.host_ip, a.namespace, a.sent_version, a.acked_version
+        );
+    }
+    emit(&text)
+}
