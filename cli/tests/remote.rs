@@ -27,6 +27,8 @@ async fn controller(dir: &std::path::Path, token: Option<&str>) -> Controller {
             .into(),
         ),
         ecs: None,
+        consul: None,
+        consul_store: None,
     };
     let c = Controller::start(config, &["test"]).await.unwrap();
     let set = |addr: &str| {

@@ -14,87 +14,18 @@ use serde::Deserialize;
 
 use crate::reconcile::BaseDtabs;
 
+pub use ecsmesh_config::{ConfigError, parse_duration, substitute};
+
+/// A configuration value that is wrong.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(
-        "{file}: environment variable {var} is not set and has no default (write ${{{var}:-default}})"
-    )]
-    UnsetVariable { file: String, var: String },
-    #[error("{file}: unterminated ${{ at byte {offset}")]
-    Unterminated { file: String, offset: usize },
-    #[error("{file}: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: {source}")]
-    Yaml {
-        file: String,
-        #[source]
-        source: serde_yaml_ng::Error,
-    },
+pub enum InvalidConfig {
+    #[error(transparent)]
+    File(#[from] ConfigError),
     #[error("namespace {namespace}: invalid base dtab: {error}")]
     BaseDtab {
         namespace: String,
         error: ecsmesh_dtab::ParseError,
     },
-    #[error("invalid duration {0:?}: use e.g. 500ms, 10s, 2m")]
-    Duration(String),
-}
-
-/// Replaces `${VAR}` and `${VAR:-default}` using `lookup`.
-pub fn substitute(
-    file: &str,
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            return Err(ConfigError::Unterminated {
-                file: file.to_owned(),
-                offset: text.len() - rest.len() + start,
-            });
-        };
-        let expr = &after[..end];
-        let (var, default) = match expr.split_once(":-") {
-            Some((v, d)) => (v, Some(d)),
-            None => (expr, None),
-        };
-        match lookup(var).or_else(|| default.map(str::to_owned)) {
-            Some(value) => out.push_str(&value),
-            None => {
-                return Err(ConfigError::UnsetVariable {
-                    file: file.to_owned(),
-                    var: var.to_owned(),
-                });
-            }
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// Parses `500ms`, `10s`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
-    let bad = || ConfigError::Duration(s.to_owned());
-    let s = s.trim();
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = number.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| bad())
 }
 
 /// The YAML file's shape.
@@ -108,6 +39,35 @@ pub struct FileConfig {
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     pub ecs: Option<EcsFileConfig>,
+    pub consul: Option<ConsulFileConfig>,
+    /// `file` (default) or `consul`: where dtab overrides are stored.
+    pub store: Option<StoreKind>,
+}
+
+/// Where dtab overrides live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded file store (one controller).
+    #[default]
+    File,
+    /// Consul KV (several controller replicas share it).
+    Consul,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulFileConfig {
+    pub address: Option<String>,
+    #[serde(default)]
+    pub datacenters: Vec<String>,
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub stale: bool,
+    #[serde(default)]
+    pub include_warning: bool,
+    /// KV prefix of the Consul dtab store.
+    pub kv_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +124,22 @@ pub struct Args {
     /// Base dtab of the "default" namespace [default: /svc=>/#/ecs/<cluster> for one cluster].
     #[arg(long, env = "ECSMESH_BASE_DTAB")]
     pub base_dtab: Option<String>,
+    /// Consul agent address, e.g. http://127.0.0.1:8500 (enables the Consul source).
+    #[arg(long, env = "ECSMESH_CONSUL_ADDRESS")]
+    pub consul_address: Option<String>,
+    /// Consul datacenter to watch (repeat, or comma-separate) [default: dc1].
+    #[arg(
+        long = "consul-datacenter",
+        env = "ECSMESH_CONSUL_DATACENTERS",
+        value_delimiter = ','
+    )]
+    pub consul_datacenters: Vec<String>,
+    /// File holding the Consul ACL token.
+    #[arg(long, env = "ECSMESH_CONSUL_TOKEN_FILE")]
+    pub consul_token_file: Option<PathBuf>,
+    /// Where dtab overrides are stored: file (default) or consul.
+    #[arg(long, env = "ECSMESH_STORE", value_enum)]
+    pub store: Option<StoreKind>,
 }
 
 /// ECS settings, resolved.
@@ -184,29 +160,24 @@ pub struct Config {
     pub admin_token: Option<Arc<str>>,
     pub base_dtabs: BaseDtabs,
     pub ecs: Option<EcsSettings>,
+    /// The Consul source, when a Consul address is configured.
+    pub consul: Option<crate::sources::consul::ConsulSettings>,
+    /// The Consul KV dtab store, when `store: consul`; else the file store.
+    pub consul_store: Option<crate::store::consul_kv::ConsulStoreSettings>,
 }
 
 impl Config {
     /// Reads the file (if any), substitutes variables, applies flags.
     pub fn load(args: &Args) -> anyhow::Result<Self> {
         let file = match &args.config {
-            Some(path) => {
-                let name = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    file: name.clone(),
-                    source,
-                })?;
-                let text = substitute(&name, &text, |v| std::env::var(v).ok())?;
-                serde_yaml_ng::from_str(&text)
-                    .map_err(|source| ConfigError::Yaml { file: name, source })?
-            }
+            Some(path) => ecsmesh_config::load_yaml(path)?,
             None => FileConfig::default(),
         };
         Ok(Self::resolve(args, file)?)
     }
 
     /// Flags and environment over the file, then defaults.
-    pub fn resolve(args: &Args, file: FileConfig) -> Result<Self, ConfigError> {
+    pub fn resolve(args: &Args, file: FileConfig) -> Result<Self, InvalidConfig> {
         let file_ecs = file.ecs.unwrap_or_default();
         let clusters = if args.clusters.is_empty() {
             file_ecs.clusters
@@ -232,7 +203,7 @@ impl Config {
             .into_iter()
             .map(|(namespace, text)| match Dtab::read(&text) {
                 Ok(d) => Ok((namespace, Arc::new(d))),
-                Err(error) => Err(ConfigError::BaseDtab { namespace, error }),
+                Err(error) => Err(InvalidConfig::BaseDtab { namespace, error }),
             })
             .collect::<Result<_, _>>()?;
         let token_file = args.admin_token_file.clone().or(file.admin_token_file);
@@ -246,6 +217,9 @@ impl Config {
                     })
             })
             .transpose()?;
+        let store_kind = args.store.or(file.store).unwrap_or_default();
+        let (consul, consul_store) =
+            consul_settings(args, file.consul.unwrap_or_default(), store_kind)?;
         let ecs = (!clusters.is_empty()).then(|| EcsSettings {
             clusters,
             region: args.aws_region.clone().or(file_ecs.region),
@@ -269,48 +243,80 @@ impl Config {
             admin_token,
             base_dtabs: BaseDtabs(base_dtabs),
             ecs,
+            consul,
+            consul_store,
         })
     }
+}
+
+/// The Consul source (when an address is configured) and the Consul KV
+/// store (when `store: consul`).
+type ConsulParts = (
+    Option<crate::sources::consul::ConsulSettings>,
+    Option<crate::store::consul_kv::ConsulStoreSettings>,
+);
+
+fn consul_settings(
+    args: &Args,
+    file_consul: ConsulFileConfig,
+    store_kind: StoreKind,
+) -> Result<ConsulParts, InvalidConfig> {
+    let consul_address = args.consul_address.clone().or(file_consul.address);
+    let consul_token = args
+        .consul_token_file
+        .clone()
+        .or(file_consul.token_file)
+        .map(|path| {
+            std::fs::read_to_string(&path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|source| ConfigError::Read {
+                    file: path.display().to_string(),
+                    source,
+                })
+        })
+        .transpose()?;
+    let datacenters = if args.consul_datacenters.is_empty() {
+        file_consul.datacenters
+    } else {
+        args.consul_datacenters.clone()
+    };
+    let consul = consul_address.as_ref().map(|address| {
+        let defaults = crate::sources::consul::ConsulSettings::default();
+        crate::sources::consul::ConsulSettings {
+            address: address.clone(),
+            datacenters: if datacenters.is_empty() {
+                defaults.datacenters.clone()
+            } else {
+                datacenters.clone()
+            },
+            token: consul_token.clone(),
+            stale: file_consul.stale,
+            include_warning: file_consul.include_warning,
+            ..defaults
+        }
+    });
+    let consul_store = match store_kind {
+        StoreKind::File => None,
+        StoreKind::Consul => {
+            let defaults = crate::store::consul_kv::ConsulStoreSettings::default();
+            Some(crate::store::consul_kv::ConsulStoreSettings {
+                address: consul_address
+                    .clone()
+                    .unwrap_or_else(|| defaults.address.clone()),
+                token: consul_token.clone(),
+                prefix: file_consul
+                    .kv_prefix
+                    .unwrap_or_else(|| defaults.prefix.clone()),
+                ..defaults
+            })
+        }
+    };
+    Ok((consul, consul_store))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(var: &str) -> Option<String> {
-        (var == "CLUSTER").then(|| "demo".to_owned())
-    }
-
-    #[test]
-    fn substitution() {
-        assert_eq!(
-            substitute(
-                "f",
-                "a: ${CLUSTER}\nb: ${REGION:-us-west-1}\nc: /$/inet/$x",
-                env
-            )
-            .unwrap(),
-            "a: demo\nb: us-west-1\nc: /$/inet/$x"
-        );
-        let err = substitute("f.yaml", "x: ${NOPE}", env).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "f.yaml: environment variable NOPE is not set and has no default (write ${NOPE:-default})"
-        );
-        assert!(matches!(
-            substitute("f", "x: ${OPEN", env),
-            Err(ConfigError::Unterminated { offset: 3, .. })
-        ));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_mins(2));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("1h").is_err());
-    }
 
     #[test]
     fn flags_override_the_file_and_defaults_fill_in() {

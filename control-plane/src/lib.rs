@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::sources::Observed;
+use crate::store::consul_kv::ConsulStore;
 use crate::store::{DtabStore, file::FileStore};
 
 /// A started controller: its bound addresses and its shared parts.
@@ -53,15 +54,21 @@ impl Controller {
     /// sources the caller feeds through [`Controller::observed`] (tests,
     /// static endpoint files) that must report before the first publish.
     pub async fn start(config: Config, extra_sources: &[&str]) -> anyhow::Result<Self> {
-        let store = Arc::new(DtabStore::File(
-            FileStore::open(&config.store_dir).context("opening the dtab store")?,
-        ));
         let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(open_store(&config, &metrics).await?);
         let publisher = Arc::new(Publisher::new());
         let agents = Arc::new(Agents::default());
         let mut expected: Vec<String> = extra_sources.iter().map(|s| (*s).to_owned()).collect();
         if let Some(ecs) = &config.ecs {
             expected.extend(ecs.clusters.iter().map(|c| sources::ecs::source_id(c)));
+        }
+        if let Some(consul) = &config.consul {
+            expected.extend(
+                consul
+                    .datacenters
+                    .iter()
+                    .map(|dc| sources::consul::source_id(dc)),
+            );
         }
         let observed = Arc::new(Observed::new(expected));
 
@@ -75,6 +82,14 @@ impl Controller {
         let admin_addr = admin_listener.local_addr()?;
 
         let mut tasks = JoinSet::new();
+        if let Some(consul) = config.consul.clone() {
+            let (observed, metrics) = (Arc::clone(&observed), Arc::clone(&metrics));
+            tasks.spawn(async move {
+                sources::consul::run(consul, observed, metrics)
+                    .await
+                    .context("Consul source")
+            });
+        }
         if let Some(ecs) = config.ecs.clone() {
             let (observed, metrics) = (Arc::clone(&observed), Arc::clone(&metrics));
             tasks.spawn(async move {
@@ -152,6 +167,20 @@ impl Drop for Controller {
     fn drop(&mut self) {
         self.tasks.abort_all();
     }
+}
+
+/// The configured dtab store: the file store, or Consul KV.
+async fn open_store(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<DtabStore> {
+    Ok(match &config.consul_store {
+        None => {
+            DtabStore::File(FileStore::open(&config.store_dir).context("opening the dtab store")?)
+        }
+        Some(settings) => DtabStore::Consul(
+            ConsulStore::open(settings.clone(), Arc::clone(metrics))
+                .await
+                .context("opening the Consul dtab store")?,
+        ),
+    })
 }
 
 async fn serve_grpc(

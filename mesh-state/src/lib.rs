@@ -7,6 +7,8 @@
 //! `/#/consul/…`, Linkerd's `/#/io.l5d.consul/…`); and the [`MeshNamer`]
 //! that binds dtab paths to endpoint sets.
 
+#[cfg(feature = "json")]
+pub mod json;
 mod namer;
 pub mod names;
 mod state;

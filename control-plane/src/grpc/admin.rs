@@ -7,11 +7,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use ecsmesh_dtab::{self as dtab, Dtab, NameTree, Path, json};
+use ecsmesh_dtab::{self as dtab, Dtab, NameTree, Path};
 use ecsmesh_proto::v1 as pb;
 use ecsmesh_state::{Bound, MeshNamer, MeshState};
 use futures_util::{Stream, StreamExt as _};
-use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use crate::publish::Publisher;
@@ -229,8 +228,8 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
         let tree =
             dtab::delegate(&dtab, &path).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let state = self.publisher.current().state.clone();
-        let mut tree_json = json::delegation(&tree);
-        add_endpoints(&mut tree_json, MeshNamer::new(&state));
+        let tree_json =
+            ecsmesh_state::json::delegation_with_endpoints(&tree, MeshNamer::new(&state));
         Ok(Response::new(pb::DelegateResponse {
             tree_json: tree_json.to_string(),
             result: tree.result().to_string(),
@@ -271,36 +270,5 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
             bound: shown.to_string(),
             endpoints,
         }))
-    }
-}
-
-/// Adds `"endpoints": [...]` to every leaf of a delegator JSON tree whose
-/// path is a concrete name the controller knows.
-fn add_endpoints(node: &mut Value, namer: MeshNamer<'_>) {
-    let is_leaf = node.get("type").and_then(Value::as_str) == Some("leaf");
-    if is_leaf {
-        let set = node
-            .get("path")
-            .and_then(Value::as_str)
-            .and_then(|p| Path::read(p).ok())
-            .and_then(|p| namer.set(&p).map(|(_, set)| Arc::clone(set)));
-        if let Some(set) = set {
-            node["endpoints"] = set
-                .iter()
-                .map(|e| serde_json::json!({ "ip": e.addr.ip().to_string(), "port": e.addr.port(), "meta": e.meta }))
-                .collect();
-        }
-        return;
-    }
-    for key in ["delegate", "alt", "union", "tree"] {
-        match node.get_mut(key) {
-            Some(Value::Array(children)) => {
-                for child in children {
-                    add_endpoints(child, namer);
-                }
-            }
-            Some(child @ Value::Object(_)) => add_endpoints(child, namer),
-            _ => {}
-        }
     }
 }

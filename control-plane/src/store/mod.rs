@@ -6,6 +6,7 @@
 //! the whole store through a watch channel, so the reconciler and the
 //! `WatchDtab` API see every change.
 
+pub mod consul_kv;
 pub mod file;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,8 @@ pub fn validate_namespace(ns: &str) -> Result<(), StoreError> {
 #[derive(Debug)]
 pub enum DtabStore {
     File(file::FileStore),
+    /// Consul KV, shared by several controller replicas.
+    Consul(consul_kv::ConsulStore),
 }
 
 impl DtabStore {
@@ -82,6 +85,7 @@ impl DtabStore {
     pub fn subscribe(&self) -> watch::Receiver<Arc<Namespaces>> {
         match self {
             Self::File(s) => s.subscribe(),
+            Self::Consul(s) => s.subscribe(),
         }
     }
 
@@ -89,6 +93,7 @@ impl DtabStore {
         validate_namespace(namespace)?;
         match self {
             Self::File(s) => s.create(namespace, dtab).await,
+            Self::Consul(s) => s.create(namespace, dtab).await,
         }
     }
 
@@ -102,6 +107,7 @@ impl DtabStore {
         validate_namespace(namespace)?;
         match self {
             Self::File(s) => s.update(namespace, dtab, expected).await,
+            Self::Consul(s) => s.update(namespace, dtab, expected).await,
         }
     }
 
@@ -110,6 +116,7 @@ impl DtabStore {
         validate_namespace(namespace)?;
         match self {
             Self::File(s) => s.delete(namespace, expected).await,
+            Self::Consul(s) => s.delete(namespace, expected).await,
         }
     }
 }

@@ -33,6 +33,8 @@ pub fn config(store_dir: &std::path::Path, token: Option<&str>) -> Config {
             .into(),
         ),
         ecs: None,
+        consul: None,
+        consul_store: None,
     }
 }
 

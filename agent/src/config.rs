@@ -1,0 +1,275 @@
+//! The agent's configuration: a YAML file (with `${VAR}` / `${VAR:-default}`
+//! substitution done here, so no `envsubst` wrapper is needed), every
+//! setting also a flag or environment variable; flags win.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ecsmesh_config::{ConfigError, parse_duration};
+use serde::Deserialize;
+
+/// How the outgoing router reaches an endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Outgoing → the remote host's agent (incoming port) → the endpoint:
+    /// Linkerd's linker-to-linker pattern.
+    #[default]
+    LinkerToLinker,
+    /// Outgoing → the endpoint.
+    Direct,
+}
+
+/// How a request is turned into a logical name.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Identifier {
+    /// `/svc/<Host>` (Linkerd's `io.l5d.header.token`, the default).
+    HeaderToken {
+        #[serde(default = "host_header")]
+        header: String,
+    },
+    /// `/svc/<first N path segments>` (`io.l5d.path`).
+    Path {
+        #[serde(default = "one")]
+        segments: usize,
+        #[serde(default)]
+        consume: bool,
+    },
+    /// `/svc` followed by the header's value read as a path (`io.l5d.header`).
+    Header {
+        #[serde(default = "l5d_name")]
+        header: String,
+    },
+}
+
+fn host_header() -> String {
+    "host".to_owned()
+}
+fn one() -> usize {
+    1
+}
+fn l5d_name() -> String {
+    "l5d-name".to_owned()
+}
+
+impl Default for Identifier {
+    fn default() -> Self {
+        Self::HeaderToken {
+            header: host_header(),
+        }
+    }
+}
+
+/// The YAML file's shape. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub controller: Option<String>,
+    pub namespace: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub mode: Option<Mode>,
+    pub host_ip: Option<IpAddr>,
+    pub instance_id: Option<String>,
+    pub availability_zone: Option<String>,
+    pub cluster: Option<String>,
+    pub outgoing_port: Option<u16>,
+    pub incoming_port: Option<u16>,
+    pub admin_port: Option<u16>,
+    pub identifier: Option<Identifier>,
+    pub allow_inet_override: Option<bool>,
+    pub clear_context: Option<bool>,
+    pub max_call_depth: Option<usize>,
+    pub request_timeout: Option<String>,
+    pub attempt_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub max_retries: Option<u32>,
+    pub imds_endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "ecsmesh-agent",
+    version,
+    about = "The ecsmesh per-instance proxy"
+)]
+pub struct Args {
+    /// YAML configuration file.
+    #[arg(long, env = "ECSMESH_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The controller's gRPC address [default: http://127.0.0.1:4321].
+    #[arg(long, env = "ECSMESH_CONTROLLER")]
+    pub controller: Option<String>,
+    /// The namespace whose dtab to route with [default: default].
+    #[arg(long, env = "ECSMESH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Where the last applied snapshot is kept [default: ./ecsmesh-agent-state].
+    #[arg(long, env = "ECSMESH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// linker-to-linker (default) or direct.
+    #[arg(long, env = "ECSMESH_MODE", value_enum)]
+    pub mode: Option<Mode>,
+    /// The host IP to bind and report [default: discovered].
+    #[arg(long, env = "ECSMESH_HOST_IP")]
+    pub host_ip: Option<IpAddr>,
+    #[arg(long, env = "ECSMESH_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    #[arg(long, env = "ECSMESH_AVAILABILITY_ZONE")]
+    pub availability_zone: Option<String>,
+    /// The ECS cluster, reported to the controller.
+    #[arg(long, env = "ECSMESH_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Outgoing (application-facing) port [default: 4140].
+    #[arg(long, env = "ECSMESH_OUTGOING_PORT")]
+    pub outgoing_port: Option<u16>,
+    /// Incoming (linker-to-linker) port [default: 4141].
+    #[arg(long, env = "ECSMESH_INCOMING_PORT")]
+    pub incoming_port: Option<u16>,
+    /// Admin port [default: 9990].
+    #[arg(long, env = "ECSMESH_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
+    /// Let l5d-dtab headers name fixed addresses (/$/inet/…) [default: false].
+    #[arg(long, env = "ECSMESH_ALLOW_INET_OVERRIDE")]
+    pub allow_inet_override: Option<bool>,
+    /// Strip every l5d-* header both ways on the outgoing listener (edge mode).
+    #[arg(long, env = "ECSMESH_CLEAR_CONTEXT")]
+    pub clear_context: Option<bool>,
+    /// Total time for a request, retries included [default: 10s].
+    #[arg(long, env = "ECSMESH_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
+    /// The IMDS endpoint for host discovery [default: the standard one].
+    #[arg(long, env = "ECSMESH_IMDS_ENDPOINT")]
+    pub imds_endpoint: Option<String>,
+}
+
+/// The resolved configuration (before the host identity is discovered).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub controller: String,
+    pub namespace: String,
+    pub state_dir: PathBuf,
+    pub mode: Mode,
+    pub host_ip: Option<IpAddr>,
+    pub instance_id: Option<String>,
+    pub availability_zone: Option<String>,
+    pub cluster: String,
+    pub outgoing_port: u16,
+    pub incoming_port: u16,
+    pub admin_port: u16,
+    pub identifier: Identifier,
+    pub allow_inet_override: bool,
+    pub clear_context: bool,
+    /// `Via` entries a request may carry before it is refused as a loop.
+    pub max_call_depth: usize,
+    pub request_timeout: Duration,
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    pub imds_endpoint: Option<String>,
+}
+
+impl Config {
+    pub fn load(args: &Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => ecsmesh_config::load_yaml(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(args, file)
+    }
+
+    pub fn resolve(args: &Args, f: FileConfig) -> Result<Self, ConfigError> {
+        let duration = |flag: &Option<String>, file: Option<String>, default: Duration| {
+            flag.clone()
+                .or(file)
+                .map_or(Ok(default), |s| parse_duration(&s))
+        };
+        Ok(Self {
+            controller: args
+                .controller
+                .clone()
+                .or(f.controller)
+                .unwrap_or_else(|| "http://127.0.0.1:4321".to_owned()),
+            namespace: args
+                .namespace
+                .clone()
+                .or(f.namespace)
+                .unwrap_or_else(|| "default".to_owned()),
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(f.state_dir)
+                .unwrap_or_else(|| PathBuf::from("ecsmesh-agent-state")),
+            mode: args.mode.or(f.mode).unwrap_or_default(),
+            host_ip: args.host_ip.or(f.host_ip),
+            instance_id: args.instance_id.clone().or(f.instance_id),
+            availability_zone: args.availability_zone.clone().or(f.availability_zone),
+            cluster: args.cluster.clone().or(f.cluster).unwrap_or_default(),
+            outgoing_port: args.outgoing_port.or(f.outgoing_port).unwrap_or(4140),
+            incoming_port: args.incoming_port.or(f.incoming_port).unwrap_or(4141),
+            admin_port: args.admin_port.or(f.admin_port).unwrap_or(9990),
+            identifier: f.identifier.unwrap_or_default(),
+            allow_inet_override: args
+                .allow_inet_override
+                .or(f.allow_inet_override)
+                .unwrap_or(false),
+            clear_context: args.clear_context.or(f.clear_context).unwrap_or(false),
+            max_call_depth: f.max_call_depth.unwrap_or(1000),
+            request_timeout: duration(
+                &args.request_timeout,
+                f.request_timeout,
+                Duration::from_secs(10),
+            )?,
+            attempt_timeout: duration(&None, f.attempt_timeout, Duration::from_secs(5))?,
+            connect_timeout: duration(&None, f.connect_timeout, Duration::from_secs(1))?,
+            max_retries: f.max_retries.unwrap_or(3),
+            imds_endpoint: args.imds_endpoint.clone().or(f.imds_endpoint),
+        })
+    }
+
+    /// The listeners' addresses on `host_ip`.
+    pub fn addresses(&self, host_ip: IpAddr) -> (SocketAddr, SocketAddr, SocketAddr) {
+        (
+            SocketAddr::new(host_ip, self.outgoing_port),
+            SocketAddr::new(host_ip, self.incoming_port),
+            SocketAddr::new(host_ip, self.admin_port),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let f: FileConfig = serde_yaml_ng::from_str(
+            "namespace: prod\nmode: direct\nidentifier: {kind: path, segments: 2}\nrequest_timeout: 2s\n",
+        )
+        .unwrap();
+        let args = Args {
+            outgoing_port: Some(5140),
+            ..Args::default()
+        };
+        let c = Config::resolve(&args, f).unwrap();
+        assert_eq!(c.namespace, "prod");
+        assert_eq!(c.mode, Mode::Direct);
+        assert_eq!(c.outgoing_port, 5140);
+        assert_eq!(c.incoming_port, 4141);
+        assert_eq!(
+            c.identifier,
+            Identifier::Path {
+                segments: 2,
+                consume: false
+            }
+        );
+        assert_eq!(c.request_timeout, Duration::from_secs(2));
+        assert!(!c.allow_inet_override);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(serde_yaml_ng::from_str::<FileConfig>("outgoing_prot: 1").is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! Following the controller: one `Mesh.Stream`, reconnected with backoff
+//! and jitter forever. Snapshots replace the routing table; deltas apply on
+//! top of the version they name; each is ACKed once installed, or NACKed
+//! (and the table kept) if it cannot be applied.
+//!
+//! Static stability: every installed version is written to disk
+//! (atomically), restored at start when the controller is away, and kept in
+//! force for as long as the controller stays away.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ecsmesh_proto::v1 as pb;
+use ecsmesh_state::MeshState;
+use prost::Message as _;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::routes::Routes;
+
+const SNAPSHOT_FILE: &str = "snapshot.pb";
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+/// Who this agent is, as told to the controller.
+#[derive(Clone, Debug, Default)]
+pub struct AgentInfo {
+    pub instance_id: String,
+    pub host_ip: String,
+    pub availability_zone: String,
+    pub namespace: String,
+    pub cluster: String,
+}
+
+/// The agent's view of its control plane (admin `/ready`, metrics).
+#[derive(Clone, Debug, Default)]
+pub struct ControlStatus {
+    pub connected: bool,
+    /// The installed version, 0 before the first.
+    pub version: u64,
+    pub epoch: String,
+    /// Where the installed state came from.
+    pub from_disk: bool,
+    pub last_update: Option<Instant>,
+    pub last_error: Option<String>,
+}
+
+/// Reads and writes the last installed snapshot.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    path: PathBuf,
+}
+
+impl SnapshotFile {
+    pub fn new(dir: &FsPath) -> Self {
+        Self {
+            path: dir.join(SNAPSHOT_FILE),
+        }
+    }
+
+    /// The saved snapshot, if there is a readable one.
+    pub fn load(&self) -> Option<pb::Snapshot> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        match pb::Snapshot::decode(bytes.as_slice()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "ignoring an unreadable saved snapshot");
+                None
+            }
+        }
+    }
+
+    /// Replaces the file atomically (temporary file, fsync, rename).
+    pub fn save(&self, snapshot: &pb::Snapshot) -> std::io::Result<()> {
+        use std::io::Write as _;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("pb.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&snapshot.encode_to_vec())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// Installs the saved snapshot, if any. Returns whether one was installed.
+pub fn restore(
+    file: &SnapshotFile,
+    routes: &Routes,
+    status: &watch::Sender<ControlStatus>,
+) -> bool {
+    let Some(snapshot) = file.load() else {
+        return false;
+    };
+    match MeshState::from_snapshot(&snapshot) {
+        Ok(mesh) => {
+            routes.install(snapshot.version, snapshot.epoch.clone(), Arc::new(mesh));
+            status.send_modify(|s| {
+                s.version = snapshot.version;
+                s.epoch.clone_from(&snapshot.epoch);
+                s.from_disk = true;
+                s.last_update = Some(Instant::now());
+            });
+            tracing::info!(
+                version = snapshot.version,
+                "serving the saved snapshot until the controller answers"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an invalid saved snapshot");
+            false
+        }
+    }
+}
+
+/// Follows the controller forever.
+pub async fn run(
+    controller: String,
+    info: AgentInfo,
+    routes: Arc<Routes>,
+    file: SnapshotFile,
+    status: watch::Sender<ControlStatus>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let started = Instant::now();
+        let result = follow(&controller, &info, &routes, &file, &status).await;
+        status.send_modify(|s| s.connected = false);
+        if let Err(e) = &result {
+            tracing::warn!(%controller, error = %e, "controller stream ended; routing on the last state");
+            status.send_modify(|s| s.last_error = Some(e.to_string()));
+        }
+        // A stream that lived a while resets the backoff.
+        failures = if started.elapsed() > Duration::from_secs(30) {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
+        let backoff = BACKOFF_MIN
+            .saturating_mul(1 << failures.min(8))
+            .min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("connecting: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("the controller closed the stream")]
+    Closed,
+}
+
+async fn connect(controller: &str) -> Result<Channel, StreamError> {
+    let url = if controller.contains("://") {
+        controller.to_owned()
+    } else {
+        format!("http://{controller}")
+    };
+    Ok(Endpoint::from_shared(url)?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .connect()
+        .await?)
+}
+
+/// One stream, until it ends.
+async fn follow(
+    controller: &str,
+    info: &AgentInfo,
+    routes: &Routes,
+    file: &SnapshotFile,
+    status: &watch::Sender<ControlStatus>,
+) -> Result<(), StreamError> {
+    let channel = connect(controller).await?;
+    let (tx, rx) = mpsc::channel(8);
+    let held = status.borrow().clone();
+    let _ = tx
+        .send(pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+                instance_id: info.instance_id.clone(),
+                host_ip: info.host_ip.clone(),
+                availability_zone: info.availability_zone.clone(),
+                namespace: info.namespace.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                last_applied_version: held.version,
+                last_applied_epoch: held.epoch,
+                cluster: info.cluster.clone(),
+            })),
+        })
+        .await;
+    let mut inbound = pb::mesh_client::MeshClient::new(channel)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    status.send_modify(|s| {
+        s.connected = true;
+        s.last_error = None;
+    });
+    tracing::info!(%controller, "following the controller");
+    while let Some(msg) = inbound.message().await? {
+        let reply = match msg.kind {
+            Some(pb::controller_message::Kind::Snapshot(s)) => {
+                apply_snapshot(s, routes, file, status).await
+            }
+            Some(pb::controller_message::Kind::Delta(d)) => {
+                apply_delta(&d, routes, file, status).await
+            }
+            None => continue,
+        };
+        if tx
+            .send(pb::AgentMessage { kind: Some(reply) })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    Err(StreamError::Closed)
+}
+
+async fn apply_snapshot(
+    snapshot: pb::Snapshot,
+    routes: &Routes,
+    file: &SnapshotFile,
+    status: &watch::Sender<ControlStatus>,
+) -> pb::agent_message::Kind {
+    let version = snapshot.version;
+    match MeshState::from_snapshot(&snapshot) {
+        Ok(mesh) => {
+            install(
+                version,
+                snapshot.epoch.clone(),
+                Arc::new(mesh),
+                routes,
+                status,
+            );
+            persist(file, snapshot).await;
+            tracing::info!(version, "installed a snapshot");
+            pb::agent_message::Kind::Ack(pb::Ack { version })
+        }
+        Err(e) => nack(version, &e.to_string()),
+    }
+}
+
+async fn apply_delta(
+    delta: &pb::Delta,
+    routes: &Routes,
+    file: &SnapshotFile,
+    status: &watch::Sender<ControlStatus>,
+) -> pb::agent_message::Kind {
+    let table = routes.load();
+    if table.epoch != delta.epoch || table.version != delta.base_version {
+        return nack(
+            delta.version,
+            &format!(
+                "delta applies to {}@{}, this agent holds {}@{}",
+                delta.base_version, delta.epoch, table.version, table.epoch
+            ),
+        );
+    }
+    match table.mesh.apply(delta) {
+        Ok(mesh) => {
+            let mesh = Arc::new(mesh);
+            install(
+                delta.version,
+                delta.epoch.clone(),
+                Arc::clone(&mesh),
+                routes,
+                status,
+            );
+            persist(file, mesh.to_snapshot(delta.version, &delta.epoch)).await;
+            tracing::debug!(version = delta.version, "installed a delta");
+            pb::agent_message::Kind::Ack(pb::Ack {
+                version: delta.version,
+            })
+        }
+        Err(e) => nack(delta.version, &e.to_string()),
+    }
+}
+
+fn install(
+    version: u64,
+    epoch: String,
+    mesh: Arc<MeshState>,
+    routes: &Routes,
+    status: &watch::Sender<ControlStatus>,
+) {
+    routes.install(version, epoch.clone(), mesh);
+    status.send_modify(|s| {
+        s.version = version;
+        s.epoch = epoch;
+        s.from_disk = false;
+        s.last_update = Some(Instant::now());
+    });
+}
+
+/// Saves the installed state; a failure is logged, not fatal (routing goes on).
+async fn persist(file: &SnapshotFile, snapshot: pb::Snapshot) {
+    let file = file.clone();
+    match tokio::task::spawn_blocking(move || file.save(&snapshot)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not save the snapshot"),
+        Err(e) => tracing::warn!(error = %e, "could not save the snapshot"),
+    }
+}
+
+fn nack(version: u64, error: &str) -> pb::agent_message::Kind {
+    tracing::warn!(version, error, "rejecting an update from the controller");
+    pb::agent_message::Kind::Nack(pb::Nack {
+        version,
+        error: error.to_owned(),
+    })
+}

@@ -1,0 +1,229 @@
+//! Header rules of the Linkerd 1 HTTP router: hop-by-hop stripping, `Via`
+//! and the call-depth limit, the `l5d-*` context headers, and the error
+//! responses the proxy makes itself.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+
+use super::Body;
+
+pub const L5D_DTAB: &str = "l5d-dtab";
+pub const L5D_CTX_DTAB: &str = "l5d-ctx-dtab";
+pub const L5D_CTX_DEADLINE: &str = "l5d-ctx-deadline";
+pub const L5D_DST_SERVICE: &str = "l5d-dst-service";
+pub const L5D_DST_CLIENT: &str = "l5d-dst-client";
+pub const L5D_DST_RESIDUAL: &str = "l5d-dst-residual";
+pub const L5D_REQID: &str = "l5d-reqid";
+pub const L5D_ERR: &str = "l5d-err";
+/// What this proxy appends to `Via`.
+pub const VIA_ENTRY: &str = "ecsmesh";
+
+/// Headers that describe one connection, not the message: never forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    // HTTP/1.0-style keep-alive is hop-by-hop too.
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Removes every `l5d-*` header (edge mode, `clearContext`).
+pub fn clear_context(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("l5d-"))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
+/// How many proxies the request has been through (comma-separated `Via` entries).
+pub fn call_depth(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .map(|v| v.as_bytes().split(|b| *b == b',').count())
+        .sum()
+}
+
+/// Appends this proxy to `Via`.
+pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
+    let proto = match version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        _ => "1.1",
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{proto} {VIA_ENTRY}")) {
+        headers.append(header::VIA, v);
+    }
+}
+
+/// All values of a header joined with `;` (several `l5d-dtab` headers add up).
+pub fn joined(headers: &HeaderMap, name: &str) -> Option<Bytes> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut out = first.as_bytes().to_vec();
+    for v in values {
+        out.push(b';');
+        out.extend_from_slice(v.as_bytes());
+    }
+    Some(Bytes::from(out))
+}
+
+/// The strictest deadline in `l5d-ctx-deadline` headers
+/// (`"<timestamp_ns> <deadline_ns>"`, nanoseconds since the epoch), as time
+/// left from now.
+pub fn deadline_remaining(headers: &HeaderMap) -> Option<Duration> {
+    let now = now_nanos();
+    headers
+        .get_all(L5D_CTX_DEADLINE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split_whitespace().nth(1)?.parse::<u128>().ok())
+        .min()
+        .map(|deadline| {
+            Duration::from_nanos(u64::try_from(deadline.saturating_sub(now)).unwrap_or(u64::MAX))
+        })
+}
+
+/// `l5d-ctx-deadline` for a deadline `remaining` from now.
+pub fn deadline_header(remaining: Duration) -> Option<HeaderValue> {
+    let now = now_nanos();
+    HeaderValue::from_str(&format!("{now} {}", now + remaining.as_nanos())).ok()
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// A fresh request id: 16 lowercase hex digits.
+pub fn request_id() -> HeaderValue {
+    HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..)))
+        .unwrap_or_else(|_| HeaderValue::from_static("0000000000000000"))
+}
+
+/// A response the proxy makes itself: the message as the plain-text body
+/// and, URL-encoded, in `l5d-err`.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from(format!("{message}\n"))));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&url_encode(message)) {
+        headers.insert(L5D_ERR, v);
+    }
+    resp
+}
+
+/// A body from bytes.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// `application/x-www-form-urlencoded` encoding, as Linkerd writes `l5d-err`.
+pub fn url_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn via_counts_entries_across_headers() {
+        let mut h = HeaderMap::new();
+        h.append(header::VIA, HeaderValue::from_static("1.1 a, 1.1 b"));
+        h.append(header::VIA, HeaderValue::from_static("1.1 c"));
+        assert_eq!(call_depth(&h), 3);
+        append_via(&mut h, http::Version::HTTP_11);
+        assert_eq!(call_depth(&h), 4);
+    }
+
+    #[test]
+    fn deadlines_take_the_strictest() {
+        let now = now_nanos();
+        let mut h = HeaderMap::new();
+        h.append(
+            L5D_CTX_DEADLINE,
+            HeaderValue::from_str(&format!("{now} {}", now + 5_000_000_000)).unwrap(),
+        );
+        h.append(
+            L5D_CTX_DEADLINE,
+            HeaderValue::from_str(&format!("{now} {}", now + 1_000_000_000)).unwrap(),
+        );
+        let left = deadline_remaining(&h).unwrap();
+        assert!(
+            left <= Duration::from_secs(1) && left > Duration::from_millis(900),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn l5d_err_is_form_encoded() {
+        assert_eq!(
+            url_encode("Unable to route: /svc/x!"),
+            "Unable+to+route%3A+%2Fsvc%2Fx%21"
+        );
+    }
+}

@@ -1,0 +1,572 @@
+//! The proxy: the outgoing listener (applications' `http_proxy`) and the
+//! incoming one (the linker-to-linker hop). HTTP/1.1 and HTTP/2 with prior
+//! knowledge (h2c, so gRPC works) on both.
+//!
+//! Per request: identify → read the dtab headers → the routing decision
+//! (cached per logical name and local dtab) → pick a union branch, then an
+//! endpoint (p2c over peak EWMA, failure accrual) → forward, retrying
+//! idempotent body-less requests on another endpoint within the retry
+//! budget and the request's deadline.
+//!
+//! In linker-to-linker mode the outgoing side sends the request to the
+//! agent on the chosen endpoint's host, naming the chosen concrete set in
+//! `l5d-dst-client`; the incoming side then balances over that set's
+//! endpoints on its own host. A weighted split is thus decided once, by the
+//! first agent.
+
+pub mod headers;
+pub mod identify;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ecsmesh_agent_balance::{Classifier, Outcome, RetryBudget, RetryBudgetConfig};
+use ecsmesh_dtab::Path;
+use ecsmesh_state::names;
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, Mode};
+use crate::metrics::{Class, Metrics};
+use crate::routes::{Dest, RouteError, RouteTable, Routes, Target, choose};
+use headers::{
+    L5D_CTX_DEADLINE, L5D_CTX_DTAB, L5D_DST_CLIENT, L5D_DST_RESIDUAL, L5D_DST_SERVICE, L5D_DTAB,
+    L5D_REQID, error_response,
+};
+
+/// Every body the proxy sends or receives, boxed.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Which listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Outgoing,
+    Incoming,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outgoing => "outgoing",
+            Self::Incoming => "incoming",
+        }
+    }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// The answer to return (a success, or a failure not to retry).
+    Done(Response<Body>),
+    /// A failure another endpoint may fix; returned if no retry is left.
+    Failed(Response<Body>),
+}
+
+/// The shared state of both listeners.
+#[derive(Debug)]
+pub struct Proxy {
+    pub routes: Arc<Routes>,
+    pub config: Config,
+    pub host_ip: IpAddr,
+    pub metrics: Arc<Metrics>,
+    http1: Client<HttpConnector, Body>,
+    http2: Client<HttpConnector, Body>,
+    budget: RetryBudget,
+    classifier: Classifier,
+}
+
+impl Proxy {
+    pub fn new(
+        routes: Arc<Routes>,
+        config: Config,
+        host_ip: IpAddr,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_mins(1))
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        Self {
+            routes,
+            config,
+            host_ip,
+            metrics,
+            http1,
+            http2,
+            budget: RetryBudget::new(&RetryBudgetConfig::default()),
+            classifier: Classifier::RetryableIdempotent5XX,
+        }
+    }
+
+    /// Serves `listener` until `shutdown` turns true, then lets in-flight
+    /// requests finish (up to `grace`).
+    pub async fn serve(
+        self: Arc<Self>,
+        side: Side,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    self.metrics.connection(side);
+                    let proxy = Arc::clone(&self);
+                    let service = hyper::service::service_fn(move |req| {
+                        let proxy = Arc::clone(&proxy);
+                        async move { Ok::<_, Infallible>(proxy.handle(side, req).await) }
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(grace) => tracing::warn!(side = side.as_str(), "in-flight requests cut off by the shutdown deadline"),
+        }
+    }
+
+    /// One request, start to finish.
+    pub async fn handle(&self, side: Side, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let clear = self.config.clear_context && side == Side::Outgoing;
+        let (mut parts, body) = req.into_parts();
+        if clear {
+            headers::clear_context(&mut parts.headers);
+        }
+        let (service, mut resp) = self.route(side, &mut parts, body).await;
+        headers::strip_hop_by_hop(resp.headers_mut());
+        if clear {
+            let had_error = resp.headers().contains_key(headers::L5D_ERR);
+            headers::clear_context(resp.headers_mut());
+            if had_error {
+                *resp.body_mut() = headers::full(Bytes::new());
+            }
+        }
+        self.metrics
+            .request(side, service.as_deref(), resp.status(), started.elapsed());
+        resp
+    }
+
+    /// Routes and forwards; returns the logical name (for metrics) and the response.
+    async fn route(
+        &self,
+        side: Side,
+        parts: &mut http::request::Parts,
+        body: Incoming,
+    ) -> (Option<String>, Response<Body>) {
+        let depth = headers::call_depth(&parts.headers);
+        if depth >= self.config.max_call_depth {
+            let msg = format!(
+                "Maximum number of calls ({}) has been exceeded. Please check for proxy loops.",
+                self.config.max_call_depth
+            );
+            return (None, error_response(StatusCode::BAD_REQUEST, &msg));
+        }
+        identify::rewrite_proxy_form(parts);
+        let table = self.routes.load();
+
+        // On the incoming side, the first agent's choice of concrete set
+        // stands (see the module docs).
+        let chosen = (side == Side::Incoming)
+            .then(|| incoming_choice(&table, parts, &self.routes.settings))
+            .flatten();
+        let ctx = headers::joined(&parts.headers, L5D_CTX_DTAB);
+        let user = headers::joined(&parts.headers, L5D_DTAB);
+        parts.headers.remove(L5D_CTX_DTAB);
+        parts.headers.remove(L5D_DTAB);
+
+        let (name, decision) = if let Some((name, dest)) = chosen {
+            (name, Err(dest))
+        } else {
+            let name = match identify::identify(&self.config.identifier, parts) {
+                Ok(name) => name,
+                Err(e) => {
+                    let msg = format!("Unknown destination: {} {} / {e}", parts.method, parts.uri);
+                    return (None, error_response(StatusCode::BAD_REQUEST, &msg));
+                }
+            };
+            let decision = table.decide(
+                &name,
+                ctx.as_deref(),
+                user.as_deref(),
+                &self.routes.settings,
+            );
+            (name, Ok(decision))
+        };
+        let service = name.to_string();
+
+        let local_dtab = match &decision {
+            Ok(d) => match &d.route {
+                Err(
+                    e @ (RouteError::BadDtabHeader { .. } | RouteError::ForbiddenOverride { .. }),
+                ) => {
+                    return (
+                        Some(service),
+                        error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+                    );
+                }
+                Err(e) => {
+                    let msg = Self::unable_to_route(&service, &table, d.local_dtab.as_deref(), e);
+                    return (Some(service), error_response(StatusCode::BAD_GATEWAY, &msg));
+                }
+                Ok(_) => d.local_dtab.clone(),
+            },
+            // The incoming side forwards the context it received.
+            Err(_) => ctx
+                .as_deref()
+                .and_then(|c| std::str::from_utf8(c).ok())
+                .map(Arc::from),
+        };
+
+        // Deadline: the request's own, tightened by the configured total timeout.
+        let remaining = headers::deadline_remaining(&parts.headers)
+            .map_or(self.config.request_timeout, |d| {
+                d.min(self.config.request_timeout)
+            });
+        parts.headers.remove(L5D_CTX_DEADLINE);
+        if remaining.is_zero() {
+            return (
+                Some(service),
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the request's deadline has passed",
+                ),
+            );
+        }
+
+        // Outbound context headers.
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::append_via(&mut parts.headers, parts.version);
+        if let Ok(v) = HeaderValue::from_str(&service) {
+            parts.headers.insert(L5D_DST_SERVICE, v);
+        }
+        if !parts.headers.contains_key(L5D_REQID) {
+            parts.headers.insert(L5D_REQID, headers::request_id());
+        }
+        if let Some(v) = local_dtab
+            .as_deref()
+            .and_then(|d| HeaderValue::from_str(d).ok())
+        {
+            parts.headers.insert(L5D_CTX_DTAB, v);
+        }
+
+        let deadline = Instant::now() + remaining;
+        let attempt = self.attempts(side, parts, body, decision, deadline);
+        let resp = if let Ok(resp) = tokio::time::timeout(remaining, attempt).await {
+            resp
+        } else {
+            self.metrics.failure(&service, Class::Timeout);
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("request to {service} timed out after {remaining:?}"),
+            )
+        };
+        (Some(service), resp)
+    }
+
+    /// The attempt loop: pick, forward, classify, maybe retry elsewhere.
+    async fn attempts(
+        &self,
+        side: Side,
+        parts: &http::request::Parts,
+        body: Incoming,
+        decision: Result<Arc<crate::routes::Decision>, Dest>,
+        deadline: Instant,
+    ) -> Response<Body> {
+        use http_body::Body as _;
+        // Only a request without a body can be sent again.
+        let replayable = body.is_end_stream();
+        let mut body = Some(body);
+        let service = parts
+            .headers
+            .get(L5D_DST_SERVICE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        self.budget.deposit();
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last_error: Option<Response<Body>> = None;
+        for attempt in 0..=self.config.max_retries {
+            if attempt > 0 && (!replayable || !self.budget.try_withdraw()) {
+                break;
+            }
+            let dest: &Dest = match &decision {
+                Ok(d) => match d.route.as_ref().map(|t| choose(t)) {
+                    Ok(Ok(dest)) => dest,
+                    // The tree is ~, ! or $: nothing to route to.
+                    Ok(Err(e)) if attempt == 0 => {
+                        let table = self.routes.load();
+                        let msg =
+                            Self::unable_to_route(&service, &table, d.local_dtab.as_deref(), &e);
+                        self.metrics.failure(&service, Class::NoHosts);
+                        return error_response(StatusCode::BAD_GATEWAY, &msg);
+                    }
+                    Ok(Err(_)) | Err(_) => break,
+                },
+                Err(dest) => dest,
+            };
+            let Some((addr, connect_to, pick)) = self.select(side, dest, &tried).await else {
+                if attempt == 0 {
+                    let table = self.routes.load();
+                    let msg = Self::unable_to_route(
+                        &service,
+                        &table,
+                        parts
+                            .headers
+                            .get(L5D_CTX_DTAB)
+                            .and_then(|v| v.to_str().ok()),
+                        &RouteError::NoHosts,
+                    );
+                    self.metrics.failure(&service, Class::NoHosts);
+                    return error_response(StatusCode::BAD_GATEWAY, &msg);
+                }
+                break;
+            };
+            tried.push(addr);
+            if attempt > 0 {
+                self.metrics.retry(&service);
+            }
+            let req = outbound_request(
+                parts,
+                body.take(),
+                dest,
+                connect_to,
+                deadline.saturating_duration_since(Instant::now()),
+            );
+            match self
+                .try_once(
+                    parts,
+                    req,
+                    dest,
+                    (addr, connect_to),
+                    pick,
+                    &service,
+                    deadline,
+                )
+                .await
+            {
+                Attempt::Done(resp) => return resp,
+                Attempt::Failed(resp) => last_error = Some(resp),
+            }
+        }
+        last_error.unwrap_or_else(|| {
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("No hosts are available for {service}"),
+            )
+        })
+    }
+
+    /// Sends one attempt and classifies it; failures are reported to the
+    /// balancer (failure accrual) and metrics.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_once(
+        &self,
+        parts: &http::request::Parts,
+        req: Request<Body>,
+        dest: &Dest,
+        (addr, connect_to): (SocketAddr, SocketAddr),
+        pick: Option<ecsmesh_agent_balance::Pick>,
+        service: &str,
+        deadline: Instant,
+    ) -> Attempt {
+        let client = if parts.version == http::Version::HTTP_2 {
+            &self.http2
+        } else {
+            &self.http1
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let sent =
+            tokio::time::timeout(left.min(self.config.attempt_timeout), client.request(req)).await;
+        let status = match &sent {
+            Ok(Ok(resp)) => Some(resp.status().as_u16()),
+            _ => None,
+        };
+        let outcome = self.classifier.classify(parts.method.as_str(), status);
+        let succeeded = matches!((&sent, outcome), (Ok(Ok(_)), Outcome::Success));
+        if let Some(p) = pick {
+            if succeeded { p.success() } else { p.failure() }
+        }
+        match (sent, outcome) {
+            (Ok(Ok(resp)), Outcome::Success) => Attempt::Done(resp.map(BodyExt::boxed)),
+            (Ok(Ok(resp)), Outcome::Failure { retryable }) => {
+                self.metrics.failure(service, Class::Status5xx);
+                let resp = resp.map(BodyExt::boxed);
+                if retryable {
+                    Attempt::Failed(resp)
+                } else {
+                    Attempt::Done(resp)
+                }
+            }
+            (Ok(Err(e)), _) => {
+                // A request that never reached the endpoint may go elsewhere
+                // whatever its method (if it can be resent).
+                self.metrics.failure(service, Class::ConnectFailure);
+                let msg = format!(
+                    "Unable to establish connection to {connect_to}.\n\nservice name: {service}\nclient name: {}\nselected address: {addr}\nerror: {e}",
+                    dest.id
+                );
+                Attempt::Failed(error_response(StatusCode::BAD_GATEWAY, &msg))
+            }
+            (Err(_), _) => {
+                self.metrics.failure(service, Class::Timeout);
+                Attempt::Failed(error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("request to {addr} ({}) timed out", dest.id),
+                ))
+            }
+        }
+    }
+
+    /// The endpoint for one attempt: its address, where to connect (the
+    /// remote agent in linker-to-linker mode), and the balancer's handle.
+    async fn select(
+        &self,
+        side: Side,
+        dest: &Dest,
+        tried: &[SocketAddr],
+    ) -> Option<(SocketAddr, SocketAddr, Option<ecsmesh_agent_balance::Pick>)> {
+        match &dest.target {
+            Target::Set { all, local, hosts } => {
+                let balancer = if side == Side::Incoming { local } else { all };
+                let pick = balancer.pick(tried)?;
+                let addr = pick.addr();
+                let connect_to = match (side, self.config.mode) {
+                    (Side::Outgoing, Mode::LinkerToLinker) => SocketAddr::new(
+                        hosts.get(&addr).copied().unwrap_or(addr.ip()),
+                        self.config.incoming_port,
+                    ),
+                    _ => addr,
+                };
+                Some((addr, connect_to, Some(pick)))
+            }
+            Target::Inet { host, port } => {
+                let host = if host.is_empty() {
+                    "127.0.0.1"
+                } else {
+                    host.as_str()
+                };
+                let addr = tokio::net::lookup_host((host, *port))
+                    .await
+                    .ok()?
+                    .find(|a| !tried.contains(a))?;
+                Some((addr, addr, None))
+            }
+        }
+    }
+
+    /// Linkerd's 502 body for a request that cannot be routed.
+    fn unable_to_route(
+        service: &str,
+        table: &RouteTable,
+        local: Option<&str>,
+        error: &RouteError,
+    ) -> String {
+        let lines = |d: &str| {
+            d.split(';')
+                .filter(|s| !s.is_empty())
+                .map(|s| format!("  {s}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        format!(
+            "Unable to route request!\n\nservice name: {service}\nreason: {error}\nbase dtab:\n{}\noverride dtab:\n{}",
+            lines(&table.dtab.to_string()),
+            lines(local.unwrap_or_default())
+        )
+    }
+}
+
+/// One attempt's request: the shared parts, the body (only the first
+/// attempt has one), the chosen destination's headers and the address.
+fn outbound_request(
+    parts: &http::request::Parts,
+    body: Option<Incoming>,
+    dest: &Dest,
+    connect_to: SocketAddr,
+    left: Duration,
+) -> Request<Body> {
+    let body = match body {
+        Some(b) => b.boxed(),
+        None => Empty::new().map_err(|never| match never {}).boxed(),
+    };
+    let mut req = Request::from_parts(parts.clone(), body);
+    let headers = req.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&dest.id.to_string()) {
+        headers.insert(L5D_DST_CLIENT, v);
+    }
+    if !dest.residual.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&dest.residual.to_string())
+    {
+        headers.insert(L5D_DST_RESIDUAL, v);
+    }
+    if let Some(v) = headers::deadline_header(left) {
+        headers.insert(L5D_CTX_DEADLINE, v);
+    }
+    *req.uri_mut() = absolute_uri(
+        connect_to,
+        parts
+            .uri
+            .path_and_query()
+            .map(http::uri::PathAndQuery::as_str),
+    );
+    req
+}
+
+/// On the incoming side: the concrete set the sending agent chose
+/// (`l5d-dst-client`), if it names a published set.
+fn incoming_choice(
+    table: &RouteTable,
+    parts: &http::request::Parts,
+    settings: &crate::routes::TableSettings,
+) -> Option<(Path, Dest)> {
+    let id = parts.headers.get(L5D_DST_CLIENT)?.to_str().ok()?;
+    let id = Path::read(id).ok()?;
+    names::kind(id.elems())?;
+    let (_, endpoints) = ecsmesh_state::MeshNamer::new(&table.mesh).set(&id)?;
+    let bound = ecsmesh_state::Bound::Set {
+        id: id.clone(),
+        endpoints: Arc::clone(endpoints),
+        residual: Path::empty(),
+    };
+    let service = parts
+        .headers
+        .get(L5D_DST_SERVICE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| Path::read(s).ok())
+        .unwrap_or_else(|| id.clone());
+    Some((service, table.dest(bound, settings)))
+}
+
+fn absolute_uri(addr: SocketAddr, path_and_query: Option<&str>) -> Uri {
+    let pq = path_and_query.unwrap_or("/");
+    format!("http://{addr}{pq}")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"))
+}

@@ -1,0 +1,394 @@
+//! The routing table: what the agent routes with at one version of the
+//! mesh state — its namespace's dtab, a balancer per endpoint set (all
+//! endpoints for the outgoing side; this host's only for the incoming side),
+//! and a cache of routing decisions per (logical name, local dtab).
+//!
+//! A new table is built for every applied snapshot or delta; balancers
+//! carry their statistics over by address, and the decision cache starts
+//! empty (so a cached decision never outlives the state it was made from).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use ecsmesh_agent_balance::{Balancer, BalancerConfig, Endpoint as BalancedEndpoint};
+use ecsmesh_dtab::{Dtab, NameTree, Path, bind};
+use ecsmesh_state::{Bound, EndpointSet, MeshNamer, MeshState};
+
+/// Cached decisions per table, at most; the cache restarts when full.
+const CACHE_ENTRIES: usize = 10_000;
+
+/// Metadata key of the host an endpoint runs on (ECS endpoints carry it).
+pub const HOST_IP_META: &str = "host_ip";
+
+/// Where one leaf of a routing decision sends traffic.
+#[derive(Clone, Debug)]
+pub struct Dest {
+    /// The concrete name (`l5d-dst-client`).
+    pub id: Path,
+    pub residual: Path,
+    pub target: Target,
+}
+
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A published endpoint set: every endpoint, and those on this host.
+    Set {
+        all: Arc<Balancer>,
+        local: Arc<Balancer>,
+        /// Endpoint address → the host it runs on (for linker-to-linker).
+        hosts: Arc<HashMap<SocketAddr, IpAddr>>,
+    },
+    /// A fixed address (`/$/inet/<host>/<port>`), allowed only by configuration.
+    Inet { host: String, port: u16 },
+}
+
+/// Why a request cannot be routed; each maps to a status and `l5d-err`.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("invalid {header} header: {error}")]
+    BadDtabHeader {
+        header: &'static str,
+        error: ecsmesh_dtab::ParseError,
+    },
+    #[error(
+        "{header} header may not name fixed addresses ({path}); the agent does not allow /$/inet overrides"
+    )]
+    ForbiddenOverride { header: &'static str, path: Path },
+    #[error("binding failed: {0}")]
+    Bind(#[from] ecsmesh_dtab::BindError),
+    /// The tree is `~`, `!` or `$`, or the balancer has no live endpoint.
+    #[error("no hosts are available")]
+    NoHosts,
+}
+
+/// A cached routing decision for one (logical name, local dtab).
+#[derive(Debug)]
+pub struct Decision {
+    /// The bound tree (no Alt nodes), or why there is none.
+    pub route: Result<NameTree<Dest>, RouteError>,
+    /// The local dtab to forward as `l5d-ctx-dtab` (canonical form).
+    pub local_dtab: Option<Arc<str>>,
+}
+
+/// One version of everything the agent routes with.
+#[derive(Debug)]
+pub struct RouteTable {
+    pub version: u64,
+    pub epoch: String,
+    pub mesh: Arc<MeshState>,
+    /// The namespace's dtab (base + stored overrides).
+    pub dtab: Arc<Dtab>,
+    balancers: HashMap<Path, Target>,
+    cache: Mutex<HashMap<(Path, Bytes), Arc<Decision>>>,
+}
+
+/// How a table is built.
+#[derive(Clone, Debug)]
+pub struct TableSettings {
+    pub namespace: String,
+    pub host_ip: IpAddr,
+    pub balancer: BalancerConfig,
+    pub allow_inet_override: bool,
+}
+
+impl RouteTable {
+    /// An empty table: nothing routes until a snapshot arrives.
+    pub fn empty() -> Self {
+        Self {
+            version: 0,
+            epoch: String::new(),
+            mesh: Arc::new(MeshState::default()),
+            dtab: Arc::new(Dtab::empty()),
+            balancers: HashMap::new(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Builds the table for `mesh`, keeping `previous`'s balancer statistics.
+    pub fn build(
+        version: u64,
+        epoch: String,
+        mesh: Arc<MeshState>,
+        settings: &TableSettings,
+        previous: Option<&RouteTable>,
+    ) -> Self {
+        let dtab = mesh
+            .dtab(&settings.namespace)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Dtab::empty()));
+        let mut balancers = HashMap::with_capacity(mesh.sets.len());
+        for (name, set) in &mesh.sets {
+            let previous = previous.and_then(|p| match p.balancers.get(name) {
+                Some(Target::Set { all, local, .. }) => Some((all, local)),
+                _ => None,
+            });
+            balancers.insert(name.clone(), set_target(set, settings, previous));
+        }
+        Self {
+            version,
+            epoch,
+            mesh,
+            dtab,
+            balancers,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The routing decision for `name` with the request's dtab headers
+    /// (`l5d-ctx-dtab`, then `l5d-dtab`), cached.
+    pub fn decide(
+        &self,
+        name: &Path,
+        ctx_dtab: Option<&[u8]>,
+        user_dtab: Option<&[u8]>,
+        settings: &TableSettings,
+    ) -> Arc<Decision> {
+        let key_headers = match (ctx_dtab, user_dtab) {
+            (None, None) => Bytes::new(),
+            (c, u) => {
+                let mut k =
+                    Vec::with_capacity(c.map_or(0, <[u8]>::len) + u.map_or(0, <[u8]>::len) + 1);
+                k.extend_from_slice(c.unwrap_or_default());
+                k.push(0);
+                k.extend_from_slice(u.unwrap_or_default());
+                Bytes::from(k)
+            }
+        };
+        let key = (name.clone(), key_headers);
+        if let Some(d) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Arc::clone(d);
+        }
+        let decision = Arc::new(self.decide_uncached(name, ctx_dtab, user_dtab, settings));
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, Arc::clone(&decision));
+        decision
+    }
+
+    fn decide_uncached(
+        &self,
+        name: &Path,
+        ctx_dtab: Option<&[u8]>,
+        user_dtab: Option<&[u8]>,
+        settings: &TableSettings,
+    ) -> Decision {
+        let local = match local_dtab(ctx_dtab, user_dtab, settings.allow_inet_override) {
+            Ok(local) => local,
+            Err(e) => {
+                return Decision {
+                    route: Err(e),
+                    local_dtab: None,
+                };
+            }
+        };
+        let effective;
+        let dtab: &Dtab = if local.is_empty() {
+            &self.dtab
+        } else {
+            effective = self.dtab.concat(&local);
+            &effective
+        };
+        let route = bind(dtab, name, &MeshNamer::new(&self.mesh))
+            .map_err(RouteError::from)
+            .map(|tree| tree.map(&mut |b| self.dest(b, settings)));
+        Decision {
+            route,
+            local_dtab: (!local.is_empty()).then(|| Arc::from(local.to_string())),
+        }
+    }
+
+    /// The destination of a bound leaf.
+    pub fn dest(&self, bound: Bound, settings: &TableSettings) -> Dest {
+        match bound {
+            Bound::Set {
+                id,
+                residual,
+                endpoints,
+            } => {
+                // The table holds a balancer for every published set, under
+                // its canonical name (aliases map onto it); building one
+                // here would only happen if the two ever disagreed.
+                let canonical =
+                    ecsmesh_state::names::canonical(id.elems()).unwrap_or_else(|| id.clone());
+                let target = self
+                    .balancers
+                    .get(&canonical)
+                    .cloned()
+                    .unwrap_or_else(|| set_target(&endpoints, settings, None));
+                Dest {
+                    id,
+                    residual,
+                    target,
+                }
+            }
+            Bound::Inet(inet) => Dest {
+                id: inet.id,
+                residual: inet.residual,
+                target: Target::Inet {
+                    host: inet.host,
+                    port: inet.port,
+                },
+            },
+        }
+    }
+}
+
+fn set_target(
+    set: &EndpointSet,
+    settings: &TableSettings,
+    previous: Option<(&Arc<Balancer>, &Arc<Balancer>)>,
+) -> Target {
+    let mut hosts = HashMap::with_capacity(set.len());
+    let mut all = Vec::with_capacity(set.len());
+    let mut local = Vec::new();
+    for e in set.iter() {
+        let host = e
+            .meta
+            .get(HOST_IP_META)
+            .and_then(|h| h.parse::<IpAddr>().ok())
+            .unwrap_or_else(|| e.addr.ip());
+        hosts.insert(e.addr, host);
+        let balanced = BalancedEndpoint {
+            addr: e.addr,
+            weight: e.weight,
+        };
+        if host == settings.host_ip {
+            local.push(balanced);
+        }
+        all.push(balanced);
+    }
+    Target::Set {
+        all: Arc::new(Balancer::new(
+            &all,
+            &settings.balancer,
+            previous.map(|p| &**p.0),
+        )),
+        local: Arc::new(Balancer::new(
+            &local,
+            &settings.balancer,
+            previous.map(|p| &**p.1),
+        )),
+        hosts: Arc::new(hosts),
+    }
+}
+
+/// Parses the request's dtab headers (context first, then the user's) and
+/// applies the override policy.
+fn local_dtab(
+    ctx: Option<&[u8]>,
+    user: Option<&[u8]>,
+    allow_inet: bool,
+) -> Result<Dtab, RouteError> {
+    let mut local = Dtab::empty();
+    for (header, value) in [("l5d-ctx-dtab", ctx), ("l5d-dtab", user)] {
+        let Some(value) = value else { continue };
+        let text = std::str::from_utf8(value).map_err(|_| RouteError::BadDtabHeader {
+            header,
+            error: non_utf8_error(value),
+        })?;
+        let dtab = Dtab::read(text).map_err(|error| RouteError::BadDtabHeader { header, error })?;
+        if !allow_inet {
+            for d in dtab.dentries() {
+                if let Some(path) = d.dst.leaves().into_iter().find(|p| reaches_address(p)) {
+                    return Err(RouteError::ForbiddenOverride {
+                        header,
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        local = local.concat(&dtab);
+    }
+    Ok(local)
+}
+
+/// `/$/<kind>/…` other than `/$/fail` and `/$/nil`: a fixed address or a
+/// namer the mesh does not control.
+fn reaches_address(path: &Path) -> bool {
+    match path.elems() {
+        [dollar, kind, ..] if dollar.as_bytes() == b"$" => {
+            !matches!(kind.as_bytes(), b"fail" | b"nil")
+        }
+        _ => false,
+    }
+}
+
+/// A parse error at the first byte that is not valid UTF-8.
+fn non_utf8_error(value: &[u8]) -> ecsmesh_dtab::ParseError {
+    let offset = std::str::from_utf8(value)
+        .err()
+        .map_or(0, |e| e.valid_up_to());
+    ecsmesh_dtab::ParseError {
+        offset,
+        kind: ecsmesh_dtab::ParseErrorKind::Unexpected {
+            expected: "UTF-8 text",
+            found: ecsmesh_dtab::Found::EndOfInput,
+        },
+    }
+}
+
+/// Picks a leaf: a union chooses a branch at random, by weight.
+pub fn choose(tree: &NameTree<Dest>) -> Result<&Dest, RouteError> {
+    match tree {
+        NameTree::Leaf(d) => Ok(d),
+        NameTree::Union(branches) => {
+            let total: f64 = branches.iter().map(|b| b.weight.max(0.0)).sum();
+            if total <= 0.0 {
+                // All-zero weights: equal shares.
+                let i = fastrand::usize(..branches.len().max(1));
+                return branches
+                    .get(i)
+                    .map_or(Err(RouteError::NoHosts), |b| choose(&b.tree));
+            }
+            let mut point = fastrand::f64() * total;
+            for b in branches {
+                point -= b.weight.max(0.0);
+                if point < 0.0 {
+                    return choose(&b.tree);
+                }
+            }
+            branches
+                .last()
+                .map_or(Err(RouteError::NoHosts), |b| choose(&b.tree))
+        }
+        NameTree::Neg | NameTree::Fail | NameTree::Empty | NameTree::Alt(_) => {
+            Err(RouteError::NoHosts)
+        }
+    }
+}
+
+/// The routing table in force, swapped atomically on every update.
+#[derive(Debug)]
+pub struct Routes {
+    current: arc_swap::ArcSwap<RouteTable>,
+    pub settings: TableSettings,
+}
+
+impl Routes {
+    pub fn new(settings: TableSettings) -> Self {
+        Self {
+            current: arc_swap::ArcSwap::from_pointee(RouteTable::empty()),
+            settings,
+        }
+    }
+
+    pub fn load(&self) -> Arc<RouteTable> {
+        self.current.load_full()
+    }
+
+    /// Installs a new mesh state as the routing table.
+    pub fn install(&self, version: u64, epoch: String, mesh: Arc<MeshState>) {
+        let previous = self.current.load_full();
+        let table = RouteTable::build(version, epoch, mesh, &self.settings, Some(&previous));
+        self.current.store(Arc::new(table));
+    }
+}

@@ -1,0 +1,260 @@
+//! A small mesh on loopback for the agent's tests: an in-process controller
+//! fed endpoint sets directly, upstream servers on 127.0.x.y addresses that
+//! say who they are and echo what they received, and agents on their own
+//! host IPs.
+#![allow(dead_code, clippy::missing_panics_doc, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ecsmesh_agent::Agent;
+use ecsmesh_agent::config::{Args, Config, Mode};
+use ecsmesh_controller::Controller;
+use ecsmesh_controller::reconcile::BaseDtabs;
+use ecsmesh_dtab::{Dtab, Path};
+use ecsmesh_state::{Endpoint, EndpointSet};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub const SOURCE: &str = "test";
+
+/// Reserves a free port on `ip` (closed again at once: fine on loopback).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn controller(dir: &std::path::Path, grpc_port: u16) -> Controller {
+    let config = ecsmesh_controller::config::Config {
+        grpc_addr: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        store_dir: dir.to_owned(),
+        admin_token: None,
+        base_dtabs: BaseDtabs(
+            [(
+                "default".to_owned(),
+                Arc::new(Dtab::read("/svc=>/#/ecs/demo").unwrap()),
+            )]
+            .into(),
+        ),
+        ecs: None,
+        consul: None,
+        consul_store: None,
+    };
+    Controller::start(config, &[SOURCE]).await.unwrap()
+}
+
+/// Endpoint sets: `(name, [(addr, host ip)])`.
+pub fn sets(entries: &[(&str, &[(SocketAddr, &str)])]) -> BTreeMap<Path, Arc<EndpointSet>> {
+    entries
+        .iter()
+        .map(|(name, eps)| {
+            let set: EndpointSet = eps
+                .iter()
+                .map(|(addr, host)| Endpoint::new(*addr).with_meta("host_ip", *host))
+                .collect();
+            (Path::read(name).unwrap(), Arc::new(set))
+        })
+        .collect()
+}
+
+/// An agent on `host_ip`, following the controller on `controller_port`.
+pub async fn agent(
+    host_ip: &str,
+    controller_port: u16,
+    incoming_port: u16,
+    mode: Mode,
+    state_dir: &std::path::Path,
+) -> Agent {
+    let mut config = Config::resolve(
+        &Args::default(),
+        ecsmesh_agent::config::FileConfig::default(),
+    )
+    .unwrap();
+    config.host_ip = Some(host_ip.parse().unwrap());
+    config.instance_id = Some(format!("i-{host_ip}"));
+    config.availability_zone = Some("us-west-1a".into());
+    config.controller = format!("http://127.0.0.1:{controller_port}");
+    config.state_dir = state_dir.to_owned();
+    config.mode = mode;
+    config.outgoing_port = 0;
+    config.incoming_port = incoming_port;
+    config.admin_port = 0;
+    config.request_timeout = Duration::from_secs(5);
+    config.attempt_timeout = Duration::from_secs(2);
+    config.imds_endpoint = Some("http://127.0.0.1:1".into());
+    Agent::start(config).await.unwrap()
+}
+
+/// Waits until the agent runs mesh version `version` or later.
+pub async fn converged(agent: &Agent, version: u64) {
+    let mut status = agent.status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.version >= version),
+    )
+    .await
+    .expect("agent converged within 10 s")
+    .unwrap();
+}
+
+/// An HTTP/1 + h2c server that answers `<name>` and echoes request headers
+/// back as `x-seen-<header>`; counts requests.
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(ip: &str, name: &str) -> Self {
+        Self::start_with(ip, name, 200).await
+    }
+
+    pub async fn start_with(ip: &str, name: &str, status: u16) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let (name, counter) = (name.to_owned(), Arc::clone(&hits));
+        let task = tokio::spawn(async move {
+            // Connections live in this task's set: killing the server
+            // closes them too, as a crashed process would.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (name, counter) = (name.clone(), Arc::clone(&counter));
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            let mut resp =
+                                http::Response::new(Full::new(Bytes::from(name.clone())));
+                            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            for (k, v) in req.headers() {
+                                if let Ok(n) =
+                                    http::HeaderName::from_bytes(format!("x-seen-{k}").as_bytes())
+                                {
+                                    resp.headers_mut().append(n, v.clone());
+                                }
+                            }
+                            resp.headers_mut()
+                                .insert("x-seen-uri", req.uri().to_string().parse().unwrap());
+                            resp.headers_mut().insert(
+                                "x-seen-version",
+                                format!("{:?}", req.version()).parse().unwrap(),
+                            );
+                            async move { Ok::<_, Infallible>(resp) }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, hits, task }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting; open connections die with their tasks.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A plain HTTP/1 client (no proxy logic of its own).
+pub fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET `http://<host><path>` through the proxy at `proxy` (forward-proxy
+/// form, as `http_proxy` does), with extra headers.
+pub async fn get_via(
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
+    let mut req = http::Request::get(format!("http://{host}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    // Sent to the proxy's address with the absolute URI kept.
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(());
+    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(http::Request::from_parts(parts, body))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Runs real curl through the proxy: `http_proxy=<proxy> curl -s <url>`.
+pub async fn curl(proxy: SocketAddr, args: &[&str]) -> (String, String) {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("curl")
+            .env("http_proxy", format!("http://{proxy}"))
+            .env_remove("https_proxy")
+            .env_remove("no_proxy")
+            .env_remove("NO_PROXY")
+            .args(["-s", "-S", "--max-time", "10"])
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Sends raw bytes and reads the whole answer (the server closes after an
+/// HTTP/1.0 exchange).
+pub async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
