@@ -86,6 +86,7 @@ pub struct FileConfig {
     pub attempt_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub max_retries: Option<u32>,
+    pub max_in_flight: Option<usize>,
     pub imds_endpoint: Option<String>,
 }
 
@@ -167,6 +168,8 @@ pub struct Config {
     pub attempt_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_retries: u32,
+    /// Requests the proxy holds at once; past it, new ones fail fast (503).
+    pub max_in_flight: usize,
     pub imds_endpoint: Option<String>,
 }
 
@@ -224,6 +227,7 @@ impl Config {
             attempt_timeout: duration(&None, f.attempt_timeout, Duration::from_secs(5))?,
             connect_timeout: duration(&None, f.connect_timeout, Duration::from_secs(1))?,
             max_retries: f.max_retries.unwrap_or(3),
+            max_in_flight: f.max_in_flight.unwrap_or(10_000),
             imds_endpoint: args.imds_endpoint.clone().or(f.imds_endpoint),
         })
     }

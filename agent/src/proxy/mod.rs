@@ -83,6 +83,8 @@ pub struct Proxy {
     http2: Client<HttpConnector, Body>,
     budget: RetryBudget,
     classifier: Classifier,
+    /// Bounds the requests held at once: past it, fail fast instead of queueing.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
@@ -103,13 +105,14 @@ impl Proxy {
             .build(connector);
         Self {
             routes,
-            config,
             host_ip,
             metrics,
             http1,
             http2,
             budget: RetryBudget::new(&RetryBudgetConfig::default()),
             classifier: Classifier::RetryableIdempotent5XX,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            config,
         }
     }
 
@@ -154,6 +157,21 @@ impl Proxy {
     /// One request, start to finish.
     pub async fn handle(&self, side: Side, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        let Ok(_permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            self.metrics.request(
+                side,
+                None,
+                StatusCode::SERVICE_UNAVAILABLE,
+                started.elapsed(),
+            );
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "the proxy is holding {} requests already",
+                    self.config.max_in_flight
+                ),
+            );
+        };
         let clear = self.config.clear_context && side == Side::Outgoing;
         let (mut parts, body) = req.into_parts();
         if clear {
