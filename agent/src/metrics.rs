@@ -203,10 +203,8 @@ impl Metrics {
         self.retries.get_or_create(&ServiceLabel { service }).inc();
     }
 
+    /// The Prometheus text exposition (format 0.0.4).
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        ecsmesh_metrics::encode(&self.registry.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }

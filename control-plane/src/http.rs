@@ -42,10 +42,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         }),
     );
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, ecsmesh_metrics::CONTENT_TYPE)],
         s.metrics.encode(),
     )
 }
