@@ -21,6 +21,8 @@ pub use ecsmesh_config::{ConfigError, parse_duration, substitute};
 pub enum InvalidConfig {
     #[error(transparent)]
     File(#[from] ConfigError),
+    #[error("--namespace-dtab {0:?}: write NAMESPACE=DTAB")]
+    NamespaceDtab(String),
     #[error("namespace {namespace}: invalid base dtab: {error}")]
     BaseDtab {
         namespace: String,
@@ -140,6 +142,22 @@ pub struct Args {
     /// Where dtab overrides are stored: file (default) or consul.
     #[arg(long, env = "ECSMESH_STORE", value_enum)]
     pub store: Option<StoreKind>,
+    /// Read Consul with ?stale (any server answers) [default: false].
+    #[arg(long, env = "ECSMESH_CONSUL_STALE")]
+    pub consul_stale: Option<bool>,
+    /// Route to Consul instances whose worst check is warning [default: false].
+    #[arg(long, env = "ECSMESH_CONSUL_INCLUDE_WARNING")]
+    pub consul_include_warning: Option<bool>,
+    /// KV prefix of the Consul dtab store [default: ecsmesh/dtabs].
+    #[arg(long, env = "ECSMESH_CONSUL_KV_PREFIX")]
+    pub consul_kv_prefix: Option<String>,
+    /// A namespace's base dtab, NAMESPACE=DTAB (repeat; overrides the file).
+    #[arg(
+        long = "namespace-dtab",
+        env = "ECSMESH_NAMESPACE_DTABS",
+        value_delimiter = '\n'
+    )]
+    pub namespace_dtabs: Vec<String>,
 }
 
 /// ECS settings, resolved.
@@ -194,6 +212,12 @@ impl Config {
             .into_iter()
             .map(|(ns, c)| (ns, c.base_dtab))
             .collect();
+        for entry in &args.namespace_dtabs {
+            let Some((ns, dtab)) = entry.split_once('=') else {
+                return Err(InvalidConfig::NamespaceDtab(entry.clone()));
+            };
+            base.insert(ns.trim().to_owned(), dtab.to_owned());
+        }
         if let Some(d) = &args.base_dtab {
             base.insert("default".to_owned(), d.clone());
         } else if let (false, [cluster]) = (base.contains_key("default"), clusters.as_slice()) {
@@ -290,8 +314,10 @@ fn consul_settings(
                 datacenters.clone()
             },
             token: consul_token.clone(),
-            stale: file_consul.stale,
-            include_warning: file_consul.include_warning,
+            stale: args.consul_stale.unwrap_or(file_consul.stale),
+            include_warning: args
+                .consul_include_warning
+                .unwrap_or(file_consul.include_warning),
             ..defaults
         }
     });
@@ -304,8 +330,10 @@ fn consul_settings(
                     .clone()
                     .unwrap_or_else(|| defaults.address.clone()),
                 token: consul_token.clone(),
-                prefix: file_consul
-                    .kv_prefix
+                prefix: args
+                    .consul_kv_prefix
+                    .clone()
+                    .or(file_consul.kv_prefix)
                     .unwrap_or_else(|| defaults.prefix.clone()),
                 ..defaults
             })
@@ -345,6 +373,21 @@ mod tests {
                 .starts_with("namespace prod: invalid base dtab: error at offset 6"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn namespace_dtabs_from_flags() {
+        let args = Args {
+            namespace_dtabs: vec!["prod=/svc=>/#/ecs/prod".into()],
+            ..Args::default()
+        };
+        let c = Config::resolve(&args, FileConfig::default()).unwrap();
+        assert_eq!(c.base_dtabs.0["prod"].to_string(), "/svc=>/#/ecs/prod");
+        let bad = Args {
+            namespace_dtabs: vec!["prod".into()],
+            ..Args::default()
+        };
+        assert!(Config::resolve(&bad, FileConfig::default()).is_err());
     }
 
     #[test]
