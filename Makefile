@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/ecsmesh/venv
 export ECSMESH_VENV := $(VENV)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test lint fmt bench-dtab fuzz demo clean-venv
+.PHONY: all deps test lint fmt bench-dtab bench-proxy fuzz demo clean-venv
 
 all: test
 
@@ -32,6 +32,10 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## bench-proxy: the agent against a direct connection, haproxy and nginx.
+bench-proxy:
+	bash bench/proxy.sh
 
 ## bench-dtab: criterion benchmarks of dtab parsing and delegation.
 bench-dtab:

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# The data-plane benchmark (`make bench-proxy`): the same load generators,
+# upstream and machine, alternating the systems under test:
+#   direct      wrk -> upstream
+#   agent       wrk -> ecsmesh-agent (outgoing, direct mode) -> upstream
+#   agent-l2l   wrk -> agent (outgoing) -> agent (incoming) -> upstream
+#   haproxy     wrk -> haproxy (1 thread, keep-alive to the upstream) -> upstream
+#   nginx       wrk -> nginx (1 worker, upstream keepalive) -> upstream
+# The agents route with a real snapshot file (20-entry dtab, 50 services),
+# restored from disk: no controller runs (they are statically stable).
+# Every proxy has one worker thread, pinned to CPU 1 with the upstream; the
+# load generators run on CPU 0. Loopback only; every run is bounded.
+#
+# Environment: BENCH_SECONDS (per run, default 5), BENCH_REPS (default 3),
+# BENCH_RATES (open-loop rates, default "2000 5000").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ecsmesh/target}"
+SECS="${BENCH_SECONDS:-5}"
+REPS="${BENCH_REPS:-3}"
+RATES="${BENCH_RATES:-2000 5000}"
+
+# --- what the benchmark needs -------------------------------------------
+missing=()
+for p in $(grep -v '^\s*#' bench/deps-apt.txt); do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+cargo build --release -q -p ecsmesh-agent -p ecsmesh-bench
+BIN="$CARGO_TARGET_DIR/release"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+UP_IP=127.0.50.10; UP="$UP_IP:8080"
+start() { "$@" & PIDS+=($!); }
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done
+  echo "nothing listens on $1:$2" >&2; return 1
+}
+
+start taskset -c 1 "$BIN/bench-upstream" --addr "$UP"
+wait_port "$UP_IP" 8080
+
+# Agents: A routes directly; B (outgoing) -> C (incoming) is linker-to-linker.
+agent() { # name host-ip mode upstream-host
+  "$BIN/bench-snapshot" --upstream "$UP" --upstream-host "$4" --out "$WORK/$1/snapshot.pb"
+  RUST_LOG=error TOKIO_WORKER_THREADS=1 start taskset -c 1 "$BIN/ecsmesh-agent" \
+    --host-ip "$2" --instance-id "i-$1" --availability-zone bench-a --mode "$3" \
+    --controller http://127.0.0.1:9 --state-dir "$WORK/$1" --imds-endpoint http://127.0.0.1:9
+  AGENT_PID[$1]=$!
+}
+declare -A AGENT_PID
+agent a 127.0.50.1 direct "$UP_IP"
+agent b 127.0.50.3 linker-to-linker 127.0.50.2
+agent c 127.0.50.2 direct 127.0.50.2
+wait_port 127.0.50.1 4140; wait_port 127.0.50.3 4140; wait_port 127.0.50.2 4141
+
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.50.4:8080
+  default_backend be
+backend be
+  server up $UP
+EOF
+start taskset -c 1 haproxy -db -f "$WORK/haproxy.cfg"
+HAPROXY_PID=$!
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  upstream up { server $UP; keepalive 64; }
+  server {
+    listen 127.0.50.5:8080;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+start taskset -c 1 nginx -c "$WORK/nginx.conf"
+NGINX_PID=$!
+wait_port 127.0.50.4 8080; wait_port 127.0.50.5 8080
+
+# name  address  host-header  pid-to-measure (for RSS and CPU)
+SYSTEMS=(
+  "direct $UP upstream -"
+  "agent 127.0.50.1:4140 svc7 ${AGENT_PID[a]}"
+  "agent-l2l 127.0.50.3:4140 svc7 ${AGENT_PID[b]},${AGENT_PID[c]}"
+  "haproxy 127.0.50.4:8080 upstream $HAPROXY_PID"
+  "nginx 127.0.50.5:8080 upstream $NGINX_PID"
+)
+
+rss_kib() { # pids (comma-separated) -> summed VmRSS
+  local t=0
+  for p in ${1//,/ }; do t=$((t + $(awk '/^VmRSS/{print $2}' "/proc/$p/status"))); done
+  echo "$t"
+}
+cpu_ticks() {
+  local t=0
+  for p in ${1//,/ }; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
+
+RAW="$WORK/raw.jsonl"
+: > "$RAW"
+# A short warm-up per system, so pools are open and caches filled.
+for s in "${SYSTEMS[@]}"; do
+  set -- $s
+  taskset -c 0 wrk -t1 -c32 -d1s -H "Host: $3" "http://$2/64" >/dev/null
+done
+for rep in $(seq "$REPS"); do
+  for size in 64 4096; do
+    for s in "${SYSTEMS[@]}"; do
+      set -- $s
+      pid="$4"; idle=""; before=0
+      if [ "$pid" != "-" ]; then idle=$(rss_kib "$pid"); before=$(cpu_ticks "$pid"); fi
+      out=$(taskset -c 0 wrk -t1 -c32 -d"${SECS}s" -H "Host: $3" "http://$2/$size")
+      rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
+      reqs=$(awk '/requests in/{print $1}' <<<"$out")
+      errs=$(awk '/Non-2xx|Socket errors/{n++} END{print n+0}' <<<"$out")
+      rss=""; cpu=""
+      if [ "$pid" != "-" ]; then
+        rss=$(rss_kib "$pid")
+        cpu=$(python3 -c "print(($(cpu_ticks "$pid") - $before) / $(getconf CLK_TCK) / $reqs * 100000)")
+      fi
+      echo "{\"kind\":\"throughput\",\"system\":\"$1\",\"size\":$size,\"rep\":$rep,\"rps\":$rps,\"requests\":$reqs,\"error_lines\":$errs,\"rss_idle_kib\":${idle:-null},\"rss_load_kib\":${rss:-null},\"cpu_s_per_100k\":${cpu:-null}}" >> "$RAW"
+    done
+  done
+  for rate in $RATES; do
+    for s in "${SYSTEMS[@]}"; do
+      set -- $s
+      out=$(taskset -c 0 "$BIN/bench-load" --connect "$2" --host "$3" --rate "$rate" --duration "$SECS")
+      echo "{\"kind\":\"latency\",\"system\":\"$1\",\"rep\":$rep,\"result\":$out}" >> "$RAW"
+    done
+  done
+done
+
+mkdir -p bench/results
+stamp=$(date -u +%Y%m%d-%H%M)
+python3 bench/report.py "$RAW" "$SECS" "$REPS" | tee "bench/results/proxy-$stamp.md"
+cp "$RAW" "bench/results/proxy-$stamp.jsonl"
+echo "written: bench/results/proxy-$stamp.md"
