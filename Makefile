@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/ecsmesh/venv
 export ECSMESH_VENV := $(VENV)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test lint fmt bench-dtab bench-proxy fuzz demo clean-venv
+.PHONY: all deps test lint fmt bench-dtab bench-proxy fuzz demo demo-down clean-venv
 
 all: test
 
@@ -24,6 +24,7 @@ test: deps
 	$(CARGO) test --workspace --doc
 	$(CARGO) build -p ecsmesh-controller --bins
 	ECSMESH_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(VENV)/bin/python -m pytest tests/grpc -q
+	DEMO_PROFILE=debug $(VENV)/bin/python -m pytest tests/e2e -q
 
 ## lint: formatting check and clippy with warnings as errors.
 lint:
@@ -45,8 +46,11 @@ bench-dtab:
 fuzz:
 	bash fuzz/run.sh $(FUZZ_SECONDS)
 
-## demo: the whole mesh on one machine (arrives with the demo issue).
+## demo: the whole mesh on one machine (moto's ECS, the controller, two agents, hello/world);
+## stays up until Ctrl-C. DEMO_NO_WAIT=1 runs the walkthrough, tears down and exits.
 demo:
-	@echo "make demo is not built yet: it arrives with the end-to-end demo issue." >&2
-	@echo "Until then, try the dtab playground: cargo run -p ecsmesh-cli -- dtab --help" >&2
-	@exit 2
+	bash scripts/demo.sh
+
+## demo-down: stop a running demo from another shell.
+demo-down:
+	bash scripts/demo.sh down

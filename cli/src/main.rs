@@ -1,5 +1,6 @@
 //! `ecsmeshctl`: the ecsmesh command line.
 
+mod deploy;
 mod dtab;
 mod output;
 mod remote;
@@ -27,6 +28,9 @@ enum Command {
     Dtab(dtab::DtabCommand),
     /// The agents connected to the controller and whether they converged.
     Status(remote::StatusCommand),
+    /// Deploy ecsmesh to AWS (ECS on EC2): up, status, down.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn run(command: &Command) -> anyhow::Result<()> {
         match command {
             Command::Dtab(cmd) => remote::run_dtab(cmd).await,
             Command::Status(cmd) => remote::status(cmd).await,
+            Command::Deploy(cmd) => deploy::run(cmd).await,
         }
     })
 }

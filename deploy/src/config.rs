@@ -1,0 +1,183 @@
+//! What `up` deploys: the settings, validated once so that every value is
+//! safe inside the JSON and shell templates.
+
+use crate::error::{DeployError, Result};
+
+/// Where the per-host agent runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentPlacement {
+    /// `docker run` from the instance user data, at boot, before any task.
+    UserData,
+    /// An ECS service with the DAEMON strategy (one task per instance).
+    Daemon,
+}
+
+/// The settings of one deployment. `cluster` names everything.
+#[derive(Clone, Debug)]
+pub struct DeployConfig {
+    pub cluster: String,
+    /// Subnets for the instances; empty = the default VPC's subnets.
+    pub subnets: Vec<String>,
+    pub key_pair: Option<String>,
+    /// Where SSH is allowed from when a key pair is given; default the VPC's CIDR.
+    pub ssh_cidr: Option<String>,
+    pub instance_type: String,
+    pub min_size: i32,
+    pub max_size: i32,
+    pub desired_capacity: i32,
+    pub instance_profile: Option<String>,
+    /// An ECS-optimized AMI; default the newest `al2023-ami-ecs-hvm-*` the account sees.
+    pub ami: Option<String>,
+    pub image_repo: String,
+    pub image_tag: String,
+    pub agent: AgentPlacement,
+    /// The controller's gRPC address as agents reach it. Default
+    /// `http://127.0.0.1:4321`: right for one instance (the controller runs in
+    /// host network mode); several instances need a stable address.
+    pub controller_address: String,
+    pub controller_replicas: i32,
+    /// With 2+ replicas the Consul store is required.
+    pub consul_address: Option<String>,
+    pub with_demo: bool,
+    pub launch_configuration: bool,
+    /// The region the controller reads (the tool's own region).
+    pub region: String,
+}
+
+impl DeployConfig {
+    /// Defaults for one cluster.
+    pub fn new(cluster: impl Into<String>, region: impl Into<String>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            subnets: Vec::new(),
+            key_pair: None,
+            ssh_cidr: None,
+            instance_type: "t3.small".to_owned(),
+            min_size: 1,
+            max_size: 1,
+            desired_capacity: 1,
+            instance_profile: None,
+            ami: None,
+            image_repo: "ghcr.io/ecsmesh".to_owned(),
+            image_tag: "latest".to_owned(),
+            agent: AgentPlacement::UserData,
+            controller_address: "http://127.0.0.1:4321".to_owned(),
+            controller_replicas: 1,
+            consul_address: None,
+            with_demo: false,
+            launch_configuration: false,
+            region: region.into(),
+        }
+    }
+
+    /// Checks every value; templates then substitute them verbatim.
+    pub fn validate(&self) -> Result<()> {
+        let name_ok = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        let uri_ok = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c))
+        };
+        check(
+            "cluster",
+            &self.cluster,
+            !self.cluster.is_empty() && self.cluster.len() <= 100 && name_ok(&self.cluster),
+            "1-100 letters, digits, - or _",
+        )?;
+        check(
+            "image-repo",
+            &self.image_repo,
+            !self.image_repo.is_empty() && uri_ok(&self.image_repo),
+            "an image repository URI",
+        )?;
+        check(
+            "image-tag",
+            &self.image_tag,
+            !self.image_tag.is_empty() && uri_ok(&self.image_tag),
+            "an image tag",
+        )?;
+        check(
+            "controller-address",
+            &self.controller_address,
+            uri_ok(&self.controller_address) && self.controller_address.starts_with("http"),
+            "an http(s) URL",
+        )?;
+        check(
+            "region",
+            &self.region,
+            !self.region.is_empty() && name_ok(&self.region),
+            "a region name",
+        )?;
+        check(
+            "instance-type",
+            &self.instance_type,
+            !self.instance_type.is_empty() && uri_ok(&self.instance_type),
+            "an instance type",
+        )?;
+        if let Some(c) = &self.consul_address {
+            check(
+                "consul-address",
+                c,
+                uri_ok(c) && c.starts_with("http"),
+                "an http(s) URL",
+            )?;
+        }
+        if !(0 <= self.min_size
+            && self.min_size <= self.desired_capacity
+            && self.desired_capacity <= self.max_size)
+        {
+            return Err(DeployError::Config {
+                name: "min/desired/max",
+                reason: format!(
+                    "need 0 <= min <= desired <= max, got {}/{}/{}",
+                    self.min_size, self.desired_capacity, self.max_size
+                ),
+            });
+        }
+        if self.controller_replicas < 1 {
+            return Err(DeployError::Config {
+                name: "controller-replicas",
+                reason: "at least 1".to_owned(),
+            });
+        }
+        if self.controller_replicas > 1 && self.consul_address.is_none() {
+            return Err(DeployError::Config {
+                name: "controller-replicas",
+                reason: "more than one controller needs the Consul store (--consul-address)"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The tag every owned resource carries: `ecsmesh:owner` = cluster.
+    pub fn owner(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The base name of EC2 / Auto Scaling resources.
+    pub fn base_name(&self) -> String {
+        format!("ecsmesh-{}", self.cluster)
+    }
+
+    pub fn agent_image(&self) -> String {
+        format!("{}/ecsmesh-agent:{}", self.image_repo, self.image_tag)
+    }
+}
+
+fn check(name: &'static str, value: &str, ok: bool, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(DeployError::Config {
+            name,
+            reason: format!("{value:?} is not {what}"),
+        })
+    }
+}
+
+/// The tag key on everything ecsmesh owns.
+pub const OWNER_TAG: &str = "ecsmesh:owner";

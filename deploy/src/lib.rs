@@ -1,0 +1,82 @@
+//! `ecsmeshctl deploy`: from an AWS account to a running ecsmesh, and back.
+//!
+//! [`Deployer::up`] creates or updates, in order: the security group and its
+//! ingress rules, the ECS cluster, the task definitions (a new revision only
+//! when the rendered definition differs from the latest), the launch
+//! template (base64 user data, IMDSv2 required, hop limit 2) or a legacy
+//! launch configuration, the auto scaling group, and the ECS services
+//! (controller; agent DAEMON when chosen; hello/world/world-v2 with the
+//! demo). Everything is looked up before it is created (emulators accept
+//! duplicate creates), so a second `up` changes nothing. Every resource
+//! carries the tag `ecsmesh:owner=<cluster>`; [`Deployer::down`] removes
+//! only tagged resources, in reverse order. With `dry_run` no mutating API
+//! is called and the report is the plan.
+
+pub mod config;
+pub mod error;
+mod ops;
+pub mod render;
+pub mod taskdef;
+
+pub use config::{AgentPlacement, DeployConfig, OWNER_TAG};
+pub use error::{DeployError, Result};
+pub use ops::Deployer;
+
+use serde::Serialize;
+
+/// What happens (or would happen) to one resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Unchanged,
+    Delete,
+    /// Not there (`down`, `status`).
+    Absent,
+}
+
+impl Action {
+    pub fn is_change(self) -> bool {
+        matches!(self, Self::Create | Self::Update | Self::Delete)
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Unchanged => "unchanged",
+            Self::Delete => "delete",
+            Self::Absent => "absent",
+        })
+    }
+}
+
+/// One resource's line in a report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    /// e.g. `security-group`, `task-definition`, `service`.
+    pub kind: &'static str,
+    pub name: String,
+    pub action: Action,
+    /// What differs, or the resource's id.
+    pub detail: String,
+}
+
+/// The outcome of `up`, `status` or `down`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub operation: &'static str,
+    pub cluster: String,
+    pub dry_run: bool,
+    pub steps: Vec<Step>,
+}
+
+impl Report {
+    /// Whether anything was (or, dry, would be) changed.
+    pub fn changed(&self) -> bool {
+        self.steps.iter().any(|s| s.action.is_change())
+    }
+}
