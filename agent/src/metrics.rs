@@ -3,7 +3,8 @@
 //! counted under `other`, so arbitrary Host headers cannot blow up the
 //! series count.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,10 +59,26 @@ struct DirectionLabel {
     direction: &'static str,
 }
 
+/// One (direction, service)'s series, looked up once and kept: the request
+/// path then touches no label strings.
+#[derive(Debug)]
+struct ServiceHandles {
+    /// By status class: 1xx … 5xx.
+    requests: [Counter; 5],
+    latency: Histogram,
+}
+
+/// A service's handles: outgoing, incoming.
+type DirectionHandles = [Option<Arc<ServiceHandles>>; 2];
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
     services: Mutex<HashSet<String>>,
+    /// Per service label: outgoing and incoming handles.
+    handles: Mutex<HashMap<Arc<str>, DirectionHandles>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     failures: Family<FailureLabels, Counter>,
@@ -85,6 +102,7 @@ impl Metrics {
         let m = Self {
             registry: Mutex::new(Registry::with_prefix("ecsmesh_agent")),
             services: Mutex::new(HashSet::new()),
+            handles: Mutex::new(HashMap::new()),
             requests: Family::default(),
             latency,
             failures: Family::default(),
@@ -168,27 +186,57 @@ impl Metrics {
     }
 
     pub fn request(&self, side: Side, service: Option<&str>, status: StatusCode, took: Duration) {
-        let service = self.label(service);
-        let status_class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+        let class = match status.as_u16() {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction: side.as_str(),
-                service: service.clone(),
-                status_class,
-            })
-            .inc();
-        self.latency
+        let handles = self.handles(side, service.unwrap_or("unidentified"));
+        handles.requests[class].inc();
+        handles.latency.observe(took.as_secs_f64());
+    }
+
+    fn handles(&self, side: Side, service: &str) -> Arc<ServiceHandles> {
+        let slot = usize::from(side == Side::Incoming);
+        let mut all = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Some(h)) = all.get(service).map(|s| &s[slot]) {
+            return Arc::clone(h);
+        }
+        let label = if service == "unidentified" {
+            service.to_owned()
+        } else {
+            self.label(Some(service))
+        };
+        // Past the label limit, every further service shares `other`'s
+        // handles, and no key is kept for it (the map stays bounded too).
+        if label != service
+            && let Some(Some(h)) = all.get(label.as_str()).map(|s| &s[slot])
+        {
+            return Arc::clone(h);
+        }
+        let key = if label == service { service } else { "other" };
+        let direction = side.as_str();
+        let requests = STATUS_CLASSES.map(|status_class| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    direction,
+                    service: label.clone(),
+                    status_class,
+                })
+                .clone()
+        });
+        let latency = self
+            .latency
             .get_or_create(&LatencyLabels {
-                direction: side.as_str(),
-                service,
+                direction,
+                service: label,
             })
-            .observe(took.as_secs_f64());
+            .clone();
+        let h = Arc::new(ServiceHandles { requests, latency });
+        all.entry(Arc::from(key)).or_default()[slot] = Some(Arc::clone(&h));
+        h
     }
 
     pub fn failure(&self, service: &str, class: Class) {

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use ecsmesh_agent_balance::{Balancer, BalancerConfig, Endpoint as BalancedEndpoint};
 use ecsmesh_dtab::{Dtab, NameTree, Path, bind};
 use ecsmesh_state::{Bound, EndpointSet, MeshNamer, MeshState};
+use http::HeaderValue;
 
 /// Cached decisions per table, at most; the cache restarts when full.
 const CACHE_ENTRIES: usize = 10_000;
@@ -29,6 +30,26 @@ pub struct Dest {
     pub id: Path,
     pub residual: Path,
     pub target: Target,
+    /// `id` and `residual` as header values, rendered once per decision
+    /// rather than per request.
+    pub id_header: Option<HeaderValue>,
+    pub residual_header: Option<HeaderValue>,
+}
+
+impl Dest {
+    fn new(id: Path, residual: Path, target: Target) -> Self {
+        let id_header = HeaderValue::from_str(&id.to_string()).ok();
+        let residual_header = (!residual.is_empty())
+            .then(|| HeaderValue::from_str(&residual.to_string()).ok())
+            .flatten();
+        Self {
+            id,
+            residual,
+            target,
+            id_header,
+            residual_header,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -66,10 +87,33 @@ pub enum RouteError {
 /// A cached routing decision for one (logical name, local dtab).
 #[derive(Debug)]
 pub struct Decision {
+    /// The logical name (`l5d-dst-service`, the metrics label), rendered once.
+    pub service: Arc<str>,
+    pub service_header: Option<HeaderValue>,
     /// The bound tree (no Alt nodes), or why there is none.
     pub route: Result<NameTree<Dest>, RouteError>,
     /// The local dtab to forward as `l5d-ctx-dtab` (canonical form).
     pub local_dtab: Option<Arc<str>>,
+    pub local_dtab_header: Option<HeaderValue>,
+}
+
+impl Decision {
+    fn new(
+        name: &Path,
+        route: Result<NameTree<Dest>, RouteError>,
+        local_dtab: Option<Arc<str>>,
+    ) -> Self {
+        let service: Arc<str> = Arc::from(name.to_string());
+        Self {
+            service_header: HeaderValue::from_str(&service).ok(),
+            service,
+            route,
+            local_dtab_header: local_dtab
+                .as_deref()
+                .and_then(|d| HeaderValue::from_str(d).ok()),
+            local_dtab,
+        }
+    }
 }
 
 /// One version of everything the agent routes with.
@@ -183,12 +227,7 @@ impl RouteTable {
     ) -> Decision {
         let local = match local_dtab(ctx_dtab, user_dtab, settings.allow_inet_override) {
             Ok(local) => local,
-            Err(e) => {
-                return Decision {
-                    route: Err(e),
-                    local_dtab: None,
-                };
-            }
+            Err(e) => return Decision::new(name, Err(e), None),
         };
         let effective;
         let dtab: &Dtab = if local.is_empty() {
@@ -200,10 +239,8 @@ impl RouteTable {
         let route = bind(dtab, name, &MeshNamer::new(&self.mesh))
             .map_err(RouteError::from)
             .map(|tree| tree.map(&mut |b| self.dest(b, settings)));
-        Decision {
-            route,
-            local_dtab: (!local.is_empty()).then(|| Arc::from(local.to_string())),
-        }
+        let local_dtab = (!local.is_empty()).then(|| Arc::from(local.to_string()));
+        Decision::new(name, route, local_dtab)
     }
 
     /// The destination of a bound leaf.
@@ -224,20 +261,16 @@ impl RouteTable {
                     .get(&canonical)
                     .cloned()
                     .unwrap_or_else(|| set_target(&endpoints, settings, None));
-                Dest {
-                    id,
-                    residual,
-                    target,
-                }
+                Dest::new(id, residual, target)
             }
-            Bound::Inet(inet) => Dest {
-                id: inet.id,
-                residual: inet.residual,
-                target: Target::Inet {
+            Bound::Inet(inet) => Dest::new(
+                inet.id,
+                inet.residual,
+                Target::Inet {
                     host: inet.host,
                     port: inet.port,
                 },
-            },
+            ),
         }
     }
 }

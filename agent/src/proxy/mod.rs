@@ -197,7 +197,7 @@ impl Proxy {
         side: Side,
         parts: &mut http::request::Parts,
         body: Incoming,
-    ) -> (Option<String>, Response<Body>) {
+    ) -> (Option<Arc<str>>, Response<Body>) {
         let depth = headers::call_depth(&parts.headers);
         if depth >= self.config.max_call_depth {
             let msg = format!(
@@ -219,8 +219,8 @@ impl Proxy {
         parts.headers.remove(L5D_CTX_DTAB);
         parts.headers.remove(L5D_DTAB);
 
-        let (name, decision) = if let Some((name, dest)) = chosen {
-            (name, Err(dest))
+        let (service, decision): (Arc<str>, _) = if let Some((name, dest)) = chosen {
+            (Arc::from(name.to_string()), Err(dest))
         } else {
             let name = match identify::identify(&self.config.identifier, parts) {
                 Ok(name) => name,
@@ -235,9 +235,8 @@ impl Proxy {
                 user.as_deref(),
                 &self.routes.settings,
             );
-            (name, Ok(decision))
+            (Arc::clone(&decision.service), Ok(decision))
         };
-        let service = name.to_string();
 
         let local_dtab = match &decision {
             Ok(d) => match &d.route {
@@ -281,18 +280,7 @@ impl Proxy {
         // Outbound context headers.
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::append_via(&mut parts.headers, parts.version);
-        if let Ok(v) = HeaderValue::from_str(&service) {
-            parts.headers.insert(L5D_DST_SERVICE, v);
-        }
-        if !parts.headers.contains_key(L5D_REQID) {
-            parts.headers.insert(L5D_REQID, headers::request_id());
-        }
-        if let Some(v) = local_dtab
-            .as_deref()
-            .and_then(|d| HeaderValue::from_str(d).ok())
-        {
-            parts.headers.insert(L5D_CTX_DTAB, v);
-        }
+        context_headers(parts, &decision, &service, local_dtab.as_deref());
 
         let deadline = Instant::now() + remaining;
         let attempt = self.attempts(side, parts, body, decision, deadline);
@@ -521,6 +509,33 @@ impl Proxy {
     }
 }
 
+/// The `l5d-*` context headers on the way out: the logical name, a request
+/// id, and the local dtab (rendered once per cached decision).
+fn context_headers(
+    parts: &mut http::request::Parts,
+    decision: &Result<Arc<crate::routes::Decision>, Dest>,
+    service: &str,
+    local_dtab: Option<&str>,
+) {
+    let service_header = match decision {
+        Ok(d) => d.service_header.clone(),
+        Err(_) => HeaderValue::from_str(service).ok(),
+    };
+    if let Some(v) = service_header {
+        parts.headers.insert(L5D_DST_SERVICE, v);
+    }
+    if !parts.headers.contains_key(L5D_REQID) {
+        parts.headers.insert(L5D_REQID, headers::request_id());
+    }
+    let local_dtab_header = match decision {
+        Ok(d) => d.local_dtab_header.clone(),
+        Err(_) => local_dtab.and_then(|d| HeaderValue::from_str(d).ok()),
+    };
+    if let Some(v) = local_dtab_header {
+        parts.headers.insert(L5D_CTX_DTAB, v);
+    }
+}
+
 /// One attempt's request: the shared parts, the body (only the first
 /// attempt has one), the chosen destination's headers and the address.
 fn outbound_request(
@@ -536,13 +551,11 @@ fn outbound_request(
     };
     let mut req = Request::from_parts(parts.clone(), body);
     let headers = req.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&dest.id.to_string()) {
-        headers.insert(L5D_DST_CLIENT, v);
+    if let Some(v) = &dest.id_header {
+        headers.insert(L5D_DST_CLIENT, v.clone());
     }
-    if !dest.residual.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&dest.residual.to_string())
-    {
-        headers.insert(L5D_DST_RESIDUAL, v);
+    if let Some(v) = &dest.residual_header {
+        headers.insert(L5D_DST_RESIDUAL, v.clone());
     }
     if let Some(v) = headers::deadline_header(left) {
         headers.insert(L5D_CTX_DEADLINE, v);
