@@ -143,6 +143,52 @@ pub struct Args {
     /// The IMDS endpoint for host discovery [default: the standard one].
     #[arg(long, env = "ECSMESH_IMDS_ENDPOINT")]
     pub imds_endpoint: Option<String>,
+    /// How requests are named: header-token[:HEADER], path[:SEGMENTS[:consume]],
+    /// header[:HEADER] [default: header-token:host].
+    #[arg(long, env = "ECSMESH_IDENTIFIER")]
+    pub identifier: Option<String>,
+    /// Via entries before a request is refused as a loop [default: 1000].
+    #[arg(long, env = "ECSMESH_MAX_CALL_DEPTH")]
+    pub max_call_depth: Option<usize>,
+    /// Time per attempt [default: 5s].
+    #[arg(long, env = "ECSMESH_ATTEMPT_TIMEOUT")]
+    pub attempt_timeout: Option<String>,
+    /// Time to connect to an endpoint [default: 1s].
+    #[arg(long, env = "ECSMESH_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<String>,
+    /// Retries of body-less idempotent requests [default: 3].
+    #[arg(long, env = "ECSMESH_MAX_RETRIES")]
+    pub max_retries: Option<u32>,
+    /// Requests held at once before new ones fail fast [default: 10000].
+    #[arg(long, env = "ECSMESH_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+}
+
+/// Parses `--identifier`.
+pub fn parse_identifier(s: &str) -> Result<Identifier, ConfigError> {
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "identifier {s:?}: use header-token[:HEADER], path[:SEGMENTS[:consume]] or header[:HEADER]"
+        ))
+    };
+    let mut parts = s.split(':');
+    match parts.next() {
+        Some("header-token") => Ok(Identifier::HeaderToken {
+            header: parts.next().map_or_else(host_header, str::to_owned),
+        }),
+        Some("path") => Ok(Identifier::Path {
+            segments: parts.next().map_or(Ok(1), str::parse).map_err(|_| bad())?,
+            consume: match parts.next() {
+                None => false,
+                Some("consume") => true,
+                Some(_) => return Err(bad()),
+            },
+        }),
+        Some("header") => Ok(Identifier::Header {
+            header: parts.next().map_or_else(l5d_name, str::to_owned),
+        }),
+        _ => Err(bad()),
+    }
 }
 
 /// The resolved configuration (before the host identity is discovered).
@@ -212,22 +258,33 @@ impl Config {
             outgoing_port: args.outgoing_port.or(f.outgoing_port).unwrap_or(4140),
             incoming_port: args.incoming_port.or(f.incoming_port).unwrap_or(4141),
             admin_port: args.admin_port.or(f.admin_port).unwrap_or(9990),
-            identifier: f.identifier.unwrap_or_default(),
+            identifier: match &args.identifier {
+                Some(s) => parse_identifier(s)?,
+                None => f.identifier.unwrap_or_default(),
+            },
             allow_inet_override: args
                 .allow_inet_override
                 .or(f.allow_inet_override)
                 .unwrap_or(false),
             clear_context: args.clear_context.or(f.clear_context).unwrap_or(false),
-            max_call_depth: f.max_call_depth.unwrap_or(1000),
+            max_call_depth: args.max_call_depth.or(f.max_call_depth).unwrap_or(1000),
             request_timeout: duration(
                 &args.request_timeout,
                 f.request_timeout,
                 Duration::from_secs(10),
             )?,
-            attempt_timeout: duration(&None, f.attempt_timeout, Duration::from_secs(5))?,
-            connect_timeout: duration(&None, f.connect_timeout, Duration::from_secs(1))?,
-            max_retries: f.max_retries.unwrap_or(3),
-            max_in_flight: f.max_in_flight.unwrap_or(10_000),
+            attempt_timeout: duration(
+                &args.attempt_timeout,
+                f.attempt_timeout,
+                Duration::from_secs(5),
+            )?,
+            connect_timeout: duration(
+                &args.connect_timeout,
+                f.connect_timeout,
+                Duration::from_secs(1),
+            )?,
+            max_retries: args.max_retries.or(f.max_retries).unwrap_or(3),
+            max_in_flight: args.max_in_flight.or(f.max_in_flight).unwrap_or(10_000),
             imds_endpoint: args.imds_endpoint.clone().or(f.imds_endpoint),
         })
     }
@@ -270,6 +327,31 @@ mod tests {
         );
         assert_eq!(c.request_timeout, Duration::from_secs(2));
         assert!(!c.allow_inet_override);
+    }
+
+    #[test]
+    fn identifiers_from_flags() {
+        assert_eq!(
+            parse_identifier("path:2:consume").unwrap(),
+            Identifier::Path {
+                segments: 2,
+                consume: true
+            }
+        );
+        assert_eq!(
+            parse_identifier("header-token").unwrap(),
+            Identifier::HeaderToken {
+                header: "host".into()
+            }
+        );
+        assert_eq!(
+            parse_identifier("header:x-dst").unwrap(),
+            Identifier::Header {
+                header: "x-dst".into()
+            }
+        );
+        assert!(parse_identifier("path:x").is_err());
+        assert!(parse_identifier("nope").is_err());
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{SOURCE, Upstream, agent, controller, converged, curl, free_port, get_via, sets};
+use common::{
+    SOURCE, Upstream, agent, agent_with, controller, converged, curl, free_port, get_via, sets,
+};
 use ecsmesh_agent::config::Mode;
 
 #[tokio::test]
@@ -431,4 +433,87 @@ async fn grpc_passes_through() {
         .unwrap()
         .into_inner();
     assert!(!watch.message().await.unwrap().unwrap().exists);
+}
+
+#[tokio::test]
+async fn clear_context_strips_l5d_headers_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port("127.0.0.1");
+    let ctl = controller(&dir.path().join("ctl"), grpc).await;
+    let world = Upstream::start("127.0.18.11", "world").await;
+    let v2 = Upstream::start("127.0.18.12", "world-v2").await;
+    ctl.observed.replace(
+        SOURCE,
+        sets(&[
+            ("/#/ecs/demo/world", &[(world.addr, "127.0.18.11")]),
+            ("/#/ecs/demo/world-v2", &[(v2.addr, "127.0.18.12")]),
+        ]),
+    );
+    let a = agent_with(
+        "127.0.18.1",
+        grpc,
+        free_port("127.0.18.1"),
+        Mode::Direct,
+        &dir.path().join("a"),
+        |c| {
+            c.clear_context = true;
+        },
+    )
+    .await;
+    converged(&a, 1).await;
+    // An edge client's override is dropped, not obeyed.
+    let (status, headers, body) = get_via(
+        a.outgoing_addr,
+        "world",
+        "/",
+        &[
+            ("l5d-dtab", "/svc/world=>/svc/world-v2"),
+            ("l5d-ctx-anything", "x"),
+        ],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "world"));
+    assert!(!headers.contains_key("x-seen-l5d-ctx-anything"));
+    assert!(!headers.contains_key("x-seen-l5d-ctx-dtab"));
+    // Proxy errors lose their l5d-err header and their body.
+    let (status, headers, body) = get_via(a.outgoing_addr, "nowhere", "/", &[]).await;
+    assert_eq!(status, 502);
+    assert!(!headers.contains_key("l5d-err"));
+    assert_eq!(body, "");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port("127.0.0.1");
+    let ctl = controller(&dir.path().join("ctl"), grpc).await;
+    let slow = Upstream::start_slow("127.0.19.11", "slow", Duration::from_millis(700)).await;
+    ctl.observed.replace(
+        SOURCE,
+        sets(&[("/#/ecs/demo/slow", &[(slow.addr, "127.0.19.11")])]),
+    );
+    let a = agent(
+        "127.0.19.1",
+        grpc,
+        free_port("127.0.19.1"),
+        Mode::Direct,
+        &dir.path().join("a"),
+    )
+    .await;
+    converged(&a, 1).await;
+    let proxy = a.outgoing_addr;
+    let in_flight = tokio::spawn(async move { get_via(proxy, "slow", "/", &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    a.shutdown().await;
+    // The request that was in flight completed; shutdown waited for it.
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "slow"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    // And the listener is closed.
+    assert!(tokio::net::TcpStream::connect(proxy).await.is_err());
 }

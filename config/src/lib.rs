@@ -32,6 +32,8 @@ pub enum ConfigError {
     },
     #[error("invalid duration {0:?}: use e.g. 500ms, 10s, 2m")]
     Duration(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` using `lookup`. A variable that

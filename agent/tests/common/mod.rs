@@ -75,6 +75,26 @@ pub async fn agent(
     mode: Mode,
     state_dir: &std::path::Path,
 ) -> Agent {
+    agent_with(
+        host_ip,
+        controller_port,
+        incoming_port,
+        mode,
+        state_dir,
+        |_| {},
+    )
+    .await
+}
+
+/// Like [`agent`], with a chance to change the configuration.
+pub async fn agent_with(
+    host_ip: &str,
+    controller_port: u16,
+    incoming_port: u16,
+    mode: Mode,
+    state_dir: &std::path::Path,
+    tweak: impl FnOnce(&mut Config),
+) -> Agent {
     let mut config = Config::resolve(
         &Args::default(),
         ecsmesh_agent::config::FileConfig::default(),
@@ -92,6 +112,7 @@ pub async fn agent(
     config.request_timeout = Duration::from_secs(5);
     config.attempt_timeout = Duration::from_secs(2);
     config.imds_endpoint = Some("http://127.0.0.1:1".into());
+    tweak(&mut config);
     Agent::start(config).await.unwrap()
 }
 
@@ -122,6 +143,15 @@ impl Upstream {
     }
 
     pub async fn start_with(ip: &str, name: &str, status: u16) -> Self {
+        Self::start_full(ip, name, status, Duration::ZERO).await
+    }
+
+    /// An upstream that takes `delay` to answer.
+    pub async fn start_slow(ip: &str, name: &str, delay: Duration) -> Self {
+        Self::start_full(ip, name, 200, delay).await
+    }
+
+    async fn start_full(ip: &str, name: &str, status: u16, delay: Duration) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
@@ -155,7 +185,10 @@ impl Upstream {
                                 "x-seen-version",
                                 format!("{:?}", req.version()).parse().unwrap(),
                             );
-                            async move { Ok::<_, Infallible>(resp) }
+                            async move {
+                                tokio::time::sleep(delay).await;
+                                Ok::<_, Infallible>(resp)
+                            }
                         },
                     );
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
