@@ -272,6 +272,37 @@ impl Topology {
             .expect("stop_task");
     }
 
+    /// Where each task listens: its node's IP and its first host port
+    /// (bridge and host mode).
+    pub async fn task_addresses(
+        &self,
+        task_arns: &[String],
+    ) -> Vec<(String, std::net::SocketAddr)> {
+        let out = self
+            .ecs
+            .describe_tasks()
+            .cluster(&self.cluster)
+            .set_tasks(Some(task_arns.to_vec()))
+            .send()
+            .await
+            .expect("describe_tasks");
+        out.tasks()
+            .iter()
+            .filter_map(|t| {
+                let node = self.nodes.iter().find(|n| {
+                    Some(n.container_instance_arn.as_str()) == t.container_instance_arn()
+                })?;
+                let port = t
+                    .containers()
+                    .iter()
+                    .flat_map(aws_sdk_ecs::types::Container::network_bindings)
+                    .find_map(aws_sdk_ecs::types::NetworkBinding::host_port)?;
+                let addr = format!("{}:{port}", node.private_ip).parse().ok()?;
+                Some((t.task_arn()?.to_owned(), addr))
+            })
+            .collect()
+    }
+
     /// The running tasks of a service.
     pub async fn service_tasks(&self, service: &str) -> Vec<String> {
         self.ecs

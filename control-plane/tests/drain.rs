@@ -1,0 +1,255 @@
+//! ECS changes reaching the data plane end to end: the real controller
+//! binary watching the patched moto, a real agent, and an upstream server
+//! on each host port moto's tasks report. While requests run in a loop, a
+//! new task starts receiving traffic, and a task the service scales away
+//! receives none after the controller's next observation — with no failed
+//! request while it drains.
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ecs::types::NetworkMode;
+use bytes::Bytes;
+use ecsmesh_agent::Agent;
+use ecsmesh_agent::config::{Args, Config, FileConfig, Mode};
+use ecsmesh_test_support::ecs::{Topology, sdk_config};
+use ecsmesh_test_support::moto::MotoServer;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// An upstream that counts its requests; it stays up (a draining task).
+struct Upstream {
+    hits: Arc<AtomicU64>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn upstream(addr: SocketAddr) -> Upstream {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&hits);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async {
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                                "world",
+                            ))))
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { hits, _task: task }
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn endpoints(agent: &Agent) -> usize {
+    let table = agent.routes.load();
+    table
+        .mesh
+        .sets
+        .get(&ecsmesh_dtab::Path::read("/#/ecs/drain/world").unwrap())
+        .map_or(0, |s| s.len())
+}
+
+async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_reaches_the_data_plane_without_failed_requests() {
+    let moto = MotoServer::shared();
+    let region = "sa-east-1";
+    let conf = sdk_config(&moto.endpoint(), region).await;
+    let topology = Topology::create(&conf, "drain", 40, &["127.0.40.1", "127.0.40.2"]).await;
+    let web = topology
+        .task_definition(
+            "world",
+            NetworkMode::Bridge,
+            "world",
+            &[(8080, 0)],
+            &[],
+            &[],
+        )
+        .await;
+    topology.create_service("world", &web, 2).await;
+    let mut upstreams: HashMap<String, (SocketAddr, Upstream)> = HashMap::new();
+    for (arn, addr) in topology
+        .task_addresses(&topology.service_tasks("world").await)
+        .await
+    {
+        upstreams.insert(arn, (addr, upstream(addr).await));
+    }
+    assert_eq!(upstreams.len(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port("127.0.0.1");
+    let _controller = Running(
+        Command::new(env!("CARGO_BIN_EXE_ecsmesh-controller"))
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc}"),
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--store-dir",
+                &dir.path().join("store").display().to_string(),
+            ])
+            .args(["--cluster", "drain", "--resync-interval", "300ms"])
+            .env("ECSMESH_AWS_ENDPOINT_URL", moto.endpoint())
+            .env("ECSMESH_AWS_REGION", region)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
+    config.host_ip = Some("127.0.40.1".parse().unwrap());
+    config.instance_id = Some("i-drain".into());
+    config.availability_zone = Some("sa-east-1a".into());
+    config.controller = format!("http://127.0.0.1:{grpc}");
+    config.state_dir = dir.path().join("agent");
+    config.mode = Mode::Direct;
+    config.outgoing_port = 0;
+    config.incoming_port = free_port("127.0.40.1");
+    config.admin_port = 0;
+    config.imds_endpoint = Some("http://127.0.0.1:1".into());
+    let agent = Arc::new(Agent::start(config).await.unwrap());
+    until("the agent to see both tasks", async || {
+        endpoints(&agent) == 2
+    })
+    .await;
+
+    // Four clients in a loop for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, proxy) = (
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+            agent.outgoing_addr,
+        );
+        clients.push(tokio::spawn(async move {
+            let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) && n < 20_000 {
+                n += 1;
+                let req = http::Request::get(format!("http://{proxy}/"))
+                    .header("host", "world")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                match client.request(req).await {
+                    Ok(resp) if resp.status().is_success() => {
+                        let _ = resp.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(resp) => {
+                        eprintln!("failed: {}", resp.status());
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        eprintln!("failed: {e}");
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+
+    // A new task joins: its server starts, and it receives traffic.
+    topology.scale_service("world", 3).await;
+    let tasks = topology.service_tasks("world").await;
+    let (new_arn, new_addr) = topology
+        .task_addresses(&tasks)
+        .await
+        .into_iter()
+        .find(|(arn, _)| !upstreams.contains_key(arn))
+        .expect("a third task");
+    upstreams.insert(new_arn.clone(), (new_addr, upstream(new_addr).await));
+    until("the new task to get traffic", async || {
+        upstreams[&new_arn].1.hits.load(Ordering::SeqCst) > 20
+    })
+    .await;
+
+    // Scale in: the newest task stops; its server keeps running (draining),
+    // and after the controller's next observation no request reaches it.
+    topology.scale_service("world", 2).await;
+    let remaining = topology.service_tasks("world").await;
+    let gone: Vec<String> = upstreams
+        .keys()
+        .filter(|a| !remaining.contains(a))
+        .cloned()
+        .collect();
+    assert_eq!(gone.len(), 1);
+    until("the agent to drop the task", async || {
+        endpoints(&agent) == 2
+    })
+    .await;
+    let frozen = upstreams[&gone[0]].1.hits.load(Ordering::SeqCst);
+    let before = ok.load(Ordering::SeqCst);
+    until("more traffic", async || {
+        ok.load(Ordering::SeqCst) > before + 500
+    })
+    .await;
+    assert_eq!(
+        upstreams[&gone[0]].1.hits.load(Ordering::SeqCst),
+        frozen,
+        "a removed task got traffic"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed while tasks came and went"
+    );
+    assert!(ok.load(Ordering::SeqCst) > 1000);
+}
