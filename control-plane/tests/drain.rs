@@ -1,9 +1,10 @@
-//! ECS changes reaching the data plane end to end: the real controller
+//! ECS and controller changes reaching the data plane end to end: the real controller
 //! binary watching the patched moto, a real agent, and an upstream server
 //! on each host port moto's tasks report. While requests run in a loop, a
 //! new task starts receiving traffic, and a task the service scales away
 //! receives none after the controller's next observation — with no failed
-//! request while it drains.
+//! request while it drains; a controller killed and restarted costs no
+//! request, and the agent reconverges on the new one.
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
@@ -122,29 +123,7 @@ async fn scaling_reaches_the_data_plane_without_failed_requests() {
 
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port("127.0.0.1");
-    let _controller = Running(
-        Command::new(env!("CARGO_BIN_EXE_ecsmesh-controller"))
-            .args([
-                "--grpc-addr",
-                &format!("127.0.0.1:{grpc}"),
-                "--admin-addr",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--store-dir",
-                &dir.path().join("store").display().to_string(),
-            ])
-            .args(["--cluster", "drain", "--resync-interval", "300ms"])
-            .env("ECSMESH_AWS_ENDPOINT_URL", moto.endpoint())
-            .env("ECSMESH_AWS_REGION", region)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _controller = controller(grpc, &dir.path().join("store"), moto, region, "drain");
     let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
     config.host_ip = Some("127.0.40.1".parse().unwrap());
     config.instance_id = Some("i-drain".into());
@@ -252,4 +231,126 @@ async fn scaling_reaches_the_data_plane_without_failed_requests() {
         "requests failed while tasks came and went"
     );
     assert!(ok.load(Ordering::SeqCst) > 1000);
+}
+
+fn controller(
+    grpc: u16,
+    store: &std::path::Path,
+    moto: &MotoServer,
+    region: &str,
+    cluster: &str,
+) -> Running {
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_ecsmesh-controller"))
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc}"),
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--store-dir", &store.display().to_string()])
+            .args(["--cluster", cluster, "--resync-interval", "300ms"])
+            .env("ECSMESH_AWS_ENDPOINT_URL", moto.endpoint())
+            .env("ECSMESH_AWS_REGION", region)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_and_restarted_loses_nothing() {
+    let moto = MotoServer::shared();
+    let region = "ca-central-1";
+    let conf = sdk_config(&moto.endpoint(), region).await;
+    let topology = Topology::create(&conf, "restart", 42, &["127.0.42.1", "127.0.42.2"]).await;
+    let web = topology
+        .task_definition(
+            "world",
+            NetworkMode::Bridge,
+            "world",
+            &[(8080, 0)],
+            &[],
+            &[],
+        )
+        .await;
+    topology.create_service("world", &web, 2).await;
+    let mut servers = Vec::new();
+    for (_, addr) in topology
+        .task_addresses(&topology.service_tasks("world").await)
+        .await
+    {
+        servers.push(upstream(addr).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port("127.0.0.1");
+    let first = controller(grpc, &dir.path().join("store"), moto, region, "restart");
+    let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
+    config.host_ip = Some("127.0.42.1".parse().unwrap());
+    config.instance_id = Some("i-restart".into());
+    config.availability_zone = Some("ca-central-1a".into());
+    config.controller = format!("http://127.0.0.1:{grpc}");
+    config.state_dir = dir.path().join("agent");
+    config.mode = Mode::Direct;
+    config.outgoing_port = 0;
+    config.incoming_port = free_port("127.0.42.1");
+    config.admin_port = 0;
+    config.imds_endpoint = Some("http://127.0.0.1:1".into());
+    let agent = Agent::start(config).await.unwrap();
+    let set = ecsmesh_dtab::Path::read("/#/ecs/restart/world").unwrap();
+    let has = |n: usize| {
+        agent
+            .routes
+            .load()
+            .mesh
+            .sets
+            .get(&set)
+            .map_or(0, |s| s.len())
+            == n
+    };
+    until("the agent to see both tasks", async || has(2)).await;
+    let first_epoch = agent.status.borrow().epoch.clone();
+
+    // The controller dies: every request still succeeds.
+    drop(first);
+    let mut status = agent.status.clone();
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| !s.connected))
+        .await
+        .expect("the agent notices")
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    for _ in 0..500 {
+        let req = http::Request::get(format!("http://{}/", agent.outgoing_addr))
+            .header("host", "world")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let _ = resp.into_body().collect().await;
+    }
+
+    // Meanwhile ECS changes; a new controller starts on the same address
+    // and store: the agent reconnects and converges on the new state.
+    topology.scale_service("world", 1).await;
+    let _second = controller(grpc, &dir.path().join("store"), moto, region, "restart");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        status.wait_for(|s| s.connected && s.epoch != first_epoch && s.version > 0),
+    )
+    .await
+    .expect("the agent reconverges on the new controller")
+    .unwrap();
+    until("the agent to see the scale-in", async || has(1)).await;
+    assert!(
+        servers
+            .iter()
+            .map(|s| s.hits.load(Ordering::SeqCst))
+            .sum::<u64>()
+            >= 500
+    );
 }
