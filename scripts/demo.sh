@@ -17,6 +17,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ecsmesh/target}"
 # DEMO_PROFILE=debug runs the debug binaries (the test suite does: CI never
 # builds release).
 PROFILE="${DEMO_PROFILE:-release}"
+# DEMO_MODE=direct routes outgoing -> endpoint instead of through the
+# endpoint host's agent.
+MODE="${DEMO_MODE:-linker-to-linker}"
 BIN="$CARGO_TARGET_DIR/$PROFILE"
 PIDFILE="$DEMO_DIR/demo.pid"   # the demo script itself
 PIDS="$DEMO_DIR/pids"          # every process it started: "<pid> <name>"
@@ -146,15 +149,16 @@ start controller "$BIN/ecsmesh-controller" --cluster demo --aws-endpoint-url "$M
   --grpc-addr "$CONTROLLER_GRPC" --admin-addr "$CONTROLLER_ADMIN" --store-dir "$DEMO_DIR/store" --resync-interval 1s
 wait_for "the controller" 60 curl -fsS "http://$CONTROLLER_ADMIN/ready"
 
-# The identity is given explicitly (the same values moto's IMDSv2 at $MOTO/imds/<instance-id>
-# serves): with discovery, an agent that could not reach IMDS would fall back to a network
-# interface's address, and the demo binds loopback addresses only.
-log "starting two agents (instance A on $HOST_A, instance B on $HOST_B; linker-to-linker)"
+# Each agent discovers its host IP, instance id and zone from its instance's IMDSv2
+# endpoint (moto serves one per instance at $MOTO/imds/<instance-id>), as it would on EC2.
+# The readiness checks below are on the expected loopback addresses, so an agent that
+# ended up anywhere else stops the demo.
+log "starting two agents (instance A on $HOST_A, instance B on $HOST_B; $MODE)"
 for x in "a $HOST_A $IID_A" "b $HOST_B $IID_B"; do
   read -r name ip iid <<<"$x"
-  start "agent-$name" "$BIN/ecsmesh-agent" --controller "http://$CONTROLLER_GRPC" --cluster demo \
-    --host-ip "$ip" --instance-id "$iid" --availability-zone us-west-1a \
-    --state-dir "$DEMO_DIR/agent-$name" --mode linker-to-linker
+  start "agent-$name" env -u AWS_EC2_METADATA_DISABLED "$BIN/ecsmesh-agent" \
+    --controller "http://$CONTROLLER_GRPC" --cluster demo --imds-endpoint "$MOTO/imds/$iid" \
+    --state-dir "$DEMO_DIR/agent-$name" --mode "$MODE"
 done
 wait_for "agent A" 60 curl -fsS "http://$HOST_A:9990/ready"
 wait_for "agent B" 60 curl -fsS "http://$HOST_B:9990/ready"
@@ -209,6 +213,17 @@ show "ecsmeshctl dtab delete default"
 wait_for "the override to be gone" 30 bash -c \
   "! curl -fsS -x $HOST_A:4140 http://hello | grep -q World-V2 && ! curl -fsS -x $HOST_B:4140 http://hello | grep -q World-V2"
 show "http_proxy=$HOST_A:4140 curl -s hello"
+
+log "3b. a weighted canary: about 10 % of world's traffic to world-v2"
+# (Written with concrete names: '/svc/world => 9 * /svc/world & …' would
+# rewrite /svc/world again, as in Linkerd, and send everything to v2.)
+show "ecsmeshctl dtab set default '/svc/world => 9 * /#/ecs/demo/world & 1 * /#/ecs/demo/world-v2'"
+wait_for "the canary to reach both agents" 30 bash -c \
+  "curl -fsS http://$HOST_A:9990/admin/dtab | grep -q world-v2 && curl -fsS http://$HOST_B:9990/admin/dtab | grep -q world-v2"
+show "for i in \$(seq 200); do http_proxy=$HOST_A:4140 curl -s hello; echo; done | sed -E 's/ \\(127[^)]*\\)//g' | sort | uniq -c"
+show "ecsmeshctl dtab delete default"
+wait_for "the canary to be gone" 30 bash -c \
+  "! curl -fsS http://$HOST_A:9990/admin/dtab | grep -q world-v2 && ! curl -fsS http://$HOST_B:9990/admin/dtab | grep -q world-v2"
 
 log "4. where to look"
 show "ecsmeshctl status"

@@ -33,8 +33,8 @@ def answers(transcript, command):
     return [lines[i + 1] for i, line in enumerate(lines[:-1]) if line == f"$ {command}"]
 
 
-@pytest.fixture(scope="module")
-def transcript(tmp_path_factory):
+@pytest.fixture(scope="module", params=["linker-to-linker", "direct"])
+def transcript(request, tmp_path_factory):
     busy = [f"{h}:{p}" for h, p in PORTS if listening(h, p)]
     if busy:
         pytest.skip(f"demo ports in use (a demo running?): {busy}")
@@ -42,6 +42,7 @@ def transcript(tmp_path_factory):
         os.environ,
         DEMO_NO_WAIT="1",
         DEMO_PROFILE=os.environ.get("DEMO_PROFILE", "debug"),
+        DEMO_MODE=request.param,
         ECSMESH_DEMO_DIR=str(tmp_path_factory.mktemp("demo")),
     )
     proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True,
@@ -78,3 +79,11 @@ def test_grpc_override_then_removal(transcript):
 def test_status_converged_and_nothing_left_behind(transcript):
     assert "2/2 agents converged" in transcript
     assert [f"{h}:{p}" for h, p in PORTS if listening(h, p)] == []
+
+
+def test_weighted_canary_sends_about_a_tenth(transcript):
+    section = transcript.split("3b. a weighted canary")[1].split("$ ecsmeshctl dtab delete default")[0]
+    counts = {m.group(2): int(m.group(1)) for m in re.finditer(r"^\s*(\d+) (Hello World(?:-V2)?!!)$", section, re.M)}
+    assert sum(counts.values()) == 200, section
+    # 10 % of 200 is 20; three standard deviations either side.
+    assert 7 <= counts.get("Hello World-V2!!", 0) <= 33, counts
