@@ -293,6 +293,7 @@ fn set_target(
         let balanced = BalancedEndpoint {
             addr: e.addr,
             weight: e.weight,
+            generation: generation(e),
         };
         if host == settings.host_ip {
             local.push(balanced);
@@ -312,6 +313,15 @@ fn set_target(
         )),
         hosts: Arc::new(hosts),
     }
+}
+
+/// What runs at an endpoint's address (its task): a replacement that
+/// reuses the address starts with fresh balancer statistics.
+fn generation(e: &ecsmesh_state::Endpoint) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    e.meta.get("task_arn").hash(&mut h);
+    h.finish()
 }
 
 /// Parses the request's dtab headers (context first, then the user's) and

@@ -89,12 +89,21 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Relative traffic share; anything not finite and positive counts as 1.
     pub weight: f64,
+    /// What runs at the address (a hash of the task, say). Statistics carry
+    /// over to a new balancer only while it stays the same: a replacement
+    /// that reuses an address starts fresh rather than inheriting its
+    /// predecessor's latency penalties and removals.
+    pub generation: u64,
 }
 
 impl Endpoint {
-    /// An endpoint of weight 1.
+    /// An endpoint of weight 1, generation 0.
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, weight: 1.0 }
+        Self {
+            addr,
+            weight: 1.0,
+            generation: 0,
+        }
     }
 }
 
@@ -174,6 +183,7 @@ impl Settings {
 #[derive(Debug)]
 struct Node {
     addr: SocketAddr,
+    generation: u64,
     outstanding: AtomicU32,
     /// Mirrors `state != Live` so that scans pass live endpoints without
     /// taking their lock.
@@ -196,9 +206,16 @@ struct Stats {
 }
 
 impl Node {
-    fn new(addr: SocketAddr, rtt: f64, now: Instant, removals: Arc<AtomicU64>) -> Self {
+    fn new(
+        addr: SocketAddr,
+        generation: u64,
+        rtt: f64,
+        now: Instant,
+        removals: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             addr,
+            generation,
             removals,
             outstanding: AtomicU32::new(0),
             held_out: AtomicBool::new(false),
@@ -300,17 +317,21 @@ impl Balancer {
             } else {
                 1.0
             };
-            let node = old.get(&e.addr).map_or_else(
-                || {
-                    Arc::new(Node::new(
-                        e.addr,
-                        settings.default_rtt,
-                        now,
-                        Arc::clone(&removals),
-                    ))
-                },
-                |n| Arc::clone(n),
-            );
+            let node = old
+                .get(&e.addr)
+                .filter(|n| n.generation == e.generation)
+                .map_or_else(
+                    || {
+                        Arc::new(Node::new(
+                            e.addr,
+                            e.generation,
+                            settings.default_rtt,
+                            now,
+                            Arc::clone(&removals),
+                        ))
+                    },
+                    |n| Arc::clone(n),
+                );
             match by_weight.entry(weight.to_bits()) {
                 Entry::Occupied(g) => groups[*g.get()].1.push(node),
                 Entry::Vacant(v) => {

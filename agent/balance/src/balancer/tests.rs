@@ -80,10 +80,12 @@ fn p2c_prefers_the_less_loaded_endpoint() {
 fn weights_split_traffic_in_proportion() {
     let eps = [
         Endpoint {
+            generation: 0,
             addr: addr(1),
             weight: 9.0,
         },
         Endpoint {
+            generation: 0,
             addr: addr(2),
             weight: 1.0,
         },
@@ -96,6 +98,7 @@ fn weights_split_traffic_in_proportion() {
     // Classes of several members: 2 × 3 against 4 × 1 gives 60/40.
     let eps: Vec<_> = (1..=6)
         .map(|i| Endpoint {
+            generation: 0,
             addr: addr(i),
             weight: if i <= 2 { 3.0 } else { 1.0 },
         })
@@ -110,18 +113,22 @@ fn weights_split_traffic_in_proportion() {
 fn invalid_weights_count_as_one_and_duplicates_are_dropped() {
     let eps = [
         Endpoint {
+            generation: 0,
             addr: addr(1),
             weight: 0.0,
         },
         Endpoint {
+            generation: 0,
             addr: addr(2),
             weight: f64::NAN,
         },
         Endpoint {
+            generation: 0,
             addr: addr(3),
             weight: -2.0,
         },
         Endpoint {
+            generation: 0,
             addr: addr(1),
             weight: 5.0,
         },
@@ -419,4 +426,33 @@ fn concurrent_picks_release_their_load() {
         }
     });
     assert!(b.stats().iter().all(|s| s.outstanding == 0));
+}
+
+#[test]
+fn a_new_generation_at_an_address_starts_fresh() {
+    let t0 = Instant::now();
+    let a = addr(1);
+    let b = Balancer::new(&[Endpoint::new(a)], &BalancerConfig::default(), None);
+    for _ in 0..5 {
+        b.pick_at(&[], t0).unwrap().failure_at(t0);
+    }
+    assert!(matches!(
+        b.stats_at(t0)[0].state,
+        EndpointState::Removed { .. }
+    ));
+    // The same task: its removal carries over.
+    let same = Balancer::new(&[Endpoint::new(a)], &BalancerConfig::default(), Some(&b));
+    assert!(matches!(
+        same.stats_at(t0)[0].state,
+        EndpointState::Removed { .. }
+    ));
+    // Another task at the same address: fresh statistics.
+    let replaced = Endpoint {
+        generation: 7,
+        ..Endpoint::new(a)
+    };
+    let fresh = Balancer::new(&[replaced], &BalancerConfig::default(), Some(&b));
+    let s = &fresh.stats_at(t0)[0];
+    assert_eq!((s.state, s.consecutive_failures), (EndpointState::Live, 0));
+    assert!(fresh.pick_at(&[], t0).is_some());
 }
