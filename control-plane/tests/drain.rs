@@ -2,7 +2,8 @@
 //! binary watching the patched moto, a real agent, and an upstream server
 //! on each host port moto's tasks report. While requests run in a loop, a
 //! new task starts receiving traffic, and a task the service scales away
-//! receives none after the controller's next observation — with no failed
+//! receives none after the controller's next observation, and a task stopped
+//! outright is replaced (even on its host port) — with no failed
 //! request while it drains; a controller killed and restarted costs no
 //! request, and the agent reconverges on the new one.
 
@@ -25,10 +26,19 @@ use ecsmesh_test_support::moto::MotoServer;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-/// An upstream that counts its requests; it stays up (a draining task).
+/// An upstream that counts its requests. It stays up after its task is
+/// scaled away (draining) until `exit` (the container exits).
 struct Upstream {
     hits: Arc<AtomicU64>,
-    _task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    async fn exit(&self) {
+        self.task.abort();
+        // Let the aborted task drop its listener and connections.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn upstream(addr: SocketAddr) -> Upstream {
@@ -36,12 +46,14 @@ async fn upstream(addr: SocketAddr) -> Upstream {
     let hits = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&hits);
     let task = tokio::spawn(async move {
+        // Connections belong to this task: aborting it is the container exiting.
+        let mut conns = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let counter = Arc::clone(&counter);
-            tokio::spawn(async move {
+            conns.spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |_req: http::Request<hyper::body::Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
@@ -58,7 +70,7 @@ async fn upstream(addr: SocketAddr) -> Upstream {
             });
         }
     });
-    Upstream { hits, _task: task }
+    Upstream { hits, task }
 }
 
 struct Running(Child);
@@ -156,7 +168,7 @@ async fn scaling_reaches_the_data_plane_without_failed_requests() {
             let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
                 .build_http::<Full<Bytes>>();
             let mut n = 0;
-            while !stop.load(Ordering::SeqCst) && n < 20_000 {
+            while !stop.load(Ordering::SeqCst) && n < 50_000 {
                 n += 1;
                 let req = http::Request::get(format!("http://{proxy}/"))
                     .header("host", "world")
@@ -220,6 +232,25 @@ async fn scaling_reaches_the_data_plane_without_failed_requests() {
         frozen,
         "a removed task got traffic"
     );
+
+    // A task stopped outright: its container exits at once (requests to it
+    // fail and are retried elsewhere), and the service replaces it —
+    // possibly on the same host port — which then receives traffic. No
+    // request fails meanwhile.
+    let victim = remaining[0].clone();
+    topology.stop_task(&victim).await;
+    upstreams[&victim].1.exit().await;
+    let (new_arn, new_addr) = topology
+        .task_addresses(&topology.service_tasks("world").await)
+        .await
+        .into_iter()
+        .find(|(arn, _)| !upstreams.contains_key(arn))
+        .expect("a replacement task");
+    upstreams.insert(new_arn.clone(), (new_addr, upstream(new_addr).await));
+    until("the replacement to get traffic", async || {
+        upstreams[&new_arn].1.hits.load(Ordering::SeqCst) > 20
+    })
+    .await;
 
     stop.store(true, Ordering::SeqCst);
     for c in clients {
