@@ -6,54 +6,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_ecs::types::NetworkMode;
-use common::{TestAgent, channel};
+use common::{Running, TestAgent, channel, emulator_env, free_port};
 use ecsmesh_proto::v1 as pb;
 use ecsmesh_state::MeshState;
 use ecsmesh_test_support::ecs::{Topology, sdk_config};
 use ecsmesh_test_support::moto::MotoServer;
 use pb::controller_message::Kind;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts the binary with `args`; killed (SIGKILL) on drop.
-struct Running(Child);
-
-impl Running {
-    fn start(args: &[&str], env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ecsmesh-controller"));
-        cmd.args(args)
-            .env_remove("AWS_PROFILE")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Self(cmd.spawn().unwrap())
-    }
-
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn connect(port: u16) -> tonic::transport::Channel {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -85,7 +46,7 @@ async fn the_binary_watches_ecs() {
     topology.create_service("world", &web, 2).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = free_port("127.0.0.1");
     let grpc = format!("127.0.0.1:{port}");
     let store = dir.path().display().to_string();
     let _controller = Running::start(
@@ -101,14 +62,7 @@ async fn the_binary_watches_ecs() {
             "--resync-interval",
             "300ms",
         ],
-        &[
-            ("ECSMESH_AWS_ENDPOINT_URL", moto.endpoint()),
-            ("ECSMESH_AWS_REGION", region.to_owned()),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            // The credential chain must not look for an instance role.
-            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-        ],
+        &emulator_env(&moto.endpoint(), region),
     );
     let mut agent = TestAgent::connect(connect(port).await, "i-bin").await;
     let Kind::Snapshot(s) = agent.next().await else {
@@ -135,7 +89,7 @@ async fn the_binary_watches_ecs() {
 async fn stored_dtabs_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().display().to_string();
-    let port = free_port();
+    let port = free_port("127.0.0.1");
     let grpc = format!("127.0.0.1:{port}");
     let args = [
         "--grpc-addr",

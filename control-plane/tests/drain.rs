@@ -9,16 +9,18 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::NetworkMode;
 use bytes::Bytes;
+use common::{Running, emulator_env, free_port};
 use ecsmesh_agent::Agent;
 use ecsmesh_agent::config::{Args, Config, FileConfig, Mode};
 use ecsmesh_test_support::ecs::{Topology, sdk_config};
@@ -73,23 +75,6 @@ async fn upstream(addr: SocketAddr) -> Upstream {
     Upstream { hits, task }
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn endpoints(agent: &Agent) -> usize {
     let table = agent.routes.load();
     table
@@ -136,18 +121,7 @@ async fn scaling_reaches_the_data_plane_without_failed_requests() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port("127.0.0.1");
     let _controller = controller(grpc, &dir.path().join("store"), moto, region, "drain");
-    let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
-    config.host_ip = Some("127.0.40.1".parse().unwrap());
-    config.instance_id = Some("i-drain".into());
-    config.availability_zone = Some("sa-east-1a".into());
-    config.controller = format!("http://127.0.0.1:{grpc}");
-    config.state_dir = dir.path().join("agent");
-    config.mode = Mode::Direct;
-    config.outgoing_port = 0;
-    config.incoming_port = free_port("127.0.40.1");
-    config.admin_port = 0;
-    config.imds_endpoint = Some("http://127.0.0.1:1".into());
-    let agent = Arc::new(Agent::start(config).await.unwrap());
+    let agent = Arc::new(agent("127.0.40.1", grpc, dir.path().join("agent")).await);
     until("the agent to see both tasks", async || {
         endpoints(&agent) == 2
     })
@@ -271,26 +245,39 @@ fn controller(
     region: &str,
     cluster: &str,
 ) -> Running {
-    Running(
-        Command::new(env!("CARGO_BIN_EXE_ecsmesh-controller"))
-            .args([
-                "--grpc-addr",
-                &format!("127.0.0.1:{grpc}"),
-                "--admin-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--store-dir", &store.display().to_string()])
-            .args(["--cluster", cluster, "--resync-interval", "300ms"])
-            .env("ECSMESH_AWS_ENDPOINT_URL", moto.endpoint())
-            .env("ECSMESH_AWS_REGION", region)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let grpc = format!("127.0.0.1:{grpc}");
+    let store = store.display().to_string();
+    Running::start(
+        &[
+            "--grpc-addr",
+            &grpc,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--store-dir",
+            &store,
+            "--cluster",
+            cluster,
+            "--resync-interval",
+            "300ms",
+        ],
+        &emulator_env(&moto.endpoint(), region),
     )
+}
+
+/// An agent on `host_ip` (direct mode) following the controller on `grpc`.
+async fn agent(host_ip: &str, grpc: u16, state_dir: std::path::PathBuf) -> Agent {
+    let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
+    config.host_ip = Some(host_ip.parse().unwrap());
+    config.instance_id = Some(format!("i-{host_ip}"));
+    config.availability_zone = Some("zone-a".into());
+    config.controller = format!("http://127.0.0.1:{grpc}");
+    config.state_dir = state_dir;
+    config.mode = Mode::Direct;
+    config.outgoing_port = 0;
+    config.incoming_port = free_port(host_ip);
+    config.admin_port = 0;
+    config.imds_endpoint = Some("http://127.0.0.1:1".into());
+    Agent::start(config).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,18 +307,7 @@ async fn a_controller_killed_and_restarted_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port("127.0.0.1");
     let first = controller(grpc, &dir.path().join("store"), moto, region, "restart");
-    let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
-    config.host_ip = Some("127.0.42.1".parse().unwrap());
-    config.instance_id = Some("i-restart".into());
-    config.availability_zone = Some("ca-central-1a".into());
-    config.controller = format!("http://127.0.0.1:{grpc}");
-    config.state_dir = dir.path().join("agent");
-    config.mode = Mode::Direct;
-    config.outgoing_port = 0;
-    config.incoming_port = free_port("127.0.42.1");
-    config.admin_port = 0;
-    config.imds_endpoint = Some("http://127.0.0.1:1".into());
-    let agent = Agent::start(config).await.unwrap();
+    let agent = agent("127.0.42.1", grpc, dir.path().join("agent")).await;
     let set = ecsmesh_dtab::Path::read("/#/ecs/restart/world").unwrap();
     let has = |n: usize| {
         agent

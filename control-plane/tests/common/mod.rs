@@ -133,3 +133,54 @@ pub async fn eventually(mut f: impl FnMut() -> bool) {
     }
     panic!("condition not reached within 10 s");
 }
+
+/// A free port on `ip` (closed again at once: fine on loopback).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `ecsmesh-controller` binary; killed (SIGKILL) on drop.
+pub struct Running(std::process::Child);
+
+impl Running {
+    pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ecsmesh-controller"));
+        cmd.args(args)
+            .env_remove("AWS_PROFILE")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self(cmd.spawn().unwrap())
+    }
+
+    pub fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The environment that points the binary's AWS SDK at the emulator, with
+/// static credentials and no instance-role lookup.
+pub fn emulator_env(endpoint: &str, region: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ECSMESH_AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("ECSMESH_AWS_REGION", region.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
