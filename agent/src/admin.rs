@@ -50,6 +50,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
                 Instant::now().saturating_duration_since(t).as_secs_f64()
             }));
     }
+    s.metrics.set_clients(s.routes.load().clients());
     (
         [(header::CONTENT_TYPE, ecsmesh_metrics::CONTENT_TYPE)],
         s.metrics.encode(),

@@ -88,6 +88,7 @@ pub struct FileConfig {
     pub max_retries: Option<u32>,
     pub max_in_flight: Option<usize>,
     pub imds_endpoint: Option<String>,
+    pub summary_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Parser)]
@@ -143,6 +144,10 @@ pub struct Args {
     /// The IMDS endpoint for host discovery [default: the standard one].
     #[arg(long, env = "ECSMESH_IMDS_ENDPOINT")]
     pub imds_endpoint: Option<String>,
+    /// How often traffic summaries go to the controller's dashboard; 0 turns
+    /// them off [default: 5s].
+    #[arg(long, env = "ECSMESH_SUMMARY_INTERVAL")]
+    pub summary_interval: Option<String>,
     /// How requests are named: header-token[:HEADER], path[:SEGMENTS[:consume]],
     /// header[:HEADER] [default: header-token:host].
     #[arg(long, env = "ECSMESH_IDENTIFIER")]
@@ -217,6 +222,8 @@ pub struct Config {
     /// Requests the proxy holds at once; past it, new ones fail fast (503).
     pub max_in_flight: usize,
     pub imds_endpoint: Option<String>,
+    /// Traffic summaries to the controller this often (zero: never).
+    pub summary_interval: Duration,
 }
 
 impl Config {
@@ -286,6 +293,11 @@ impl Config {
             max_retries: args.max_retries.or(f.max_retries).unwrap_or(3),
             max_in_flight: args.max_in_flight.or(f.max_in_flight).unwrap_or(10_000),
             imds_endpoint: args.imds_endpoint.clone().or(f.imds_endpoint),
+            summary_interval: duration(
+                &args.summary_interval,
+                f.summary_interval,
+                Duration::from_secs(5),
+            )?,
         })
     }
 

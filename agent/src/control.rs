@@ -17,6 +17,7 @@ use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::Metrics;
 use crate::routes::Routes;
 
 const SNAPSHOT_FILE: &str = "snapshot.pb";
@@ -31,6 +32,14 @@ pub struct AgentInfo {
     pub availability_zone: String,
     pub namespace: String,
     pub cluster: String,
+}
+
+/// Traffic summaries for the controller's dashboard.
+#[derive(Clone, Debug)]
+pub struct Summaries {
+    pub metrics: Arc<Metrics>,
+    /// Zero turns them off.
+    pub interval: Duration,
 }
 
 /// The agent's view of its control plane (admin `/ready`, metrics).
@@ -128,11 +137,12 @@ pub async fn run(
     routes: Arc<Routes>,
     file: SnapshotFile,
     status: watch::Sender<ControlStatus>,
+    summaries: Summaries,
 ) {
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
-        let result = follow(&controller, &info, &routes, &file, &status).await;
+        let result = follow(&controller, &info, &routes, &file, &status, &summaries).await;
         status.send_modify(|s| s.connected = false);
         if let Err(e) = &result {
             tracing::warn!(%controller, error = %e, "controller stream ended; routing on the last state");
@@ -182,6 +192,7 @@ async fn follow(
     routes: &Routes,
     file: &SnapshotFile,
     status: &watch::Sender<ControlStatus>,
+    summaries: &Summaries,
 ) -> Result<(), StreamError> {
     let channel = connect(controller).await?;
     let (tx, rx) = mpsc::channel(8);
@@ -209,6 +220,9 @@ async fn follow(
         s.last_error = None;
     });
     tracing::info!(%controller, "following the controller");
+    // Ends with the stream: the task stops when its sender is refused.
+    let _summaries = (!summaries.interval.is_zero())
+        .then(|| AbortOnDrop(tokio::spawn(send_summaries(summaries.clone(), tx.clone()))));
     while let Some(msg) = inbound.message().await? {
         let reply = match msg.kind {
             Some(pb::controller_message::Kind::Snapshot(s)) => {
@@ -228,6 +242,34 @@ async fn follow(
         }
     }
     Err(StreamError::Closed)
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends a traffic summary every interval: the first carries every service,
+/// later ones only those whose counts moved.
+async fn send_summaries(summaries: Summaries, tx: mpsc::Sender<pb::AgentMessage>) {
+    let started = ecsmesh_metrics::process::start_time_unix();
+    let mut sent = std::collections::HashMap::new();
+    let mut ticks = tokio::time::interval(summaries.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let summary = summaries.metrics.summary(started, &mut sent);
+        let msg = pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::Summary(summary)),
+        };
+        if tx.send(msg).await.is_err() {
+            break;
+        }
+    }
 }
 
 async fn apply_snapshot(

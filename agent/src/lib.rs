@@ -102,6 +102,10 @@ impl Agent {
             Arc::clone(&routes),
             file,
             status_tx,
+            control::Summaries {
+                metrics: Arc::clone(&metrics),
+                interval: config.summary_interval,
+            },
         ));
         let proxy = Arc::new(Proxy::new(
             Arc::clone(&routes),

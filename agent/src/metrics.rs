@@ -1,33 +1,68 @@
-//! The agent's Prometheus metrics (admin `/metrics`). Service labels are
-//! bounded: past [`MAX_SERVICES`] distinct logical names, further ones are
-//! counted under `other`, so arbitrary Host headers cannot blow up the
-//! series count.
+//! The agent's Prometheus metrics (admin `/metrics`), and the traffic
+//! summary it sends the controller for the dashboard.
+//!
+//! Two levels, as in Linkerd: the *service* (the logical name a request was
+//! routed by, `/svc/…`; counted once per request, after retries) and the
+//! *client* (the concrete endpoint set an attempt went to, `/#/…`; counted
+//! per attempt). Label values are bounded: past [`MAX_SERVICES`] distinct
+//! services (or [`MAX_CLIENTS`] clients) further ones are counted under
+//! `other`, so arbitrary Host headers cannot blow up the series count; no
+//! label ever holds an endpoint address or a request attribute.
+//!
+//! The request path looks up its series once per name and keeps the handles
+//! (atomic counters and lock-free histograms), so it touches no label
+//! strings after the first request.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use ecsmesh_metrics::histogram::{LATENCY_BOUNDS, LatencyHistogram};
+use ecsmesh_metrics::process::ProcessCollector;
+use ecsmesh_proto::v1 as pb;
 use http::StatusCode;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::proxy::Side;
 
 /// Distinct service label values kept before the rest become `other`.
 pub const MAX_SERVICES: usize = 500;
+/// Distinct client label values kept before the rest become `other`.
+pub const MAX_CLIENTS: usize = 500;
+
+/// The label of requests whose destination could not be identified.
+const UNIDENTIFIED: &str = "unidentified";
+const OTHER: &str = "other";
 
 /// Why a request (or an attempt) failed.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Class {
     Status5xx,
     ConnectFailure,
     Timeout,
     NoHosts,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Status5xx => "status_5xx",
+            Self::ConnectFailure => "connect_failure",
+            Self::Timeout => "timeout",
+            Self::NoHosts => "no_hosts",
+        }
+    }
+}
+
+impl EncodeLabelValue for Class {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,38 +90,171 @@ struct ServiceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DirectionLabel {
-    direction: &'static str,
+struct ClientLabel {
+    client: String,
 }
 
-/// One (direction, service)'s series, looked up once and kept: the request
-/// path then touches no label strings.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientStatusLabels {
+    client: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientFailureLabels {
+    client: String,
+    class: Class,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    client: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class(status: StatusCode) -> usize {
+    match status.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// One (direction, service)'s series.
 #[derive(Debug)]
 struct ServiceHandles {
     /// By status class: 1xx … 5xx.
     requests: [Counter; 5],
-    latency: Histogram,
+    latency: LatencyHistogram,
 }
 
 /// A service's handles: outgoing, incoming.
 type DirectionHandles = [Option<Arc<ServiceHandles>>; 2];
 
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// One client's per-attempt series.
+#[derive(Debug)]
+struct ClientHandles {
+    requests: [Counter; 5],
+    latency: LatencyHistogram,
+}
+
+/// One listener's connection and byte counters (shared with its
+/// connections' I/O wrappers).
+#[derive(Clone, Debug, Default)]
+pub struct ListenerCounters {
+    pub accepted: Counter,
+    pub open: Gauge,
+    pub received_bytes: Counter,
+    pub sent_bytes: Counter,
+}
+
+/// The listener families; each listener's [`ListenerCounters`] are its
+/// series in them.
+#[derive(Default)]
+struct ListenerFamilies {
+    accepted: Family<ListenerLabel, Counter>,
+    open: Family<ListenerLabel, Gauge>,
+    received: Family<ListenerLabel, Counter>,
+    sent: Family<ListenerLabel, Counter>,
+}
+
+impl ListenerFamilies {
+    fn counters(&self, side: Side) -> ListenerCounters {
+        let label = ListenerLabel {
+            listener: side.as_str(),
+        };
+        ListenerCounters {
+            accepted: self.accepted.get_or_create(&label).clone(),
+            open: self.open.get_or_create(&label).clone(),
+            received_bytes: self.received.get_or_create(&label).clone(),
+            sent_bytes: self.sent.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// What the admin server reads from the routing table at scrape time.
+#[derive(Clone, Debug)]
+pub struct ClientEndpoints {
+    pub client: String,
+    pub total: usize,
+    pub available: usize,
+    /// Failure-accrual removals so far (cumulative for the set's life).
+    pub removals: u64,
+}
+
+/// A bounded set of label values.
+#[derive(Debug)]
+struct Bounded {
+    seen: Mutex<HashSet<String>>,
+    limit: usize,
+}
+
+impl Bounded {
+    fn new(limit: usize) -> Self {
+        Self {
+            seen: Mutex::new(HashSet::new()),
+            limit,
+        }
+    }
+
+    /// `value` itself while there is room, else `other`.
+    fn label(&self, value: &str) -> String {
+        if value == UNIDENTIFIED {
+            return value.to_owned();
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.contains(value) {
+            value.to_owned()
+        } else if seen.len() < self.limit {
+            seen.insert(value.to_owned());
+            value.to_owned()
+        } else {
+            OTHER.to_owned()
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
-    services: Mutex<HashSet<String>>,
-    /// Per service label: outgoing and incoming handles.
-    handles: Mutex<HashMap<Arc<str>, DirectionHandles>>,
+    services: Bounded,
+    clients: Bounded,
+    /// Per service: outgoing and incoming handles.
+    service_handles: Mutex<HashMap<Arc<str>, DirectionHandles>>,
+    client_handles: Mutex<HashMap<Arc<str>, Arc<ClientHandles>>>,
     requests: Family<RequestLabels, Counter>,
-    latency: Family<LatencyLabels, Histogram>,
+    latency: Family<LatencyLabels, LatencyHistogram>,
     failures: Family<FailureLabels, Counter>,
     retries: Family<ServiceLabel, Counter>,
-    connections: Family<DirectionLabel, Counter>,
+    budget_exhausted: Family<ServiceLabel, Counter>,
+    client_requests: Family<ClientStatusLabels, Counter>,
+    client_latency: Family<ClientLabel, LatencyHistogram>,
+    client_failures: Family<ClientFailureLabels, Counter>,
+    client_endpoints: Family<EndpointLabels, Gauge>,
+    client_removals: Family<ClientLabel, Counter>,
+    /// The balancers' removal counts at the last scrape, to add only the difference.
+    removals_seen: Mutex<HashMap<String, u64>>,
+    listeners: [ListenerCounters; 2],
     pub control_connected: Gauge,
     pub snapshot_version: Gauge,
-    pub last_update_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub last_update_age_seconds: Gauge<f64, AtomicU64>,
+    pub tls_handshake_failures: Family<TlsFailureLabels, Counter>,
+}
+
+/// A refused TLS handshake: on which listener, and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsFailureLabels {
+    pub listener: &'static str,
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -96,49 +264,114 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    #[allow(clippy::too_many_lines)] // one registration per family
     pub fn new() -> Self {
-        let latency: Family<LatencyLabels, Histogram> =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
+        let listeners = ListenerFamilies::default();
         let m = Self {
-            registry: Mutex::new(Registry::with_prefix("ecsmesh_agent")),
-            services: Mutex::new(HashSet::new()),
-            handles: Mutex::new(HashMap::new()),
+            registry: Mutex::new(Registry::default()),
+            services: Bounded::new(MAX_SERVICES),
+            clients: Bounded::new(MAX_CLIENTS),
+            service_handles: Mutex::new(HashMap::new()),
+            client_handles: Mutex::new(HashMap::new()),
             requests: Family::default(),
-            latency,
+            latency: Family::default(),
             failures: Family::default(),
             retries: Family::default(),
-            connections: Family::default(),
+            budget_exhausted: Family::default(),
+            client_requests: Family::default(),
+            client_latency: Family::default(),
+            client_failures: Family::default(),
+            client_endpoints: Family::default(),
+            client_removals: Family::default(),
+            removals_seen: Mutex::new(HashMap::new()),
+            listeners: [Side::Outgoing, Side::Incoming].map(|side| listeners.counters(side)),
             control_connected: Gauge::default(),
             snapshot_version: Gauge::default(),
             last_update_age_seconds: Gauge::default(),
+            tls_handshake_failures: Family::default(),
         };
         {
-            let mut r = m.registry.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut root = m.registry.lock().unwrap_or_else(PoisonError::into_inner);
+            root.register_collector(Box::new(ProcessCollector::new()));
+            let r = root.sub_registry_with_prefix("ecsmesh_agent");
             r.register(
                 "requests",
-                "Requests by direction, logical service and status class",
+                "Requests by direction, logical service and response status class",
                 m.requests.clone(),
             );
             r.register_with_unit(
                 "request_duration",
-                "Request latency as the client sees it (100 µs to ~13 s)",
+                "Request latency as the calling application sees it, retries included",
                 Unit::Seconds,
                 m.latency.clone(),
             );
             r.register(
                 "failures",
-                "Failed requests and attempts by class",
+                "Failed requests and attempts by logical service and failure class",
                 m.failures.clone(),
             );
             r.register(
                 "retries",
-                "Attempts retried on another endpoint",
+                "Attempts retried on another endpoint, by logical service",
                 m.retries.clone(),
             );
             r.register(
+                "retry_budget_exhausted",
+                "Retries not made because the retry budget was spent",
+                m.budget_exhausted.clone(),
+            );
+            r.register(
+                "client_requests",
+                "Attempts by concrete client (endpoint set) and response status class",
+                m.client_requests.clone(),
+            );
+            r.register_with_unit(
+                "client_request_duration",
+                "Latency of single attempts, by concrete client",
+                Unit::Seconds,
+                m.client_latency.clone(),
+            );
+            r.register(
+                "client_failures",
+                "Failed attempts by concrete client and failure class",
+                m.client_failures.clone(),
+            );
+            r.register(
+                "client_endpoints",
+                "Endpoints of a concrete client: all of them (total) and those failure accrual has not removed (available)",
+                m.client_endpoints.clone(),
+            );
+            r.register(
+                "client_failure_accrual_removals",
+                "Endpoints removed by failure accrual, by concrete client",
+                m.client_removals.clone(),
+            );
+            r.register(
                 "connections",
-                "Accepted connections by listener",
-                m.connections.clone(),
+                "Connections accepted, by listener",
+                listeners.accepted,
+            );
+            r.register(
+                "open_connections",
+                "Connections open now, by listener",
+                listeners.open,
+            );
+            r.register_with_unit(
+                "received",
+                "Bytes read from connections, by listener",
+                Unit::Bytes,
+                listeners.received,
+            );
+            r.register_with_unit(
+                "sent",
+                "Bytes written to connections, by listener",
+                Unit::Bytes,
+                listeners.sent,
+            );
+            r.register(
+                "tls_handshake_failures",
+                "TLS handshakes refused, by listener and reason",
+                m.tls_handshake_failures.clone(),
             );
             r.register(
                 "control_connected",
@@ -160,55 +393,28 @@ impl Metrics {
         m
     }
 
-    /// The label for `service`, bounded.
-    fn label(&self, service: Option<&str>) -> String {
-        let Some(service) = service else {
-            return "unidentified".to_owned();
-        };
-        let mut seen = self.services.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.contains(service) {
-            return service.to_owned();
-        }
-        if seen.len() < MAX_SERVICES {
-            seen.insert(service.to_owned());
-            service.to_owned()
-        } else {
-            "other".to_owned()
-        }
+    /// A listener's counters (its connections count their bytes into them).
+    pub fn listener(&self, side: Side) -> &ListenerCounters {
+        &self.listeners[usize::from(side == Side::Incoming)]
     }
 
-    pub fn connection(&self, side: Side) {
-        self.connections
-            .get_or_create(&DirectionLabel {
-                direction: side.as_str(),
-            })
-            .inc();
-    }
-
+    /// One finished request, as the calling application saw it.
     pub fn request(&self, side: Side, service: Option<&str>, status: StatusCode, took: Duration) {
-        let class = match status.as_u16() {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        let handles = self.handles(side, service.unwrap_or("unidentified"));
-        handles.requests[class].inc();
-        handles.latency.observe(took.as_secs_f64());
+        let handles = self.service_handles(side, service.unwrap_or(UNIDENTIFIED));
+        handles.requests[status_class(status)].inc();
+        handles.latency.observe(took);
     }
 
-    fn handles(&self, side: Side, service: &str) -> Arc<ServiceHandles> {
+    fn service_handles(&self, side: Side, service: &str) -> Arc<ServiceHandles> {
         let slot = usize::from(side == Side::Incoming);
-        let mut all = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all = self
+            .service_handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(Some(h)) = all.get(service).map(|s| &s[slot]) {
             return Arc::clone(h);
         }
-        let label = if service == "unidentified" {
-            service.to_owned()
-        } else {
-            self.label(Some(service))
-        };
+        let label = self.services.label(service);
         // Past the label limit, every further service shares `other`'s
         // handles, and no key is kept for it (the map stays bounded too).
         if label != service
@@ -216,7 +422,6 @@ impl Metrics {
         {
             return Arc::clone(h);
         }
-        let key = if label == service { service } else { "other" };
         let direction = side.as_str();
         let requests = STATUS_CLASSES.map(|status_class| {
             self.requests
@@ -231,28 +436,174 @@ impl Metrics {
             .latency
             .get_or_create(&LatencyLabels {
                 direction,
-                service: label,
+                service: label.clone(),
             })
             .clone();
         let h = Arc::new(ServiceHandles { requests, latency });
-        all.entry(Arc::from(key)).or_default()[slot] = Some(Arc::clone(&h));
+        all.entry(Arc::from(label)).or_default()[slot] = Some(Arc::clone(&h));
         h
     }
 
-    pub fn failure(&self, service: &str, class: Class) {
-        let service = self.label(Some(service));
+    /// One attempt to a concrete client that got a response.
+    pub fn attempt(&self, client: &str, status: StatusCode, took: Duration) {
+        let handles = self.client_handles(client);
+        handles.requests[status_class(status)].inc();
+        handles.latency.observe(took);
+    }
+
+    fn client_handles(&self, client: &str) -> Arc<ClientHandles> {
+        let mut all = self
+            .client_handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = all.get(client) {
+            return Arc::clone(h);
+        }
+        let label = self.clients.label(client);
+        if let Some(h) = all.get(label.as_str()) {
+            return Arc::clone(h);
+        }
+        let requests = STATUS_CLASSES.map(|status_class| {
+            self.client_requests
+                .get_or_create(&ClientStatusLabels {
+                    client: label.clone(),
+                    status_class,
+                })
+                .clone()
+        });
+        let latency = self
+            .client_latency
+            .get_or_create(&ClientLabel {
+                client: label.clone(),
+            })
+            .clone();
+        let h = Arc::new(ClientHandles { requests, latency });
+        all.insert(Arc::from(label), Arc::clone(&h));
+        h
+    }
+
+    /// A failed request or attempt of `service` (and, when an attempt was
+    /// made, of the concrete `client`).
+    pub fn failure(&self, service: &str, client: Option<&str>, class: Class) {
+        let service = self.services.label(service);
         self.failures
             .get_or_create(&FailureLabels { service, class })
             .inc();
+        if let Some(client) = client {
+            let client = self.clients.label(client);
+            self.client_failures
+                .get_or_create(&ClientFailureLabels { client, class })
+                .inc();
+        }
     }
 
     pub fn retry(&self, service: &str) {
-        let service = self.label(Some(service));
+        let service = self.services.label(service);
         self.retries.get_or_create(&ServiceLabel { service }).inc();
+    }
+
+    pub fn retry_budget_exhausted(&self, service: &str) {
+        let service = self.services.label(service);
+        self.budget_exhausted
+            .get_or_create(&ServiceLabel { service })
+            .inc();
+    }
+
+    /// Refreshes the endpoint gauges and removal counters from the routing
+    /// table (at scrape time). Sets no longer published lose their series.
+    pub fn set_clients(&self, clients: impl IntoIterator<Item = ClientEndpoints>) {
+        self.client_endpoints.clear();
+        let mut seen = self
+            .removals_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut now = HashMap::with_capacity(seen.len());
+        let mut sums: HashMap<String, (usize, usize)> = HashMap::new();
+        for c in clients {
+            let before = seen.get(&c.client).copied().unwrap_or(0);
+            // A set rebuilt from nothing restarts its count.
+            let added = c.removals.checked_sub(before).unwrap_or(c.removals);
+            let label = self.clients.label(&c.client);
+            if added > 0 {
+                self.client_removals
+                    .get_or_create(&ClientLabel {
+                        client: label.clone(),
+                    })
+                    .inc_by(added);
+            }
+            let sum = sums.entry(label).or_default();
+            sum.0 += c.total;
+            sum.1 += c.available;
+            now.insert(c.client, c.removals);
+        }
+        *seen = now;
+        drop(seen);
+        for (client, (total, available)) in sums {
+            for (state, n) in [("total", total), ("available", available)] {
+                self.client_endpoints
+                    .get_or_create(&EndpointLabels {
+                        client: client.clone(),
+                        state,
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// The traffic summary for the controller: every service whose request
+    /// count differs from `previous` (all of them when it is empty), which
+    /// is updated to the new counts.
+    pub fn summary(
+        &self,
+        started_unix: f64,
+        previous: &mut HashMap<(Arc<str>, Side), u64>,
+    ) -> pb::TrafficSummary {
+        let mut services = Vec::new();
+        let all = self
+            .service_handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (name, sides) in all.iter() {
+            for (side, handles) in [Side::Outgoing, Side::Incoming].into_iter().zip(sides) {
+                let Some(h) = handles else { continue };
+                let counts = h.requests.each_ref().map(Counter::get);
+                let requests: u64 = counts.iter().sum();
+                let key = (Arc::clone(name), side);
+                if previous.get(&key) == Some(&requests) {
+                    continue;
+                }
+                previous.insert(key, requests);
+                services.push(pb::ServiceTraffic {
+                    service: name.to_string(),
+                    direction: side.as_str().to_owned(),
+                    requests,
+                    successes: requests - counts[4],
+                    status_4xx: counts[3],
+                    status_5xx: counts[4],
+                    latency_counts: h.latency.snapshot().counts,
+                });
+            }
+        }
+        drop(all);
+        let process = ecsmesh_metrics::process::ProcessStats::read();
+        pb::TrafficSummary {
+            agent_start_unix: started_unix,
+            sent_unix: unix_now(),
+            latency_bounds_seconds: LATENCY_BOUNDS.to_vec(),
+            services,
+            resident_memory_bytes: process.resident_memory_bytes,
+            cpu_seconds: process.cpu_seconds,
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn encode(&self) -> String {
         ecsmesh_metrics::encode(&self.registry.lock().unwrap_or_else(PoisonError::into_inner))
     }
+}
+
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

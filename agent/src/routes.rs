@@ -180,6 +180,23 @@ impl RouteTable {
         }
     }
 
+    /// Every published set's endpoint counts and failure-accrual removals
+    /// (both balancers: every endpoint, and those on this host).
+    pub fn clients(&self) -> Vec<crate::metrics::ClientEndpoints> {
+        self.balancers
+            .iter()
+            .filter_map(|(name, target)| match target {
+                Target::Set { all, local, .. } => Some(crate::metrics::ClientEndpoints {
+                    client: name.to_string(),
+                    total: all.len(),
+                    available: all.available(),
+                    removals: all.removals() + local.removals(),
+                }),
+                Target::Inet { .. } => None,
+            })
+            .collect()
+    }
+
     /// The routing decision for `name` with the request's dtab headers
     /// (`l5d-ctx-dtab`, then `l5d-dtab`), cached.
     pub fn decide(

@@ -4,10 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ecsmesh_proto::v1 as pb;
 use serde::Serialize;
+
+use crate::traffic::{AgentTraffic, MeshTraffic, Stats, aggregate};
+
+/// How much traffic history is kept per series: the longest window the
+/// dashboard asks for.
+pub const TRAFFIC_HISTORY: Duration = Duration::from_mins(5);
 
 /// One agent stream's state.
 #[derive(Clone, Debug, Serialize)]
@@ -34,6 +40,19 @@ pub struct AgentStatus {
 pub struct Agents {
     next_id: Mutex<u64>,
     streams: Mutex<BTreeMap<u64, AgentStatus>>,
+    /// Each stream's traffic summaries (apart: `list` need not copy them).
+    traffic: Mutex<BTreeMap<u64, AgentTraffic>>,
+}
+
+/// One agent on the dashboard: its status and its traffic over the window.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentView {
+    #[serde(flatten)]
+    pub status: AgentStatus,
+    pub stats: Stats,
+    pub resident_memory_bytes: u64,
+    /// CPU use between its last two summaries, in cores.
+    pub cpu_cores: Option<f64>,
 }
 
 fn unix_now() -> f64 {
@@ -81,6 +100,42 @@ impl Agents {
         }
     }
 
+    fn traffic(&self) -> MutexGuard<'_, BTreeMap<u64, AgentTraffic>> {
+        self.traffic.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The mesh's traffic over `window` and every agent's, in connection order.
+    pub fn traffic_view(&self, window: Duration) -> (MeshTraffic, Vec<AgentView>) {
+        let now = Instant::now();
+        let streams = self.list_with_ids();
+        let traffic = self.traffic();
+        let empty = AgentTraffic::default();
+        let per_agent: Vec<&AgentTraffic> = streams
+            .iter()
+            .map(|(id, _)| traffic.get(id).unwrap_or(&empty))
+            .collect();
+        let (mesh, stats) = aggregate(per_agent.iter().copied(), now, window);
+        let views = streams
+            .into_iter()
+            .zip(stats)
+            .zip(per_agent)
+            .map(|(((_, status), stats), t)| AgentView {
+                status,
+                stats,
+                resident_memory_bytes: t.resident_memory_bytes,
+                cpu_cores: t.cpu_cores(),
+            })
+            .collect();
+        (mesh, views)
+    }
+
+    fn list_with_ids(&self) -> Vec<(u64, AgentStatus)> {
+        self.streams()
+            .iter()
+            .map(|(id, a)| (*id, a.clone()))
+            .collect()
+    }
+
     /// Every connected agent, in connection order.
     pub fn list(&self) -> Vec<AgentStatus> {
         self.streams().values().cloned().collect()
@@ -124,10 +179,19 @@ impl AgentHandle {
     pub fn nacked(&self, version: u64, error: &str) {
         self.update(|a| a.last_nack = Some(format!("version {version}: {error}")));
     }
+
+    pub fn summary(&self, summary: &pb::TrafficSummary) {
+        self.agents.traffic().entry(self.id).or_default().record(
+            summary,
+            Instant::now(),
+            TRAFFIC_HISTORY,
+        );
+    }
 }
 
 impl Drop for AgentHandle {
     fn drop(&mut self) {
         self.agents.streams().remove(&self.id);
+        self.agents.traffic().remove(&self.id);
     }
 }

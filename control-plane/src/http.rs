@@ -1,5 +1,5 @@
-//! The admin HTTP server (default :9991): `/metrics`, `/ready`, `/live`,
-//! `/agents`.
+//! The admin HTTP server (default :9991): the dashboard (`/`, with its
+//! `/api/*` data), `/metrics`, `/ready`, `/live`, `/agents`.
 
 use std::sync::Arc;
 
@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 
 use crate::agents::Agents;
+use crate::dashboard;
+use crate::grpc::admin::AdminService;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 
@@ -18,10 +20,15 @@ pub struct AdminState {
     pub publisher: Arc<Publisher>,
     pub agents: Arc<Agents>,
     pub metrics: Arc<Metrics>,
+    /// The dtab admin API (the playground's delegation).
+    pub admin: AdminService,
 }
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/api/overview", get(dashboard::overview))
+        .route("/api/delegate", get(dashboard::delegate))
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))
         .route("/live", get(|| async { "ok\n" }))

@@ -13,6 +13,7 @@
 
 pub mod agents;
 pub mod config;
+pub mod dashboard;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod publish;
 pub mod reconcile;
 pub mod sources;
 pub mod store;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +111,12 @@ impl Controller {
                 Ok(())
             }
         });
+        let dtab_admin = grpc::admin::AdminService {
+            store: Arc::clone(&store),
+            base: config.base_dtabs.clone(),
+            publisher: Arc::clone(&publisher),
+            write_token: config.admin_token.clone(),
+        };
         tasks.spawn(serve_grpc(
             grpc_listener,
             grpc::mesh::MeshService {
@@ -116,12 +124,7 @@ impl Controller {
                 agents: Arc::clone(&agents),
                 metrics: Arc::clone(&metrics),
             },
-            grpc::admin::AdminService {
-                store: Arc::clone(&store),
-                base: config.base_dtabs.clone(),
-                publisher: Arc::clone(&publisher),
-                write_token: config.admin_token.clone(),
-            },
+            dtab_admin.clone(),
             grpc::mesh::StatusService {
                 publisher: Arc::clone(&publisher),
                 agents: Arc::clone(&agents),
@@ -131,6 +134,7 @@ impl Controller {
             publisher: Arc::clone(&publisher),
             agents: Arc::clone(&agents),
             metrics: Arc::clone(&metrics),
+            admin: dtab_admin,
         });
         tasks.spawn(async move {
             axum::serve(admin_listener, admin)

@@ -6,6 +6,13 @@
 //! `promtool check metrics`, older scrapers and humans expect — names the
 //! family as the sample is named. This crate renders a registry in that
 //! format, so both binaries serve `text/plain; version=0.0.4`.
+//!
+//! It also holds what both binaries measure the same way: a lock-free
+//! [`histogram::LatencyHistogram`] on one bucket ladder, and the standard
+//! `process_*` metrics ([`process::ProcessCollector`]).
+
+pub mod histogram;
+pub mod process;
 
 use std::fmt::Write as _;
 
@@ -59,5 +66,37 @@ mod tests {
             "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total{a=\"b\"} 3\n\
              # HELP x_age_seconds Age.\n# TYPE x_age_seconds gauge\nx_age_seconds 1.5\n"
         );
+    }
+
+    #[test]
+    fn histograms_and_process_metrics_encode_in_the_text_format() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(process::ProcessCollector::new()));
+        let h = histogram::LatencyHistogram::default();
+        h.observe(std::time::Duration::from_millis(3));
+        registry.sub_registry_with_prefix("x").register_with_unit(
+            "latency",
+            "Latency.",
+            prometheus_client::registry::Unit::Seconds,
+            h,
+        );
+        let text = encode(&registry);
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE process_resident_memory_bytes gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_latency_seconds_bucket{le=\"0.0032\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_latency_seconds_bucket{le=\"0.0016\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("x_latency_seconds_count 1"), "{text}");
     }
 }

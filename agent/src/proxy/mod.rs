@@ -16,6 +16,7 @@
 
 pub mod headers;
 pub mod identify;
+pub mod io;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -49,7 +50,7 @@ use headers::{
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Which listener a request came in on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     Outgoing,
     Incoming,
@@ -132,7 +133,7 @@ impl Proxy {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
-                    self.metrics.connection(side);
+                    let stream = io::Counted::new(stream, self.metrics.listener(side));
                     let proxy = Arc::clone(&self);
                     let service = hyper::service::service_fn(move |req| {
                         let proxy = Arc::clone(&proxy);
@@ -287,7 +288,7 @@ impl Proxy {
         let resp = if let Ok(resp) = tokio::time::timeout(remaining, attempt).await {
             resp
         } else {
-            self.metrics.failure(&service, Class::Timeout);
+            self.metrics.failure(&service, None, Class::Timeout);
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("request to {service} timed out after {remaining:?}"),
@@ -319,8 +320,14 @@ impl Proxy {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error: Option<Response<Body>> = None;
         for attempt in 0..=self.config.max_retries {
-            if attempt > 0 && (!replayable || !self.budget.try_withdraw()) {
-                break;
+            if attempt > 0 {
+                if !replayable {
+                    break;
+                }
+                if !self.budget.try_withdraw() {
+                    self.metrics.retry_budget_exhausted(&service);
+                    break;
+                }
             }
             let dest: &Dest = match &decision {
                 Ok(d) => match d.route.as_ref().map(|t| choose(t)) {
@@ -330,7 +337,7 @@ impl Proxy {
                         let table = self.routes.load();
                         let msg =
                             Self::unable_to_route(&service, &table, d.local_dtab.as_deref(), &e);
-                        self.metrics.failure(&service, Class::NoHosts);
+                        self.metrics.failure(&service, None, Class::NoHosts);
                         return error_response(StatusCode::BAD_GATEWAY, &msg);
                     }
                     Ok(Err(_)) | Err(_) => break,
@@ -349,7 +356,8 @@ impl Proxy {
                             .and_then(|v| v.to_str().ok()),
                         &RouteError::NoHosts,
                     );
-                    self.metrics.failure(&service, Class::NoHosts);
+                    self.metrics
+                        .failure(&service, Some(client_name(dest)), Class::NoHosts);
                     return error_response(StatusCode::BAD_GATEWAY, &msg);
                 }
                 break;
@@ -407,11 +415,17 @@ impl Proxy {
         } else {
             &self.http1
         };
-        let left = deadline.saturating_duration_since(Instant::now());
+        let started = Instant::now();
+        let left = deadline.saturating_duration_since(started);
         let sent =
             tokio::time::timeout(left.min(self.config.attempt_timeout), client.request(req)).await;
+        let client_name = client_name(dest);
         let status = match &sent {
-            Ok(Ok(resp)) => Some(resp.status().as_u16()),
+            Ok(Ok(resp)) => {
+                self.metrics
+                    .attempt(client_name, resp.status(), started.elapsed());
+                Some(resp.status().as_u16())
+            }
             _ => None,
         };
         let outcome = self.classifier.classify(parts.method.as_str(), status);
@@ -422,7 +436,8 @@ impl Proxy {
         match (sent, outcome) {
             (Ok(Ok(resp)), Outcome::Success) => Attempt::Done(resp.map(BodyExt::boxed)),
             (Ok(Ok(resp)), Outcome::Failure { retryable }) => {
-                self.metrics.failure(service, Class::Status5xx);
+                self.metrics
+                    .failure(service, Some(client_name), Class::Status5xx);
                 let resp = resp.map(BodyExt::boxed);
                 if retryable {
                     Attempt::Failed(resp)
@@ -433,7 +448,8 @@ impl Proxy {
             (Ok(Err(e)), _) => {
                 // A request that never reached the endpoint may go elsewhere
                 // whatever its method (if it can be resent).
-                self.metrics.failure(service, Class::ConnectFailure);
+                self.metrics
+                    .failure(service, Some(client_name), Class::ConnectFailure);
                 let msg = format!(
                     "Unable to establish connection to {connect_to}.\n\nservice name: {service}\nclient name: {}\nselected address: {addr}\nerror: {e}",
                     dest.id
@@ -441,7 +457,8 @@ impl Proxy {
                 Attempt::Failed(error_response(StatusCode::BAD_GATEWAY, &msg))
             }
             (Err(_), _) => {
-                self.metrics.failure(service, Class::Timeout);
+                self.metrics
+                    .failure(service, Some(client_name), Class::Timeout);
                 Attempt::Failed(error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("request to {addr} ({}) timed out", dest.id),
@@ -507,6 +524,14 @@ impl Proxy {
             lines(local.unwrap_or_default())
         )
     }
+}
+
+/// The concrete name of `dest` (its prerendered header: no allocation).
+fn client_name(dest: &Dest) -> &str {
+    dest.id_header
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unnamed")
 }
 
 /// The `l5d-*` context headers on the way out: the logical name, a request

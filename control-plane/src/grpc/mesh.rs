@@ -140,6 +140,7 @@ async fn read_acks(
                     agent.nacked(nack.version, &nack.error);
                     resync.notify_one();
                 }
+                Some(Kind::Summary(summary)) => agent.summary(&summary),
                 Some(Kind::Hello(_)) | None => {
                     tracing::debug!("ignoring an unexpected message on an agent stream");
                 }

@@ -1,0 +1,122 @@
+//! The mesh dashboard on the admin port: `/` (one static page, vanilla JS,
+//! no build step), which polls `/api/overview` (the mesh's traffic from the
+//! agents' summaries, and every agent's convergence) and asks
+//! `/api/delegate` for the dtab playground.
+
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use ecsmesh_proto::v1 as pb;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::http::AdminState;
+
+const PAGE: &str = include_str!("dashboard.html");
+
+/// The window rates are computed over, unless the page asks for another.
+const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
+const MIN_WINDOW: Duration = Duration::from_secs(5);
+
+pub async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OverviewQuery {
+    /// Seconds.
+    window: Option<u64>,
+}
+
+pub async fn overview(State(s): State<AdminState>, Query(q): Query<OverviewQuery>) -> Response {
+    let window = q
+        .window
+        .map_or(DEFAULT_WINDOW, Duration::from_secs)
+        .clamp(MIN_WINDOW, crate::agents::TRAFFIC_HISTORY);
+    let current = s.publisher.current();
+    let (mesh, agents) = s.agents.traffic_view(window);
+    let converged = agents
+        .iter()
+        .filter(|a| a.status.acked_version == current.version)
+        .count();
+    let agents: Vec<_> = agents
+        .into_iter()
+        .map(|a| {
+            let converged = a.status.acked_version == current.version;
+            let mut v = serde_json::to_value(&a).unwrap_or_default();
+            v["converged"] = json!(converged);
+            v
+        })
+        .collect();
+    let services: Vec<_> = mesh
+        .services
+        .iter()
+        .map(|(name, stats)| {
+            let mut v = serde_json::to_value(stats).unwrap_or_default();
+            v["name"] = json!(name);
+            v
+        })
+        .collect();
+    let mut summary = serde_json::to_value(&mesh.total).unwrap_or_default();
+    summary["services"] = json!(services.len());
+    summary["agents"] = json!(agents.len());
+    summary["converged_agents"] = json!(converged);
+    Json(json!({
+        "version": current.version,
+        "epoch": s.publisher.epoch(),
+        "window_seconds": mesh.window_seconds,
+        "namespaces": current.state.dtabs.keys().collect::<Vec<_>>(),
+        "summary": summary,
+        "services": services,
+        "agents": agents,
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DelegateQuery {
+    #[serde(default = "default_namespace")]
+    namespace: String,
+    path: String,
+    #[serde(default)]
+    dtab: String,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+/// The playground: the admin API's `Delegate`, over HTTP for the page.
+pub async fn delegate(State(s): State<AdminState>, Query(q): Query<DelegateQuery>) -> Response {
+    use pb::dtab_admin_server::DtabAdmin as _;
+    let request = tonic::Request::new(pb::DelegateRequest {
+        namespace: q.namespace,
+        path: q.path,
+        extra_dtab: q.dtab,
+    });
+    match s.admin.delegate(request).await {
+        Ok(resp) => {
+            let resp = resp.into_inner();
+            let tree: serde_json::Value = serde_json::from_str(&resp.tree_json).unwrap_or_default();
+            Json(json!({ "result": resp.result, "tree": tree })).into_response()
+        }
+        Err(status) => {
+            let code = match status.code() {
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
+                    StatusCode::BAD_REQUEST
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, Json(json!({ "error": status.message() }))).into_response()
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! What the agents report having proxied (their `TrafficSummary` messages),
+//! turned into the dashboard's rates, success rates and percentiles.
+//!
+//! Agents send cumulative counters, and only for services whose counts moved
+//! since their previous summary. Each (service, direction) series here is a
+//! short history of (arrival time, counts); a rate over the window is the
+//! difference between the newest counts and the counts in force at the
+//! window's start, divided by the window.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ecsmesh_metrics::histogram::{LATENCY_BUCKETS, quantile};
+use ecsmesh_proto::v1 as pb;
+use serde::Serialize;
+
+/// Cumulative counts of one series at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    requests: u64,
+    successes: u64,
+    status_4xx: u64,
+    status_5xx: u64,
+    latency: Vec<u64>,
+}
+
+impl Counts {
+    fn from_pb(t: &pb::ServiceTraffic) -> Self {
+        let mut latency = t.latency_counts.clone();
+        // Summaries from an agent with another bucket ladder cannot be merged.
+        latency.resize(LATENCY_BUCKETS, 0);
+        Self {
+            requests: t.requests,
+            successes: t.successes,
+            status_4xx: t.status_4xx,
+            status_5xx: t.status_5xx,
+            latency,
+        }
+    }
+
+    fn zero() -> Self {
+        Self {
+            latency: vec![0; LATENCY_BUCKETS],
+            ..Self::default()
+        }
+    }
+
+    /// `self - earlier`; a counter that went down (an agent restart the
+    /// start time did not reveal) counts from zero.
+    fn since(&self, earlier: &Self) -> Self {
+        let d = |a: u64, b: u64| a.checked_sub(b).unwrap_or(a);
+        Self {
+            requests: d(self.requests, earlier.requests),
+            successes: d(self.successes, earlier.successes),
+            status_4xx: d(self.status_4xx, earlier.status_4xx),
+            status_5xx: d(self.status_5xx, earlier.status_5xx),
+            latency: self
+                .latency
+                .iter()
+                .zip(&earlier.latency)
+                .map(|(&a, &b)| d(a, b))
+                .collect(),
+        }
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.requests += other.requests;
+        self.successes += other.successes;
+        self.status_4xx += other.status_4xx;
+        self.status_5xx += other.status_5xx;
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            *a += b;
+        }
+    }
+}
+
+/// One (service, direction) series of one agent.
+#[derive(Clone, Debug, Default)]
+struct Series {
+    samples: VecDeque<(Instant, Counts)>,
+}
+
+impl Series {
+    /// The change over the `window` ending `now`, and the time it spans
+    /// (shorter than the window while the series is younger than it).
+    fn change(&self, now: Instant, window: Duration) -> Option<(Counts, Duration)> {
+        let (_, latest) = self.samples.back()?;
+        let start = now.checked_sub(window)?;
+        if let Some((_, base)) = self.samples.iter().rev().find(|(at, _)| *at <= start) {
+            return Some((latest.since(base), window));
+        }
+        let (first_at, first) = self.samples.front()?;
+        Some((
+            latest.since(first),
+            now.saturating_duration_since(*first_at),
+        ))
+    }
+
+    fn push(&mut self, at: Instant, counts: Counts, keep: Duration) {
+        self.samples.push_back((at, counts));
+        // Keep one sample at or before the oldest window start we answer for.
+        if let Some(start) = at.checked_sub(keep) {
+            while self.samples.len() > 1 && self.samples[1].0 <= start {
+                self.samples.pop_front();
+            }
+        }
+    }
+}
+
+/// Everything one agent stream has reported.
+#[derive(Clone, Debug, Default)]
+pub struct AgentTraffic {
+    agent_start_unix: f64,
+    last_summary: Option<Instant>,
+    series: HashMap<(String, String), Series>,
+    pub resident_memory_bytes: u64,
+    /// CPU seconds at the last two summaries, for a utilisation figure.
+    cpu: VecDeque<(Instant, f64)>,
+}
+
+impl AgentTraffic {
+    /// Takes in a summary that arrived at `now`.
+    pub fn record(&mut self, summary: &pb::TrafficSummary, now: Instant, keep: Duration) {
+        // Start times are copied, never computed: exact comparison is right.
+        #[allow(clippy::float_cmp)]
+        let restarted = summary.agent_start_unix != self.agent_start_unix;
+        if self.last_summary.is_some() && restarted {
+            // The agent restarted: its counters start over.
+            *self = Self::default();
+        }
+        let first = self.last_summary.is_none();
+        let previous = self.last_summary;
+        self.agent_start_unix = summary.agent_start_unix;
+        self.last_summary = Some(now);
+        for t in &summary.services {
+            let series = self
+                .series
+                .entry((t.service.clone(), t.direction.clone()))
+                .or_default();
+            // A series first seen after the stream's first summary (which
+            // carries every series) started from zero since the previous one.
+            if !first
+                && series.samples.is_empty()
+                && let Some(previous) = previous
+            {
+                series.push(previous, Counts::zero(), keep);
+            }
+            series.push(now, Counts::from_pb(t), keep);
+        }
+        self.resident_memory_bytes = summary.resident_memory_bytes;
+        self.cpu.push_back((now, summary.cpu_seconds));
+        if self.cpu.len() > 2 {
+            self.cpu.pop_front();
+        }
+    }
+
+    /// CPU use between the last two summaries, in cores (1.0 = one core).
+    pub fn cpu_cores(&self) -> Option<f64> {
+        let (a, b) = (self.cpu.front()?, self.cpu.back()?);
+        let dt = b.0.saturating_duration_since(a.0).as_secs_f64();
+        (dt > 0.0).then(|| (b.1 - a.1).max(0.0) / dt)
+    }
+
+    /// Each outgoing service's change over the window.
+    fn outgoing(
+        &self,
+        now: Instant,
+        window: Duration,
+    ) -> impl Iterator<Item = (&str, Counts, Duration)> {
+        self.series
+            .iter()
+            .filter(|((_, direction), _)| direction == "outgoing")
+            .filter_map(move |((service, _), s)| {
+                let (c, span) = s.change(now, window)?;
+                Some((service.as_str(), c, span))
+            })
+    }
+}
+
+/// Rates and percentiles of some traffic over a window.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Stats {
+    pub requests_per_second: f64,
+    /// Successes / requests; `None` with no requests.
+    pub success_rate: Option<f64>,
+    pub status_4xx_per_second: f64,
+    pub status_5xx_per_second: f64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// Adds up changes that may span different times: the rate uses the
+/// longest span (all of them end now).
+#[derive(Default)]
+struct Accumulator {
+    counts: Option<Counts>,
+    span: Duration,
+}
+
+impl Accumulator {
+    fn add(&mut self, c: &Counts, span: Duration) {
+        self.counts.get_or_insert_with(Counts::zero).add(c);
+        self.span = self.span.max(span);
+    }
+
+    fn stats(&self) -> Stats {
+        let Some(c) = &self.counts else {
+            return Stats::default();
+        };
+        let secs = self.span.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        let per_second = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let ms = |q: f64| quantile(&c.latency, q).map(|s| s * 1000.0);
+        #[allow(clippy::cast_precision_loss)]
+        let success_rate = (c.requests > 0).then(|| c.successes as f64 / c.requests as f64);
+        Stats {
+            requests_per_second: per_second(c.requests),
+            success_rate,
+            status_4xx_per_second: per_second(c.status_4xx),
+            status_5xx_per_second: per_second(c.status_5xx),
+            p50_ms: ms(0.5),
+            p95_ms: ms(0.95),
+            p99_ms: ms(0.99),
+        }
+    }
+}
+
+/// The mesh-wide view over a window, from every agent's traffic.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MeshTraffic {
+    pub window_seconds: f64,
+    pub total: Stats,
+    /// By logical service, name order.
+    pub services: BTreeMap<String, Stats>,
+}
+
+/// The mesh-wide traffic (outgoing sides only: every request enters the
+/// mesh through exactly one outgoing listener, while the linker-to-linker
+/// hop would count it again), and each agent's own figures, in `agents`'
+/// order.
+pub fn aggregate<'a>(
+    agents: impl IntoIterator<Item = &'a AgentTraffic>,
+    now: Instant,
+    window: Duration,
+) -> (MeshTraffic, Vec<Stats>) {
+    let mut total = Accumulator::default();
+    let mut services: BTreeMap<String, Accumulator> = BTreeMap::new();
+    let mut per_agent = Vec::new();
+    for agent in agents {
+        let mut own = Accumulator::default();
+        for (service, change, span) in agent.outgoing(now, window) {
+            total.add(&change, span);
+            own.add(&change, span);
+            services
+                .entry(service.to_owned())
+                .or_default()
+                .add(&change, span);
+        }
+        per_agent.push(own.stats());
+    }
+    let mesh = MeshTraffic {
+        window_seconds: window.as_secs_f64(),
+        total: total.stats(),
+        services: services.into_iter().map(|(k, v)| (k, v.stats())).collect(),
+    };
+    (mesh, per_agent)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::float_cmp)]
+    use super::*;
+
+    fn traffic(service: &str, requests: u64, failures: u64, bucket: usize) -> pb::ServiceTraffic {
+        let mut latency = vec![0; LATENCY_BUCKETS];
+        latency[bucket] = requests;
+        pb::ServiceTraffic {
+            service: service.into(),
+            direction: "outgoing".into(),
+            requests,
+            successes: requests - failures,
+            status_4xx: 0,
+            status_5xx: failures,
+            latency_counts: latency,
+        }
+    }
+
+    fn summary(start: f64, services: Vec<pb::ServiceTraffic>) -> pb::TrafficSummary {
+        pb::TrafficSummary {
+            agent_start_unix: start,
+            services,
+            ..Default::default()
+        }
+    }
+
+    const KEEP: Duration = Duration::from_mins(1);
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn rates_come_from_the_change_over_the_window() {
+        let t0 = Instant::now();
+        let mut a = AgentTraffic::default();
+        // 1,000 requests before the stream opened: the baseline, not traffic.
+        a.record(&summary(1.0, vec![traffic("/svc/a", 1000, 0, 6)]), t0, KEEP);
+        a.record(
+            &summary(1.0, vec![traffic("/svc/a", 1100, 10, 6)]),
+            t0 + Duration::from_secs(5),
+            KEEP,
+        );
+        // /svc/a unchanged in the next summary (not sent); /svc/b is new.
+        a.record(
+            &summary(1.0, vec![traffic("/svc/b", 50, 0, 8)]),
+            t0 + Duration::from_secs(10),
+            KEEP,
+        );
+        let now = t0 + Duration::from_secs(10);
+        let (mesh, per_agent) = aggregate([&a], now, WINDOW);
+        let s = &mesh.services["/svc/a"];
+        assert_eq!(s.requests_per_second, 10.0); // 100 over 10 s
+        assert_eq!(s.success_rate, Some(0.9));
+        assert_eq!(s.status_5xx_per_second, 1.0);
+        let b = &mesh.services["/svc/b"];
+        // New since the previous summary, 5 s ago.
+        assert_eq!(b.requests_per_second, 10.0);
+        assert_eq!(mesh.total.requests_per_second, 15.0);
+        assert_eq!(per_agent[0], mesh.total);
+        let p50 = s.p50_ms.unwrap();
+        assert!((0.8..=1.6).contains(&p50), "{p50}");
+
+        // Twenty seconds later with no new summary: no traffic in the window.
+        let later = now + Duration::from_secs(20);
+        let (mesh, _) = aggregate([&a], later, WINDOW);
+        assert_eq!(mesh.services["/svc/a"].requests_per_second, 0.0);
+        assert_eq!(mesh.services["/svc/a"].success_rate, None);
+    }
+
+    #[test]
+    fn an_agent_restart_starts_its_counters_over() {
+        let t0 = Instant::now();
+        let mut a = AgentTraffic::default();
+        a.record(&summary(1.0, vec![traffic("/svc/a", 500, 0, 6)]), t0, KEEP);
+        a.record(
+            &summary(2.0, vec![traffic("/svc/a", 20, 0, 6)]),
+            t0 + Duration::from_secs(5),
+            KEEP,
+        );
+        a.record(
+            &summary(2.0, vec![traffic("/svc/a", 70, 0, 6)]),
+            t0 + Duration::from_secs(10),
+            KEEP,
+        );
+        let (mesh, _) = aggregate([&a], t0 + Duration::from_secs(10), WINDOW);
+        assert_eq!(mesh.services["/svc/a"].requests_per_second, 10.0); // 50 over 5 s
+    }
+
+    #[test]
+    fn incoming_traffic_is_not_counted_twice() {
+        let t0 = Instant::now();
+        let mut a = AgentTraffic::default();
+        let mut incoming = traffic("/svc/a", 0, 0, 6);
+        incoming.direction = "incoming".into();
+        a.record(
+            &summary(1.0, vec![traffic("/svc/a", 0, 0, 6), incoming.clone()]),
+            t0,
+            KEEP,
+        );
+        incoming.requests = 100;
+        a.record(
+            &summary(1.0, vec![traffic("/svc/a", 100, 0, 6), incoming]),
+            t0 + Duration::from_secs(10),
+            KEEP,
+        );
+        let (mesh, _) = aggregate([&a], t0 + Duration::from_secs(10), WINDOW);
+        assert_eq!(mesh.total.requests_per_second, 10.0);
+    }
+}
