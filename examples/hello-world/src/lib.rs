@@ -69,6 +69,37 @@ impl Config {
     }
 }
 
+/// The variable a proxy setting may use for the host's private IP, as in
+/// `http_proxy=$HOST_IP:4140`. ECS passes environment values verbatim and the
+/// image has no shell, so the app fills it in itself.
+pub const HOST_IP_VAR: &str = "HOST_IP";
+
+/// Whether `value` uses `$HOST_IP` or `${HOST_IP}`.
+pub fn mentions_host_ip(value: &str) -> bool {
+    fill_host_ip(value, "") != value
+}
+
+/// Replaces `${HOST_IP}` and `$HOST_IP` (not `$HOST_IPV6`) with `ip`.
+pub fn fill_host_ip(value: &str, ip: &str) -> String {
+    let braced = format!("${{{HOST_IP_VAR}}}");
+    let bare = format!("${HOST_IP_VAR}");
+    let value = value.replace(&braced, ip);
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value.as_str();
+    while let Some(at) = rest.find(&bare) {
+        let after = &rest[at + bare.len()..];
+        out.push_str(&rest[..at]);
+        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            out.push_str(&bare);
+        } else {
+            out.push_str(ip);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 fn parse_proxy(raw: &str) -> anyhow::Result<String> {
     let s = raw.trim();
     let s = s.strip_prefix("http://").unwrap_or(s);
@@ -274,6 +305,20 @@ mod tests {
         );
         assert!(parse_proxy("https://x:1").is_err());
         assert!(parse_proxy("").is_err());
+    }
+
+    #[test]
+    fn host_ip_is_filled_in() {
+        assert_eq!(fill_host_ip("$HOST_IP:4140", "10.0.1.7"), "10.0.1.7:4140");
+        assert_eq!(
+            fill_host_ip("http://${HOST_IP}:4140/", "10.0.1.7"),
+            "http://10.0.1.7:4140/"
+        );
+        assert_eq!(fill_host_ip("$HOST_IPV6:1", "x"), "$HOST_IPV6:1");
+        assert_eq!(fill_host_ip("$HOST_IP", "x"), "x");
+        assert!(mentions_host_ip("$HOST_IP:4140"));
+        assert!(!mentions_host_ip("127.0.1.1:4140"));
+        assert!(!mentions_host_ip("$HOST_IPS:4140"));
     }
 
     #[test]
