@@ -1,7 +1,17 @@
-# The hello/world demo app (one image, three services: hello, world, world-v2).
-#   docker build -f deploy/docker/hello-world.Dockerfile -t <repo>/ecsmesh-hello-world:<tag> deploy/docker
-FROM python:3.12-alpine
-COPY hello_world.py /app/hello_world.py
-USER 65534:65534
+# The hello/world demo app (examples/hello-world, binary `helloworld`): one
+# image, three ECS services (hello, world, world-v2) that differ only in the
+# task definition's command. Build from the workspace root:
+#   docker build -f deploy/docker/hello-world.Dockerfile -t <repo>/ecsmesh-hello-world:<tag> .
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p ecsmesh-hello-world \
+ && cp target/release/helloworld /helloworld
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /helloworld /usr/local/bin/helloworld
+# No shell here: `http_proxy=$HOST_IP:4140` is filled in by helloworld itself
+# (the host's private IP from IMDSv2).
+USER nonroot:nonroot
 EXPOSE 7777
-ENTRYPOINT ["python3", "/app/hello_world.py"]
+ENTRYPOINT ["/usr/local/bin/helloworld"]

@@ -32,10 +32,18 @@ pub struct DeployConfig {
     pub image_repo: String,
     pub image_tag: String,
     pub agent: AgentPlacement,
-    /// The controller's gRPC address as agents reach it. Default
-    /// `http://127.0.0.1:4321`: right for one instance (the controller runs in
-    /// host network mode); several instances need a stable address.
+    /// The controller's gRPC address as agents reach it. The default
+    /// `http://127.0.0.1:4321` is right only while one instance runs both
+    /// the controller (host network mode) and every agent; with more
+    /// instances or replicas it must be an address every instance reaches
+    /// wherever the controller's tasks run (see
+    /// [`controller_target_group`](Self::controller_target_group)).
     pub controller_address: String,
+    /// An Elastic Load Balancing target group (instance targets, TCP 4321)
+    /// the controller's ECS service registers its tasks in, so that the load
+    /// balancer in front of it is a stable controller address however the
+    /// tasks move. Created by the user (deploy/README.md), never by `up`.
+    pub controller_target_group: Option<String>,
     pub controller_replicas: i32,
     /// With 2+ replicas the Consul store is required.
     pub consul_address: Option<String>,
@@ -62,7 +70,8 @@ impl DeployConfig {
             image_repo: "ghcr.io/ecsmesh".to_owned(),
             image_tag: "latest".to_owned(),
             agent: AgentPlacement::UserData,
-            controller_address: "http://127.0.0.1:4321".to_owned(),
+            controller_address: DEFAULT_CONTROLLER_ADDRESS.to_owned(),
+            controller_target_group: None,
             controller_replicas: 1,
             consul_address: None,
             with_demo: false,
@@ -102,7 +111,11 @@ impl DeployConfig {
         check(
             "controller-address",
             &self.controller_address,
-            uri_ok(&self.controller_address) && self.controller_address.starts_with("http"),
+            // Brackets: an IPv6 literal.
+            self.controller_address
+                .chars()
+                .all(|c| c == '[' || c == ']' || uri_ok(&c.to_string()))
+                && self.controller_address.starts_with("http"),
             "an http(s) URL",
         )?;
         check(
@@ -117,6 +130,14 @@ impl DeployConfig {
             !self.instance_type.is_empty() && uri_ok(&self.instance_type),
             "an instance type",
         )?;
+        if let Some(tg) = &self.controller_target_group {
+            check(
+                "controller-target-group",
+                tg,
+                uri_ok(tg) && tg.starts_with("arn:") && tg.contains(":targetgroup/"),
+                "a target group ARN (arn:aws:elasticloadbalancing:…:targetgroup/…)",
+            )?;
+        }
         if let Some(c) = &self.consul_address {
             check(
                 "consul-address",
@@ -150,7 +171,50 @@ impl DeployConfig {
                     .to_owned(),
             });
         }
+        self.check_controller_reach()
+    }
+
+    /// A loopback address is the controller only for agents on its own
+    /// instance: refuse a deployment where some agent would sit elsewhere.
+    fn check_controller_reach(&self) -> Result<()> {
+        if self.controller_is_local() && (self.max_size > 1 || self.controller_replicas > 1) {
+            return Err(DeployError::Config {
+                name: "controller-address",
+                reason: format!(
+                    "{} reaches the controller only from its own instance, but up to {} \
+                     instances and {} controller replicas are asked for: pass an address every \
+                     instance reaches, e.g. an internal Network Load Balancer with \
+                     --controller-target-group (see deploy/README.md)",
+                    self.controller_address, self.max_size, self.controller_replicas
+                ),
+            });
+        }
         Ok(())
+    }
+
+    /// Whether agents reach the controller over loopback (same instance only).
+    pub fn controller_is_local(&self) -> bool {
+        let rest = self
+            .controller_address
+            .split_once("://")
+            .map_or(self.controller_address.as_str(), |(_, rest)| rest);
+        let host = if let Some(v6) = rest.strip_prefix('[') {
+            v6.split(']').next().unwrap_or_default()
+        } else {
+            rest.split([':', '/']).next().unwrap_or_default()
+        };
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Controller replicas that may be down during a rolling update. Each
+    /// replica holds host port 4321, so a new task can only start where an
+    /// old one stopped: ECS's default (keep 100 %, start extra) would wait
+    /// forever on a full cluster.
+    pub fn controller_minimum_healthy_percent(&self) -> i32 {
+        (self.controller_replicas - 1) * 100 / self.controller_replicas.max(1)
     }
 
     /// The tag every owned resource carries: `ecsmesh:owner` = cluster.
@@ -179,5 +243,43 @@ fn check(name: &'static str, value: &str, ok: bool, what: &str) -> Result<()> {
     }
 }
 
+/// Where agents find the controller when nothing else is said: the same
+/// instance (the controller runs in host network mode).
+pub const DEFAULT_CONTROLLER_ADDRESS: &str = "http://127.0.0.1:4321";
+
 /// The tag key on everything ecsmesh owns.
 pub const OWNER_TAG: &str = "ecsmesh:owner";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_local() {
+        let mut cfg = DeployConfig::new("c", "r");
+        for (addr, local) in [
+            ("http://127.0.0.1:4321", true),
+            ("http://127.9.9.9:4321", true),
+            ("https://LOCALHOST:4321", true),
+            ("http://[::1]:4321", true),
+            ("http://10.0.0.5:4321", false),
+            ("http://[fd00::5]:4321", false),
+            (
+                "http://internal-ecsmesh-123.eu-west-1.elb.amazonaws.com:4321",
+                false,
+            ),
+        ] {
+            cfg.controller_address = addr.to_owned();
+            assert_eq!(cfg.controller_is_local(), local, "{addr}");
+        }
+    }
+
+    #[test]
+    fn rolling_updates_stop_before_they_start() {
+        let mut cfg = DeployConfig::new("c", "r");
+        for (replicas, percent) in [(1, 0), (2, 50), (3, 66), (4, 75)] {
+            cfg.controller_replicas = replicas;
+            assert_eq!(cfg.controller_minimum_healthy_percent(), percent);
+        }
+    }
+}

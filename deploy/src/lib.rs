@@ -9,8 +9,17 @@
 //! demo). Everything is looked up before it is created (emulators accept
 //! duplicate creates), so a second `up` changes nothing. Every resource
 //! carries the tag `ecsmesh:owner=<cluster>`; [`Deployer::down`] removes
-//! only tagged resources, in reverse order. With `dry_run` no mutating API
+//! only tagged resources, in reverse order (it waits for the group's
+//! instances to end and deregisters leftover container instances, so the
+//! cluster and the security group can go). With `dry_run` no mutating API
 //! is called and the report is the plan.
+//!
+//! Agents reach the controller at [`DeployConfig::controller_address`]: the
+//! same instance by default (one instance), otherwise a stable name such as
+//! an internal Network Load Balancer whose target group the controller's
+//! service registers in ([`DeployConfig::controller_target_group`]).
+//! [`Deployer::controller_endpoints`] finds the controller's running tasks,
+//! for `status` to ask each for its health and its agents.
 
 pub mod config;
 pub mod error;
@@ -18,9 +27,9 @@ mod ops;
 pub mod render;
 pub mod taskdef;
 
-pub use config::{AgentPlacement, DeployConfig, OWNER_TAG};
+pub use config::{AgentPlacement, DEFAULT_CONTROLLER_ADDRESS, DeployConfig, OWNER_TAG};
 pub use error::{DeployError, Result};
-pub use ops::Deployer;
+pub use ops::{CONTROLLER_GRPC_PORT, Deployer};
 
 use serde::Serialize;
 

@@ -1,6 +1,7 @@
 //! The AWS side: look up, compare, create/update/delete.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use aws_config::SdkConfig;
 use aws_sdk_autoscaling as asg;
@@ -23,10 +24,22 @@ use crate::{Action, Report, Step};
 
 /// Mesh ports opened between members of the security group.
 pub const MESH_PORTS: [i32; 5] = [4140, 4141, 9990, 4321, 9991];
+/// The controller's gRPC and admin (health check) ports.
+pub const CONTROLLER_PORTS: [i32; 2] = [CONTROLLER_GRPC_PORT, 9991];
+/// Where agents (and `ecsmeshctl`) reach the controller's gRPC API.
+pub const CONTROLLER_GRPC_PORT: i32 = 4321;
+/// The controller's container in its task definition.
+const CONTROLLER_CONTAINER: &str = "controller";
 /// The services `up` manages, by role.
 pub const CONTROLLER_SERVICE: &str = "ecsmesh-controller";
 pub const AGENT_SERVICE: &str = "ecsmesh-agent";
 pub const DEMO_SERVICES: [&str; 3] = ["hello", "world", "world-v2"];
+
+/// How long `down` waits for the auto scaling group's instances to end.
+const ASG_DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_mins(15);
+/// How long `down` retries a security group still held by instances' interfaces.
+const SG_DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_mins(3);
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 type Progress = Box<dyn Fn(&Step) + Send + Sync>;
 
@@ -341,6 +354,23 @@ impl Deployer {
         if self.cfg.with_demo {
             names.extend(DEMO_SERVICES.iter().map(|s| (*s).to_owned()));
         }
+        let instances = self.cluster_instances().await?;
+        let ids: Vec<&str> = instances.values().map(String::as_str).collect();
+        let (action, detail) = if ids.is_empty() {
+            (Action::Absent, "none registered".to_owned())
+        } else {
+            (
+                Action::Unchanged,
+                format!("{} registered: {}", ids.len(), ids.join(",")),
+            )
+        };
+        self.push(
+            &mut report.steps,
+            "container-instances",
+            &self.cfg.cluster,
+            action,
+            detail,
+        );
         for name in names {
             if let Some(svc) = self.service(&name).await? {
                 let detail = format!(
@@ -411,6 +441,9 @@ impl Deployer {
                         .send()
                         .await
                         .map_err(|e| DeployError::aws("DeleteAutoScalingGroup", &base, &e))?;
+                    // The instances still use the security group until they
+                    // are terminated, which the group's deletion waits for.
+                    self.wait_asg_deleted().await?;
                 }
                 self.push(&mut steps, "auto-scaling-group", &base, Action::Delete, "");
             }
@@ -493,8 +526,22 @@ impl Deployer {
             }
         }
 
-        // Cluster.
+        // Cluster: ECS refuses to delete one with registered instances, and
+        // terminated instances leave theirs behind for a while.
         if cluster_owned {
+            for (arn, iid) in self.cluster_instances().await? {
+                if !dry_run {
+                    self.ecs
+                        .deregister_container_instance()
+                        .cluster(&cfg.cluster)
+                        .container_instance(&arn)
+                        .force(true)
+                        .send()
+                        .await
+                        .map_err(|e| DeployError::aws("DeregisterContainerInstance", &arn, &e))?;
+                }
+                self.push(&mut steps, "container-instance", iid, Action::Delete, arn);
+            }
             if !dry_run {
                 self.ecs
                     .delete_cluster()
@@ -533,14 +580,7 @@ impl Deployer {
         for g in groups.security_groups() {
             let id = g.group_id().unwrap_or_default();
             if !dry_run {
-                self.ec2
-                    .delete_security_group()
-                    .group_id(id)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        DeployError::aws("DeleteSecurityGroup", format!("{base} ({id})"), &e)
-                    })?;
+                self.delete_security_group(id).await?;
             }
             self.push(&mut steps, "security-group", &base, Action::Delete, id);
         }
@@ -551,6 +591,46 @@ impl Deployer {
             dry_run,
             steps,
         })
+    }
+
+    /// Waits until a deleted auto scaling group is gone (its instances
+    /// terminated); AWS takes minutes, an emulator no time.
+    async fn wait_asg_deleted(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + ASG_DELETE_TIMEOUT;
+        while let Some(g) = self.describe_asg().await? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DeployError::State(format!(
+                    "auto scaling group {} still deleting after {} s ({} instances left): \
+                     run down again later",
+                    self.cfg.base_name(),
+                    ASG_DELETE_TIMEOUT.as_secs(),
+                    g.instances().len()
+                )));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        Ok(())
+    }
+
+    /// Deletes the security group, retrying while network interfaces of
+    /// just-terminated instances still hold it (`DependencyViolation`).
+    async fn delete_security_group(&self, id: &str) -> Result<()> {
+        let resource = format!("{} ({id})", self.cfg.base_name());
+        let deadline = tokio::time::Instant::now() + SG_DELETE_TIMEOUT;
+        loop {
+            match self.ec2.delete_security_group().group_id(id).send().await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let err = DeployError::aws("DeleteSecurityGroup", &resource, &e);
+                    if err.aws_code() != Some("DependencyViolation")
+                        || tokio::time::Instant::now() >= deadline
+                    {
+                        return Err(err);
+                    }
+                }
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     // ---- network, AMI ---------------------------------------------------
@@ -671,6 +751,9 @@ impl Deployer {
 
     fn ingress_summary(&self) -> String {
         let mut s = format!("tcp {MESH_PORTS:?} from the group");
+        if self.cfg.controller_target_group.is_some() {
+            let _ = write!(s, "; tcp {CONTROLLER_PORTS:?} from the VPC (load balancer)");
+        }
         if self.cfg.key_pair.is_some() {
             s.push_str("; tcp 22 for SSH");
         }
@@ -714,6 +797,36 @@ impl Deployer {
                             .build()
                     }),
                 ));
+            }
+        }
+        // Through a load balancer (client IP preservation off) the controller
+        // sees the balancer's own VPC addresses, for traffic and health checks.
+        if self.cfg.controller_target_group.is_some() {
+            for port in CONTROLLER_PORTS {
+                let cidr = net.vpc_cidr.clone();
+                let c = cidr.clone();
+                if !has(port, &move |p: &IpPermission| {
+                    p.ip_ranges()
+                        .iter()
+                        .any(|r| r.cidr_ip() == Some(c.as_str()))
+                }) {
+                    out.push((
+                        format!("tcp/{port} from {cidr} (load balancer)"),
+                        Box::new(move |_: &str| {
+                            IpPermission::builder()
+                                .ip_protocol("tcp")
+                                .from_port(port)
+                                .to_port(port)
+                                .ip_ranges(
+                                    IpRange::builder()
+                                        .cidr_ip(&cidr)
+                                        .description("ecsmesh controller load balancer")
+                                        .build(),
+                                )
+                                .build()
+                        }),
+                    ));
+                }
             }
         }
         if self.cfg.key_pair.is_some() {
@@ -955,7 +1068,182 @@ impl Deployer {
             .cloned())
     }
 
-    #[allow(clippy::single_match_else)]
+    /// Where the controller's running tasks serve gRPC, as
+    /// `http://<instance private IP>:<host port>`: what `status` asks for
+    /// health and convergence when no address is given. Private addresses:
+    /// reachable from inside the VPC (a bastion, a VPN, an instance).
+    pub async fn controller_endpoints(&self) -> Result<Vec<String>> {
+        if self.cluster_active().await?.is_none() {
+            return Ok(Vec::new());
+        }
+        let cluster = &self.cfg.cluster;
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ecs
+            .list_tasks()
+            .cluster(cluster)
+            .service_name(CONTROLLER_SERVICE)
+            .desired_status(ecs::types::DesiredStatus::Running)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| DeployError::aws("ListTasks", CONTROLLER_SERVICE, &e))?;
+            arns.extend(page.task_arns().iter().cloned());
+        }
+        // (container instance, host port) of each running task.
+        let mut placed = Vec::new();
+        for batch in arns.chunks(100) {
+            let out = self
+                .ecs
+                .describe_tasks()
+                .cluster(cluster)
+                .set_tasks(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| DeployError::aws("DescribeTasks", CONTROLLER_SERVICE, &e))?;
+            for task in out.tasks() {
+                if task.last_status() != Some("RUNNING") {
+                    continue;
+                }
+                let Some(ci) = task.container_instance_arn() else {
+                    continue;
+                };
+                // Host mode binds the container port itself; read it anyway.
+                let port = task
+                    .containers()
+                    .iter()
+                    .flat_map(ecs::types::Container::network_bindings)
+                    .find(|b| b.container_port() == Some(CONTROLLER_GRPC_PORT))
+                    .and_then(ecs::types::NetworkBinding::host_port)
+                    .unwrap_or(CONTROLLER_GRPC_PORT);
+                placed.push((ci.to_owned(), port));
+            }
+        }
+        let instance_ids = self
+            .ec2_instance_ids(placed.iter().map(|(ci, _)| ci.clone()).collect())
+            .await?;
+        let ips = self
+            .private_ips(instance_ids.values().cloned().collect())
+            .await?;
+        let mut urls: Vec<String> = placed
+            .iter()
+            .filter_map(|(ci, port)| {
+                let ip = ips.get(instance_ids.get(ci)?)?;
+                Some(format!("http://{ip}:{port}"))
+            })
+            .collect();
+        urls.sort();
+        urls.dedup();
+        Ok(urls)
+    }
+
+    /// The EC2 instances registered in the cluster (ACTIVE or DRAINING), by
+    /// container instance ARN.
+    pub async fn cluster_instances(&self) -> Result<BTreeMap<String, String>> {
+        if self.cluster_active().await?.is_none() {
+            return Ok(BTreeMap::new());
+        }
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ecs
+            .list_container_instances()
+            .cluster(&self.cfg.cluster)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page
+                .map_err(|e| DeployError::aws("ListContainerInstances", &self.cfg.cluster, &e))?;
+            arns.extend(page.container_instance_arns().iter().cloned());
+        }
+        self.ec2_instance_ids(arns).await
+    }
+
+    /// Container instance ARN -> EC2 instance id.
+    async fn ec2_instance_ids(
+        &self,
+        mut container_instances: Vec<String>,
+    ) -> Result<BTreeMap<String, String>> {
+        container_instances.sort();
+        container_instances.dedup();
+        let mut ids = BTreeMap::new();
+        for batch in container_instances.chunks(100) {
+            let out = self
+                .ecs
+                .describe_container_instances()
+                .cluster(&self.cfg.cluster)
+                .set_container_instances(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| {
+                    DeployError::aws("DescribeContainerInstances", &self.cfg.cluster, &e)
+                })?;
+            for ci in out.container_instances() {
+                if let (Some(arn), Some(iid)) = (ci.container_instance_arn(), ci.ec2_instance_id())
+                {
+                    ids.insert(arn.to_owned(), iid.to_owned());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// EC2 instance id -> private IP.
+    async fn private_ips(&self, mut instance_ids: Vec<String>) -> Result<BTreeMap<String, String>> {
+        instance_ids.sort();
+        instance_ids.dedup();
+        let mut ips = BTreeMap::new();
+        if instance_ids.is_empty() {
+            return Ok(ips);
+        }
+        let resource = instance_ids.join(",");
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .set_instance_ids(Some(instance_ids))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| DeployError::aws("DescribeInstances", &resource, &e))?;
+            for i in page
+                .reservations()
+                .iter()
+                .flat_map(ec2::types::Reservation::instances)
+            {
+                if let (Some(id), Some(ip)) = (i.instance_id(), i.private_ip_address()) {
+                    ips.insert(id.to_owned(), ip.to_owned());
+                }
+            }
+        }
+        Ok(ips)
+    }
+
+    /// The load balancer registration a service should have (the
+    /// controller's, when a target group is configured).
+    fn service_load_balancers(&self, name: &str) -> Vec<ecs::types::LoadBalancer> {
+        match &self.cfg.controller_target_group {
+            Some(tg) if name == CONTROLLER_SERVICE => vec![
+                ecs::types::LoadBalancer::builder()
+                    .target_group_arn(tg)
+                    .container_name(CONTROLLER_CONTAINER)
+                    .container_port(CONTROLLER_GRPC_PORT)
+                    .build(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The rolling-update bounds of a service whose tasks hold a fixed host
+    /// port (the controller); `None` leaves ECS's defaults.
+    fn service_deployment(&self, name: &str) -> Option<ecs::types::DeploymentConfiguration> {
+        (name == CONTROLLER_SERVICE).then(|| {
+            ecs::types::DeploymentConfiguration::builder()
+                .minimum_healthy_percent(self.cfg.controller_minimum_healthy_percent())
+                .maximum_percent(100)
+                .build()
+        })
+    }
+
+    #[allow(clippy::single_match_else, clippy::too_many_lines)]
     async fn up_service(
         &self,
         dry_run: bool,
@@ -965,6 +1253,8 @@ impl Deployer {
         steps: &mut Vec<Step>,
     ) -> Result<()> {
         let cluster = &self.cfg.cluster;
+        let load_balancers = self.service_load_balancers(name);
+        let deployment = self.service_deployment(name);
         match self.service(name).await? {
             Some(svc) => {
                 let mut diffs = Vec::new();
@@ -979,6 +1269,35 @@ impl Deployer {
                 {
                     diffs.push(format!("desired {} -> {d}", svc.desired_count()));
                 }
+                let lb_key = |lbs: &[ecs::types::LoadBalancer]| {
+                    let mut v: Vec<_> = lbs
+                        .iter()
+                        .map(|l| {
+                            (
+                                l.target_group_arn().unwrap_or_default().to_owned(),
+                                l.container_name().unwrap_or_default().to_owned(),
+                                l.container_port(),
+                            )
+                        })
+                        .collect();
+                    v.sort();
+                    v
+                };
+                let lb_changed = lb_key(svc.load_balancers()) != lb_key(&load_balancers);
+                if lb_changed {
+                    diffs.push("load balancer".to_owned());
+                }
+                // Compared only when ECS reports it (it always does; emulators may not).
+                let deployment_changed = match (svc.deployment_configuration(), &deployment) {
+                    (Some(have), Some(want)) => {
+                        have.minimum_healthy_percent() != want.minimum_healthy_percent()
+                            || have.maximum_percent() != want.maximum_percent()
+                    }
+                    _ => false,
+                };
+                if deployment_changed {
+                    diffs.push("deployment bounds".to_owned());
+                }
                 if diffs.is_empty() {
                     self.push(
                         steps,
@@ -990,13 +1309,19 @@ impl Deployer {
                     return Ok(());
                 }
                 if !dry_run {
-                    self.ecs
+                    let mut req = self
+                        .ecs
                         .update_service()
                         .cluster(cluster)
                         .service(name)
                         .set_task_definition(td_arn.map(str::to_owned))
                         .set_desired_count(desired)
-                        .send()
+                        .set_deployment_configuration(deployment.clone());
+                    // An empty list removes a registration that is no longer wanted.
+                    if lb_changed {
+                        req = req.set_load_balancers(Some(load_balancers));
+                    }
+                    req.send()
                         .await
                         .map_err(|e| DeployError::aws("UpdateService", name, &e))?;
                 }
@@ -1014,7 +1339,11 @@ impl Deployer {
                         .service_name(name)
                         .task_definition(td)
                         .launch_type(ecs::types::LaunchType::Ec2)
+                        .set_deployment_configuration(deployment)
                         .tags(ecs_tag(OWNER_TAG, cluster));
+                    if !load_balancers.is_empty() {
+                        req = req.set_load_balancers(Some(load_balancers.clone()));
+                    }
                     req = match desired {
                         Some(d) => req
                             .desired_count(d)
@@ -1025,8 +1354,14 @@ impl Deployer {
                         .await
                         .map_err(|e| DeployError::aws("CreateService", name, &e))?;
                 }
-                let detail =
+                let mut detail =
                     desired.map_or_else(|| "DAEMON".to_owned(), |d| format!("REPLICA desired {d}"));
+                if let Some(tg) = load_balancers
+                    .first()
+                    .and_then(ecs::types::LoadBalancer::target_group_arn)
+                {
+                    let _ = write!(detail, "; registers in {tg}");
+                }
                 self.push(steps, "service", name, Action::Create, detail);
             }
         }

@@ -32,6 +32,9 @@ pub struct ContainerSpec {
     pub essential: Option<bool>,
     #[serde(default)]
     pub memory: Option<i32>,
+    /// Arguments to the image's entrypoint.
+    #[serde(default)]
+    pub command: Vec<String>,
     #[serde(default)]
     pub port_mappings: Vec<PortSpec>,
     #[serde(default)]
@@ -131,6 +134,7 @@ impl TaskDefSpec {
                 image: c.image().unwrap_or_default().to_owned(),
                 essential: c.essential(),
                 memory: c.memory(),
+                command: c.command().to_vec(),
                 port_mappings: c
                     .port_mappings()
                     .iter()
@@ -196,6 +200,9 @@ impl TaskDefSpec {
                     .image(&c.image)
                     .set_essential(c.essential)
                     .set_memory(c.memory);
+                if !c.command.is_empty() {
+                    b = b.set_command(Some(c.command.clone()));
+                }
                 for p in &c.port_mappings {
                     b = b.port_mappings(
                         PortMapping::builder()

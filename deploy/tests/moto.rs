@@ -42,6 +42,9 @@ async fn setup(region: &str, net: u8) -> (SdkConfig, String) {
     )
 }
 
+const TARGET_GROUP: &str =
+    "arn:aws:elasticloadbalancing:eu-west-2:123456789012:targetgroup/ecsmesh-beta/0123456789abcdef";
+
 fn config(cluster: &str, region: &str, subnet: &str) -> DeployConfig {
     let mut cfg = DeployConfig::new(cluster, region);
     cfg.subnets = vec![subnet.to_owned()];
@@ -307,10 +310,49 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
         hello.container_definitions()[0].port_mappings()[0].host_port(),
         Some(0)
     );
+    let hello_c = &hello.container_definitions()[0];
     assert_eq!(
-        hello.container_definitions()[0].image(),
+        hello_c.image(),
         Some("registry.example/ecsmesh/ecsmesh-hello-world:v1")
     );
+    // The Rust helloworld: listens on the container port, calls `world`
+    // through the host's agent (it fills in $HOST_IP from IMDSv2 itself).
+    assert_eq!(
+        hello_c.command(),
+        [
+            "--addr",
+            "0.0.0.0:7777",
+            "--text",
+            "Hello",
+            "--target",
+            "world"
+        ]
+    );
+    let env: Vec<_> = hello_c
+        .environment()
+        .iter()
+        .map(|e| (e.name().unwrap(), e.value().unwrap()))
+        .collect();
+    assert_eq!(env, [("http_proxy", "$HOST_IP:4140")]);
+    assert_eq!(hello_c.port_mappings()[0].container_port(), Some(7777));
+    for (family, text) in [("world", "World"), ("world-v2", "World-V2")] {
+        let td = ecsc
+            .describe_task_definition()
+            .task_definition(format!("ecsmesh-alpha-{family}"))
+            .send()
+            .await
+            .unwrap();
+        let td = td.task_definition().unwrap();
+        assert_eq!(td.network_mode(), Some(&ecs::types::NetworkMode::Bridge));
+        let c = &td.container_definitions()[0];
+        assert_eq!(c.command(), ["--addr", "0.0.0.0:7777", "--text", text]);
+        assert!(c.environment().is_empty(), "{family} needs no proxy");
+        assert_eq!(c.port_mappings()[0].host_port(), Some(0));
+        assert_eq!(
+            c.docker_labels().unwrap().get("ecsmesh.service"),
+            Some(&family.to_owned())
+        );
+    }
 
     // Services: controller (1), demo; no agent DAEMON with user-data placement.
     let all = owned(&conf, "alpha").await;
@@ -392,6 +434,10 @@ async fn changed_settings_update_in_place_and_down_removes_only_ours() {
     // UserData unwrapped and then fails (HTTP 500, AssertionError) when an
     // ASG launches from that version; real EC2 has no such problem.
     cfg2.max_size = 2;
+    // More than one instance: agents need a stable controller address, here
+    // an internal NLB in front of the controller's target group.
+    cfg2.controller_address = "http://ecsmesh-beta-ctl.elb.internal:4321".to_owned();
+    cfg2.controller_target_group = Some(TARGET_GROUP.to_owned());
     let d2 = Deployer::new(&conf, cfg2).unwrap();
     let plan = d2.plan().await.unwrap();
     let planned = changes(&plan);
@@ -404,6 +450,8 @@ async fn changed_settings_update_in_place_and_down_removes_only_ours() {
         "update auto-scaling-group ecsmesh-beta",
         "update service ecsmesh-controller",
         "create service ecsmesh-agent",
+        "create ingress-rule tcp/4321 from 127.0.0.0/16 (load balancer)",
+        "create ingress-rule tcp/9991 from 127.0.0.0/16 (load balancer)",
     ] {
         assert!(
             planned.contains(&want.to_owned()),
@@ -421,6 +469,22 @@ async fn changed_settings_update_in_place_and_down_removes_only_ours() {
         svc.services()[0].scheduling_strategy(),
         Some(&ecs::types::SchedulingStrategy::Daemon)
     );
+    let ctl = ecsc
+        .describe_services()
+        .cluster("beta")
+        .services("ecsmesh-controller")
+        .send()
+        .await
+        .unwrap();
+    let lb = &ctl.services()[0].load_balancers()[0];
+    assert_eq!(
+        (
+            lb.target_group_arn(),
+            lb.container_name(),
+            lb.container_port()
+        ),
+        (Some(TARGET_GROUP), Some("controller"), Some(4321))
+    );
     let lt = ec2c
         .describe_launch_template_versions()
         .launch_template_name("ecsmesh-beta")
@@ -437,11 +501,9 @@ async fn changed_settings_update_in_place_and_down_removes_only_ours() {
                 .unwrap(),
         )
         .unwrap();
-    assert!(
-        String::from_utf8(ud)
-            .unwrap()
-            .contains("if [ \"false\" = \"true\" ]")
-    );
+    let ud = String::from_utf8(ud).unwrap();
+    assert!(ud.contains("if [ \"false\" = \"true\" ]"));
+    assert!(ud.contains("ECSMESH_CONTROLLER='http://ecsmesh-beta-ctl.elb.internal:4321'"));
     assert!(!d2.up(false).await.unwrap().changed());
 
     // down: dry run first (nothing changes), then for real, then again (idempotent).
@@ -590,6 +652,32 @@ async fn bad_settings_are_typed_errors() {
             .to_string()
             .contains("Consul")
     );
+    // Two replicas with Consul, but agents told to use loopback.
+    cfg.consul_address = Some("http://127.0.0.1:8500".to_owned());
+    let err = Deployer::new(&conf, cfg.clone()).unwrap_err().to_string();
+    assert!(
+        err.contains("controller-address") && err.contains("--controller-target-group"),
+        "{err}"
+    );
+    cfg.controller_address = "http://controller.internal:4321".to_owned();
+    assert!(Deployer::new(&conf, cfg.clone()).is_ok());
+    cfg.controller_target_group = Some("my-target-group".to_owned());
+    let err = Deployer::new(&conf, cfg.clone()).unwrap_err().to_string();
+    assert!(err.contains("controller-target-group"), "{err}");
+    cfg.controller_target_group = None;
+    // More instances than one with a loopback address.
+    let mut one = DeployConfig::new("ok", "us-west-2");
+    one.max_size = 3;
+    for local in [
+        "http://127.0.0.1:4321",
+        "http://localhost:4321",
+        "http://[::1]:4321",
+    ] {
+        one.controller_address = local.to_owned();
+        assert!(Deployer::new(&conf, one.clone()).is_err(), "{local}");
+    }
+    one.controller_address = "http://10.0.0.5:4321".to_owned();
+    assert!(Deployer::new(&conf, one).is_ok());
     cfg.controller_replicas = 1;
     cfg.min_size = 3;
     assert!(Deployer::new(&conf, cfg).is_err());
@@ -610,5 +698,75 @@ async fn aws_errors_name_operation_and_resource() {
     assert!(
         err.starts_with("DescribeSubnets subnet-doesnotexist: "),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn status_finds_the_controller_tasks_and_down_deregisters_instances() {
+    let region = "us-east-2";
+    let (conf, subnet) = setup(region, 15).await;
+    let d = Deployer::new(&conf, config("zeta", region, &subnet)).unwrap();
+    assert!(
+        d.controller_endpoints().await.unwrap().is_empty(),
+        "no cluster yet"
+    );
+    d.up(false).await.unwrap();
+
+    // The ASG's instance joins the cluster as its user data would make it;
+    // the (patched moto) service scheduler then places the controller there.
+    let asgc = asg::Client::new(&conf);
+    let g = asgc
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("ecsmesh-zeta")
+        .send()
+        .await
+        .unwrap();
+    let iid = g.auto_scaling_groups()[0].instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_owned();
+    let ecsc = ecs::Client::new(&conf);
+    ecsc.register_container_instance()
+        .cluster("zeta")
+        .instance_identity_document(format!(r#"{{"instanceId": "{iid}"}}"#))
+        .send()
+        .await
+        .unwrap();
+
+    // The controller's host port on that instance's private IP.
+    let endpoints = d.controller_endpoints().await.unwrap();
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert!(
+        endpoints[0].starts_with("http://127.0.15.") && endpoints[0].ends_with(":4321"),
+        "{endpoints:?}"
+    );
+    let status = d.status().await.unwrap();
+    let instances = status
+        .steps
+        .iter()
+        .find(|s| s.kind == "container-instances")
+        .unwrap();
+    assert_eq!(instances.detail, format!("1 registered: {iid}"));
+    assert_eq!(d.cluster_instances().await.unwrap().len(), 1);
+
+    // down deregisters the instance before it deletes the cluster.
+    let down = d.down(false).await.unwrap();
+    assert!(
+        changes(&down).contains(&format!("delete container-instance {iid}")),
+        "{:#?}",
+        changes(&down)
+    );
+    let left = ecsc
+        .list_container_instances()
+        .cluster("zeta")
+        .send()
+        .await
+        .unwrap();
+    assert!(left.container_instance_arns().is_empty());
+    assert!(
+        owned(&conf, "zeta")
+            .await
+            .iter()
+            .all(|s| !s.contains("zeta"))
     );
 }
