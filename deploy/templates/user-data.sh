@@ -26,6 +26,20 @@ echo "ecsmesh: instance $INSTANCE_ID joins cluster ${CLUSTER}"
 #    as an ECS DAEMON service instead).
 if [ "${START_AGENT}" = "true" ]; then
   systemctl enable --now docker
+  # ECS pulls task images with its own credentials; this plain `docker run`
+  # has none, so a private ECR repository needs a login first (the instance
+  # role allows it). Without the AWS CLI on the AMI, use --agent daemon.
+  REGISTRY=$(echo '${AGENT_IMAGE}' | cut -d/ -f1)
+  case "$REGISTRY" in
+    *.dkr.ecr.*.amazonaws.com*)
+      if command -v aws >/dev/null; then
+        aws ecr get-login-password --region '${REGION}' \
+          | docker login --username AWS --password-stdin "$REGISTRY"
+      else
+        echo "ecsmesh: no AWS CLI to log in to $REGISTRY; the pull may fail (use --agent daemon)" >&2
+      fi
+      ;;
+  esac
   docker run -d --name ecsmesh-agent --restart=always --network host \
     -v /var/lib/ecsmesh/agent:/var/lib/ecsmesh/agent \
     -e ECSMESH_CONTROLLER='${CONTROLLER_ADDRESS}' \

@@ -770,3 +770,30 @@ async fn status_finds_the_controller_tasks_and_down_deregisters_instances() {
             .all(|s| !s.contains("zeta"))
     );
 }
+
+#[tokio::test]
+async fn user_data_is_valid_bash_and_logs_in_to_a_private_ecr() {
+    let conf = sdk_config("http://127.0.0.1:9", "eu-west-1").await;
+    let mut cfg = DeployConfig::new("ecr", "eu-west-1");
+    cfg.image_repo = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ecsmesh".to_owned();
+    let user_data = Deployer::new(&conf, cfg).unwrap().user_data().unwrap();
+    assert!(
+        user_data.contains("REGISTRY=$(echo '123456789012.dkr.ecr.eu-west-1.amazonaws.com/ecsmesh/ecsmesh-agent:latest' | cut -d/ -f1)"),
+        "{user_data}"
+    );
+    assert!(user_data.contains("aws ecr get-login-password --region 'eu-west-1'"));
+    // bash only parses it (-n): nothing runs.
+    let script = std::env::temp_dir().join(format!("ecsmesh-user-data-{}.sh", std::process::id()));
+    std::fs::write(&script, &user_data).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output();
+    let _ = std::fs::remove_file(&script);
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
