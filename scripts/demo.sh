@@ -158,7 +158,8 @@ for x in "a $HOST_A $IID_A" "b $HOST_B $IID_B"; do
   read -r name ip iid <<<"$x"
   start "agent-$name" env -u AWS_EC2_METADATA_DISABLED "$BIN/ecsmesh-agent" \
     --controller "http://$CONTROLLER_GRPC" --cluster demo --imds-endpoint "$MOTO/imds/$iid" \
-    --state-dir "$DEMO_DIR/agent-$name" --mode "$MODE"
+    --state-dir "$DEMO_DIR/agent-$name" --mode "$MODE" \
+    --summary-interval "${ECSMESH_SUMMARY_INTERVAL:-2s}"
 done
 wait_for "agent A" 60 curl -fsS "http://$HOST_A:9990/ready"
 wait_for "agent B" 60 curl -fsS "http://$HOST_B:9990/ready"
@@ -240,6 +241,7 @@ show "curl -s 'http://$HOST_A:9990/admin/delegator?path=/svc/world'"
 cat <<WHERE
   agent A admin:  http://$HOST_A:9990/metrics  /ready  /admin/dtab  /admin/delegator?path=/svc/world
   agent B admin:  http://$HOST_B:9990/metrics  /ready  /admin/dtab
+  dashboard:      http://$CONTROLLER_ADMIN/   (services, agents, dtab playground)
   controller:     http://$CONTROLLER_ADMIN/metrics  /ready  /agents
   ecsmeshctl:     $BIN/ecsmeshctl status | dtab get default | dtab resolve /svc/world
   moto (ECS):     $MOTO  (endpoint URL for the aws CLI / boto3, region us-west-1)

@@ -76,8 +76,8 @@ async fn metrics_pass_promtool() {
     for expected in [
         "ecsmesh_agent_requests_total{direction=\"outgoing\",service=\"/svc/world\",status_class=\"2xx\"} 20",
         "ecsmesh_agent_request_duration_seconds_count{direction=\"outgoing\",service=\"/svc/world\"} 20",
-        "ecsmesh_agent_request_duration_seconds_bucket{direction=\"outgoing\",service=\"/svc/world\",le=\"0.000025\"}",
-        "ecsmesh_agent_request_duration_seconds_bucket{direction=\"outgoing\",service=\"/svc/world\",le=\"+Inf\"} 20",
+        "ecsmesh_agent_request_duration_seconds_bucket{le=\"0.000025\",direction=\"outgoing\",service=\"/svc/world\"}",
+        "ecsmesh_agent_request_duration_seconds_bucket{le=\"+Inf\",direction=\"outgoing\",service=\"/svc/world\"} 20",
         "ecsmesh_agent_client_requests_total{client=\"/#/ecs/demo/world\",status_class=\"2xx\"} 20",
         "ecsmesh_agent_client_request_duration_seconds_count{client=\"/#/ecs/demo/world\"} 20",
         "ecsmesh_agent_client_endpoints{client=\"/#/ecs/demo/world\",state=\"total\"} 1",

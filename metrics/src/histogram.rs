@@ -81,20 +81,16 @@ impl TypedMetric for LatencyHistogram {
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = self.snapshot();
-        let mut cumulative = 0;
+        // Per-bucket counts: the encoder accumulates them itself.
         let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
-            .zip(&snapshot.counts)
-            .map(|(bound, count)| {
-                cumulative += count;
-                (bound, cumulative)
-            })
+            .zip(snapshot.counts.iter().copied())
             .collect();
         #[allow(clippy::cast_precision_loss)] // a sum of latencies is far below 2^52 ns
         let sum = snapshot.sum_nanos as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(sum, snapshot.count(), &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
