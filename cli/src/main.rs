@@ -1,5 +1,6 @@
 //! `ecsmeshctl`: the ecsmesh command line.
 
+mod certs;
 mod deploy;
 mod dtab;
 mod output;
@@ -28,6 +29,10 @@ enum Command {
     Dtab(dtab::DtabCommand),
     /// The agents connected to the controller and whether they converged.
     Status(remote::StatusCommand),
+    /// Certificates for TLS on every hop: `certs init` makes a mesh CA and
+    /// certificates for the controller, agents and an operator.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Deploy ecsmesh to AWS (ECS on EC2): up, status, down.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
@@ -59,6 +64,7 @@ fn run(command: &Command) -> anyhow::Result<()> {
             Command::Dtab(cmd) => remote::run_dtab(cmd).await,
             Command::Status(cmd) => remote::status(cmd).await,
             Command::Deploy(cmd) => deploy::run(cmd).await,
+            Command::Certs(cmd) => output::emit(&certs::run(cmd)?),
         }
     })
 }

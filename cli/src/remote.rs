@@ -3,11 +3,13 @@
 //! and `ecsmeshctl status`.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use ecsmesh_dtab::{Dtab, Path};
 use ecsmesh_proto::v1 as pb;
+use ecsmesh_tls::{ClientTls, HttpsConnector, ServerName, TlsFiles};
 use pb::dtab_admin_client::DtabAdminClient;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
@@ -29,6 +31,20 @@ pub struct ControllerArgs {
     /// Bearer token for writes (the controller's --admin-token-file).
     #[arg(long, env = "ECSMESH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The CA bundle the controller's certificate is verified against;
+    /// TLS is used with it, or with an https:// address.
+    #[arg(long = "tls-ca", env = "ECSMESH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate to present (an operator's, such as the admin.pem
+    /// `certs init` writes), with --tls-key.
+    #[arg(long = "tls-cert", env = "ECSMESH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long = "tls-key", env = "ECSMESH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the controller's certificate must carry [default: the
+    /// address's host].
+    #[arg(long = "tls-server-name", env = "ECSMESH_CONTROLLER_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,14 +131,42 @@ pub struct StatusCommand {
 async fn connect(args: &ControllerArgs) -> Result<Channel> {
     let url = if args.controller.contains("://") {
         args.controller.clone()
+    } else if args.tls_ca.is_some() {
+        format!("https://{}", args.controller)
     } else {
         format!("http://{}", args.controller)
     };
-    Channel::from_shared(url.clone())
-        .with_context(|| format!("invalid controller address {url}"))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the controller at {url}"))
+    let endpoint = Channel::from_shared(url.clone())
+        .with_context(|| format!("invalid controller address {url}"))?;
+    let connected = if url.starts_with("https://") {
+        let files = TlsFiles {
+            ca: Some(
+                args.tls_ca
+                    .clone()
+                    .context("an https:// controller needs --tls-ca (the mesh CA bundle)")?,
+            ),
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+        };
+        let tls = ClientTls::new(&files, ecsmesh_tls::ALPN_H2)?;
+        let name = match &args.tls_server_name {
+            Some(n) => n.clone(),
+            None => endpoint
+                .uri()
+                .host()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned(),
+        };
+        let name = ServerName::try_from(name.clone())
+            .with_context(|| format!("invalid TLS server name {name:?}"))?;
+        endpoint
+            .connect_with_connector(HttpsConnector::new(tls, name, None))
+            .await
+    } else {
+        endpoint.connect().await
+    };
+    connected.with_context(|| format!("connecting to the controller at {url}"))
 }
 
 fn authorized<T>(args: &ControllerArgs, msg: T) -> Result<Request<T>> {

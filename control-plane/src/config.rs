@@ -44,6 +44,58 @@ pub struct FileConfig {
     pub consul: Option<ConsulFileConfig>,
     /// `file` (default) or `consul`: where dtab overrides are stored.
     pub store: Option<StoreKind>,
+    /// TLS on the gRPC port, and who may subscribe and write.
+    pub tls: Option<TlsFileConfig>,
+}
+
+/// The `tls:` section of the file (see [`Security`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFileConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub client_auth: Option<String>,
+    pub reload_interval: Option<String>,
+    #[serde(default)]
+    pub agent_identities: Vec<String>,
+    #[serde(default)]
+    pub admin_identities: Vec<String>,
+    pub admin_reads: Option<AdminReads>,
+}
+
+/// Who may use the dtab API's reads (`ListNamespaces`, `GetDtab`,
+/// `WatchDtab`, `Delegate`, `Resolve`) and `MeshStatus`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminReads {
+    /// Anyone who reaches the port.
+    #[default]
+    Open,
+    /// Callers with the bearer token or a client certificate from the mesh CA.
+    Authenticated,
+}
+
+/// TLS on the gRPC port and access to what it serves.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// TLS on the gRPC port (agents' stream, the dtab API); plaintext when unset.
+    pub tls: Option<ServerTlsSettings>,
+    /// With client certificates on: the identities that may follow the
+    /// mesh stream (empty: any certificate from the mesh CA).
+    pub agent_identities: Vec<String>,
+    /// Client certificate identities that may write dtabs (as the bearer
+    /// token may).
+    pub admin_identities: Vec<String>,
+    pub admin_reads: AdminReads,
+}
+
+/// The gRPC port's certificate files and client authentication.
+#[derive(Clone, Debug)]
+pub struct ServerTlsSettings {
+    pub files: ecsmesh_tls::TlsFiles,
+    pub client_auth: ecsmesh_tls::ClientAuth,
+    pub reload_interval: Duration,
 }
 
 /// Where dtab overrides live.
@@ -158,6 +210,43 @@ pub struct Args {
         value_delimiter = '\n'
     )]
     pub namespace_dtabs: Vec<String>,
+    /// The gRPC port's certificate (PEM); with --tls-key, turns TLS on.
+    #[arg(long, env = "ECSMESH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "ECSMESH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The mesh CA bundle client certificates are verified against.
+    #[arg(long, env = "ECSMESH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificates: none, optional (verified when presented; the
+    /// mesh stream needs one) or required (no handshake without one)
+    /// [default: optional with --tls-ca, else none].
+    #[arg(long, env = "ECSMESH_TLS_CLIENT_AUTH")]
+    pub tls_client_auth: Option<String>,
+    /// How often the certificate files are checked for changes [default: 5s].
+    #[arg(long, env = "ECSMESH_TLS_RELOAD_INTERVAL")]
+    pub tls_reload_interval: Option<String>,
+    /// An identity (certificate name) allowed to follow the mesh stream
+    /// (repeat, or comma-separate) [default: any certificate from the mesh CA].
+    #[arg(
+        long = "agent-identity",
+        env = "ECSMESH_AGENT_IDENTITIES",
+        value_delimiter = ','
+    )]
+    pub agent_identities: Vec<String>,
+    /// A client certificate identity allowed to write dtabs (repeat, or
+    /// comma-separate), besides the bearer token.
+    #[arg(
+        long = "admin-identity",
+        env = "ECSMESH_ADMIN_IDENTITIES",
+        value_delimiter = ','
+    )]
+    pub admin_identities: Vec<String>,
+    /// Reads of the dtab API and status: open, or authenticated (the token
+    /// or any mesh client certificate) [default: open].
+    #[arg(long, env = "ECSMESH_ADMIN_READS", value_enum)]
+    pub admin_reads: Option<AdminReads>,
 }
 
 /// ECS settings, resolved.
@@ -182,6 +271,8 @@ pub struct Config {
     pub consul: Option<crate::sources::consul::ConsulSettings>,
     /// The Consul KV dtab store, when `store: consul`; else the file store.
     pub consul_store: Option<crate::store::consul_kv::ConsulStoreSettings>,
+    /// TLS on the gRPC port, and who may subscribe, read and write.
+    pub security: Security,
 }
 
 impl Config {
@@ -241,6 +332,7 @@ impl Config {
                     })
             })
             .transpose()?;
+        let security = security(args, file.tls.unwrap_or_default())?;
         let store_kind = args.store.or(file.store).unwrap_or_default();
         let (consul, consul_store) =
             consul_settings(args, file.consul.unwrap_or_default(), store_kind)?;
@@ -269,8 +361,56 @@ impl Config {
             ecs,
             consul,
             consul_store,
+            security,
         })
     }
+}
+
+/// The TLS and access settings: flags over the file's `tls:` section.
+fn security(args: &Args, file: TlsFileConfig) -> Result<Security, InvalidConfig> {
+    let cert = args.tls_cert.clone().or(file.cert);
+    let key = args.tls_key.clone().or(file.key);
+    let ca = args.tls_ca.clone().or(file.ca);
+    let client_auth = match args.tls_client_auth.clone().or(file.client_auth) {
+        Some(text) => text
+            .parse()
+            .map_err(|e: ecsmesh_tls::TlsError| ConfigError::Invalid(e.to_string()))?,
+        None if ca.is_some() => ecsmesh_tls::ClientAuth::Optional,
+        None => ecsmesh_tls::ClientAuth::None,
+    };
+    let reload_interval = args
+        .tls_reload_interval
+        .as_deref()
+        .or(file.reload_interval.as_deref())
+        .map_or(Ok(ecsmesh_tls::DEFAULT_RELOAD_INTERVAL), parse_duration)?;
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(ServerTlsSettings {
+            files: ecsmesh_tls::TlsFiles {
+                ca,
+                cert: Some(cert),
+                key: Some(key),
+            },
+            client_auth,
+            reload_interval,
+        }),
+        (None, None) if ca.is_none() => None,
+        _ => {
+            return Err(ConfigError::Invalid(
+                "TLS needs both --tls-cert and --tls-key (and --tls-ca for client certificates)"
+                    .to_owned(),
+            )
+            .into());
+        }
+    };
+    let pick = |flag: &[String], file: Vec<String>| {
+        if flag.is_empty() { file } else { flag.to_vec() }
+    };
+    Ok(Security {
+        tls,
+        agent_identities: pick(&args.agent_identities, file.agent_identities),
+        admin_identities: pick(&args.admin_identities, file.admin_identities),
+        admin_reads: args.admin_reads.or(file.admin_reads).unwrap_or_default(),
+    })
 }
 
 /// The Consul source (when an address is configured) and the Consul KV

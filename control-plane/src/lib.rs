@@ -21,6 +21,7 @@ pub mod publish;
 pub mod reconcile;
 pub mod sources;
 pub mod store;
+pub mod tls;
 pub mod traffic;
 
 use std::net::SocketAddr;
@@ -116,7 +117,9 @@ impl Controller {
             base: config.base_dtabs.clone(),
             publisher: Arc::clone(&publisher),
             write_token: config.admin_token.clone(),
+            access: grpc::admin::AdminAccess::new(&config.security),
         };
+        let grpc_access = grpc_access(&config.security, &dtab_admin)?;
         tasks.spawn(serve_grpc(
             grpc_listener,
             grpc::mesh::MeshService {
@@ -129,6 +132,7 @@ impl Controller {
                 publisher: Arc::clone(&publisher),
                 agents: Arc::clone(&agents),
             },
+            grpc_access,
         ));
         let admin = http::router(http::AdminState {
             publisher: Arc::clone(&publisher),
@@ -187,11 +191,38 @@ async fn open_store(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<D
     })
 }
 
+/// TLS on the gRPC port and the checks in front of the mesh stream and
+/// the status API (the dtab API checks its own callers).
+struct GrpcAccess {
+    tls: Option<ecsmesh_tls::ServerTls>,
+    mesh_gate: crate::tls::MeshGate,
+    status_gate: crate::tls::ReadGate,
+}
+
+/// Loads the certificate (a bad one stops the start) and builds the checks.
+fn grpc_access(
+    security: &config::Security,
+    admin: &grpc::admin::AdminService,
+) -> anyhow::Result<GrpcAccess> {
+    let tls = security
+        .tls
+        .as_ref()
+        .map(crate::tls::server)
+        .transpose()
+        .context("loading the gRPC port's TLS certificate")?;
+    Ok(GrpcAccess {
+        tls,
+        mesh_gate: crate::tls::MeshGate::new(security),
+        status_gate: crate::tls::ReadGate(admin.clone()),
+    })
+}
+
 async fn serve_grpc(
     listener: TcpListener,
     mesh: grpc::mesh::MeshService,
     admin: grpc::admin::AdminService,
     status: grpc::mesh::StatusService,
+    access: GrpcAccess,
 ) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -216,17 +247,33 @@ async fn serve_grpc(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .context("building gRPC reflection")?;
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         // Dead agents are noticed without waiting for TCP timeouts.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::mesh_server::MeshServer::new(mesh))
+        .add_service(pb::mesh_server::MeshServer::with_interceptor(
+            mesh,
+            access.mesh_gate,
+        ))
         .add_service(pb::dtab_admin_server::DtabAdminServer::new(admin))
-        .add_service(pb::mesh_status_server::MeshStatusServer::new(status))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-        .await
-        .context("gRPC server")
+        .add_service(pb::mesh_status_server::MeshStatusServer::with_interceptor(
+            status,
+            access.status_gate,
+        ));
+    match access.tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming(crate::tls::incoming(listener, tls))
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+        }
+    }
+    .context("gRPC server")
 }

@@ -38,8 +38,12 @@ pub enum TlsError {
         not_after: String,
         now: String,
     },
+    /// A file the configuration needs was not given.
     #[error("{0}")]
     Missing(String),
+    /// A setting's value is not one of those allowed.
+    #[error("{0}")]
+    Invalid(String),
     #[error("invalid TLS server name {name:?}: {detail}")]
     ServerName { name: String, detail: String },
     #[error("building the TLS configuration: {0}")]

@@ -24,6 +24,30 @@ pub enum ClientAuth {
     Required,
 }
 
+impl std::str::FromStr for ClientAuth {
+    type Err = TlsError;
+    fn from_str(s: &str) -> Result<Self, TlsError> {
+        match s {
+            "none" => Ok(Self::None),
+            "optional" => Ok(Self::Optional),
+            "required" => Ok(Self::Required),
+            other => Err(TlsError::Invalid(format!(
+                "client auth {other:?}: use none, optional or required"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Optional => "optional",
+            Self::Required => "required",
+        })
+    }
+}
+
 /// A TLS acceptor whose certificate follows its files.
 #[derive(Clone, Debug)]
 pub struct ServerTls {

@@ -49,6 +49,7 @@ pub async fn controller(dir: &std::path::Path, grpc_port: u16) -> Controller {
         ecs: None,
         consul: None,
         consul_store: None,
+        security: ecsmesh_controller::config::Security::default(),
     };
     Controller::start(config, &[SOURCE]).await.unwrap()
 }

@@ -1,8 +1,13 @@
 //! `DtabAdmin`: namerd's dtab API over gRPC. Writes are validated (a
 //! malformed dtab is `INVALID_ARGUMENT` with the parser's offset, and
 //! nothing is stored) and compare-and-set (`FAILED_PRECONDITION` on a
-//! version mismatch). When a token is configured, writes need
-//! `authorization: Bearer <token>`; reads are open.
+//! version mismatch).
+//!
+//! Access: when a token or admin identities are configured, writes need
+//! `authorization: Bearer <token>` or a client certificate (TLS) naming an
+//! allowed identity. Reads are open, or (`--admin-reads authenticated`)
+//! need the token or any client certificate from the mesh CA; in-process
+//! reads (the dashboard's) are always allowed.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,9 +18,11 @@ use ecsmesh_state::{Bound, MeshNamer, MeshState};
 use futures_util::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
+use crate::config::AdminReads;
 use crate::publish::Publisher;
 use crate::reconcile::BaseDtabs;
 use crate::store::{DtabStore, StoreError, StoredDtab};
+use crate::tls;
 
 #[derive(Debug, Clone)]
 pub struct AdminService {
@@ -24,6 +31,25 @@ pub struct AdminService {
     pub publisher: Arc<Publisher>,
     /// Writes need this bearer token when set.
     pub write_token: Option<Arc<str>>,
+    /// Client certificates that may write, and who may read.
+    pub access: AdminAccess,
+}
+
+/// Who may use the API besides the token's holders.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    /// Client certificate identities allowed to write.
+    pub identities: Arc<[String]>,
+    pub reads: AdminReads,
+}
+
+impl AdminAccess {
+    pub fn new(security: &crate::config::Security) -> Self {
+        Self {
+            identities: security.admin_identities.clone().into(),
+            reads: security.admin_reads,
+        }
+    }
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as map_err(status_of)
@@ -60,22 +86,56 @@ fn parse_path(text: &str) -> Result<Path, Status> {
 }
 
 impl AdminService {
-    fn authorize_write<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(token) = &self.write_token else {
-            return Ok(());
-        };
+    /// The bearer token presented: `None` if none, else whether it is right.
+    fn token_ok<T>(&self, request: &Request<T>) -> Option<bool> {
         let presented = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(Status::permission_denied("invalid bearer token")),
-            None => Err(Status::unauthenticated(
-                "writes need 'authorization: Bearer <token>'",
-            )),
+            .and_then(|v| v.strip_prefix("Bearer "))?;
+        Some(
+            self.write_token
+                .as_ref()
+                .is_some_and(|t| constant_time_eq(presented.as_bytes(), t.as_bytes())),
+        )
+    }
+
+    fn authorize_write<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.write_token.is_none() && self.access.identities.is_empty() {
+            return Ok(());
         }
+        let peer = tls::peer(request);
+        if peer.is_some_and(|p| p.is_any_of(&self.access.identities)) {
+            return Ok(());
+        }
+        match self.token_ok(request) {
+            Some(true) => Ok(()),
+            Some(false) => Err(Status::permission_denied("invalid bearer token")),
+            None => match peer.filter(|p| p.authenticated()) {
+                Some(p) => Err(Status::permission_denied(format!(
+                    "client certificate {:?} may not write dtabs (see --admin-identity)",
+                    p.name()
+                ))),
+                None => Err(Status::unauthenticated(
+                    "writes need 'authorization: Bearer <token>' or an allowed client certificate",
+                )),
+            },
+        }
+    }
+
+    /// The read policy (also in front of `MeshStatus`).
+    pub fn authorize_read<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.access.reads == AdminReads::Open || tls::in_process(request) {
+            return Ok(());
+        }
+        if tls::peer(request).is_some_and(ecsmesh_tls::Peer::authenticated)
+            || self.token_ok(request) == Some(true)
+        {
+            return Ok(());
+        }
+        Err(Status::unauthenticated(
+            "reads need 'authorization: Bearer <token>' or a client certificate from the mesh CA",
+        ))
     }
 
     fn versioned(&self, namespace: &str, stored: Option<&StoredDtab>) -> pb::VersionedDtab {
@@ -121,8 +181,9 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::VersionedDtab, Status>> 
 impl pb::dtab_admin_server::DtabAdmin for AdminService {
     async fn list_namespaces(
         &self,
-        _: Request<pb::ListNamespacesRequest>,
+        request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        self.authorize_read(&request)?;
         let stored = self.store.namespaces();
         let mut namespaces: Vec<String> =
             self.base.0.keys().chain(stored.keys()).cloned().collect();
@@ -135,6 +196,7 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
         &self,
         request: Request<pb::GetDtabRequest>,
     ) -> Result<Response<pb::VersionedDtab>, Status> {
+        self.authorize_read(&request)?;
         let ns = &request.get_ref().namespace;
         let stored = self.store.namespaces();
         match stored.get(ns) {
@@ -203,6 +265,7 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
         &self,
         request: Request<pb::WatchDtabRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        self.authorize_read(&request)?;
         let ns = request.into_inner().namespace;
         let this = self.clone();
         let updates = tokio_stream::wrappers::WatchStream::new(self.store.subscribe());
@@ -222,6 +285,7 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
         &self,
         request: Request<pb::DelegateRequest>,
     ) -> Result<Response<pb::DelegateResponse>, Status> {
+        self.authorize_read(&request)?;
         let req = request.into_inner();
         let dtab = self.routing_dtab(&req.namespace, &req.extra_dtab)?;
         let path = parse_path(&req.path)?;
@@ -240,6 +304,7 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
+        self.authorize_read(&request)?;
         let req = request.into_inner();
         let dtab = self.routing_dtab(&req.namespace, &req.extra_dtab)?;
         let path = parse_path(&req.path)?;
