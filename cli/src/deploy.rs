@@ -1,20 +1,34 @@
 //! `ecsmeshctl deploy up|status|down`: the arguments and the dispatch to
-//! `ecsmesh-deploy`.
+//! `ecsmesh-deploy`; `status` also asks the controller (the same ListAgents
+//! query as `ecsmeshctl status`) for its health and its agents' convergence.
 
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::io::IsTerminal as _;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use ecsmesh_deploy::{AgentPlacement, DeployConfig, Deployer, Report};
+use ecsmesh_deploy::{Action, AgentPlacement, DeployConfig, Deployer, Report};
+use ecsmesh_proto::v1 as pb;
+use serde_json::{Value, json};
+
+use crate::output::emit;
+use crate::remote::{self, ControllerArgs};
+
+/// How long `status` waits for one controller (an instance's private IP
+/// from outside its VPC may never answer).
+const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Subcommand)]
 pub enum DeployCommand {
     /// Create or update everything (idempotent: a second run changes nothing).
-    Up(DeployArgs),
-    /// Each resource: whether it exists and matches; the services' tasks.
-    Status(DeployArgs),
+    Up(Box<DeployArgs>),
+    /// Each resource: whether it exists and matches; the services' tasks; the
+    /// controller's health and its agents' convergence.
+    Status(Box<StatusArgs>),
     /// Remove what `up` created (tagged ecsmesh:owner=<cluster>), in reverse order.
-    Down(DeployArgs),
+    Down(Box<DeployArgs>),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -70,10 +84,17 @@ pub struct DeployArgs {
     /// Where the agent runs.
     #[arg(long, value_enum, default_value = "user-data")]
     agent: Agent,
-    /// The controller's gRPC address as agents reach it. The default suits
-    /// one instance (host network); several instances need a stable address.
-    #[arg(long, default_value = "http://127.0.0.1:4321")]
+    /// The controller's gRPC address as agents reach it. The default (the
+    /// agent's own instance) only suits one instance and one replica; beyond
+    /// that, give a name that follows the controller's tasks, e.g. an internal
+    /// Network Load Balancer's with --controller-target-group.
+    #[arg(long, default_value = ecsmesh_deploy::DEFAULT_CONTROLLER_ADDRESS)]
     controller_address: String,
+    /// ARN of a target group (instance targets, TCP 4321) the controller's ECS
+    /// service registers its tasks in; its load balancer is then the stable
+    /// --controller-address. See deploy/README.md.
+    #[arg(long, value_name = "ARN")]
+    controller_target_group: Option<String>,
     /// Controller replicas; more than one needs --consul-address.
     #[arg(long, default_value_t = 1)]
     controller_replicas: i32,
@@ -97,13 +118,27 @@ pub struct DeployArgs {
     aws_endpoint_url: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    deploy: DeployArgs,
+    /// The controller to ask for its health and its agents' convergence
+    /// [default: every running controller task, at its instance's private IP,
+    /// which answers only from inside the VPC].
+    #[arg(long, value_name = "URL")]
+    controller: Option<String>,
+}
+
 /// Runs one deploy command (boxed: the SDK futures are large).
 pub async fn run(cmd: &DeployCommand) -> anyhow::Result<()> {
     Box::pin(run_inner(cmd)).await
 }
 
 async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
-    let (DeployCommand::Up(args) | DeployCommand::Status(args) | DeployCommand::Down(args)) = cmd;
+    let args = match cmd {
+        DeployCommand::Up(args) | DeployCommand::Down(args) => args,
+        DeployCommand::Status(status) => &status.deploy,
+    };
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(r) = &args.region {
         loader = loader.region(aws_config::Region::new(r.clone()));
@@ -131,6 +166,8 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
         Agent::Daemon => AgentPlacement::Daemon,
     };
     cfg.controller_address.clone_from(&args.controller_address);
+    cfg.controller_target_group
+        .clone_from(&args.controller_target_group);
     cfg.controller_replicas = args.controller_replicas;
     cfg.consul_address.clone_from(&args.consul_address);
     cfg.with_demo = args.with_demo;
@@ -142,22 +179,187 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
         deployer =
             deployer.with_progress(|s| eprintln!("  {:<9} {:<20} {}", s.action, s.kind, s.name));
     }
-    let report = match cmd {
-        DeployCommand::Up(_) => Box::pin(deployer.up(args.dry_run)).await?,
-        DeployCommand::Status(_) => Box::pin(deployer.status()).await?,
-        DeployCommand::Down(_) => Box::pin(deployer.down(args.dry_run)).await?,
+    let (report, controller) = match cmd {
+        DeployCommand::Up(_) => (Box::pin(deployer.up(args.dry_run)).await?, None),
+        DeployCommand::Status(status) => {
+            let report = Box::pin(deployer.status()).await?;
+            let view = Box::pin(ask_controllers(&deployer, status.controller.as_deref())).await?;
+            (report, Some(view))
+        }
+        DeployCommand::Down(_) => (Box::pin(deployer.down(args.dry_run)).await?, None),
     };
     if text {
-        print_text(&report);
+        let mut out = report_text(&report);
+        if let Some(view) = &controller {
+            out.push('\n');
+            out.push_str(&view.text());
+        }
+        emit(&out)
     } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if let (Some(view), Some(obj)) = (&controller, value.as_object_mut()) {
+            obj.extend(view.json());
+        }
+        emit(&serde_json::to_string_pretty(&value)?)
     }
-    Ok(())
 }
 
-fn print_text(r: &Report) {
+/// One controller asked for its agents.
+#[derive(Debug)]
+struct Asked {
+    address: String,
+    answer: Result<pb::ListAgentsResponse, String>,
+}
+
+/// The controller's part of `status`.
+#[derive(Debug)]
+struct ControllerView {
+    asked: Vec<Asked>,
+    /// The cluster's registered instances that no reachable controller
+    /// reports an agent for (`None`: no controller answered, so unknown).
+    without_agent: Option<Vec<String>>,
+    /// The addresses came from ECS (private IPs), not from --controller.
+    found_in_ecs: bool,
+}
+
+/// Asks `address`, or else every running controller task; an unreachable
+/// controller is an answer (reported), not a failure of `status`.
+async fn ask_controllers(
+    deployer: &Deployer,
+    address: Option<&str>,
+) -> anyhow::Result<ControllerView> {
+    let addresses = match address {
+        Some(a) => vec![a.to_owned()],
+        None => deployer.controller_endpoints().await?,
+    };
+    let mut asked = Vec::new();
+    for address in addresses {
+        let args = ControllerArgs {
+            controller: address.clone(),
+            ..ControllerArgs::default()
+        };
+        let answer =
+            match tokio::time::timeout(CONTROLLER_TIMEOUT, remote::list_agents(&args)).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(_) => Err(format!(
+                    "no answer within {} s",
+                    CONTROLLER_TIMEOUT.as_secs()
+                )),
+            };
+        asked.push(Asked { address, answer });
+    }
+    let mut without_agent = None;
+    if asked.iter().any(|a| a.answer.is_ok()) {
+        let with_agent: BTreeSet<&str> = asked
+            .iter()
+            .filter_map(|a| a.answer.as_ref().ok())
+            .flat_map(|r| r.agents.iter().map(|a| a.instance_id.as_str()))
+            .collect();
+        without_agent = Some(
+            deployer
+                .cluster_instances()
+                .await?
+                .into_values()
+                .filter(|iid| !with_agent.contains(iid.as_str()))
+                .collect(),
+        );
+    }
+    Ok(ControllerView {
+        asked,
+        without_agent,
+        found_in_ecs: address.is_none(),
+    })
+}
+
+/// Ready once the first mesh state is published, as the controller's `/ready` says.
+fn health(r: &pb::ListAgentsResponse) -> &'static str {
+    if r.version > 0 {
+        "ready"
+    } else {
+        "serving, not ready (waiting for the first sync of every source)"
+    }
+}
+
+impl ControllerView {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        if self.asked.is_empty() {
+            out.push_str("controller: no running task to ask (pass --controller URL)");
+        }
+        for (i, a) in self.asked.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            match &a.answer {
+                Ok(r) => {
+                    let _ = write!(
+                        out,
+                        "controller {}: {}\n{}",
+                        a.address,
+                        health(r),
+                        remote::agents_text(r)
+                    );
+                }
+                Err(e) => {
+                    let _ = write!(out, "controller {}: unreachable: {e}", a.address);
+                }
+            }
+        }
+        if self.found_in_ecs && self.asked.iter().any(|a| a.answer.is_err()) {
+            out.push_str(
+                "\n(a controller task's private address answers only from inside its VPC; \
+                 elsewhere pass --controller URL)",
+            );
+        }
+        match &self.without_agent {
+            Some(ids) if ids.is_empty() => {
+                out.push_str("\nevery registered instance has a connected agent");
+            }
+            Some(ids) => {
+                let _ = write!(
+                    out,
+                    "\ninstances without a connected agent: {}",
+                    ids.join(", ")
+                );
+            }
+            None => {}
+        }
+        out
+    }
+
+    fn json(&self) -> serde_json::Map<String, Value> {
+        let controllers: Vec<Value> = self
+            .asked
+            .iter()
+            .map(|a| match &a.answer {
+                Ok(r) => {
+                    let mut v = remote::agents_json(r);
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("address".to_owned(), json!(a.address));
+                        obj.insert("reachable".to_owned(), json!(true));
+                        obj.insert("ready".to_owned(), json!(r.version > 0));
+                    }
+                    v
+                }
+                Err(e) => json!({ "address": a.address, "reachable": false, "error": e }),
+            })
+            .collect();
+        let mut out = serde_json::Map::new();
+        out.insert("controllers".to_owned(), json!(controllers));
+        out.insert(
+            "instances_without_agent".to_owned(),
+            json!(self.without_agent),
+        );
+        out
+    }
+}
+
+fn report_text(r: &Report) -> String {
+    let mut out = String::new();
     for s in &r.steps {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<9} {:<20} {} {}",
             s.action.to_string(),
             s.kind,
@@ -165,11 +367,33 @@ fn print_text(r: &Report) {
             s.detail
         );
     }
+    if r.operation == "status" {
+        let off = r
+            .steps
+            .iter()
+            .filter(|s| matches!(s.action, Action::Update | Action::Absent))
+            .count();
+        if off == 0 {
+            let _ = write!(
+                out,
+                "status: every resource of cluster {} exists and matches",
+                r.cluster
+            );
+        } else {
+            let _ = write!(
+                out,
+                "status: {off} resource(s) of cluster {} absent or different (`up` makes them match)",
+                r.cluster
+            );
+        }
+        return out;
+    }
     let what = if r.dry_run { "plan" } else { r.operation };
     if r.changed() {
         let n = r.steps.iter().filter(|s| s.action.is_change()).count();
-        println!("{what}: {n} change(s) for cluster {}", r.cluster);
+        let _ = write!(out, "{what}: {n} change(s) for cluster {}", r.cluster);
     } else {
-        println!("{what}: nothing to change for cluster {}", r.cluster);
+        let _ = write!(out, "{what}: nothing to change for cluster {}", r.cluster);
     }
+    out
 }

@@ -19,7 +19,7 @@ use crate::dtab::{DtabCommand, Output, OutputArg, read, render};
 use crate::output::emit;
 
 /// Where the controller is, and the token writes present.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct ControllerArgs {
     /// The controller's gRPC address.
     #[arg(
@@ -453,36 +453,54 @@ async fn set(
 }
 
 pub async fn status(cmd: &StatusCommand) -> Result<()> {
-    let channel = connect(&cmd.controller).await?;
-    let r = pb::mesh_status_client::MeshStatusClient::new(channel)
+    let r = list_agents(&cmd.controller).await?;
+    emit(&match cmd.out.output {
+        Output::Json => agents_json(&r).to_string(),
+        Output::Text => agents_text(&r),
+    })
+}
+
+/// The controller's agents and the version they should converge on (also
+/// what `deploy status` asks each controller).
+pub(crate) async fn list_agents(controller: &ControllerArgs) -> Result<pb::ListAgentsResponse> {
+    let channel = connect(controller).await?;
+    Ok(pb::mesh_status_client::MeshStatusClient::new(channel)
         .list_agents(pb::ListAgentsRequest {})
         .await
         .context("status")?
-        .into_inner();
+        .into_inner())
+}
+
+/// `status -o json`: the version, and each agent with whether it converged.
+pub(crate) fn agents_json(r: &pb::ListAgentsResponse) -> Value {
     let converged = r
         .agents
         .iter()
         .filter(|a| a.acked_version == r.version)
         .count();
-    if cmd.out.output == Output::Json {
-        let agents: Vec<Value> = r
-            .agents
-            .iter()
-            .map(|a| {
-                json!({
-                    "instance_id": a.instance_id, "host_ip": a.host_ip,
-                    "availability_zone": a.availability_zone, "namespace": a.namespace,
-                    "agent_version": a.agent_version, "cluster": a.cluster,
-                    "sent_version": a.sent_version, "acked_version": a.acked_version,
-                    "converged": a.acked_version == r.version, "last_nack": a.last_nack,
-                })
+    let agents: Vec<Value> = r
+        .agents
+        .iter()
+        .map(|a| {
+            json!({
+                "instance_id": a.instance_id, "host_ip": a.host_ip,
+                "availability_zone": a.availability_zone, "namespace": a.namespace,
+                "agent_version": a.agent_version, "cluster": a.cluster,
+                "sent_version": a.sent_version, "acked_version": a.acked_version,
+                "converged": a.acked_version == r.version, "last_nack": a.last_nack,
             })
-            .collect();
-        return emit(
-            &json!({ "version": r.version, "epoch": r.epoch, "converged": converged, "agents": agents })
-                .to_string(),
-        );
-    }
+        })
+        .collect();
+    json!({ "version": r.version, "epoch": r.epoch, "converged": converged, "agents": agents })
+}
+
+/// `status`: a summary line, then one line per agent.
+pub(crate) fn agents_text(r: &pb::ListAgentsResponse) -> String {
+    let converged = r
+        .agents
+        .iter()
+        .filter(|a| a.acked_version == r.version)
+        .count();
     let mut text = format!(
         "mesh version {} (epoch {}): {converged}/{} agents converged\n",
         r.version,
@@ -508,5 +526,5 @@ pub async fn status(cmd: &StatusCommand) -> Result<()> {
             a.instance_id, a.host_ip, a.namespace, a.sent_version, a.acked_version
         );
     }
-    emit(&text)
+    text
 }
