@@ -151,6 +151,27 @@ async fn status_reports_controller_health_and_agent_convergence() {
     let net = Topology::create(&conf, "network-only", 41, &[]).await;
     let subnet = net.node_subnet.clone();
 
+    // The plan first: JSON for scripts, every resource to create, nothing made.
+    let (code, out, err) = ctl(deploy("up", &subnet, &["--dry-run", "-o", "json"])).await;
+    assert_eq!(code, 0, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["dry_run"], true);
+    assert!(
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|st| st["kind"] != "network")
+            .all(|st| st["action"] == "create"),
+        "{plan:#}"
+    );
+    let (_, out, _) = ctl(deploy("status", &subnet, &[])).await;
+    assert!(
+        out.contains("absent    cluster              omega"),
+        "{out}"
+    );
+    assert!(out.contains("controller: no running task to ask"), "{out}");
+
     let (code, out, err) = ctl(deploy("up", &subnet, &[])).await;
     assert_eq!(code, 0, "{out}\n{err}");
 
@@ -269,5 +290,15 @@ async fn status_reports_controller_health_and_agent_convergence() {
     assert!(
         out.contains(&format!("delete    container-instance   {iid}")),
         "{out}"
+    );
+}
+
+#[tokio::test]
+async fn aws_errors_name_the_operation_and_the_resource() {
+    let (code, out, err) = ctl(deploy("up", "subnet-doesnotexist", &[])).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.starts_with("ecsmeshctl: DescribeSubnets subnet-doesnotexist: "),
+        "{err}"
     );
 }
