@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/ecsmesh/venv
 export ECSMESH_VENV := $(VENV)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test lint fmt bench-dtab bench-proxy fuzz demo demo-down clean-venv
+.PHONY: all deps test lint fmt bench bench-dtab bench-proxy bench-control bench-profile fuzz demo demo-down clean-venv
 
 all: test
 
@@ -37,6 +37,18 @@ fmt:
 ## bench-proxy: the agent against a direct connection, haproxy and nginx.
 bench-proxy:
 	bash bench/proxy.sh
+
+## bench-control: the controller with 10,000 ECS tasks (moto) and 100, then 1,000 simulated agents.
+bench-control:
+	bash bench/control.sh
+
+## bench: deps, then bench-proxy and bench-control; prints both tables and the wall time.
+bench:
+	bash bench/all.sh
+
+## bench-profile: perf profile of the agent under wrk load (bench/results/profile-*.txt).
+bench-profile:
+	bash bench/profile.sh
 
 ## bench-dtab: criterion benchmarks of dtab parsing and delegation.
 bench-dtab:

@@ -30,7 +30,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-cargo build --release -q -p ecsmesh-agent -p ecsmesh-bench
+# The same package set as bench/control.sh, so cargo's feature unification
+# (and therefore the cached artifacts) is the same for both.
+cargo build --release -q -p ecsmesh-agent -p ecsmesh-controller -p ecsmesh-bench
 BIN="$CARGO_TARGET_DIR/release"
 
 WORK="$(mktemp -d)"
@@ -129,6 +131,8 @@ cpu_ticks() {
 
 RAW="$WORK/raw.jsonl"
 : > "$RAW"
+quiet() { echo "load $(cut -d' ' -f1-3 /proc/loadavg), rustc processes $(pgrep -c rustc || true)"; }
+before=$(quiet)
 # A short warm-up per system, so pools are open and caches filled.
 for s in "${SYSTEMS[@]}"; do
   set -- $s
@@ -163,6 +167,6 @@ done
 
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%d-%H%M)
-python3 bench/report.py "$RAW" "$SECS" "$REPS" | tee "bench/results/proxy-$stamp.md"
+python3 bench/report.py "$RAW" "$SECS" "$REPS" "before: $before; after: $(quiet)" | tee "bench/results/proxy-$stamp.md"
 cp "$RAW" "bench/results/proxy-$stamp.jsonl"
 echo "written: bench/results/proxy-$stamp.md"

@@ -39,7 +39,7 @@ def spread(xs):
     return f"{min(xs):,.0f}–{max(xs):,.0f}" if xs else ""
 
 
-def main(path, secs, reps):
+def main(path, secs, reps, quiet=""):
     rows = [json.loads(line) for line in open(path)]
     tput = defaultdict(list)
     lat = defaultdict(list)
@@ -59,6 +59,8 @@ def main(path, secs, reps):
         "wrk -t1 -c32 on CPU 0; each proxy with one worker thread, pinned with the upstream "
         "to CPU 1; loopback.\n"
     )
+    if quiet:
+        print(f"Machine during the run: {quiet}.\n")
     print("**Max throughput (req/s, keep-alive)**\n")
     print("| system | 64 B | spread | 4 KiB | spread | vs haproxy (64 B) | vs direct (64 B) | RSS idle | RSS under load | CPU s / 100k req (64 B) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -98,4 +100,4 @@ def main(path, secs, reps):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    main(*sys.argv[1:5])

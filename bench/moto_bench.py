@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""The simulated ECS of the control-plane benchmark (`make bench-control`).
+
+    moto_bench.py serve    [--port 0] [--ready-file PATH] [--exit-with-parent]
+    moto_bench.py populate --endpoint URL [--instances 500] [--services 200] [--tasks-per-service 50]
+
+`serve` runs tests/harness/moto_ecs.py (moto 5.2.5 with the project's ECS
+patches) with two additions for measuring:
+- ListTasks pages as ECS does (at most 100 ARNs a page, then `nextToken`).
+  Stock moto returns every ARN in one answer, which would under-count the
+  controller's calls at 10,000 tasks by 99 a resync.
+- Every API call is logged (operation, whether it is the first page of a
+  ListTasks, wall-clock start and end); `GET /bench/calls?since=N` returns
+  the log from entry N. The benchmark finds resync boundaries and the moment
+  a change became visible to the controller from it.
+
+`populate` builds the cluster "bench" through the API (boto3, as the tests
+do): a VPC on 127.0.0.0/16, container instances in 127.0.64.0/22, one
+bridge-mode task definition per service (dynamic host port), and REPLICA
+services the patched scheduler places (spread). Prints a JSON summary.
+"""
+import argparse
+import io
+import json
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+HARNESS = Path(__file__).resolve().parent.parent / "tests" / "harness"
+sys.path.insert(0, str(HARNESS))
+
+CLUSTER = "bench"
+LIST_TASKS_PAGE = 100  # the ECS API's maximum (and default) maxResults for ListTasks
+
+
+def patch_list_tasks_pages():
+    """ListTasks answers at most maxResults (<= 100) ARNs and a nextToken, as ECS does.
+
+    Wraps moto.ecs.responses.EC2ContainerServiceResponse.list_tasks (which returns every ARN).
+    The token is the offset of the next page; ECS's tokens are opaque, so callers cannot tell.
+    """
+    from moto.core.responses import ActionResult
+    from moto.ecs import responses as r
+
+    orig = r.EC2ContainerServiceResponse.list_tasks
+
+    def list_tasks(self):
+        arns = orig(self).result["taskArns"]
+        size = min(int(self._get_param("maxResults") or LIST_TASKS_PAGE), LIST_TASKS_PAGE)
+        start = int(self._get_param("nextToken") or 0)
+        out = {"taskArns": arns[start:start + size]}
+        if start + size < len(arns):
+            out["nextToken"] = str(start + size)
+        return ActionResult(out)
+
+    r.EC2ContainerServiceResponse.list_tasks = list_tasks
+
+
+def logging_gateway(base):
+    """moto_ecs.Gateway that also logs every API call and serves the log at /bench/calls.
+
+    An entry is [operation, first ListTasks page, start, end, n, last ListTasks page] with wall
+    clock times; n is the ARNs a ListTasks page returned or a DescribeTasks call asked for, so a
+    reader can tell when a resync has described every task it listed. Calls that carry
+    `x-bench-driver` (the benchmark's own changes) are not logged.
+    """
+
+    class LoggingGateway(base):
+        def __init__(self, app):
+            super().__init__(app)
+            self.calls, self.in_flight, self.calls_lock = [], 0, threading.Lock()
+
+        def __call__(self, environ, start_response):
+            if environ.get("PATH_INFO") == "/bench/calls":
+                query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+                since = int(query.get("since", ["0"])[0])
+                with self.calls_lock:
+                    body = json.dumps({"in_flight": self.in_flight, "calls": self.calls[since:]}).encode()
+                start_response("200 OK", [("Content-Type", "application/json"),
+                                          ("Content-Length", str(len(body)))])
+                return [body]
+            if environ.get("HTTP_X_BENCH_DRIVER"):
+                return super().__call__(environ, start_response)
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            raw = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(raw)  # moto reads the body again
+            op, request = operation(environ, raw)
+            with self.calls_lock:
+                self.in_flight += 1
+            started, out = time.time(), []
+            try:
+                out = super().__call__(environ, start_response)
+                return out
+            finally:
+                entry = [op, False, started, time.time(), 0, False]
+                if op == "ListTasks":
+                    entry[1] = not request.get("nextToken")
+                    try:
+                        page = json.loads(b"".join(out) or b"{}")
+                        entry[4], entry[5] = len(page.get("taskArns", [])), not page.get("nextToken")
+                    except ValueError:
+                        pass
+                elif op == "DescribeTasks":
+                    entry[4] = len(request.get("tasks", []))
+                with self.calls_lock:
+                    self.in_flight -= 1
+                    if op:
+                        self.calls.append(entry)
+
+    return LoggingGateway
+
+
+def operation(environ, raw):
+    """(operation name, JSON request body or {}) of an ECS (JSON) or EC2 (query) call."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        try:
+            request = json.loads(raw or b"{}")
+        except ValueError:
+            request = {}
+        return target.rsplit(".", 1)[-1], request if isinstance(request, dict) else {}
+    if raw:
+        action = urllib.parse.parse_qs(raw.decode(errors="replace")).get("Action")
+        if action:
+            return action[0], {}
+    return None, {}
+
+
+def serve(argv):
+    import moto_ecs
+
+    patch_list_tasks_pages()
+    moto_ecs.Gateway = logging_gateway(moto_ecs.Gateway)
+    return moto_ecs.main(argv)
+
+
+def populate(argv):
+    p = argparse.ArgumentParser(prog="moto_bench.py populate")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--instances", type=int, default=500)
+    p.add_argument("--services", type=int, default=200)
+    p.add_argument("--tasks-per-service", type=int, default=50)
+    args = p.parse_args(argv)
+    if urllib.parse.urlparse(args.endpoint).hostname not in ("127.0.0.1", "localhost"):
+        p.error("--endpoint must be on loopback")
+    from fixtures import client, container, create_topology
+
+    started = time.monotonic()
+    topo = create_topology(args.endpoint, cluster=CLUSTER, node_cidr="127.0.64.0/22", node_ips=())
+    instances = []
+    while len(instances) < args.instances:
+        n = min(100, args.instances - len(instances))
+        out = topo.ec2.run_instances(ImageId=topo.ami, MinCount=n, MaxCount=n, InstanceType="t3.medium",
+                                     SubnetId=topo.node_subnet_id, SecurityGroupIds=[topo.security_group_id])
+        instances += [(i["InstanceId"], i["PrivateIpAddress"]) for i in out["Instances"]]
+    for iid, _ in instances:
+        doc = json.dumps({"instanceId": iid})
+        topo.ecs.register_container_instance(cluster=CLUSTER, instanceIdentityDocument=doc)
+    registered = time.monotonic()
+    services = []
+    for s in range(args.services):
+        name = f"svc{s:03d}"
+        td = topo.ecs.register_task_definition(
+            family=name, networkMode="bridge",
+            containerDefinitions=[container("app", [(8080, 0)], memory=16, cpu=1)],
+        )["taskDefinition"]["taskDefinitionArn"]
+        topo.ecs.create_service(cluster=CLUSTER, serviceName=name, taskDefinition=td,
+                                desiredCount=args.tasks_per_service)
+        services.append(name)
+    ecs = client(args.endpoint, "ecs")
+    running = sum(len(page["taskArns"]) for page in
+                  ecs.get_paginator("list_tasks").paginate(cluster=CLUSTER, desiredStatus="RUNNING"))
+    print(json.dumps({
+        "cluster": CLUSTER, "region": topo.region, "instances": len(instances), "services": services,
+        "tasks": running, "instances_seconds": round(registered - started, 1),
+        "tasks_seconds": round(time.monotonic() - registered, 1),
+        "hosts": [{"instance_id": i, "ip": ip} for i, ip in instances],
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in ("serve", "populate"):
+        sys.exit(__doc__)
+    sys.exit(serve(sys.argv[2:]) if sys.argv[1] == "serve" else populate(sys.argv[2:]))
