@@ -89,6 +89,14 @@ pub struct FileConfig {
     pub max_in_flight: Option<usize>,
     pub imds_endpoint: Option<String>,
     pub summary_interval: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_reload_interval: Option<String>,
+    pub l2l_tls: Option<bool>,
+    pub l2l_server_name: Option<String>,
+    pub l2l_client_auth: Option<String>,
+    pub controller_server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Parser)]
@@ -167,6 +175,37 @@ pub struct Args {
     /// Requests held at once before new ones fail fast [default: 10000].
     #[arg(long, env = "ECSMESH_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+    /// The mesh CA bundle (PEM): what peer agents' and the controller's
+    /// certificates are verified against.
+    #[arg(long, env = "ECSMESH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's certificate (PEM), presented on the incoming port and
+    /// to the controller and remote agents.
+    #[arg(long, env = "ECSMESH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "ECSMESH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate files are checked for changes [default: 5s].
+    #[arg(long, env = "ECSMESH_TLS_RELOAD_INTERVAL")]
+    pub tls_reload_interval: Option<String>,
+    /// TLS on the linker-to-linker hop (both ports' sides) [default: true
+    /// when --tls-cert is given].
+    #[arg(long, env = "ECSMESH_L2L_TLS")]
+    pub l2l_tls: Option<bool>,
+    /// The name remote agents' certificates must carry: fixed, or a template
+    /// with {service} and {cluster} from the destination's concrete name
+    /// (/#/<namer>/<cluster>/<service>) [default: ecsmesh-agent].
+    #[arg(long, env = "ECSMESH_L2L_SERVER_NAME")]
+    pub l2l_server_name: Option<String>,
+    /// Client certificates on the incoming port: required (mTLS: a
+    /// certificate from the mesh CA), optional or none [default: required].
+    #[arg(long, env = "ECSMESH_L2L_CLIENT_AUTH")]
+    pub l2l_client_auth: Option<String>,
+    /// The name the controller's certificate must carry, for an https://
+    /// controller [default: the address's host].
+    #[arg(long, env = "ECSMESH_CONTROLLER_SERVER_NAME")]
+    pub controller_server_name: Option<String>,
 }
 
 /// Parses `--identifier`.
@@ -224,6 +263,66 @@ pub struct Config {
     pub imds_endpoint: Option<String>,
     /// Traffic summaries to the controller this often (zero: never).
     pub summary_interval: Duration,
+    pub tls: TlsConfig,
+}
+
+/// Certificates and names for TLS: on the linker-to-linker hop, and to the
+/// controller when its address is `https://`.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub files: ecsmesh_tls::TlsFiles,
+    pub reload_interval: Duration,
+    /// TLS between agents (outgoing side to the remote incoming port).
+    pub l2l: bool,
+    pub l2l_server_name: ecsmesh_tls::ServerNameTemplate,
+    pub l2l_client_auth: ecsmesh_tls::ClientAuth,
+    pub controller_server_name: Option<String>,
+}
+
+impl TlsConfig {
+    fn resolve(args: &Args, f: &mut FileConfig) -> Result<Self, ConfigError> {
+        let invalid = |e: ecsmesh_tls::TlsError| ConfigError::Invalid(e.to_string());
+        let files = ecsmesh_tls::TlsFiles {
+            ca: args.tls_ca.clone().or(f.tls_ca.take()),
+            cert: args.tls_cert.clone().or(f.tls_cert.take()),
+            key: args.tls_key.clone().or(f.tls_key.take()),
+        };
+        let l2l = args.l2l_tls.or(f.l2l_tls).unwrap_or(files.cert.is_some());
+        if l2l && (files.ca.is_none() || files.cert.is_none() || files.key.is_none()) {
+            return Err(ConfigError::Invalid(
+                "linker-to-linker TLS needs --tls-ca, --tls-cert and --tls-key".to_owned(),
+            ));
+        }
+        Ok(Self {
+            reload_interval: args
+                .tls_reload_interval
+                .clone()
+                .or(f.tls_reload_interval.take())
+                .map_or(Ok(ecsmesh_tls::DEFAULT_RELOAD_INTERVAL), |s| {
+                    parse_duration(&s)
+                })?,
+            l2l,
+            l2l_server_name: args
+                .l2l_server_name
+                .clone()
+                .or(f.l2l_server_name.take())
+                .as_deref()
+                .unwrap_or("ecsmesh-agent")
+                .parse()
+                .map_err(invalid)?,
+            l2l_client_auth: args
+                .l2l_client_auth
+                .clone()
+                .or(f.l2l_client_auth.take())
+                .map_or(Ok(ecsmesh_tls::ClientAuth::Required), |s| s.parse())
+                .map_err(invalid)?,
+            controller_server_name: args
+                .controller_server_name
+                .clone()
+                .or(f.controller_server_name.take()),
+            files,
+        })
+    }
 }
 
 impl Config {
@@ -235,7 +334,8 @@ impl Config {
         Self::resolve(args, file)
     }
 
-    pub fn resolve(args: &Args, f: FileConfig) -> Result<Self, ConfigError> {
+    pub fn resolve(args: &Args, mut f: FileConfig) -> Result<Self, ConfigError> {
+        let tls = TlsConfig::resolve(args, &mut f)?;
         let duration = |flag: &Option<String>, file: Option<String>, default: Duration| {
             flag.clone()
                 .or(file)
@@ -298,6 +398,7 @@ impl Config {
                 f.summary_interval,
                 Duration::from_secs(5),
             )?,
+            tls,
         })
     }
 

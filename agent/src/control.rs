@@ -15,10 +15,11 @@ use ecsmesh_proto::v1 as pb;
 use ecsmesh_state::MeshState;
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::metrics::Metrics;
 use crate::routes::Routes;
+use crate::tls::ControllerEndpoint;
 
 const SNAPSHOT_FILE: &str = "snapshot.pb";
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -132,7 +133,7 @@ pub fn restore(
 
 /// Follows the controller forever.
 pub async fn run(
-    controller: String,
+    controller: ControllerEndpoint,
     info: AgentInfo,
     routes: Arc<Routes>,
     file: SnapshotFile,
@@ -171,23 +172,13 @@ enum StreamError {
     Closed,
 }
 
-async fn connect(controller: &str) -> Result<Channel, StreamError> {
-    let url = if controller.contains("://") {
-        controller.to_owned()
-    } else {
-        format!("http://{controller}")
-    };
-    Ok(Endpoint::from_shared(url)?
-        .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .connect()
-        .await?)
+async fn connect(controller: &ControllerEndpoint) -> Result<Channel, StreamError> {
+    Ok(controller.connect().await?)
 }
 
 /// One stream, until it ends.
 async fn follow(
-    controller: &str,
+    controller: &ControllerEndpoint,
     info: &AgentInfo,
     routes: &Routes,
     file: &SnapshotFile,

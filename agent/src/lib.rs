@@ -8,7 +8,8 @@
 //! - [`routes`]: the routing table per mesh version, with balancers and a
 //!   decision cache;
 //! - [`proxy`]: the outgoing and incoming listeners and the request path;
-//! - [`admin`]: metrics, readiness, the dtab and delegator views.
+//! - [`admin`]: metrics, readiness, the dtab and delegator views;
+//! - [`tls`]: TLS on the linker-to-linker hop and to the controller.
 
 pub mod admin;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod control;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub struct Agent {
     pub admin_addr: SocketAddr,
     pub routes: Arc<Routes>,
     pub status: watch::Receiver<ControlStatus>,
+    /// TLS on the linker-to-linker hop, when on.
+    pub l2l_tls: Option<Arc<tls::L2lTls>>,
     shutdown: watch::Sender<bool>,
     /// The two proxy listeners: they end after draining on shutdown.
     listeners: JoinSet<()>,
@@ -87,6 +91,7 @@ impl Agent {
         );
 
         let metrics = Arc::new(Metrics::new());
+        let (controller, l2l_tls) = tls::setup(&config, &metrics)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (mut listeners, mut background) = (JoinSet::new(), JoinSet::new());
         let info = AgentInfo {
@@ -97,7 +102,7 @@ impl Agent {
             cluster: config.cluster.clone(),
         };
         background.spawn(control::run(
-            config.controller.clone(),
+            controller,
             info,
             Arc::clone(&routes),
             file,
@@ -107,12 +112,15 @@ impl Agent {
                 interval: config.summary_interval,
             },
         ));
-        let proxy = Arc::new(Proxy::new(
-            Arc::clone(&routes),
-            config,
-            identity.host_ip,
-            Arc::clone(&metrics),
-        ));
+        let proxy = Arc::new(
+            Proxy::new(
+                Arc::clone(&routes),
+                config,
+                identity.host_ip,
+                Arc::clone(&metrics),
+            )
+            .with_l2l_tls(l2l_tls.clone()),
+        );
         listeners.spawn(Arc::clone(&proxy).serve(
             Side::Outgoing,
             outgoing,
@@ -146,6 +154,7 @@ impl Agent {
             admin_addr,
             routes,
             status,
+            l2l_tls,
             shutdown,
             listeners,
             background,

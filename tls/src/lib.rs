@@ -39,8 +39,9 @@ pub use identity::{CertInfo, Peer};
 pub use material::TlsFiles;
 pub use server::{ClientAuth, ServerTls};
 
-/// Re-exported so callers name server names without depending on rustls.
+/// Re-exported so callers name these without depending on rustls.
 pub use rustls::pki_types::ServerName;
+pub use tokio_rustls::server::TlsStream as ServerTlsStream;
 
 /// How often the certificate files are checked for changes by default.
 pub const DEFAULT_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);

@@ -86,6 +86,8 @@ pub struct Proxy {
     classifier: Classifier,
     /// Bounds the requests held at once: past it, fail fast instead of queueing.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// TLS on the linker-to-linker hop (both sides), when on.
+    l2l_tls: Option<Arc<crate::tls::L2lTls>>,
 }
 
 impl Proxy {
@@ -114,7 +116,15 @@ impl Proxy {
             classifier: Classifier::RetryableIdempotent5XX,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             config,
+            l2l_tls: None,
         }
+    }
+
+    /// Turns on TLS for the linker-to-linker hop.
+    #[must_use]
+    pub fn with_l2l_tls(mut self, tls: Option<Arc<crate::tls::L2lTls>>) -> Self {
+        self.l2l_tls = tls;
+        self
     }
 
     /// Serves `listener` until `shutdown` turns true, then lets in-flight
@@ -139,6 +149,17 @@ impl Proxy {
                         let proxy = Arc::clone(&proxy);
                         async move { Ok::<_, Infallible>(proxy.handle(side, req).await) }
                     });
+                    if let (Side::Incoming, Some(tls)) = (side, &self.l2l_tls) {
+                        // The handshake runs off the accept loop.
+                        let (tls, builder, watcher) = (Arc::clone(tls), builder.clone(), graceful.watcher());
+                        tokio::spawn(async move {
+                            if let Some(stream) = tls.accept(stream).await {
+                                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                                let _ = watcher.watch(conn.into_owned()).await;
+                            }
+                        });
+                        continue;
+                    }
                     let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
@@ -417,8 +438,19 @@ impl Proxy {
         };
         let started = Instant::now();
         let left = deadline.saturating_duration_since(started);
-        let sent =
-            tokio::time::timeout(left.min(self.config.attempt_timeout), client.request(req)).await;
+        // `connect_to` differs from the endpoint only on the outgoing side
+        // of linker-to-linker: it is then the remote agent's incoming port.
+        let sending = match self.l2l_tls.as_deref().filter(|_| connect_to != addr) {
+            Some(tls) => match tls.request(parts.version, dest, req) {
+                Ok(sending) => sending,
+                Err(e) => {
+                    let msg = format!("TLS to the agent at {connect_to} for {}: {e}", dest.id);
+                    return Attempt::Done(error_response(StatusCode::BAD_GATEWAY, &msg));
+                }
+            },
+            None => client.request(req),
+        };
+        let sent = tokio::time::timeout(left.min(self.config.attempt_timeout), sending).await;
         let client_name = client_name(dest);
         let status = match &sent {
             Ok(Ok(resp)) => {

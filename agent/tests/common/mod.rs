@@ -34,7 +34,17 @@ pub fn free_port(ip: &str) -> u16 {
 }
 
 pub async fn controller(dir: &std::path::Path, grpc_port: u16) -> Controller {
-    let config = ecsmesh_controller::config::Config {
+    Controller::start(controller_config(dir, grpc_port), &[SOURCE])
+        .await
+        .unwrap()
+}
+
+/// The test controller's configuration (plaintext, no token).
+pub fn controller_config(
+    dir: &std::path::Path,
+    grpc_port: u16,
+) -> ecsmesh_controller::config::Config {
+    ecsmesh_controller::config::Config {
         grpc_addr: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         store_dir: dir.to_owned(),
@@ -50,8 +60,7 @@ pub async fn controller(dir: &std::path::Path, grpc_port: u16) -> Controller {
         consul: None,
         consul_store: None,
         security: ecsmesh_controller::config::Security::default(),
-    };
-    Controller::start(config, &[SOURCE]).await.unwrap()
+    }
 }
 
 /// Endpoint sets: `(name, [(addr, host ip)])`.

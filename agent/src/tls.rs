@@ -1,0 +1,258 @@
+//! TLS on the hops the agent owns.
+//!
+//! - [`L2lTls`]: the linker-to-linker hop. The outgoing side connects to
+//!   the remote agent's incoming port with TLS, verifying the configured
+//!   name (fixed, or filled per destination from its concrete name); the
+//!   incoming port terminates TLS and, by default, requires a client
+//!   certificate from the mesh CA. Refused handshakes are logged and
+//!   counted (`ecsmesh_agent_tls_handshake_failures_total`).
+//! - [`ControllerEndpoint`]: the controller stream, over TLS when the
+//!   controller's address is `https://`.
+//!
+//! Certificates are re-read when their files change; connections already
+//! made keep theirs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ecsmesh_tls::{ClientTls, HttpsConnector, ServerName, ServerNameTemplate, ServerTls, TlsError};
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::Config;
+use crate::metrics::{Metrics, TlsFailureLabels};
+use crate::proxy::Body;
+use crate::routes::Dest;
+
+/// The controller's endpoint and the linker-to-linker hop's TLS, from the
+/// configuration; certificate problems stop the start.
+pub fn setup(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(ControllerEndpoint, Option<Arc<L2lTls>>)> {
+    use anyhow::Context as _;
+    let controller = ControllerEndpoint::new(config).context("TLS to the controller")?;
+    let l2l =
+        L2lTls::new(config, Arc::clone(metrics)).context("TLS on the linker-to-linker hop")?;
+    Ok((controller, l2l.map(Arc::new)))
+}
+
+/// Distinct server names kept with their own connection pools; past it
+/// the pools are dropped and rebuilt (only a name template can get there).
+const MAX_NAMES: usize = 1024;
+
+/// Pooled clients verifying one server name.
+#[derive(Clone, Debug)]
+struct Clients {
+    http1: Client<HttpsConnector, Body>,
+    http2: Client<HttpsConnector, Body>,
+}
+
+/// The linker-to-linker hop's TLS: the incoming port's acceptor and the
+/// outgoing side's clients.
+#[derive(Debug)]
+pub struct L2lTls {
+    server: ServerTls,
+    client: ClientTls,
+    names: ServerNameTemplate,
+    connect_timeout: Duration,
+    clients: Mutex<HashMap<ServerName<'static>, Clients>>,
+    metrics: Arc<Metrics>,
+}
+
+impl L2lTls {
+    /// The hop's TLS if the configuration turns it on; a certificate
+    /// problem is an error (the agent does not start).
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Option<Self>, TlsError> {
+        let tls = &config.tls;
+        if !tls.l2l {
+            return Ok(None);
+        }
+        let server = ServerTls::new(&tls.files, tls.l2l_client_auth, ecsmesh_tls::ALPN_H2_HTTP1)?;
+        let client = ClientTls::new(&tls.files, &[])?;
+        server.watch(tls.reload_interval);
+        client.watch(tls.reload_interval);
+        tracing::info!(server_name = %tls.l2l_server_name, client_auth = %tls.l2l_client_auth,
+            "TLS on the linker-to-linker hop");
+        Ok(Some(Self {
+            server,
+            client,
+            names: tls.l2l_server_name.clone(),
+            connect_timeout: config.connect_timeout,
+            clients: Mutex::new(HashMap::new()),
+            metrics,
+        }))
+    }
+
+    /// The name the remote agent must prove for `dest`: the template with
+    /// `{service}` and `{cluster}` from `/#/<namer>/<cluster>/<service>`.
+    pub fn server_name(&self, dest: &Dest) -> Result<ServerName<'static>, TlsError> {
+        let elems = dest.id.elems();
+        let label = |i: usize| {
+            elems
+                .get(i)
+                .and_then(|l| std::str::from_utf8(l.as_bytes()).ok())
+        };
+        self.names.render(|var| match var {
+            "service" => label(3),
+            "cluster" => label(2),
+            _ => None,
+        })
+    }
+
+    /// Sends `req` to a remote agent's incoming port over TLS, verifying
+    /// the name for `dest`.
+    pub fn request(
+        &self,
+        version: http::Version,
+        dest: &Dest,
+        req: http::Request<Body>,
+    ) -> Result<ResponseFuture, TlsError> {
+        let clients = self.clients(self.server_name(dest)?);
+        Ok(if version == http::Version::HTTP_2 {
+            clients.http2.request(req)
+        } else {
+            clients.http1.request(req)
+        })
+    }
+
+    fn clients(&self, name: ServerName<'static>) -> Clients {
+        let mut all = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = all.get(&name) {
+            return c.clone();
+        }
+        if all.len() >= MAX_NAMES {
+            all.clear();
+        }
+        let connector = HttpsConnector::new(
+            self.client.clone(),
+            name.clone(),
+            Some(self.connect_timeout),
+        );
+        // The same pools as the plaintext clients (see `Proxy::new`).
+        let clients = Clients {
+            http1: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_mins(1))
+                .build(connector.clone()),
+            http2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
+        };
+        all.insert(name, clients.clone());
+        clients
+    }
+
+    /// The handshake on an accepted incoming connection; a refusal is
+    /// logged (a certificate problem as a warning, with its reason) and
+    /// counted.
+    pub async fn accept<IO>(&self, io: IO) -> Option<ecsmesh_tls::ServerTlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        match self.server.accept(io).await {
+            Ok((stream, _peer)) => Some(stream),
+            Err(e) => {
+                let reason = e.failure.as_str();
+                self.metrics
+                    .tls_handshake_failures
+                    .get_or_create(&TlsFailureLabels {
+                        listener: "incoming",
+                        reason,
+                    })
+                    .inc();
+                if e.failure.is_certificate_problem() {
+                    tracing::warn!(
+                        listener = "incoming",
+                        reason,
+                        "TLS handshake refused: {}",
+                        e.message
+                    );
+                } else {
+                    tracing::debug!(
+                        listener = "incoming",
+                        reason,
+                        "TLS handshake failed: {}",
+                        e.message
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Re-reads the certificate files now (they are also checked on the
+    /// configured interval); whether anything changed.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        Ok(self.server.reload()? | self.client.reload()?)
+    }
+}
+
+/// Where the controller is, and how to reach it: over TLS (verifying its
+/// name) when its address is `https://`.
+#[derive(Clone, Debug)]
+pub struct ControllerEndpoint {
+    url: String,
+    tls: Option<(ClientTls, ServerName<'static>)>,
+}
+
+impl ControllerEndpoint {
+    pub fn new(config: &Config) -> Result<Self, TlsError> {
+        let url = if config.controller.contains("://") {
+            config.controller.clone()
+        } else {
+            format!("http://{}", config.controller)
+        };
+        if !url.starts_with("https://") {
+            return Ok(Self { url, tls: None });
+        }
+        let files = &config.tls.files;
+        if files.ca.is_none() {
+            return Err(TlsError::Missing(format!(
+                "the controller at {url} needs --tls-ca to verify its certificate"
+            )));
+        }
+        let client = ClientTls::new(files, ecsmesh_tls::ALPN_H2)?;
+        client.watch(config.tls.reload_interval);
+        let name = match &config.tls.controller_server_name {
+            Some(name) => name.clone(),
+            None => url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()))
+                .unwrap_or_default(),
+        };
+        let name = ServerName::try_from(name.clone()).map_err(|e| TlsError::ServerName {
+            name,
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            url,
+            tls: Some((client, name)),
+        })
+    }
+
+    /// Opens a channel (the controller stream's keepalives included).
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(self.url.clone())?
+            .connect_timeout(Duration::from_secs(3))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20));
+        match &self.tls {
+            Some((client, name)) => {
+                endpoint
+                    .connect_with_connector(HttpsConnector::new(client.clone(), name.clone(), None))
+                    .await
+            }
+            None => endpoint.connect().await,
+        }
+    }
+}
+
+impl std::fmt::Display for ControllerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
