@@ -31,7 +31,10 @@ HOST_B=127.0.1.2
 
 log() { printf '\n\033[1;34m==>\033[0m \033[1m%s\033[0m\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
-alive() { kill -0 "$1" 2>/dev/null; }
+# A process that has exited but not been reaped by its parent (a zombie) is gone too.
+alive() {
+  kill -0 "$1" 2>/dev/null && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]
+}
 
 # Stops the processes listed in $PIDS (TERM, then KILL after 10 s), newest first.
 stop_listed() {

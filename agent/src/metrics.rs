@@ -439,6 +439,14 @@ impl Metrics {
                 service: label.clone(),
             })
             .clone();
+        // Zero-valued series from the start, so ratios and rates over
+        // them exist before the first retry does.
+        let _ = self.retries.get_or_create(&ServiceLabel {
+            service: label.clone(),
+        });
+        let _ = self.budget_exhausted.get_or_create(&ServiceLabel {
+            service: label.clone(),
+        });
         let h = Arc::new(ServiceHandles { requests, latency });
         all.entry(Arc::from(label)).or_default()[slot] = Some(Arc::clone(&h));
         h
@@ -524,13 +532,12 @@ impl Metrics {
             // A set rebuilt from nothing restarts its count.
             let added = c.removals.checked_sub(before).unwrap_or(c.removals);
             let label = self.clients.label(&c.client);
-            if added > 0 {
-                self.client_removals
-                    .get_or_create(&ClientLabel {
-                        client: label.clone(),
-                    })
-                    .inc_by(added);
-            }
+            // Created at zero for every set, so rates over it exist.
+            self.client_removals
+                .get_or_create(&ClientLabel {
+                    client: label.clone(),
+                })
+                .inc_by(added);
             let sum = sums.entry(label).or_default();
             sum.0 += c.total;
             sum.1 += c.available;

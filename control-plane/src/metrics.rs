@@ -112,8 +112,10 @@ impl Metrics {
     pub fn api_call(&self, api: &'static str, operation: &'static str, ok: bool) {
         let labels = ApiCall { api, operation };
         self.api_calls.get_or_create(&labels).inc();
+        // The error series exists (at zero) from the first call on.
+        let errors = self.api_errors.get_or_create(&labels);
         if !ok {
-            self.api_errors.get_or_create(&labels).inc();
+            errors.inc();
         }
     }
 
