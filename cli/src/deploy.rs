@@ -176,8 +176,10 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
     let mut deployer = Deployer::new(&sdk, cfg)?;
     let text = matches!(args.output, Output::Text);
     if text && std::io::stderr().is_terminal() {
-        deployer =
-            deployer.with_progress(|s| eprintln!("  {:<9} {:<20} {}", s.action, s.kind, s.name));
+        deployer = deployer.with_progress(|s| {
+            let line = format!("  {:<9} {:<20} {} {}", s.action, s.kind, s.name, s.detail);
+            eprintln!("{}", line.trim_end());
+        });
     }
     let (report, controller) = match cmd {
         DeployCommand::Up(_) => (Box::pin(deployer.up(args.dry_run)).await?, None),

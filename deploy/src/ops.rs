@@ -100,6 +100,18 @@ impl Deployer {
         &self.cfg
     }
 
+    /// A progress line for a long step that is not itself a report line.
+    fn progress_only(&self, kind: &'static str, name: &str, action: Action, detail: &str) {
+        if let Some(p) = &self.progress {
+            p(&Step {
+                kind,
+                name: name.to_owned(),
+                action,
+                detail: detail.to_owned(),
+            });
+        }
+    }
+
     fn push(
         &self,
         steps: &mut Vec<Step>,
@@ -443,6 +455,12 @@ impl Deployer {
                         .map_err(|e| DeployError::aws("DeleteAutoScalingGroup", &base, &e))?;
                     // The instances still use the security group until they
                     // are terminated, which the group's deletion waits for.
+                    self.progress_only(
+                        "auto-scaling-group",
+                        &base,
+                        Action::Delete,
+                        "waiting for its instances to terminate",
+                    );
                     self.wait_asg_deleted().await?;
                 }
                 self.push(&mut steps, "auto-scaling-group", &base, Action::Delete, "");

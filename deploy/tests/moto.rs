@@ -550,10 +550,21 @@ async fn dry_run_mutates_nothing() {
     let (conf, subnet) = setup(region, 13).await;
     let mut cfg = config("gamma", region, &subnet);
     cfg.with_demo = true;
-    let deployer = Deployer::new(&conf, cfg).unwrap();
+    // Progress: one line per step, as each is decided.
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&lines);
+    let deployer = Deployer::new(&conf, cfg)
+        .unwrap()
+        .with_progress(move |s| seen.lock().unwrap().push(format!("{} {}", s.kind, s.name)));
     let before = owned(&conf, "gamma").await;
     let plan = deployer.up(true).await.unwrap();
     assert!(plan.dry_run);
+    let reported: Vec<String> = plan
+        .steps
+        .iter()
+        .map(|s| format!("{} {}", s.kind, s.name))
+        .collect();
+    assert_eq!(*lines.lock().unwrap(), reported);
     assert!(
         plan.steps
             .iter()
