@@ -1,7 +1,7 @@
 //! The agent's and the controller's `/metrics` after real traffic, checked
 //! by Prometheus' own linter (`promtool check metrics`).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
 mod common;
 
@@ -10,9 +10,7 @@ use std::process::{Command, Stdio};
 
 use std::time::Duration;
 
-use common::{
-    SOURCE, Upstream, agent_with, controller, converged, curl, free_port, get_via, sets,
-};
+use common::{SOURCE, Upstream, agent_with, controller, converged, curl, free_port, get_via, sets};
 use ecsmesh_agent::config::Mode;
 
 /// Runs `promtool check metrics` on `text`; returns (success, output).
@@ -96,7 +94,10 @@ async fn metrics_pass_promtool() {
         "process_open_fds",
         "process_uptime_seconds",
     ] {
-        assert!(agent_metrics.contains(expected), "{expected} missing:\n{agent_metrics}");
+        assert!(
+            agent_metrics.contains(expected),
+            "{expected} missing:\n{agent_metrics}"
+        );
     }
     // 21 requests on their own connections: the bytes they moved are counted.
     let bytes = |name: &str| -> u64 {
@@ -118,7 +119,11 @@ async fn metrics_pass_promtool() {
         loop {
             let (body, _) = curl(
                 "127.0.0.1:1".parse().unwrap(),
-                &["--noproxy", "*", &format!("http://{}/api/overview", ctl.admin_addr)],
+                &[
+                    "--noproxy",
+                    "*",
+                    &format!("http://{}/api/overview", ctl.admin_addr),
+                ],
             )
             .await;
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
