@@ -163,6 +163,10 @@ async fn metrics_pass_promtool() {
         controller_metrics.contains("ecsmesh_controller_agents_connected 1"),
         "{controller_metrics}"
     );
+    assert!(
+        controller_metrics.contains("process_resident_memory_bytes"),
+        "{controller_metrics}"
+    );
     let (ok, report) = promtool(&controller_metrics);
     assert!(ok, "promtool on the controller's metrics:\n{report}");
     assert!(report.trim().is_empty(), "promtool lint:\n{report}");

@@ -43,7 +43,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let m = Self {
-            registry: Mutex::new(Registry::with_prefix("ecsmesh_controller")),
+            registry: Mutex::new(Registry::default()),
             // 100 µs to ~13 s.
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             snapshot_version: Gauge::default(),
@@ -55,7 +55,9 @@ impl Metrics {
             push_latency_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 19)),
         };
         {
-            let mut r = m.registry();
+            let mut root = m.registry();
+            root.register_collector(Box::new(ecsmesh_metrics::process::ProcessCollector::new()));
+            let r = root.sub_registry_with_prefix("ecsmesh_controller");
             r.register_with_unit(
                 "reconcile_duration",
                 "Time to compute the desired mesh state",
