@@ -165,7 +165,10 @@ fn classify_certificate(cert: &CertificateError, peer: &str) -> (HandshakeFailur
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
             HandshakeFailure::NotYetValid
         }
-        CertificateError::UnknownIssuer => HandshakeFailure::UnknownCa,
+        // A CA of the same name that did not sign it (another `certs init`).
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+            HandshakeFailure::UnknownCa
+        }
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
             HandshakeFailure::WrongName
         }

@@ -200,7 +200,12 @@ pub fn write_mesh_certs(dir: &Path, spec: &MeshCertsSpec) -> Result<Vec<PathBuf>
         let key = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
         MeshCa::from_pem(&cert, &key)?
     } else {
-        let ca = MeshCa::new("ecsmesh mesh CA", spec.ca_days)?;
+        // A distinct name per CA: logs and `openssl x509` tell them apart.
+        let name = format!(
+            "ecsmesh mesh CA {}",
+            OffsetDateTime::now_utc().unix_timestamp()
+        );
+        let ca = MeshCa::new(&name, spec.ca_days)?;
         write_file(&ca_key, &ca.key_pem(), true)?;
         write_file(&ca_cert, ca.cert_pem(), false)?;
         written.extend([ca_cert, ca_key]);
