@@ -6,6 +6,7 @@
 #   bash scripts/demo.sh                  # make demo: runs the steps, stays up until Ctrl-C
 #   bash scripts/demo.sh down             # make demo-down: stops a running demo from another shell
 #   DEMO_NO_WAIT=1 bash scripts/demo.sh   # runs the steps, tears everything down, exits 0 (CI)
+#   TLS=1 bash scripts/demo.sh            # make demo TLS=1: TLS on every hop (see below)
 #
 # Every address is loopback. State and logs: $ECSMESH_DEMO_DIR (default ~/.cache/ecsmesh/demo).
 set -euo pipefail
@@ -20,6 +21,9 @@ PROFILE="${DEMO_PROFILE:-release}"
 # DEMO_MODE=direct routes outgoing -> endpoint instead of through the
 # endpoint host's agent.
 MODE="${DEMO_MODE:-linker-to-linker}"
+# TLS=1: agent to agent (mTLS), agents and ecsmeshctl to the controller, all
+# over TLS with certificates from `ecsmeshctl certs init` ($DEMO_DIR/certs).
+TLS="${TLS:-}"
 BIN="$CARGO_TARGET_DIR/$PROFILE"
 PIDFILE="$DEMO_DIR/demo.pid"   # the demo script itself
 PIDS="$DEMO_DIR/pids"          # every process it started: "<pid> <name>"
@@ -133,6 +137,18 @@ if [ "$PROFILE" = release ]; then profile_flag=--release; else profile_flag=; fi
 cargo build $profile_flag -p ecsmesh-controller -p ecsmesh-agent -p ecsmesh-cli -p ecsmesh-hello-world
 echo "build: $(( $(date +%s) - t0 ))s"
 
+CERTS="$DEMO_DIR/certs"
+SCHEME=http
+CONTROLLER_TLS=()
+if [ -n "$TLS" ]; then
+  log "TLS: a mesh CA and certificates for the controller, two agents and an operator"
+  rm -rf "$CERTS"
+  "$BIN/ecsmeshctl" certs init --out "$CERTS" --agents 2
+  SCHEME=https
+  CONTROLLER_TLS=(--tls-cert "$CERTS/controller.pem" --tls-key "$CERTS/controller-key.pem"
+    --tls-ca "$CERTS/ca.pem" --agent-identity ecsmesh-agent --admin-identity ecsmesh-admin)
+fi
+
 log "starting moto (the patched ECS of tests/harness/moto_ecs.py)"
 start moto "$VENV/bin/python" tests/harness/moto_ecs.py --port 0 --ready-file "$DEMO_DIR/moto.json" --exit-with-parent
 wait_for "moto" 30 test -s "$DEMO_DIR/moto.json"
@@ -149,18 +165,23 @@ IID_B=$(awk -v ip="$HOST_B" '$1=="node" && $3==ip {print $2}' "$DEMO_DIR/topolog
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
 log "starting the controller (gRPC $CONTROLLER_GRPC, admin $CONTROLLER_ADMIN)"
 start controller "$BIN/ecsmesh-controller" --cluster demo --aws-endpoint-url "$MOTO" --aws-region us-west-1 \
-  --grpc-addr "$CONTROLLER_GRPC" --admin-addr "$CONTROLLER_ADMIN" --store-dir "$DEMO_DIR/store" --resync-interval 1s
+  --grpc-addr "$CONTROLLER_GRPC" --admin-addr "$CONTROLLER_ADMIN" --store-dir "$DEMO_DIR/store" --resync-interval 1s \
+  "${CONTROLLER_TLS[@]}"
 wait_for "the controller" 60 curl -fsS "http://$CONTROLLER_ADMIN/ready"
 
 # Each agent discovers its host IP, instance id and zone from its instance's IMDSv2
 # endpoint (moto serves one per instance at $MOTO/imds/<instance-id>), as it would on EC2.
 # The readiness checks below are on the expected loopback addresses, so an agent that
 # ended up anywhere else stops the demo.
-log "starting two agents (instance A on $HOST_A, instance B on $HOST_B; $MODE)"
-for x in "a $HOST_A $IID_A" "b $HOST_B $IID_B"; do
-  read -r name ip iid <<<"$x"
-  start "agent-$name" env -u AWS_EC2_METADATA_DISABLED "$BIN/ecsmesh-agent" \
-    --controller "http://$CONTROLLER_GRPC" --cluster demo --imds-endpoint "$MOTO/imds/$iid" \
+log "starting two agents (instance A on $HOST_A, instance B on $HOST_B; $MODE${TLS:+, TLS})"
+for x in "a $HOST_A $IID_A 1" "b $HOST_B $IID_B 2"; do
+  read -r name ip iid n <<<"$x"
+  agent_tls=()
+  if [ -n "$TLS" ]; then
+    agent_tls=(--tls-ca "$CERTS/ca.pem" --tls-cert "$CERTS/agent-$n.pem" --tls-key "$CERTS/agent-$n-key.pem")
+  fi
+  start "agent-$name" env -u AWS_EC2_METADATA_DISABLED "$BIN/ecsmesh-agent" "${agent_tls[@]}" \
+    --controller "$SCHEME://$CONTROLLER_GRPC" --cluster demo --imds-endpoint "$MOTO/imds/$iid" \
     --state-dir "$DEMO_DIR/agent-$name" --mode "$MODE" \
     --summary-interval "${ECSMESH_SUMMARY_INTERVAL:-2s}"
 done
@@ -187,21 +208,38 @@ done < "$DEMO_DIR/topology.txt"
 wait_for "the mesh to route from A" 60 bash -c "curl -fsS -x $HOST_A:4140 http://hello | grep -q '!!'"
 wait_for "the mesh to route from B" 60 bash -c "curl -fsS -x $HOST_B:4140 http://hello | grep -q '!!'"
 
-export ECSMESH_CONTROLLER="http://$CONTROLLER_GRPC"
+export ECSMESH_CONTROLLER="$SCHEME://$CONTROLLER_GRPC"
+if [ -n "$TLS" ]; then
+  # ecsmeshctl: verify the controller with the mesh CA, present the operator's certificate.
+  export ECSMESH_TLS_CA="$CERTS/ca.pem" ECSMESH_TLS_CERT="$CERTS/admin.pem" ECSMESH_TLS_KEY="$CERTS/admin-key.pem"
+fi
 # show CMD: prints "$ CMD" and runs it (with ecsmeshctl on PATH), so a reader can paste it.
 show() { printf '\n$ %s\n' "$1"; PATH="$BIN:$PATH" bash -c "$1"; echo; }
 
+if [ -n "$TLS" ]; then
+  TLS_NOTE="on every hop (agents with mTLS, agents and ecsmeshctl to the controller); certificates: $CERTS"
+else
+  TLS_NOTE="off (make demo TLS=1 turns it on)"
+fi
 cat <<BANNER
 
 ============================================================================
  ecsmesh demo: ECS (moto) cluster "demo"; instance A = $HOST_A, B = $HOST_B
  controller: gRPC $CONTROLLER_GRPC, admin http://$CONTROLLER_ADMIN
  agents: $HOST_A and $HOST_B (:4140 outgoing, :4141 incoming, :9990 admin)
+ TLS: $TLS_NOTE
 ============================================================================
 BANNER
 
 log "1. hello calls world, each through its host's agent"
 for _ in 1 2 3; do show "http_proxy=$HOST_A:4140 curl -s hello"; done
+
+if [ -n "$TLS" ]; then
+  log "1b. TLS: the incoming port answers a mesh certificate, and refuses a plaintext client"
+  show "curl -s --http1.1 --cacert $CERTS/ca.pem --cert $CERTS/agent-1.pem --key $CERTS/agent-1-key.pem --connect-to ecsmesh-agent:4141:$HOST_B:4141 -H 'host: hello' https://ecsmesh-agent:4141/"
+  show "curl -sS -H 'host: hello' http://$HOST_B:4141/ || echo \"refused (curl exit \$?)\""
+  show "curl -s http://$HOST_B:9990/metrics | grep '^ecsmesh_agent_tls_handshake_failures'"
+fi
 
 log "2. a per-request override (l5d-dtab) travels through hello to its world call"
 for _ in 1 2; do show "http_proxy=$HOST_A:4140 curl -s -H 'l5d-dtab: /svc/world => /svc/world-v2' hello"; done

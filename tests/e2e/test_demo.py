@@ -33,7 +33,8 @@ def answers(transcript, command):
     return [lines[i + 1] for i, line in enumerate(lines[:-1]) if line == f"$ {command}"]
 
 
-@pytest.fixture(scope="module", params=["linker-to-linker", "direct"])
+# "linker-to-linker+tls": the demo's TLS=1 mode (TLS on every hop it owns).
+@pytest.fixture(scope="module", params=["linker-to-linker", "direct", "linker-to-linker+tls"])
 def transcript(request, tmp_path_factory):
     busy = [f"{h}:{p}" for h, p in PORTS if listening(h, p)]
     if busy:
@@ -42,7 +43,8 @@ def transcript(request, tmp_path_factory):
         os.environ,
         DEMO_NO_WAIT="1",
         DEMO_PROFILE=os.environ.get("DEMO_PROFILE", "debug"),
-        DEMO_MODE=request.param,
+        DEMO_MODE=request.param.removesuffix("+tls"),
+        TLS="1" if request.param.endswith("+tls") else "",
         ECSMESH_DEMO_DIR=str(tmp_path_factory.mktemp("demo")),
     )
     proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True,
@@ -87,3 +89,15 @@ def test_weighted_canary_sends_about_a_tenth(transcript):
     assert sum(counts.values()) == 200, section
     # 10 % of 200 is 20; three standard deviations either side.
     assert 7 <= counts.get("Hello World-V2!!", 0) <= 33, counts
+
+
+def test_tls_incoming_port_takes_mesh_certificates_only(transcript):
+    if "TLS: on every hop" not in transcript:
+        pytest.skip("TLS off in this mode")
+    section = transcript.split("1b. TLS:")[1].split("2. a per-request override")[0]
+    lines = section.splitlines()
+    mesh_client = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.startswith("$ curl -s --http1.1 --cacert")]
+    assert len(mesh_client) == 1 and re.fullmatch(HELLO, mesh_client[0]), section
+    assert "refused (curl exit" in section, section
+    assert re.search(r'^ecsmesh_agent_tls_handshake_failures_total\{listener="incoming",reason="not_tls"\} [1-9]',
+                     section, re.M), section
