@@ -60,6 +60,8 @@ fuzz:
 
 ## demo: the whole mesh on one machine (moto's ECS, the controller, two agents, hello/world);
 ## stays up until Ctrl-C. DEMO_NO_WAIT=1 runs the walkthrough, tears down and exits.
+## TLS=1 (make demo TLS=1) puts TLS on every hop: agent to agent (mTLS), agents and ecsmeshctl
+## to the controller, with certificates from `ecsmeshctl certs init`.
 demo:
 	bash scripts/demo.sh
 
