@@ -4,6 +4,7 @@
 #   direct      wrk -> upstream
 #   agent       wrk -> ecsmesh-agent (outgoing, direct mode) -> upstream
 #   agent-l2l   wrk -> agent (outgoing) -> agent (incoming) -> upstream
+#   agent-l2l-tls  the same with mutual TLS between the agents (openssl's certificates)
 #   haproxy     wrk -> haproxy (1 thread, keep-alive to the upstream) -> upstream
 #   nginx       wrk -> nginx (1 worker, upstream keepalive) -> upstream
 # The agents route with a real snapshot file (20-entry dtab, 50 services),
@@ -66,7 +67,22 @@ declare -A AGENT_PID
 agent a 127.0.50.1 direct "$UP_IP"
 agent b 127.0.50.3 linker-to-linker 127.0.50.2
 agent c 127.0.50.2 direct 127.0.50.2
+# D (outgoing) -> E (incoming) is linker-to-linker with mutual TLS; the
+# certificates come from openssl (any CA works; see the README's TLS section).
+T="$WORK/tls"; mkdir -p "$T"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=bench-ca \
+  -keyout "$T/ca-key.pem" -out "$T/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=ecsmesh-agent \
+  -keyout "$T/agent-key.pem" -out "$T/agent.csr" 2>/dev/null
+printf 'subjectAltName=DNS:ecsmesh-agent\nextendedKeyUsage=serverAuth,clientAuth\n' > "$T/ext"
+openssl x509 -req -in "$T/agent.csr" -CA "$T/ca.pem" -CAkey "$T/ca-key.pem" -CAcreateserial -days 1 \
+  -extfile "$T/ext" -out "$T/agent.pem" 2>/dev/null
+export ECSMESH_TLS_CA="$T/ca.pem" ECSMESH_TLS_CERT="$T/agent.pem" ECSMESH_TLS_KEY="$T/agent-key.pem"
+agent d 127.0.50.7 linker-to-linker 127.0.50.6
+agent e 127.0.50.6 direct 127.0.50.6
+unset ECSMESH_TLS_CA ECSMESH_TLS_CERT ECSMESH_TLS_KEY
 wait_port 127.0.50.1 4140; wait_port 127.0.50.3 4140; wait_port 127.0.50.2 4141
+wait_port 127.0.50.7 4140; wait_port 127.0.50.6 4141
 
 cat > "$WORK/haproxy.cfg" <<EOF
 global
@@ -114,6 +130,7 @@ SYSTEMS=(
   "direct $UP upstream -"
   "agent 127.0.50.1:4140 svc7 ${AGENT_PID[a]}"
   "agent-l2l 127.0.50.3:4140 svc7 ${AGENT_PID[b]},${AGENT_PID[c]}"
+  "agent-l2l-tls 127.0.50.7:4140 svc7 ${AGENT_PID[d]},${AGENT_PID[e]}"
   "haproxy 127.0.50.4:8080 upstream $HAPROXY_PID"
   "nginx 127.0.50.5:8080 upstream $NGINX_PID"
 )
@@ -132,7 +149,7 @@ cpu_ticks() {
 RAW="$WORK/raw.jsonl"
 : > "$RAW"
 quiet() { echo "load $(cut -d' ' -f1-3 /proc/loadavg), rustc processes $(pgrep -c rustc || true)"; }
-before=$(quiet)
+quiet_before=$(quiet)
 # A short warm-up per system, so pools are open and caches filled.
 for s in "${SYSTEMS[@]}"; do
   set -- $s
@@ -167,6 +184,6 @@ done
 
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%d-%H%M)
-python3 bench/report.py "$RAW" "$SECS" "$REPS" "before: $before; after: $(quiet)" | tee "bench/results/proxy-$stamp.md"
+python3 bench/report.py "$RAW" "$SECS" "$REPS" "before: $quiet_before; after: $(quiet)" | tee "bench/results/proxy-$stamp.md"
 cp "$RAW" "bench/results/proxy-$stamp.jsonl"
 echo "written: bench/results/proxy-$stamp.md"
