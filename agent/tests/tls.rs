@@ -168,7 +168,7 @@ struct Mesh {
     _world: Upstream,
 }
 
-/// Controller, agent A (127.0.50.1) and B (127.0.50.2), and one world
+/// Controller, agent A (127.0.51.1) and B (127.0.51.2), and one world
 /// endpoint on B: a request from A's outgoing port crosses A → B over TLS.
 async fn mesh() -> Mesh {
     let dirs = tempfile::tempdir().unwrap();
@@ -176,14 +176,14 @@ async fn mesh() -> Mesh {
     write_mesh_certs(&certs, &MeshCertsSpec::default()).unwrap();
     let grpc = free_port("127.0.0.1");
     let ctl = tls_controller(&dirs.path().join("ctl"), &certs, grpc).await;
-    let world = Upstream::start("127.0.50.2", "world-b").await;
+    let world = Upstream::start("127.0.51.2", "world-b").await;
     ctl.observed.replace(
         SOURCE,
-        sets(&[("/#/ecs/demo/world", &[(world.addr, "127.0.50.2")])]),
+        sets(&[("/#/ecs/demo/world", &[(world.addr, "127.0.51.2")])]),
     );
-    let incoming = free_port("127.0.50.1");
+    let incoming = free_port("127.0.51.1");
     let a = tls_agent(
-        "127.0.50.1",
+        "127.0.51.1",
         grpc,
         incoming,
         &certs,
@@ -192,7 +192,7 @@ async fn mesh() -> Mesh {
     )
     .await;
     let b = tls_agent(
-        "127.0.50.2",
+        "127.0.51.2",
         grpc,
         incoming,
         &certs,
@@ -375,7 +375,7 @@ async fn an_agent_with_an_expired_certificate_does_not_start_and_says_why() {
         ecsmesh_agent::config::FileConfig::default(),
     )
     .unwrap();
-    config.host_ip = Some("127.0.50.9".parse().unwrap());
+    config.host_ip = Some("127.0.51.9".parse().unwrap());
     config.instance_id = Some("i-old".into());
     config.imds_endpoint = Some("http://127.0.0.1:1".into());
     config.state_dir = dir.path().join("state");
