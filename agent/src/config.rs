@@ -468,6 +468,46 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings() {
+        // Off without certificates.
+        let c = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
+        assert!(!c.tls.l2l);
+        // A certificate turns the linker-to-linker hop's TLS on, with mTLS.
+        let f: FileConfig = serde_yaml_ng::from_str(
+            "tls_ca: /t/ca.pem\ntls_cert: /t/a.pem\ntls_key: /t/a-key.pem\nl2l_server_name: '{service}.svc.mesh'\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&Args::default(), f).unwrap();
+        assert!(c.tls.l2l);
+        assert_eq!(c.tls.l2l_client_auth, ecsmesh_tls::ClientAuth::Required);
+        assert_eq!(c.tls.l2l_server_name.to_string(), "{service}.svc.mesh");
+        assert_eq!(c.tls.reload_interval, ecsmesh_tls::DEFAULT_RELOAD_INTERVAL);
+        // Flags win; a missing piece or a bad value is an error.
+        let args = Args {
+            l2l_client_auth: Some("optional".into()),
+            tls_reload_interval: Some("1s".into()),
+            ..Args::default()
+        };
+        let f: FileConfig =
+            serde_yaml_ng::from_str("tls_ca: /t/ca.pem\ntls_cert: /t/a.pem\ntls_key: /t/k.pem\n")
+                .unwrap();
+        let c = Config::resolve(&args, f).unwrap();
+        assert_eq!(c.tls.l2l_client_auth, ecsmesh_tls::ClientAuth::Optional);
+        assert_eq!(c.tls.reload_interval, Duration::from_secs(1));
+        let missing_key = Args {
+            tls_cert: Some("/t/a.pem".into()),
+            tls_ca: Some("/t/ca.pem".into()),
+            ..Args::default()
+        };
+        assert!(Config::resolve(&missing_key, FileConfig::default()).is_err());
+        let bad = Args {
+            l2l_server_name: Some("{nope}.mesh".into()),
+            ..Args::default()
+        };
+        assert!(Config::resolve(&bad, FileConfig::default()).is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(serde_yaml_ng::from_str::<FileConfig>("outgoing_prot: 1").is_err());
     }

@@ -391,3 +391,60 @@ async fn an_agent_with_an_expired_certificate_does_not_start_and_says_why() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_from_another_ca_is_refused_by_the_outgoing_side_with_the_reason() {
+    let dirs = tempfile::tempdir().unwrap();
+    let (certs, other) = (dirs.path().join("certs"), dirs.path().join("other"));
+    write_mesh_certs(&certs, &MeshCertsSpec::default()).unwrap();
+    write_mesh_certs(&other, &MeshCertsSpec::default()).unwrap();
+    let grpc = free_port("127.0.0.1");
+    let ctl = common::controller(&dirs.path().join("ctl"), grpc).await;
+    let world = Upstream::start("127.0.51.4", "world-d").await;
+    ctl.observed.replace(
+        SOURCE,
+        sets(&[("/#/ecs/demo/world", &[(world.addr, "127.0.51.4")])]),
+    );
+    let incoming = free_port("127.0.51.3");
+    // Plaintext to the controller; TLS between the agents only.
+    let plain_controller = |who: &str, certs: &Path| {
+        let (who, certs) = (who.to_owned(), certs.to_owned());
+        move |c: &mut ecsmesh_agent::config::Config| {
+            c.tls = TlsConfig {
+                files: files(&certs, &who),
+                reload_interval: Duration::from_secs(5),
+                l2l: true,
+                l2l_server_name: "ecsmesh-agent".parse().unwrap(),
+                l2l_client_auth: ClientAuth::Required,
+                controller_server_name: None,
+            };
+        }
+    };
+    let c = agent_with(
+        "127.0.51.3",
+        grpc,
+        incoming,
+        Mode::LinkerToLinker,
+        &dirs.path().join("c"),
+        plain_controller("agent-1", &certs),
+    )
+    .await;
+    let d = agent_with(
+        "127.0.51.4",
+        grpc,
+        incoming,
+        Mode::LinkerToLinker,
+        &dirs.path().join("d"),
+        plain_controller("agent-2", &other),
+    )
+    .await;
+    converged(&c, 1).await;
+    converged(&d, 1).await;
+    let (status, _, body) = get_via(c.outgoing_addr, "world", "/", &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("Unable to establish connection to 127.0.51.4")
+            && body.contains("is not signed by the mesh CA"),
+        "{body}"
+    );
+}

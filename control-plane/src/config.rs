@@ -531,6 +531,48 @@ mod tests {
     }
 
     #[test]
+    fn tls_from_the_file_and_flags() {
+        let file: FileConfig = serde_yaml_ng::from_str(
+            "tls:\n  cert: /t/c.pem\n  key: /t/c-key.pem\n  ca: /t/ca.pem\n  admin_identities: [ops]\n  admin_reads: authenticated\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&Args::default(), file).unwrap();
+        let tls = c.security.tls.unwrap();
+        // A CA bundle means client certificates are verified when presented.
+        assert_eq!(tls.client_auth, ecsmesh_tls::ClientAuth::Optional);
+        assert_eq!(c.security.admin_identities, ["ops"]);
+        assert_eq!(c.security.admin_reads, AdminReads::Authenticated);
+        let args = Args {
+            tls_cert: Some("/t/c.pem".into()),
+            tls_key: Some("/t/c-key.pem".into()),
+            tls_client_auth: Some("required".into()),
+            ..Args::default()
+        };
+        let c = Config::resolve(&args, FileConfig::default()).unwrap();
+        assert_eq!(
+            c.security.tls.unwrap().client_auth,
+            ecsmesh_tls::ClientAuth::Required
+        );
+        assert!(
+            Config::resolve(&Args::default(), FileConfig::default())
+                .unwrap()
+                .security
+                .tls
+                .is_none()
+        );
+        let half = Args {
+            tls_cert: Some("/t/c.pem".into()),
+            ..Args::default()
+        };
+        assert!(Config::resolve(&half, FileConfig::default()).is_err());
+        let bad = Args {
+            tls_client_auth: Some("sometimes".into()),
+            ..Args::default()
+        };
+        assert!(Config::resolve(&bad, FileConfig::default()).is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(serde_yaml_ng::from_str::<FileConfig>("grpc_adr: 1").is_err());
     }

@@ -483,8 +483,9 @@ impl Proxy {
                 self.metrics
                     .failure(service, Some(client_name), Class::ConnectFailure);
                 let msg = format!(
-                    "Unable to establish connection to {connect_to}.\n\nservice name: {service}\nclient name: {}\nselected address: {addr}\nerror: {e}",
-                    dest.id
+                    "Unable to establish connection to {connect_to}.\n\nservice name: {service}\nclient name: {}\nselected address: {addr}\nerror: {}",
+                    dest.id,
+                    error_chain(&e)
                 );
                 Attempt::Failed(error_response(StatusCode::BAD_GATEWAY, &msg))
             }
@@ -559,6 +560,24 @@ impl Proxy {
 }
 
 /// The concrete name of `dest` (its prerendered header: no allocation).
+/// An error and its causes, `: `-separated (hyper's client error alone
+/// says only "client error (Connect)"; the cause says why, e.g. which
+/// certificate a TLS handshake refused).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        // Some errors repeat their source in their own message.
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn client_name(dest: &Dest) -> &str {
     dest.id_header
         .as_ref()
