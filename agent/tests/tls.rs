@@ -52,9 +52,11 @@ async fn tls_agent(
     certs: &Path,
     who: &str,
     state: &Path,
+    server_name: &str,
 ) -> Agent {
     let certs = certs.to_owned();
     let who = who.to_owned();
+    let server_name = server_name.to_owned();
     agent_with(
         host,
         grpc,
@@ -67,7 +69,7 @@ async fn tls_agent(
                 files: files(&certs, &who),
                 reload_interval: Duration::from_millis(200),
                 l2l: true,
-                l2l_server_name: "ecsmesh-agent".parse().unwrap(),
+                l2l_server_name: server_name.parse().unwrap(),
                 l2l_client_auth: ClientAuth::Required,
                 controller_server_name: Some("ecsmesh-controller".into()),
             };
@@ -171,33 +173,41 @@ struct Mesh {
 /// Controller, agent A (127.0.51.1) and B (127.0.51.2), and one world
 /// endpoint on B: a request from A's outgoing port crosses A → B over TLS.
 async fn mesh() -> Mesh {
+    mesh_named(&MeshCertsSpec::default(), "ecsmesh-agent", "127.0.51").await
+}
+
+/// [`mesh`] with other certificates and server name, on `<net>.1` and `<net>.2`.
+async fn mesh_named(spec: &MeshCertsSpec, server_name: &str, net: &str) -> Mesh {
+    let (ip_a, ip_b) = (format!("{net}.1"), format!("{net}.2"));
     let dirs = tempfile::tempdir().unwrap();
     let certs = dirs.path().join("certs");
-    write_mesh_certs(&certs, &MeshCertsSpec::default()).unwrap();
+    write_mesh_certs(&certs, spec).unwrap();
     let grpc = free_port("127.0.0.1");
     let ctl = tls_controller(&dirs.path().join("ctl"), &certs, grpc).await;
-    let world = Upstream::start("127.0.51.2", "world-b").await;
+    let world = Upstream::start(&ip_b, "world-b").await;
     ctl.observed.replace(
         SOURCE,
-        sets(&[("/#/ecs/demo/world", &[(world.addr, "127.0.51.2")])]),
+        sets(&[("/#/ecs/demo/world", &[(world.addr, ip_b.as_str())])]),
     );
-    let incoming = free_port("127.0.51.1");
+    let incoming = free_port(&ip_a);
     let a = tls_agent(
-        "127.0.51.1",
+        &ip_a,
         grpc,
         incoming,
         &certs,
         "agent-1",
         &dirs.path().join("a"),
+        server_name,
     )
     .await;
     let b = tls_agent(
-        "127.0.51.2",
+        &ip_b,
         grpc,
         incoming,
         &certs,
         "agent-2",
         &dirs.path().join("b"),
+        server_name,
     )
     .await;
     // Converging proves the controller stream works over TLS.
@@ -445,6 +455,28 @@ async fn an_agent_from_another_ca_is_refused_by_the_outgoing_side_with_the_reaso
     assert!(
         body.contains("Unable to establish connection to 127.0.51.4")
             && body.contains("is not signed by the mesh CA"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_name_template_is_filled_per_destination() {
+    // Agents carry a wildcard for the template's names.
+    let spec = MeshCertsSpec {
+        agent_names: vec!["ecsmesh-agent".into(), "*.svc.mesh".into()],
+        ..MeshCertsSpec::default()
+    };
+    let m = mesh_named(&spec, "{service}.svc.mesh", "127.0.53").await;
+    let (status, _, body) = get_via(m.a.outgoing_addr, "world", "/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "world-b"));
+
+    // A template the certificates do not cover: refused, and the 502 says
+    // which name was expected.
+    let m = mesh_named(&spec, "{service}.{cluster}.other", "127.0.54").await;
+    let (status, _, body) = get_via(m.a.outgoing_addr, "world", "/", &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("does not carry the expected name") && body.contains("world.demo.other"),
         "{body}"
     );
 }
