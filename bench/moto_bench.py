@@ -62,7 +62,7 @@ def logging_gateway(base):
     """moto_ecs.Gateway that also logs every API call and serves the log at /bench/calls.
 
     An entry is [operation, first ListTasks page, start, end, n, last ListTasks page] with wall
-    clock times; n is the ARNs a ListTasks page returned or a DescribeTasks call asked for, so a
+    clock times (start: when moto took the call up); n is the ARNs a ListTasks page returned or a DescribeTasks call asked for, so a
     reader can tell when a resync has described every task it listed. Calls that carry
     `x-bench-driver` (the benchmark's own changes) are not logged.
     """
@@ -91,7 +91,11 @@ def logging_gateway(base):
                 self.in_flight += 1
             started, out = time.time(), []
             try:
-                out = super().__call__(environ, start_response)
+                # Gateway's lock is reentrant: taking it here first times the call from when
+                # moto starts on it, so the log's order is the order moto served calls in.
+                with self.lock:
+                    started = time.time()
+                    out = super().__call__(environ, start_response)
                 return out
             finally:
                 entry = [op, False, started, time.time(), 0, False]

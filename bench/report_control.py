@@ -110,7 +110,10 @@ def main(path, before="", after=""):
             f"first resync (start to /ready) took " + ", ".join(f"{r['first_resync_s']:.1f} s" for r in runs) + "."
         )
 
-    print("\n**Each change** (visible = the emulator sent the last answer of the first resync that read it)\n")
+    print(
+        "\n**Each change** (visible = the emulator sent the last answer of the resync that read it: the last "
+        "resync to end before the first agent's ACK)\n"
+    )
     print(
         "| agents | change | delta: upserted / removed / dtabs | bytes per agent | visible → all ACK "
         "| per-agent ACK p50 / p99 | controller: reconcile / publish → ACK (means) | change made → all ACK |"

@@ -9,8 +9,8 @@
 //!   resync and ECS calls per resync by operation;
 //! - `--changes` changes in the emulator (scale a service up, stop a task,
 //!   scale it down, in turn), each made between two resyncs: the time from
-//!   the end of the resync that first read it (the moment it became visible
-//!   to the controller) to every agent's ACK, and the bytes each agent got;
+//!   the end of the resync that read it (the moment it became visible to the
+//!   controller) to every agent's ACK, and the bytes each agent got;
 //! - `--dtab-updates` dtab writes through `DtabAdmin.UpdateDtab`: the time
 //!   from the call to every agent's ACK, and the bytes.
 //!
@@ -470,10 +470,23 @@ async fn changes(
         };
         fleet.wait_acked(version + 1, PHASE_TIMEOUT).await?;
         cx.log.refresh(emulator).await?;
+        // The resync that made the change visible is the last one to end
+        // before the first agent ACKed it (a publish follows a resync's end
+        // by milliseconds; resyncs are seconds apart). Choosing by time, not
+        // by "the first resync after the change", stays right when a resync
+        // that was already under way reads the change.
+        let first_ack = fleet
+            .after(version)
+            .iter()
+            .map(|(e, _)| unix(e.acked_at))
+            .fold(f64::INFINITY, f64::min);
         let rs = resyncs(&cx.log.calls[cx.log_start..]);
-        let Some(visible) = rs.iter().find(|r| r.start >= changed_at) else {
-            bail!("no resync after the change {kind}");
+        let Some(visible) = rs.iter().rfind(|r| r.complete && r.end <= first_ack) else {
+            bail!("no resync ended before the agents ACKed the change {kind}");
         };
+        if visible.end < changed_at {
+            bail!("the agents ACKed a version no resync after the change {kind} produced");
+        }
         let mut p = propagation(fleet, version, visible.end, &kind);
         p.change_to_all_acked_ms = Some(p.all_acked_ms + (visible.end - changed_at) * 1e3);
         p.emulator_read_ms = Some((visible.end - visible.start) * 1e3);
