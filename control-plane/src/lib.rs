@@ -224,6 +224,7 @@ async fn serve_grpc(
     status: grpc::mesh::StatusService,
     access: GrpcAccess,
 ) -> anyhow::Result<()> {
+    let metrics = Arc::clone(&mesh.metrics);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::mesh_server::MeshServer<grpc::mesh::MeshService>>()
@@ -266,7 +267,7 @@ async fn serve_grpc(
     match access.tls {
         Some(tls) => {
             router
-                .serve_with_incoming(crate::tls::incoming(listener, tls))
+                .serve_with_incoming(crate::tls::incoming(listener, tls, metrics))
                 .await
         }
         None => {

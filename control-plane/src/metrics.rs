@@ -22,6 +22,11 @@ pub struct AgentLabel {
     pub instance_id: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsFailure {
+    pub reason: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -32,6 +37,7 @@ pub struct Metrics {
     agents_connected: Gauge,
     agent_lag: Family<AgentLabel, Gauge>,
     push_latency_seconds: Histogram,
+    tls_handshake_failures: Family<TlsFailure, Counter>,
 }
 
 impl Default for Metrics {
@@ -53,6 +59,7 @@ impl Metrics {
             agent_lag: Family::default(),
             // 100 µs to ~26 s.
             push_latency_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 19)),
+            tls_handshake_failures: Family::default(),
         };
         {
             let mut root = m.registry();
@@ -95,6 +102,11 @@ impl Metrics {
                 Unit::Seconds,
                 m.push_latency_seconds.clone(),
             );
+            r.register(
+                "tls_handshake_failures",
+                "TLS handshakes refused on the gRPC port, by reason",
+                m.tls_handshake_failures.clone(),
+            );
         }
         m
     }
@@ -119,6 +131,12 @@ impl Metrics {
         if !ok {
             errors.inc();
         }
+    }
+
+    pub fn tls_handshake_failure(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&TlsFailure { reason })
+            .inc();
     }
 
     pub fn observe_push(&self, latency: Duration) {

@@ -72,11 +72,12 @@ impl AsyncWrite for TlsConn {
 }
 
 /// The handshaken connections of `listener`, for `serve_with_incoming`.
-/// Failed handshakes are logged (a certificate problem as a warning) and
-/// dropped.
+/// Failed handshakes are logged (a certificate problem as a warning),
+/// counted by reason, and dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: ServerTls,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -91,7 +92,7 @@ pub fn incoming(
             if tx.is_closed() {
                 return;
             }
-            let (tls, tx) = (tls.clone(), tx.clone());
+            let (tls, tx, metrics) = (tls.clone(), tx.clone(), std::sync::Arc::clone(&metrics));
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 match tls.accept(tcp).await {
@@ -100,9 +101,11 @@ pub fn incoming(
                         let _ = tx.send(Ok(TlsConn { stream, info })).await;
                     }
                     Err(e) if e.failure.is_certificate_problem() => {
+                        metrics.tls_handshake_failure(e.failure.as_str());
                         tracing::warn!(%remote_addr, reason = e.failure.as_str(), "TLS handshake refused on the gRPC port: {}", e.message);
                     }
                     Err(e) => {
+                        metrics.tls_handshake_failure(e.failure.as_str());
                         tracing::debug!(%remote_addr, reason = e.failure.as_str(), "TLS handshake failed on the gRPC port: {}", e.message);
                     }
                 }

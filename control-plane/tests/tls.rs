@@ -142,6 +142,14 @@ async fn required_client_auth_refuses_clients_without_a_certificate_at_the_hands
         }
     };
     assert!(anonymous);
+    // The refusal is counted, by reason.
+    let metrics = admin_get(c.admin_addr, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("ecsmesh_controller_tls_handshake_failures_total{reason=")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     let ch = tls_channel(c.grpc_addr, &files(certs.path(), Some("agent-2")))
         .await
         .unwrap();
@@ -205,6 +213,18 @@ async fn dtab_writes_need_an_admin_identity_or_the_token_and_reads_a_mesh_identi
         .list_namespaces(with_token(pb::ListNamespacesRequest {}))
         .await
         .unwrap();
+}
+
+/// A plain HTTP/1.0 GET on the admin port (no client library needed).
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.unwrap();
+    body
 }
 
 fn with_token<T>(msg: T) -> Request<T> {
