@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -108,6 +109,12 @@ pub struct DeployArgs {
     /// closed launch configurations to accounts created after 2024-10-01.
     #[arg(long)]
     launch_configuration: bool,
+    /// TLS on every hop: an SSM Parameter Store path (e.g. /ecsmesh/<cluster>/tls)
+    /// holding the SecureString parameters ca.pem, agent.pem, agent-key.pem,
+    /// controller.pem and controller-key.pem, which each instance copies to
+    /// /etc/ecsmesh/tls at boot and every 15 minutes. See deploy/README.md.
+    #[arg(long, value_name = "PATH")]
+    tls_ssm_prefix: Option<String>,
     /// Print the plan (create/update/unchanged per resource); call no mutating API.
     #[arg(long)]
     dry_run: bool,
@@ -127,6 +134,13 @@ pub struct StatusArgs {
     /// which answers only from inside the VPC].
     #[arg(long, value_name = "URL")]
     controller: Option<String>,
+    /// With TLS: the mesh CA bundle the controller's certificate is verified against.
+    #[arg(long = "tls-ca", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// With TLS: the name the controller's certificate carries [default
+    /// with --tls-ssm-prefix: ecsmesh-controller, as the agents expect].
+    #[arg(long = "tls-server-name")]
+    tls_server_name: Option<String>,
 }
 
 /// Runs one deploy command (boxed: the SDK futures are large).
@@ -172,6 +186,7 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
     cfg.consul_address.clone_from(&args.consul_address);
     cfg.with_demo = args.with_demo;
     cfg.launch_configuration = args.launch_configuration;
+    cfg.tls_ssm_prefix.clone_from(&args.tls_ssm_prefix);
 
     let mut deployer = Deployer::new(&sdk, cfg)?;
     let text = matches!(args.output, Output::Text);
@@ -185,7 +200,7 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
         DeployCommand::Up(_) => (Box::pin(deployer.up(args.dry_run)).await?, None),
         DeployCommand::Status(status) => {
             let report = Box::pin(deployer.status()).await?;
-            let view = Box::pin(ask_controllers(&deployer, status.controller.as_deref())).await?;
+            let view = Box::pin(ask_controllers(&deployer, status)).await?;
             (report, Some(view))
         }
         DeployCommand::Down(_) => (Box::pin(deployer.down(args.dry_run)).await?, None),
@@ -228,8 +243,16 @@ struct ControllerView {
 /// controller is an answer (reported), not a failure of `status`.
 async fn ask_controllers(
     deployer: &Deployer,
-    address: Option<&str>,
+    status: &StatusArgs,
 ) -> anyhow::Result<ControllerView> {
+    let address = status.controller.as_deref();
+    // The controller's name, not the address's host (a private IP).
+    let server_name = status.tls_server_name.clone().or_else(|| {
+        deployer
+            .config()
+            .tls()
+            .then(|| ecsmesh_deploy::TLS_CONTROLLER_SERVER_NAME.to_owned())
+    });
     let addresses = match address {
         Some(a) => vec![a.to_owned()],
         None => deployer.controller_endpoints().await?,
@@ -238,6 +261,8 @@ async fn ask_controllers(
     for address in addresses {
         let args = ControllerArgs {
             controller: address.clone(),
+            tls_ca: status.tls_ca.clone(),
+            tls_server_name: server_name.clone(),
             ..ControllerArgs::default()
         };
         let answer =

@@ -49,6 +49,10 @@ pub struct DeployConfig {
     pub consul_address: Option<String>,
     pub with_demo: bool,
     pub launch_configuration: bool,
+    /// TLS on every hop: the SSM Parameter Store path (e.g.
+    /// `/ecsmesh/<cluster>/tls`) holding the SecureString parameters
+    /// [`TLS_PARAMETERS`], which each instance copies into [`TLS_DIR`].
+    pub tls_ssm_prefix: Option<String>,
     /// The region the controller reads (the tool's own region).
     pub region: String,
 }
@@ -76,6 +80,7 @@ impl DeployConfig {
             consul_address: None,
             with_demo: false,
             launch_configuration: false,
+            tls_ssm_prefix: None,
             region: region.into(),
         }
     }
@@ -146,6 +151,9 @@ impl DeployConfig {
                 "an http(s) URL",
             )?;
         }
+        if let Some(p) = &self.tls_ssm_prefix {
+            check_tls_prefix(p)?;
+        }
         if !(0 <= self.min_size
             && self.min_size <= self.desired_capacity
             && self.desired_capacity <= self.max_size)
@@ -209,6 +217,20 @@ impl DeployConfig {
                 .is_ok_and(|ip| ip.is_loopback())
     }
 
+    /// Whether every hop uses TLS (certificates from SSM).
+    pub fn tls(&self) -> bool {
+        self.tls_ssm_prefix.is_some()
+    }
+
+    /// The controller address agents dial: with TLS, an `http://` address
+    /// is dialed as `https://` (the agent picks TLS from the scheme).
+    pub fn agent_controller_address(&self) -> String {
+        match self.controller_address.strip_prefix("http://") {
+            Some(rest) if self.tls() => format!("https://{rest}"),
+            _ => self.controller_address.clone(),
+        }
+    }
+
     /// Controller replicas that may be down during a rolling update. Each
     /// replica holds host port 4321, so a new task can only start where an
     /// old one stopped: ECS's default (keep 100 %, start extra) would wait
@@ -232,6 +254,30 @@ impl DeployConfig {
     }
 }
 
+/// An SSM parameter path: SSM's name alphabet (also safe inside the
+/// templates' single quotes), not a reserved `aws` / `ssm` prefix.
+fn check_tls_prefix(p: &str) -> Result<()> {
+    let first = p
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    check(
+        "tls-ssm-prefix",
+        p,
+        p.starts_with('/')
+            && !p.ends_with('/')
+            && !p.contains("//")
+            && p.len() <= 900
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            && !first.starts_with("aws")
+            && !first.starts_with("ssm"),
+        "an SSM parameter path such as /ecsmesh/<cluster>/tls",
+    )
+}
+
 fn check(name: &'static str, value: &str, ok: bool, what: &str) -> Result<()> {
     if ok {
         Ok(())
@@ -246,6 +292,29 @@ fn check(name: &'static str, value: &str, ok: bool, what: &str) -> Result<()> {
 /// Where agents find the controller when nothing else is said: the same
 /// instance (the controller runs in host network mode).
 pub const DEFAULT_CONTROLLER_ADDRESS: &str = "http://127.0.0.1:4321";
+
+/// Where each instance keeps the mesh certificates (with TLS), mounted
+/// read-only into the agent and the controller.
+pub const TLS_DIR: &str = "/etc/ecsmesh/tls";
+
+/// The SecureString parameters under `--tls-ssm-prefix`, each copied to
+/// the file of the same name in [`TLS_DIR`]. Every instance gets the
+/// controller's pair too: ECS may place the controller on any of them.
+pub const TLS_PARAMETERS: [&str; 5] = [
+    "ca.pem",
+    "agent.pem",
+    "agent-key.pem",
+    "controller.pem",
+    "controller-key.pem",
+];
+
+/// The name agents expect on the controller's certificate (`certs init`
+/// gives it), whatever address they dial, e.g. a load balancer's.
+pub const TLS_CONTROLLER_SERVER_NAME: &str = "ecsmesh-controller";
+
+/// The client certificate identity allowed to write dtabs (the operator
+/// certificate of `certs init`); without it TLS writes would be open.
+pub const TLS_ADMIN_IDENTITY: &str = "ecsmesh-admin";
 
 /// The tag key on everything ecsmesh owns.
 pub const OWNER_TAG: &str = "ecsmesh:owner";
@@ -271,6 +340,33 @@ mod tests {
         ] {
             cfg.controller_address = addr.to_owned();
             assert_eq!(cfg.controller_is_local(), local, "{addr}");
+        }
+    }
+
+    #[test]
+    fn tls_prefix_is_checked_and_makes_the_controller_https() {
+        let mut cfg = DeployConfig::new("c", "r");
+        assert!(!cfg.tls());
+        assert_eq!(cfg.agent_controller_address(), "http://127.0.0.1:4321");
+        for good in ["/ecsmesh/c/tls", "/a", "/my.team/ecsmesh_c/tls-1"] {
+            cfg.tls_ssm_prefix = Some(good.to_owned());
+            assert!(cfg.validate().is_ok(), "{good}");
+        }
+        assert_eq!(cfg.agent_controller_address(), "https://127.0.0.1:4321");
+        cfg.controller_address = "https://ctl.internal:4321".to_owned();
+        assert_eq!(cfg.agent_controller_address(), "https://ctl.internal:4321");
+        for bad in [
+            "",
+            "ecsmesh/tls",
+            "/ecsmesh/tls/",
+            "/a//b",
+            "/a b",
+            "/a'b",
+            "/aws/x",
+            "/SSM/x",
+        ] {
+            cfg.tls_ssm_prefix = Some(bad.to_owned());
+            assert!(cfg.validate().is_err(), "{bad:?} accepted");
         }
     }
 

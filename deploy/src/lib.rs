@@ -20,6 +20,12 @@
 //! service registers in ([`DeployConfig::controller_target_group`]).
 //! [`Deployer::controller_endpoints`] finds the controller's running tasks,
 //! for `status` to ask each for its health and its agents.
+//!
+//! With [`DeployConfig::tls_ssm_prefix`] every hop uses TLS: the user data
+//! copies the SecureString parameters [`TLS_PARAMETERS`] into [`TLS_DIR`]
+//! at boot and every 15 minutes after (a systemd timer), the agent and the
+//! controller mount that directory read-only and are given its files, and
+//! agents dial the controller over `https://`.
 
 pub mod config;
 pub mod error;
@@ -27,7 +33,10 @@ mod ops;
 pub mod render;
 pub mod taskdef;
 
-pub use config::{AgentPlacement, DEFAULT_CONTROLLER_ADDRESS, DeployConfig, OWNER_TAG};
+pub use config::{
+    AgentPlacement, DEFAULT_CONTROLLER_ADDRESS, DeployConfig, OWNER_TAG, TLS_ADMIN_IDENTITY,
+    TLS_CONTROLLER_SERVER_NAME, TLS_DIR, TLS_PARAMETERS,
+};
 pub use error::{DeployError, Result};
 pub use ops::{CONTROLLER_GRPC_PORT, Deployer};
 

@@ -16,7 +16,10 @@ use ec2::types::{
     TagSpecification, UserIdGroupPair,
 };
 
-use crate::config::{AgentPlacement, DeployConfig, OWNER_TAG};
+use crate::config::{
+    AgentPlacement, DeployConfig, OWNER_TAG, TLS_ADMIN_IDENTITY, TLS_CONTROLLER_SERVER_NAME,
+    TLS_DIR, TLS_PARAMETERS,
+};
 use crate::error::{DeployError, Result};
 use crate::render;
 use crate::taskdef::TaskDefSpec;
@@ -928,12 +931,13 @@ impl Deployer {
 
     fn vars(&self) -> BTreeMap<&'static str, String> {
         let cfg = &self.cfg;
+        let tls = |on: String| if cfg.tls() { on } else { String::new() };
         BTreeMap::from([
             ("CLUSTER", cfg.cluster.clone()),
             ("REGION", cfg.region.clone()),
             ("IMAGE_REPO", cfg.image_repo.clone()),
             ("IMAGE_TAG", cfg.image_tag.clone()),
-            ("CONTROLLER_ADDRESS", cfg.controller_address.clone()),
+            ("CONTROLLER_ADDRESS", cfg.agent_controller_address()),
             (
                 "CONTROLLER_STORE",
                 if cfg.consul_address.is_some() {
@@ -952,6 +956,28 @@ impl Deployer {
                 "START_AGENT",
                 (cfg.agent == AgentPlacement::UserData).to_string(),
             ),
+            // TLS: values when on; empty (entries and volume dropped) when off.
+            ("TLS_DIR", tls(TLS_DIR.to_owned())),
+            ("TLS_CA", tls(format!("{TLS_DIR}/ca.pem"))),
+            ("TLS_AGENT_CERT", tls(format!("{TLS_DIR}/agent.pem"))),
+            ("TLS_AGENT_KEY", tls(format!("{TLS_DIR}/agent-key.pem"))),
+            (
+                "TLS_CONTROLLER_CERT",
+                tls(format!("{TLS_DIR}/controller.pem")),
+            ),
+            (
+                "TLS_CONTROLLER_KEY",
+                tls(format!("{TLS_DIR}/controller-key.pem")),
+            ),
+            (
+                "TLS_CONTROLLER_SERVER_NAME",
+                tls(TLS_CONTROLLER_SERVER_NAME.to_owned()),
+            ),
+            ("TLS_ADMIN_IDENTITIES", tls(TLS_ADMIN_IDENTITY.to_owned())),
+            (
+                "TLS_SSM_PREFIX",
+                cfg.tls_ssm_prefix.clone().unwrap_or_default(),
+            ),
         ])
     }
 
@@ -961,7 +987,41 @@ impl Deployer {
 
     /// The instance user data, rendered (not yet base64-encoded).
     pub fn user_data(&self) -> Result<String> {
-        render::render("user-data.sh", render::USER_DATA, &self.vars())
+        let mut vars = self.vars();
+        let (mut fetch, mut agent_args) = (String::new(), String::new());
+        if self.cfg.tls() {
+            let calls: Vec<String> = TLS_PARAMETERS
+                .iter()
+                .map(|name| {
+                    // Keys for their owner only; the rest group-readable.
+                    let mode = if name.ends_with("-key.pem") {
+                        "0600"
+                    } else {
+                        "0640"
+                    };
+                    format!("fetch {name} {mode}")
+                })
+                .collect();
+            vars.insert("TLS_FETCH_CALLS", calls.join("\n"));
+            fetch = render::render("user-data-tls.sh", render::USER_DATA_TLS, &vars)?;
+            // Each a continued line of the agent's `docker run`.
+            agent_args = format!("    -v {TLS_DIR}:{TLS_DIR}:ro \\\n");
+            for (env, var) in [
+                ("ECSMESH_TLS_CA", "TLS_CA"),
+                ("ECSMESH_TLS_CERT", "TLS_AGENT_CERT"),
+                ("ECSMESH_TLS_KEY", "TLS_AGENT_KEY"),
+                (
+                    "ECSMESH_CONTROLLER_SERVER_NAME",
+                    "TLS_CONTROLLER_SERVER_NAME",
+                ),
+            ] {
+                let value = vars.get(var).map_or("", String::as_str);
+                let _ = writeln!(agent_args, "    -e {env}='{value}' \\");
+            }
+        }
+        vars.insert("TLS_FETCH", fetch);
+        vars.insert("AGENT_TLS_ARGS", agent_args);
+        render::render("user-data.sh", render::USER_DATA, &vars)
     }
 
     async fn task_def_state(
@@ -1087,7 +1147,7 @@ impl Deployer {
     }
 
     /// Where the controller's running tasks serve gRPC, as
-    /// `http://<instance private IP>:<host port>`: what `status` asks for
+    /// `http(s)://<instance private IP>:<host port>`: what `status` asks for
     /// health and convergence when no address is given. Private addresses:
     /// reachable from inside the VPC (a bastion, a VPN, an instance).
     pub async fn controller_endpoints(&self) -> Result<Vec<String>> {
@@ -1143,11 +1203,12 @@ impl Deployer {
         let ips = self
             .private_ips(instance_ids.values().cloned().collect())
             .await?;
+        let scheme = if self.cfg.tls() { "https" } else { "http" };
         let mut urls: Vec<String> = placed
             .iter()
             .filter_map(|(ci, port)| {
                 let ip = ips.get(instance_ids.get(ci)?)?;
-                Some(format!("http://{ip}:{port}"))
+                Some(format!("{scheme}://{ip}:{port}"))
             })
             .collect();
         urls.sort();

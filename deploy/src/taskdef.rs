@@ -88,11 +88,25 @@ pub struct HostSpec {
 
 impl TaskDefSpec {
     /// Parses rendered JSON; environment entries with an empty value are
-    /// dropped (an optional setting left unset).
+    /// dropped (an optional setting left unset), and so are host volumes
+    /// with an empty `sourcePath`, with their mount points (an optional
+    /// mount, such as the TLS directory).
     pub fn parse(json: &str) -> serde_json::Result<Self> {
         let mut spec: Self = serde_json::from_str(json)?;
+        let unset: Vec<String> = spec
+            .volumes
+            .iter()
+            .filter(|v| {
+                v.host
+                    .as_ref()
+                    .is_some_and(|h| h.source_path.as_deref() == Some(""))
+            })
+            .map(|v| v.name.clone())
+            .collect();
+        spec.volumes.retain(|v| !unset.contains(&v.name));
         for c in &mut spec.container_definitions {
             c.environment.retain(|e| !e.value.is_empty());
+            c.mount_points.retain(|m| !unset.contains(&m.source_volume));
         }
         Ok(spec.normalized())
     }
@@ -262,5 +276,37 @@ impl TaskDefSpec {
             .iter()
             .map(|c| Compatibility::from(c.as_str()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_settings_and_host_paths_are_dropped() {
+        let json = r#"{
+          "family": "f",
+          "containerDefinitions": [{
+            "name": "c", "image": "i",
+            "environment": [{ "name": "A", "value": "" }, { "name": "B", "value": "b" }],
+            "mountPoints": [
+              { "sourceVolume": "off", "containerPath": "/off", "readOnly": true },
+              { "sourceVolume": "on", "containerPath": "/on" }
+            ]
+          }],
+          "volumes": [
+            { "name": "off", "host": { "sourcePath": "" } },
+            { "name": "on", "host": { "sourcePath": "/on" } }
+          ]
+        }"#;
+        let spec = TaskDefSpec::parse(json).unwrap();
+        let c = &spec.container_definitions[0];
+        assert_eq!(c.environment.len(), 1);
+        assert_eq!(c.environment[0].name, "B");
+        assert_eq!(c.mount_points.len(), 1);
+        assert_eq!(c.mount_points[0].source_volume, "on");
+        assert_eq!(spec.volumes.len(), 1);
+        assert_eq!(spec.volumes[0].name, "on");
     }
 }

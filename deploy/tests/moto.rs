@@ -202,6 +202,11 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
         !user_data.contains("${"),
         "unrendered variable in\n{user_data}"
     );
+    // Without --tls-ssm-prefix nothing of TLS.
+    assert!(
+        !user_data.to_lowercase().contains("tls") && !user_data.contains("ssm"),
+        "{user_data}"
+    );
     let md = data.metadata_options().unwrap();
     assert_eq!(
         md.http_tokens(),
@@ -298,6 +303,26 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
             (Some(9990), Some(9990))
         ]
     );
+    for family in ["agent", "controller"] {
+        let td = ecsc
+            .describe_task_definition()
+            .task_definition(format!("ecsmesh-alpha-{family}"))
+            .send()
+            .await
+            .unwrap();
+        let td = td.task_definition().unwrap();
+        let c = &td.container_definitions()[0];
+        assert!(
+            td.volumes().iter().all(|v| v.name() != Some("tls"))
+                && c.mount_points()
+                    .iter()
+                    .all(|m| m.source_volume() != Some("tls"))
+                && c.environment()
+                    .iter()
+                    .all(|e| !e.name().unwrap().contains("TLS")),
+            "TLS in {family} without --tls-ssm-prefix: {td:#?}"
+        );
+    }
     let hello = ecsc
         .describe_task_definition()
         .task_definition("ecsmesh-alpha-hello")
@@ -807,4 +832,173 @@ async fn user_data_is_valid_bash_and_logs_in_to_a_private_ecr() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The user data of the latest launch template version, decoded.
+async fn launch_template_user_data(conf: &SdkConfig, name: &str) -> String {
+    let lt = ec2::Client::new(conf)
+        .describe_launch_template_versions()
+        .launch_template_name(name)
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap();
+    let ud = base64::engine::general_purpose::STANDARD
+        .decode(
+            lt.launch_template_versions()[0]
+                .launch_template_data()
+                .unwrap()
+                .user_data()
+                .unwrap(),
+        )
+        .unwrap();
+    String::from_utf8(ud).unwrap()
+}
+
+#[tokio::test]
+async fn tls_from_ssm_is_fetched_mounted_and_configured() {
+    let region = "ca-central-1";
+    let (conf, subnet) = setup(region, 16).await;
+    let mut cfg = config("kappa", region, &subnet);
+    cfg.tls_ssm_prefix = Some("/ecsmesh/kappa/tls".to_owned());
+    let deployer = Deployer::new(&conf, cfg).unwrap();
+
+    // A dry run with TLS still creates nothing.
+    let before = owned(&conf, "kappa").await;
+    let plan = deployer.up(true).await.unwrap();
+    assert!(plan.changed());
+    assert_eq!(
+        owned(&conf, "kappa").await,
+        before,
+        "a dry run created something"
+    );
+
+    deployer.up(false).await.unwrap();
+
+    // User data: each parameter fetched (decrypted, the key owner-only)
+    // before the agent starts, a timer to refresh them, and the agent's
+    // mount and settings.
+    let ud = launch_template_user_data(&conf, "ecsmesh-kappa").await;
+    assert_eq!(ud, deployer.user_data().unwrap());
+    assert!(!ud.contains("${"), "unrendered variable in\n{ud}");
+    for (name, mode) in [
+        ("ca.pem", "0640"),
+        ("agent.pem", "0640"),
+        ("agent-key.pem", "0600"),
+        ("controller.pem", "0640"),
+        ("controller-key.pem", "0600"),
+    ] {
+        assert!(
+            ud.contains(&format!("\nfetch {name} {mode}\n")),
+            "{name}: {ud}"
+        );
+    }
+    for want in [
+        "aws ssm get-parameter --region 'ca-central-1' --with-decryption",
+        "--name '/ecsmesh/kappa/tls/'\"$1\"",
+        "install -d -m 0750 -o 65532 -g 65532 '/etc/ecsmesh/tls'",
+        "chown 65532:65532",
+        "mv -f \"$tmp\" '/etc/ecsmesh/tls/'\"$1\"",
+        "OnUnitActiveSec=15min",
+        "systemctl enable --now ecsmesh-fetch-tls.timer",
+        "    -v /etc/ecsmesh/tls:/etc/ecsmesh/tls:ro \\\n",
+        "    -e ECSMESH_TLS_CA='/etc/ecsmesh/tls/ca.pem' \\\n",
+        "    -e ECSMESH_TLS_CERT='/etc/ecsmesh/tls/agent.pem' \\\n",
+        "    -e ECSMESH_TLS_KEY='/etc/ecsmesh/tls/agent-key.pem' \\\n",
+        "    -e ECSMESH_CONTROLLER_SERVER_NAME='ecsmesh-controller' \\\n",
+        "ECSMESH_CONTROLLER='https://127.0.0.1:4321'",
+    ] {
+        assert!(ud.contains(want), "{want:?} missing from\n{ud}");
+    }
+    let first_fetch = ud.find("\n/usr/local/sbin/ecsmesh-fetch-tls\n").unwrap();
+    assert!(first_fetch < ud.find("docker run").unwrap());
+    let script =
+        std::env::temp_dir().join(format!("ecsmesh-user-data-tls-{}.sh", std::process::id()));
+    std::fs::write(&script, &ud).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output();
+    let _ = std::fs::remove_file(&script);
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Task definitions: the host directory, mounted read-only, and the files.
+    let ecsc = ecs::Client::new(&conf);
+    for (family, envs) in [
+        (
+            "agent",
+            vec![
+                ("ECSMESH_CONTROLLER", "https://127.0.0.1:4321"),
+                ("ECSMESH_CONTROLLER_SERVER_NAME", "ecsmesh-controller"),
+                ("ECSMESH_TLS_CA", "/etc/ecsmesh/tls/ca.pem"),
+                ("ECSMESH_TLS_CERT", "/etc/ecsmesh/tls/agent.pem"),
+                ("ECSMESH_TLS_KEY", "/etc/ecsmesh/tls/agent-key.pem"),
+            ],
+        ),
+        (
+            "controller",
+            vec![
+                ("ECSMESH_ADMIN_IDENTITIES", "ecsmesh-admin"),
+                ("ECSMESH_TLS_CA", "/etc/ecsmesh/tls/ca.pem"),
+                ("ECSMESH_TLS_CERT", "/etc/ecsmesh/tls/controller.pem"),
+                ("ECSMESH_TLS_KEY", "/etc/ecsmesh/tls/controller-key.pem"),
+            ],
+        ),
+    ] {
+        let td = ecsc
+            .describe_task_definition()
+            .task_definition(format!("ecsmesh-kappa-{family}"))
+            .send()
+            .await
+            .unwrap();
+        let td = td.task_definition().unwrap();
+        let vol = td
+            .volumes()
+            .iter()
+            .find(|v| v.name() == Some("tls"))
+            .unwrap();
+        assert_eq!(vol.host().unwrap().source_path(), Some("/etc/ecsmesh/tls"));
+        let c = &td.container_definitions()[0];
+        let m = c
+            .mount_points()
+            .iter()
+            .find(|m| m.source_volume() == Some("tls"))
+            .unwrap();
+        assert_eq!(
+            (m.container_path(), m.read_only()),
+            (Some("/etc/ecsmesh/tls"), Some(true))
+        );
+        let env: Vec<_> = c
+            .environment()
+            .iter()
+            .map(|e| (e.name().unwrap(), e.value().unwrap()))
+            .collect();
+        for want in envs {
+            assert!(env.contains(&want), "{family}: {want:?} not in {env:?}");
+        }
+    }
+
+    // Idempotent with TLS too; then turning it off is an update that
+    // removes all of it.
+    assert!(!deployer.up(false).await.unwrap().changed());
+    let mut off = config("kappa", region, &subnet);
+    off.tls_ssm_prefix = None;
+    let plain = Deployer::new(&conf, off).unwrap().plan().await.unwrap();
+    let planned = changes(&plain);
+    for want in [
+        "update task-definition ecsmesh-kappa-controller",
+        "update task-definition ecsmesh-kappa-agent",
+        "update launch-template ecsmesh-kappa",
+    ] {
+        assert!(
+            planned.contains(&want.to_owned()),
+            "{want} not in {planned:#?}"
+        );
+    }
+    deployer.down(false).await.unwrap();
 }
