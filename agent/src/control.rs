@@ -203,6 +203,7 @@ async fn follow(
         })
         .await;
     let mut inbound = pb::mesh_client::MeshClient::new(channel)
+        .max_decoding_message_size(ecsmesh_proto::MAX_SNAPSHOT_BYTES)
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();

@@ -14,5 +14,10 @@ pub mod v1 {
     tonic::include_proto!("ecsmesh.v1");
 }
 
+/// The largest controller message an agent accepts. A snapshot carries the
+/// whole mesh (about 360 bytes per endpoint), so gRPC's default 4 MiB limit
+/// would refuse meshes past ~11,000 endpoints; 256 MiB allows ~700,000.
+pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
+
 /// The encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ecsmesh_descriptor");

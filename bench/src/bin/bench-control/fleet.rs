@@ -212,8 +212,9 @@ async fn follow(
         kind: Some(pb::agent_message::Kind::Hello(hello)),
     })
     .await?;
-    // The client's defaults, as the agent's (4 MiB per message).
+    // The agent's limit on one message.
     let mut inbound = pb::mesh_client::MeshClient::new(channel)
+        .max_decoding_message_size(ecsmesh_proto::MAX_SNAPSHOT_BYTES)
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
