@@ -99,7 +99,13 @@ mod tests {
         );
         assert!(text.contains("x_latency_seconds_count 1"), "{text}");
         // Cumulative: the bounds above the observation hold it too.
-        assert!(text.contains("x_latency_seconds_bucket{le=\"0.0064\"} 1"), "{text}");
-        assert!(text.contains("x_latency_seconds_bucket{le=\"+Inf\"} 1"), "{text}");
+        assert!(
+            text.contains("x_latency_seconds_bucket{le=\"0.0064\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_latency_seconds_bucket{le=\"+Inf\"} 1"),
+            "{text}"
+        );
     }
 }
