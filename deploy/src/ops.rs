@@ -135,6 +135,11 @@ impl Deployer {
         steps.push(step);
     }
 
+    /// A resource that exists but lacks our owner tag: `down` leaves it.
+    fn push_kept(&self, steps: &mut Vec<Step>, kind: &'static str, name: impl Into<String>) {
+        self.push(steps, kind, name, Action::Unchanged, NOT_OWNED_KEPT);
+    }
+
     /// The plan: what `up` would do, calling only read APIs.
     pub async fn plan(&self) -> Result<Report> {
         self.up(true).await
@@ -430,13 +435,7 @@ impl Deployer {
                     }
                     self.push(&mut steps, "service", name, Action::Delete, "");
                 }
-                Some(_) => self.push(
-                    &mut steps,
-                    "service",
-                    name,
-                    Action::Unchanged,
-                    "not owned by ecsmesh: kept",
-                ),
+                Some(_) => self.push_kept(&mut steps, "service", name),
                 None => self.push(&mut steps, "service", name, Action::Absent, ""),
             }
         }
@@ -468,13 +467,7 @@ impl Deployer {
                 }
                 self.push(&mut steps, "auto-scaling-group", &base, Action::Delete, "");
             }
-            Some(_) => self.push(
-                &mut steps,
-                "auto-scaling-group",
-                &base,
-                Action::Unchanged,
-                "not owned by ecsmesh: kept",
-            ),
+            Some(_) => self.push_kept(&mut steps, "auto-scaling-group", &base),
             None => self.push(&mut steps, "auto-scaling-group", &base, Action::Absent, ""),
         }
 
@@ -496,13 +489,7 @@ impl Deployer {
                 }
                 self.push(&mut steps, "launch-template", &base, Action::Delete, "");
             }
-            Some(_) => self.push(
-                &mut steps,
-                "launch-template",
-                &base,
-                Action::Unchanged,
-                "not owned by ecsmesh: kept",
-            ),
+            Some(_) => self.push_kept(&mut steps, "launch-template", &base),
             None => self.push(&mut steps, "launch-template", &base, Action::Absent, ""),
         }
         for name in self.launch_configurations().await? {
@@ -526,13 +513,7 @@ impl Deployer {
             }
             for arn in arns {
                 if !self.task_def_owned(&arn).await? {
-                    self.push(
-                        &mut steps,
-                        "task-definition",
-                        &arn,
-                        Action::Unchanged,
-                        "not owned by ecsmesh: kept",
-                    );
+                    self.push_kept(&mut steps, "task-definition", &arn);
                     continue;
                 }
                 if !dry_run {
@@ -574,7 +555,7 @@ impl Deployer {
             self.push(&mut steps, "cluster", &cfg.cluster, Action::Delete, "");
         } else {
             let state = if self.cluster_active().await?.is_some() {
-                "not owned by ecsmesh: kept"
+                NOT_OWNED_KEPT
             } else {
                 ""
             };
@@ -1920,6 +1901,9 @@ impl Deployer {
         Ok(())
     }
 }
+
+/// The detail of a step for a resource `down` leaves because it is not ours.
+const NOT_OWNED_KEPT: &str = "not owned by ecsmesh: kept";
 
 /// How the group launches instances.
 #[derive(Debug)]

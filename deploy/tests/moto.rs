@@ -282,13 +282,7 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
 
     // Task definitions: ports and environment.
     let ecsc = ecs::Client::new(&conf);
-    let agent = ecsc
-        .describe_task_definition()
-        .task_definition("ecsmesh-alpha-agent")
-        .send()
-        .await
-        .unwrap();
-    let agent = agent.task_definition().unwrap();
+    let agent = task_definition(&ecsc, "ecsmesh-alpha-agent").await;
     assert_eq!(agent.network_mode(), Some(&ecs::types::NetworkMode::Host));
     let ports: Vec<_> = agent.container_definitions()[0]
         .port_mappings()
@@ -304,13 +298,7 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
         ]
     );
     for family in ["agent", "controller"] {
-        let td = ecsc
-            .describe_task_definition()
-            .task_definition(format!("ecsmesh-alpha-{family}"))
-            .send()
-            .await
-            .unwrap();
-        let td = td.task_definition().unwrap();
+        let td = task_definition(&ecsc, &format!("ecsmesh-alpha-{family}")).await;
         let c = &td.container_definitions()[0];
         assert!(
             td.volumes().iter().all(|v| v.name() != Some("tls"))
@@ -323,13 +311,7 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
             "TLS in {family} without --tls-ssm-prefix: {td:#?}"
         );
     }
-    let hello = ecsc
-        .describe_task_definition()
-        .task_definition("ecsmesh-alpha-hello")
-        .send()
-        .await
-        .unwrap();
-    let hello = hello.task_definition().unwrap();
+    let hello = task_definition(&ecsc, "ecsmesh-alpha-hello").await;
     assert_eq!(hello.network_mode(), Some(&ecs::types::NetworkMode::Bridge));
     assert_eq!(
         hello.container_definitions()[0].port_mappings()[0].host_port(),
@@ -361,13 +343,7 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
     assert_eq!(env, [("http_proxy", "$HOST_IP:4140")]);
     assert_eq!(hello_c.port_mappings()[0].container_port(), Some(7777));
     for (family, text) in [("world", "World"), ("world-v2", "World-V2")] {
-        let td = ecsc
-            .describe_task_definition()
-            .task_definition(format!("ecsmesh-alpha-{family}"))
-            .send()
-            .await
-            .unwrap();
-        let td = td.task_definition().unwrap();
+        let td = task_definition(&ecsc, &format!("ecsmesh-alpha-{family}")).await;
         assert_eq!(td.network_mode(), Some(&ecs::types::NetworkMode::Bridge));
         let c = &td.container_definitions()[0];
         assert_eq!(c.command(), ["--addr", "0.0.0.0:7777", "--text", text]);
@@ -834,6 +810,18 @@ async fn user_data_is_valid_bash_and_logs_in_to_a_private_ecr() {
     );
 }
 
+/// The task definition of a family (or family:revision), as ECS describes it.
+async fn task_definition(ecsc: &ecs::Client, family: &str) -> ecs::types::TaskDefinition {
+    ecsc.describe_task_definition()
+        .task_definition(family)
+        .send()
+        .await
+        .unwrap()
+        .task_definition()
+        .unwrap()
+        .clone()
+}
+
 /// The user data of the latest launch template version, decoded.
 async fn launch_template_user_data(conf: &SdkConfig, name: &str) -> String {
     let lt = ec2::Client::new(conf)
@@ -950,13 +938,7 @@ async fn tls_from_ssm_is_fetched_mounted_and_configured() {
             ],
         ),
     ] {
-        let td = ecsc
-            .describe_task_definition()
-            .task_definition(format!("ecsmesh-kappa-{family}"))
-            .send()
-            .await
-            .unwrap();
-        let td = td.task_definition().unwrap();
+        let td = task_definition(&ecsc, &format!("ecsmesh-kappa-{family}")).await;
         let vol = td
             .volumes()
             .iter()
