@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use ecsmesh_tls::generate::{LeafSpec, MeshCa, write_file};
 use ecsmesh_tls::{
-    ClientAuth, ClientTls, HandshakeFailure, ServerName, ServerTls, TlsError, TlsFiles,
+    ClientAuth, ClientTls, HandshakeError, HandshakeFailure, ServerName, ServerTls, TlsError,
+    TlsFiles,
 };
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -33,18 +34,44 @@ fn write_leaf(dir: &Path, ca: &MeshCa, name: &str, spec: &LeafSpec) -> TlsFiles 
     }
 }
 
+/// Only the CA of `files`: for a client without a certificate, or a server
+/// missing its own.
+fn ca_only(files: &TlsFiles) -> TlsFiles {
+    TlsFiles {
+        ca: files.ca.clone(),
+        ..TlsFiles::default()
+    }
+}
+
+/// A leaf for `ecsmesh-agent` that expired a month ago.
+fn expired_spec() -> LeafSpec {
+    let mut spec = LeafSpec::new("old", &["ecsmesh-agent"], 30);
+    spec.not_before -= time::Duration::days(60);
+    spec.not_after = spec.not_before + time::Duration::days(30);
+    spec
+}
+
 fn name(s: &str) -> ServerName<'static> {
     ServerName::try_from(s.to_owned()).unwrap()
 }
 
+/// Connects to `addr` and handshakes, expecting the server to be `server_name`.
+async fn dial(
+    client: &ClientTls,
+    addr: std::net::SocketAddr,
+    server_name: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, HandshakeError> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    client.connect(name(server_name), tcp).await
+}
+
+/// Each handshake's outcome at the server: the client's identities, or why
+/// it was refused.
+type Outcomes = tokio::sync::mpsc::UnboundedReceiver<Result<Vec<String>, HandshakeFailure>>;
+
 /// A server that accepts one connection at a time, echoes one line and
 /// reports each handshake's outcome.
-async fn echo_server(
-    tls: ServerTls,
-) -> (
-    std::net::SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<Result<Vec<String>, HandshakeFailure>>,
-) {
+async fn echo_server(tls: ServerTls) -> (std::net::SocketAddr, Outcomes) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -81,6 +108,21 @@ async fn ping<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream.read_exact(&mut buf).await?;
     assert_eq!(&buf, b"ping");
     Ok(())
+}
+
+/// A client the server refuses for `failure`. (TLS 1.3: the client may
+/// learn of the refusal only on its first read.)
+async fn expect_refused<S, E>(
+    attempt: Result<S, E>,
+    outcomes: &mut Outcomes,
+    failure: HandshakeFailure,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Ok(mut s) = attempt {
+        assert!(ping(&mut s).await.is_err());
+    }
+    assert_eq!(outcomes.recv().await.unwrap(), Err(failure));
 }
 
 /// A rustls client built by hand, for certificates `ClientTls` would not
@@ -124,8 +166,7 @@ async fn mesh_clients_get_in_with_their_identity_and_others_do_not() {
 
     // A mesh client: in, and known by its names.
     let client = ClientTls::new(&client_files, &[]).unwrap();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut stream = client.connect(name("ecsmesh-agent"), tcp).await.unwrap();
+    let mut stream = dial(&client, addr, "ecsmesh-agent").await.unwrap();
     ping(&mut stream).await.unwrap();
     assert_eq!(
         outcomes.recv().await.unwrap().unwrap(),
@@ -133,23 +174,13 @@ async fn mesh_clients_get_in_with_their_identity_and_others_do_not() {
     );
 
     // No client certificate: refused.
-    let anonymous = ClientTls::new(
-        &TlsFiles {
-            ca: client_files.ca.clone(),
-            ..TlsFiles::default()
-        },
-        &[],
+    let anonymous = ClientTls::new(&ca_only(&client_files), &[]).unwrap();
+    expect_refused(
+        dial(&anonymous, addr, "ecsmesh-agent").await,
+        &mut outcomes,
+        HandshakeFailure::NoClientCert,
     )
-    .unwrap();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    // (TLS 1.3: the client learns of the refusal on its first read.)
-    if let Ok(mut s) = anonymous.connect(name("ecsmesh-agent"), tcp).await {
-        assert!(ping(&mut s).await.is_err());
-    }
-    assert_eq!(
-        outcomes.recv().await.unwrap(),
-        Err(HandshakeFailure::NoClientCert)
-    );
+    .await;
 
     // A certificate from another CA: refused.
     let other_ca = MeshCa::new("another CA", 30).unwrap();
@@ -162,29 +193,23 @@ async fn mesh_clients_get_in_with_their_identity_and_others_do_not() {
     );
     stranger.ca.clone_from(&client_files.ca);
     let stranger = ClientTls::new(&stranger, &[]).unwrap();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    if let Ok(mut s) = stranger.connect(name("ecsmesh-agent"), tcp).await {
-        assert!(ping(&mut s).await.is_err());
-    }
-    assert_eq!(
-        outcomes.recv().await.unwrap(),
-        Err(HandshakeFailure::UnknownCa)
-    );
+    expect_refused(
+        dial(&stranger, addr, "ecsmesh-agent").await,
+        &mut outcomes,
+        HandshakeFailure::UnknownCa,
+    )
+    .await;
 
     // An expired certificate from the right CA: refused as expired.
-    let mut spec = LeafSpec::new("old", &["ecsmesh-agent"], 30);
-    spec.not_before -= time::Duration::days(60);
-    spec.not_after = spec.not_before + time::Duration::days(30);
-    let expired = ca.issue(&spec).unwrap();
+    let expired = ca.issue(&expired_spec()).unwrap();
     let connector = raw_client(&ca, &expired.cert_pem, &expired.key_pem);
     let tcp = TcpStream::connect(addr).await.unwrap();
-    if let Ok(mut s) = connector.connect(name("ecsmesh-agent"), tcp).await {
-        assert!(ping(&mut s).await.is_err());
-    }
-    assert_eq!(
-        outcomes.recv().await.unwrap(),
-        Err(HandshakeFailure::Expired)
-    );
+    expect_refused(
+        connector.connect(name("ecsmesh-agent"), tcp).await,
+        &mut outcomes,
+        HandshakeFailure::Expired,
+    )
+    .await;
 
     // Plaintext: refused as not TLS.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -209,31 +234,15 @@ async fn the_client_verifies_the_servers_name_and_ca() {
     );
     let server = ServerTls::new(&server_files, ClientAuth::Optional, &[]).unwrap();
     let (addr, _outcomes) = echo_server(server).await;
-    let client = ClientTls::new(
-        &TlsFiles {
-            ca: server_files.ca.clone(),
-            ..TlsFiles::default()
-        },
-        &[],
-    )
-    .unwrap();
+    let client = ClientTls::new(&ca_only(&server_files), &[]).unwrap();
     // Optional client auth: a client without a certificate gets in.
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut s = client
-        .connect(name("ecsmesh-controller"), tcp)
-        .await
-        .unwrap();
+    let mut s = dial(&client, addr, "ecsmesh-controller").await.unwrap();
     ping(&mut s).await.unwrap();
     // A wildcard name covers a templated one (webpki wants at least three
     // labels: `*.mesh` would not do).
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    client.connect(name("world.svc.mesh"), tcp).await.unwrap();
+    dial(&client, addr, "world.svc.mesh").await.unwrap();
     // Any other name: refused.
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let err = client
-        .connect(name("ecsmesh-agent"), tcp)
-        .await
-        .unwrap_err();
+    let err = dial(&client, addr, "ecsmesh-agent").await.unwrap_err();
     assert_eq!(err.failure, HandshakeFailure::WrongName, "{err}");
     // Another CA's server: refused.
     let other = MeshCa::new("another CA", 30).unwrap();
@@ -246,9 +255,7 @@ async fn the_client_verifies_the_servers_name_and_ca() {
     );
     let (other_addr, _o) =
         echo_server(ServerTls::new(&other_files, ClientAuth::None, &[]).unwrap()).await;
-    let tcp = TcpStream::connect(other_addr).await.unwrap();
-    let err = client
-        .connect(name("ecsmesh-controller"), tcp)
+    let err = dial(&client, other_addr, "ecsmesh-controller")
         .await
         .unwrap_err();
     assert_eq!(err.failure, HandshakeFailure::UnknownCa, "{err}");
@@ -266,25 +273,12 @@ async fn rotation_keeps_open_connections_and_new_ones_see_the_new_certificate() 
     );
     let server = ServerTls::new(&files, ClientAuth::None, &[]).unwrap();
     let (addr, _outcomes) = echo_server(server.clone()).await;
-    let client = ClientTls::new(
-        &TlsFiles {
-            ca: files.ca.clone(),
-            ..TlsFiles::default()
-        },
-        &[],
-    )
-    .unwrap();
+    let client = ClientTls::new(&ca_only(&files), &[]).unwrap();
     let subject = |s: &tokio_rustls::client::TlsStream<TcpStream>| {
         let der = &s.get_ref().1.peer_certificates().unwrap()[0];
         ecsmesh_tls::CertInfo::parse(der).unwrap().identities
     };
-    let mut open = client
-        .connect(
-            name("ecsmesh-agent"),
-            TcpStream::connect(addr).await.unwrap(),
-        )
-        .await
-        .unwrap();
+    let mut open = dial(&client, addr, "ecsmesh-agent").await.unwrap();
     assert!(subject(&open).contains(&"first".to_owned()));
     assert!(!server.reload().unwrap(), "nothing changed yet");
 
@@ -295,13 +289,7 @@ async fn rotation_keeps_open_connections_and_new_ones_see_the_new_certificate() 
         &LeafSpec::new("second", &["ecsmesh-agent"], 30),
     );
     assert!(server.reload().unwrap());
-    let fresh = client
-        .connect(
-            name("ecsmesh-agent"),
-            TcpStream::connect(addr).await.unwrap(),
-        )
-        .await
-        .unwrap();
+    let fresh = dial(&client, addr, "ecsmesh-agent").await.unwrap();
     assert!(subject(&fresh).contains(&"second".to_owned()));
     // The connection made before the rotation still works.
     ping(&mut open).await.unwrap();
@@ -313,13 +301,7 @@ async fn rotation_keeps_open_connections_and_new_ones_see_the_new_certificate() 
         .unwrap();
     write_file(files.cert.as_ref().unwrap(), &other.cert_pem, false).unwrap();
     assert!(matches!(server.reload(), Err(TlsError::KeyMismatch { .. })));
-    let still = client
-        .connect(
-            name("ecsmesh-agent"),
-            TcpStream::connect(addr).await.unwrap(),
-        )
-        .await
-        .unwrap();
+    let still = dial(&client, addr, "ecsmesh-agent").await.unwrap();
     assert!(subject(&still).contains(&"second".to_owned()));
 }
 
@@ -327,10 +309,7 @@ async fn rotation_keeps_open_connections_and_new_ones_see_the_new_certificate() 
 fn an_expired_certificate_is_refused_at_load_with_its_dates() {
     let dir = tempfile::tempdir().unwrap();
     let ca = MeshCa::new("test CA", 30).unwrap();
-    let mut spec = LeafSpec::new("old", &["ecsmesh-agent"], 30);
-    spec.not_before -= time::Duration::days(60);
-    spec.not_after = spec.not_before + time::Duration::days(30);
-    let files = write_leaf(dir.path(), &ca, "old", &spec);
+    let files = write_leaf(dir.path(), &ca, "old", &expired_spec());
     let err = ServerTls::new(&files, ClientAuth::Required, &[]).unwrap_err();
     assert!(matches!(err, TlsError::NotValidNow { .. }), "{err}");
     let text = err.to_string();
@@ -339,14 +318,6 @@ fn an_expired_certificate_is_refused_at_load_with_its_dates() {
         "{text}"
     );
     // And missing pieces say what is missing.
-    let err = ServerTls::new(
-        &TlsFiles {
-            ca: files.ca.clone(),
-            ..TlsFiles::default()
-        },
-        ClientAuth::None,
-        &[],
-    )
-    .unwrap_err();
+    let err = ServerTls::new(&ca_only(&files), ClientAuth::None, &[]).unwrap_err();
     assert!(err.to_string().contains("certificate and a key"), "{err}");
 }
