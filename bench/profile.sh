@@ -17,30 +17,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ecsmesh/target}"
 SECS="${PROFILE_SECONDS:-10}"
 
-missing=()
-for p in $(grep -v '^\s*#' bench/deps-apt.txt); do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-cargo build --release -q -p ecsmesh-agent -p ecsmesh-controller -p ecsmesh-bench
-BIN="$CARGO_TARGET_DIR/release"
-
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done
-  echo "nothing listens on $1:$2" >&2; return 1
-}
+. bench/common.sh
 
 UP=127.0.50.10:8080
 taskset -c 1 "$BIN/bench-upstream" --addr "$UP" & PIDS+=($!)

@@ -21,36 +21,10 @@ SECS="${BENCH_SECONDS:-5}"
 REPS="${BENCH_REPS:-3}"
 RATES="${BENCH_RATES:-2000 5000}"
 
-# --- what the benchmark needs -------------------------------------------
-missing=()
-for p in $(grep -v '^\s*#' bench/deps-apt.txt); do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-# The same package set as bench/control.sh, so cargo's feature unification
-# (and therefore the cached artifacts) is the same for both.
-cargo build --release -q -p ecsmesh-agent -p ecsmesh-controller -p ecsmesh-bench
-BIN="$CARGO_TARGET_DIR/release"
-
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. bench/common.sh
 
 UP_IP=127.0.50.10; UP="$UP_IP:8080"
 start() { "$@" & PIDS+=($!); }
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done
-  echo "nothing listens on $1:$2" >&2; return 1
-}
 
 start taskset -c 1 "$BIN/bench-upstream" --addr "$UP"
 wait_port "$UP_IP" 8080
