@@ -251,13 +251,7 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
 
     // ASG on the loopback subnet, instances at 127.0.11.x.
     let asgc = asg::Client::new(&conf);
-    let g = asgc
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("ecsmesh-alpha")
-        .send()
-        .await
-        .unwrap();
-    let g = &g.auto_scaling_groups()[0];
+    let g = auto_scaling_group(&asgc, "ecsmesh-alpha").await;
     assert_eq!(
         (g.min_size(), g.desired_capacity(), g.max_size()),
         (Some(1), Some(1), Some(1))
@@ -459,25 +453,13 @@ async fn changed_settings_update_in_place_and_down_removes_only_ours() {
             "{want} not in {planned:#?}"
         );
     }
-    let svc = ecsc
-        .describe_services()
-        .cluster("beta")
-        .services("ecsmesh-agent")
-        .send()
-        .await
-        .unwrap();
+    let svc = service(&ecsc, "beta", "ecsmesh-agent").await;
     assert_eq!(
-        svc.services()[0].scheduling_strategy(),
+        svc.scheduling_strategy(),
         Some(&ecs::types::SchedulingStrategy::Daemon)
     );
-    let ctl = ecsc
-        .describe_services()
-        .cluster("beta")
-        .services("ecsmesh-controller")
-        .send()
-        .await
-        .unwrap();
-    let lb = &ctl.services()[0].load_balancers()[0];
+    let ctl = service(&ecsc, "beta", "ecsmesh-controller").await;
+    let lb = &ctl.load_balancers()[0];
     assert_eq!(
         (
             lb.target_group_arn(),
@@ -486,23 +468,7 @@ async fn changed_settings_update_in_place_and_down_removes_only_ours() {
         ),
         (Some(TARGET_GROUP), Some("controller"), Some(4321))
     );
-    let lt = ec2c
-        .describe_launch_template_versions()
-        .launch_template_name("ecsmesh-beta")
-        .versions("$Latest")
-        .send()
-        .await
-        .unwrap();
-    let ud = base64::engine::general_purpose::STANDARD
-        .decode(
-            lt.launch_template_versions()[0]
-                .launch_template_data()
-                .unwrap()
-                .user_data()
-                .unwrap(),
-        )
-        .unwrap();
-    let ud = String::from_utf8(ud).unwrap();
+    let ud = launch_template_user_data(&conf, "ecsmesh-beta").await;
     assert!(ud.contains("if [ \"false\" = \"true\" ]"));
     assert!(ud.contains("ECSMESH_CONTROLLER='http://ecsmesh-beta-ctl.elb.internal:4321'"));
     assert!(!d2.up(false).await.unwrap().changed());
@@ -607,14 +573,9 @@ async fn legacy_launch_configuration() {
         .decode(lc.user_data().unwrap())
         .unwrap();
     assert_eq!(String::from_utf8(ud).unwrap(), d.user_data().unwrap());
-    let g = asgc
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("ecsmesh-delta")
-        .send()
-        .await
-        .unwrap();
+    let g = auto_scaling_group(&asgc, "ecsmesh-delta").await;
     assert_eq!(
-        g.auto_scaling_groups()[0].launch_configuration_name(),
+        g.launch_configuration_name(),
         lc.launch_configuration_name()
     );
     // A change makes a new configuration and removes the old one.
@@ -727,16 +688,8 @@ async fn status_finds_the_controller_tasks_and_down_deregisters_instances() {
     // The ASG's instance joins the cluster as its user data would make it;
     // the (patched moto) service scheduler then places the controller there.
     let asgc = asg::Client::new(&conf);
-    let g = asgc
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("ecsmesh-zeta")
-        .send()
-        .await
-        .unwrap();
-    let iid = g.auto_scaling_groups()[0].instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_owned();
+    let g = auto_scaling_group(&asgc, "ecsmesh-zeta").await;
+    let iid = g.instances()[0].instance_id().unwrap().to_owned();
     let ecsc = ecs::Client::new(&conf);
     ecsc.register_container_instance()
         .cluster("zeta")
@@ -808,6 +761,29 @@ async fn user_data_is_valid_bash_and_logs_in_to_a_private_ecr() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The auto scaling group of that name.
+async fn auto_scaling_group(asgc: &asg::Client, name: &str) -> asg::types::AutoScalingGroup {
+    asgc.describe_auto_scaling_groups()
+        .auto_scaling_group_names(name)
+        .send()
+        .await
+        .unwrap()
+        .auto_scaling_groups()[0]
+        .clone()
+}
+
+/// The service of that name in the cluster.
+async fn service(ecsc: &ecs::Client, cluster: &str, name: &str) -> ecs::types::Service {
+    ecsc.describe_services()
+        .cluster(cluster)
+        .services(name)
+        .send()
+        .await
+        .unwrap()
+        .services()[0]
+        .clone()
 }
 
 /// The task definition of a family (or family:revision), as ECS describes it.
