@@ -59,6 +59,19 @@ fn register(
         .unwrap();
 }
 
+/// Instance `i` of `web` in dc1: `web-<i>` on node `n<i>` (`10.0.0.<i>`),
+/// at the node's address.
+fn register_web(consul: &ConsulDouble, i: u8, port: u16, status: &str) {
+    register(
+        consul,
+        "dc1",
+        &format!("n{i}"),
+        &format!("10.0.0.{i}"),
+        (&format!("web-{i}"), "web", "", port),
+        status,
+    );
+}
+
 /// The addresses of `name` in the state, sorted; `None` if no such set.
 fn addrs(state: &ObservedState, name: &str) -> Option<Vec<String>> {
     let name = Path::read(name).unwrap();
@@ -93,14 +106,7 @@ async fn services_become_consul_sets_filtered_by_health() {
     })
     .await
     .unwrap();
-    register(
-        &consul,
-        "dc1",
-        "n1",
-        "10.0.0.1",
-        ("web-1", "web", "", 31001),
-        "passing",
-    );
+    register_web(&consul, 1, 31001, "passing");
     register(
         &consul,
         "dc1",
@@ -109,22 +115,8 @@ async fn services_become_consul_sets_filtered_by_health() {
         ("web-2", "web", "172.17.0.2", 8080),
         "passing",
     );
-    register(
-        &consul,
-        "dc1",
-        "n3",
-        "10.0.0.3",
-        ("web-3", "web", "", 31003),
-        "warning",
-    );
-    register(
-        &consul,
-        "dc1",
-        "n4",
-        "10.0.0.4",
-        ("web-4", "web", "", 31004),
-        "critical",
-    );
+    register_web(&consul, 3, 31003, "warning");
+    register_web(&consul, 4, 31004, "critical");
     register(
         &consul,
         "dc1",
@@ -227,30 +219,9 @@ async fn services_become_consul_sets_filtered_by_health() {
 #[tokio::test]
 async fn include_warning_routes_warning_but_never_critical() {
     let consul = ConsulDouble::start().await.unwrap();
-    register(
-        &consul,
-        "dc1",
-        "n1",
-        "10.0.0.1",
-        ("web-1", "web", "", 1),
-        "passing",
-    );
-    register(
-        &consul,
-        "dc1",
-        "n2",
-        "10.0.0.2",
-        ("web-2", "web", "", 2),
-        "warning",
-    );
-    register(
-        &consul,
-        "dc1",
-        "n3",
-        "10.0.0.3",
-        ("web-3", "web", "", 3),
-        "critical",
-    );
+    register_web(&consul, 1, 1, "passing");
+    register_web(&consul, 2, 2, "warning");
+    register_web(&consul, 3, 3, "critical");
     let (observed, _) = start(ConsulSettings {
         include_warning: true,
         ..settings(&consul, &["dc1"])
@@ -274,28 +245,14 @@ async fn include_warning_routes_warning_but_never_critical() {
 #[tokio::test]
 async fn consul_errors_keep_the_last_view_until_it_recovers() {
     let consul = ConsulDouble::start().await.unwrap();
-    register(
-        &consul,
-        "dc1",
-        "n1",
-        "10.0.0.1",
-        ("web-1", "web", "", 1),
-        "passing",
-    );
+    register_web(&consul, 1, 1, "passing");
     let (observed, metrics) = start(settings(&consul, &["dc1"]));
     let mut rx = observed.subscribe();
     let before = until(&mut rx, "dc1", ObservedState::ready).await;
 
     // 500s: nothing changes in the view, errors are counted.
     consul.fail_all(true);
-    register(
-        &consul,
-        "dc1",
-        "n2",
-        "10.0.0.2",
-        ("web-2", "web", "", 2),
-        "passing",
-    );
+    register_web(&consul, 2, 2, "passing");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(rx.borrow().merged(), before.merged());
     assert!(
@@ -327,14 +284,7 @@ async fn consul_errors_keep_the_last_view_until_it_recovers() {
 
     // A snapshot restore: the index goes back, the source resyncs.
     consul.reset_index("dc1", 1).unwrap();
-    register(
-        &consul,
-        "dc1",
-        "n3",
-        "10.0.0.3",
-        ("web-3", "web", "", 3),
-        "passing",
-    );
+    register_web(&consul, 3, 3, "passing");
     until(&mut rx, "web-3 after an index reset", |s| {
         addrs(s, "/#/consul/dc1/web").unwrap() == ["10.0.0.2:2", "10.0.0.3:3"]
     })
@@ -344,14 +294,7 @@ async fn consul_errors_keep_the_last_view_until_it_recovers() {
 #[tokio::test]
 async fn spurious_wake_ups_change_nothing() {
     let consul = ConsulDouble::start().await.unwrap();
-    register(
-        &consul,
-        "dc1",
-        "n1",
-        "10.0.0.1",
-        ("web-1", "web", "", 1),
-        "passing",
-    );
+    register_web(&consul, 1, 1, "passing");
     let (observed, _) = start(settings(&consul, &["dc1"]));
     let mut rx = observed.subscribe();
     until(&mut rx, "dc1", ObservedState::ready).await;
