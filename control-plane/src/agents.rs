@@ -50,6 +50,8 @@ pub struct AgentView {
     #[serde(flatten)]
     pub status: AgentStatus,
     pub stats: Stats,
+    /// Whether it ACKed the version the view was taken at.
+    pub converged: bool,
     pub resident_memory_bytes: u64,
     /// CPU use between its last two summaries, in cores.
     pub cpu_cores: Option<f64>,
@@ -104,8 +106,13 @@ impl Agents {
         self.traffic.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The mesh's traffic over `window` and every agent's, in connection order.
-    pub fn traffic_view(&self, window: Duration) -> (MeshTraffic, Vec<AgentView>) {
+    /// The mesh's traffic over `window` and every agent's, in connection
+    /// order, each agent's convergence judged against `current_version`.
+    pub fn traffic_view(
+        &self,
+        window: Duration,
+        current_version: u64,
+    ) -> (MeshTraffic, Vec<AgentView>) {
         let now = Instant::now();
         let streams = self.list_with_ids();
         let traffic = self.traffic();
@@ -120,6 +127,7 @@ impl Agents {
             .zip(stats)
             .zip(per_agent)
             .map(|(((_, status), stats), t)| AgentView {
+                converged: status.acked_version == current_version,
                 status,
                 stats,
                 resident_memory_bytes: t.resident_memory_bytes,

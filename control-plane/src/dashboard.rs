@@ -9,10 +9,12 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use ecsmesh_proto::v1 as pb;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::agents::AgentView;
 use crate::http::AdminState;
+use crate::traffic::Stats;
 
 const PAGE: &str = include_str!("dashboard.html");
 
@@ -42,43 +44,56 @@ pub async fn overview(State(s): State<AdminState>, Query(q): Query<OverviewQuery
         .map_or(DEFAULT_WINDOW, Duration::from_secs)
         .clamp(MIN_WINDOW, crate::agents::TRAFFIC_HISTORY);
     let current = s.publisher.current();
-    let (mesh, agents) = s.agents.traffic_view(window);
-    let converged = agents
-        .iter()
-        .filter(|a| a.status.acked_version == current.version)
-        .count();
-    let agents: Vec<_> = agents
-        .into_iter()
-        .map(|a| {
-            let converged = a.status.acked_version == current.version;
-            let mut v = serde_json::to_value(&a).unwrap_or_default();
-            v["converged"] = json!(converged);
-            v
-        })
-        .collect();
-    let services: Vec<_> = mesh
+    let (mesh, agents) = s.agents.traffic_view(window, current.version);
+    let services: Vec<ServiceView> = mesh
         .services
         .iter()
-        .map(|(name, stats)| {
-            let mut v = serde_json::to_value(stats).unwrap_or_default();
-            v["name"] = json!(name);
-            v
-        })
+        .map(|(name, stats)| ServiceView { name, stats })
         .collect();
-    let mut summary = serde_json::to_value(&mesh.total).unwrap_or_default();
-    summary["services"] = json!(services.len());
-    summary["agents"] = json!(agents.len());
-    summary["converged_agents"] = json!(converged);
-    Json(json!({
-        "version": current.version,
-        "epoch": s.publisher.epoch(),
-        "window_seconds": mesh.window_seconds,
-        "namespaces": current.state.dtabs.keys().collect::<Vec<_>>(),
-        "summary": summary,
-        "services": services,
-        "agents": agents,
-    }))
+    Json(Overview {
+        version: current.version,
+        epoch: s.publisher.epoch(),
+        window_seconds: mesh.window_seconds,
+        namespaces: current.state.dtabs.keys().collect(),
+        summary: Summary {
+            services: services.len(),
+            agents: agents.len(),
+            converged_agents: agents.iter().filter(|a| a.converged).count(),
+            stats: &mesh.total,
+        },
+        services,
+        agents: &agents,
+    })
     .into_response()
+}
+
+/// `/api/overview`'s answer.
+#[derive(Serialize)]
+struct Overview<'a> {
+    version: u64,
+    epoch: &'a str,
+    window_seconds: f64,
+    namespaces: Vec<&'a String>,
+    summary: Summary<'a>,
+    services: Vec<ServiceView<'a>>,
+    agents: &'a [AgentView],
+}
+
+/// The mesh totals (the page's cards).
+#[derive(Serialize)]
+struct Summary<'a> {
+    services: usize,
+    agents: usize,
+    converged_agents: usize,
+    #[serde(flatten)]
+    stats: &'a Stats,
+}
+
+#[derive(Serialize)]
+struct ServiceView<'a> {
+    name: &'a str,
+    #[serde(flatten)]
+    stats: &'a Stats,
 }
 
 #[derive(Debug, Deserialize)]

@@ -25,10 +25,6 @@ impl<T> Counted<T> {
             counters: counters.clone(),
         }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
 }
 
 impl<T> Drop for Counted<T> {

@@ -305,7 +305,7 @@ impl Proxy {
         context_headers(parts, &decision, &service, local_dtab.as_deref());
 
         let deadline = Instant::now() + remaining;
-        let attempt = self.attempts(side, parts, body, decision, deadline);
+        let attempt = self.attempts(side, parts, body, decision, &service, deadline);
         let resp = if let Ok(resp) = tokio::time::timeout(remaining, attempt).await {
             resp
         } else {
@@ -325,18 +325,13 @@ impl Proxy {
         parts: &http::request::Parts,
         body: Incoming,
         decision: Result<Arc<crate::routes::Decision>, Dest>,
+        service: &str,
         deadline: Instant,
     ) -> Response<Body> {
         use http_body::Body as _;
         // Only a request without a body can be sent again.
         let replayable = body.is_end_stream();
         let mut body = Some(body);
-        let service = parts
-            .headers
-            .get(L5D_DST_SERVICE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
         self.budget.deposit();
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error: Option<Response<Body>> = None;
@@ -346,7 +341,7 @@ impl Proxy {
                     break;
                 }
                 if !self.budget.try_withdraw() {
-                    self.metrics.retry_budget_exhausted(&service);
+                    self.metrics.retry_budget_exhausted(service);
                     break;
                 }
             }
@@ -357,8 +352,8 @@ impl Proxy {
                     Ok(Err(e)) if attempt == 0 => {
                         let table = self.routes.load();
                         let msg =
-                            Self::unable_to_route(&service, &table, d.local_dtab.as_deref(), &e);
-                        self.metrics.failure(&service, None, Class::NoHosts);
+                            Self::unable_to_route(service, &table, d.local_dtab.as_deref(), &e);
+                        self.metrics.failure(service, None, Class::NoHosts);
                         return error_response(StatusCode::BAD_GATEWAY, &msg);
                     }
                     Ok(Err(_)) | Err(_) => break,
@@ -369,7 +364,7 @@ impl Proxy {
                 if attempt == 0 {
                     let table = self.routes.load();
                     let msg = Self::unable_to_route(
-                        &service,
+                        service,
                         &table,
                         parts
                             .headers
@@ -378,14 +373,14 @@ impl Proxy {
                         &RouteError::NoHosts,
                     );
                     self.metrics
-                        .failure(&service, Some(client_name(dest)), Class::NoHosts);
+                        .failure(service, Some(client_name(dest)), Class::NoHosts);
                     return error_response(StatusCode::BAD_GATEWAY, &msg);
                 }
                 break;
             };
             tried.push(addr);
             if attempt > 0 {
-                self.metrics.retry(&service);
+                self.metrics.retry(service);
             }
             let req = outbound_request(
                 parts,
@@ -401,7 +396,7 @@ impl Proxy {
                     dest,
                     (addr, connect_to),
                     pick,
-                    &service,
+                    service,
                     deadline,
                 )
                 .await
