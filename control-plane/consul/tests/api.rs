@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use ecsmesh_consul::{
-    Client, Config, HealthQuery, HealthStatus, NewSession, QueryOptions, SessionBehavior,
+    Client, Config, HealthQuery, HealthStatus, Indexed, KvPair, NewSession, QueryOptions,
+    ServiceEntry, SessionBehavior,
 };
 use ecsmesh_consul_double::{ConsulDouble, DoubleOptions};
 use http_body_util::{BodyExt as _, Full};
@@ -37,6 +38,18 @@ async fn put(consul: &ConsulDouble, path: &str, body: &serde_json::Value) -> (u1
 
 fn now() -> QueryOptions {
     QueryOptions::default()
+}
+
+/// All of `service`'s instances, now.
+async fn health(c: &Client, service: &str) -> Indexed<Vec<ServiceEntry>> {
+    c.health_service(service, &HealthQuery::default(), &now())
+        .await
+        .unwrap()
+}
+
+/// The entry at `key`, now.
+async fn kv(c: &Client, key: &str) -> Option<KvPair> {
+    c.kv_get(key, &now()).await.unwrap().value
 }
 
 #[tokio::test]
@@ -80,11 +93,7 @@ async fn catalog_and_health_with_filters() {
     let services = c.catalog_services(&now()).await.unwrap().value;
     assert_eq!(services["web"], ["Canary", "v1", "v2"]);
 
-    let all = c
-        .health_service("web", &HealthQuery::default(), &now())
-        .await
-        .unwrap()
-        .value;
+    let all = health(&c, "web").await.value;
     assert_eq!(all.len(), 2);
     let (w1, w2) = (&all[0], &all[1]);
     assert_eq!(
@@ -140,10 +149,7 @@ async fn catalog_and_health_with_filters() {
     assert_eq!(far[0].datacenter, "dc2");
     assert_eq!(far[0].status(), HealthStatus::Passing, "no checks: healthy");
 
-    let none = c
-        .health_service("nothing", &HealthQuery::default(), &now())
-        .await
-        .unwrap();
+    let none = health(&c, "nothing").await;
     assert!(none.value.is_empty());
 }
 
@@ -160,34 +166,22 @@ async fn health_blocking_is_scoped_to_the_service() {
             }))
             .unwrap();
     }
-    let a = c
-        .health_service("a", &HealthQuery::default(), &now())
-        .await
-        .unwrap();
+    let a = health(&c, "a").await;
     consul
         .set_check_status("dc1", "n2", "b-1", "critical")
         .unwrap();
-    let again = c
-        .health_service("a", &HealthQuery::default(), &now())
-        .await
-        .unwrap();
+    let again = health(&c, "a").await;
     assert_eq!(again.index, a.index, "b's check does not touch a's index");
     consul
         .set_check_status("dc1", "n1", "a-1", "warning")
         .unwrap();
-    let changed = c
-        .health_service("a", &HealthQuery::default(), &now())
-        .await
-        .unwrap();
+    let changed = health(&c, "a").await;
     assert!(changed.index > a.index);
     assert_eq!(changed.value[0].status(), HealthStatus::Warning);
     // Deregistering the last instance: the service's index goes away and
     // the extinction index answers for it.
     consul.catalog_deregister("dc1", "n1", Some("a-1")).unwrap();
-    let gone = c
-        .health_service("a", &HealthQuery::default(), &now())
-        .await
-        .unwrap();
+    let gone = health(&c, "a").await;
     assert!(gone.value.is_empty());
     assert!(gone.index > changed.index);
 }
@@ -203,21 +197,13 @@ async fn agent_registration_and_ttl_check_updates() {
     )
     .await;
     assert_eq!(status, 200);
-    let entries = c
-        .health_service("api", &HealthQuery::default(), &now())
-        .await
-        .unwrap()
-        .value;
+    let entries = health(&c, "api").await.value;
     assert_eq!(entries[0].node, "consul-double");
     assert_eq!(entries[0].endpoint_address(), "127.0.0.1");
     assert_eq!(entries[0].status(), HealthStatus::Critical);
     let (status, _) = put(&consul, "/v1/agent/check/pass/service:api-1", &json!(null)).await;
     assert_eq!(status, 200);
-    let entries = c
-        .health_service("api", &HealthQuery::default(), &now())
-        .await
-        .unwrap()
-        .value;
+    let entries = health(&c, "api").await.value;
     assert_eq!(entries[0].status(), HealthStatus::Passing);
     let (status, _) = put(&consul, "/v1/agent/check/pass/nope", &json!(null)).await;
     assert_eq!(status, 404);
@@ -235,7 +221,7 @@ async fn kv_compare_and_set() {
         !c.kv_put("cfg/a", b"two", Some(0)).await.unwrap(),
         "create again"
     );
-    let a = c.kv_get("cfg/a", &now()).await.unwrap().value.unwrap();
+    let a = kv(&c, "cfg/a").await.unwrap();
     assert_eq!(a.value, b"one");
     assert_eq!(a.create_index, a.modify_index);
     assert!(
@@ -249,7 +235,7 @@ async fn kv_compare_and_set() {
             .await
             .unwrap()
     );
-    let a2 = c.kv_get("cfg/a", &now()).await.unwrap().value.unwrap();
+    let a2 = kv(&c, "cfg/a").await.unwrap();
     assert!(a2.modify_index > a.modify_index);
     assert_eq!(a2.create_index, a.create_index);
     // The loser of a race holds the old index.
@@ -279,7 +265,7 @@ async fn kv_compare_and_set() {
     assert!(!c.kv_delete("cfg/a", Some(0)).await.unwrap());
     assert!(!c.kv_delete("cfg/a", Some(a.modify_index)).await.unwrap());
     assert!(c.kv_delete("cfg/a", Some(a2.modify_index)).await.unwrap());
-    assert!(c.kv_get("cfg/a", &now()).await.unwrap().value.is_none());
+    assert!(kv(&c, "cfg/a").await.is_none());
     // As in Consul, a CAS delete of a missing key answers true.
     assert!(c.kv_delete("cfg/a", Some(7)).await.unwrap());
 }
@@ -304,7 +290,7 @@ async fn sessions_acquire_and_release() {
 
     assert!(c.kv_acquire("leader", b"replica-1", &s1).await.unwrap());
     assert!(!c.kv_acquire("leader", b"replica-2", &s2).await.unwrap());
-    let held = c.kv_get("leader", &now()).await.unwrap().value.unwrap();
+    let held = kv(&c, "leader").await.unwrap();
     assert_eq!(held.session.as_deref(), Some(s1.as_str()));
     assert_eq!(
         (held.lock_index, held.value.as_slice()),
@@ -312,18 +298,10 @@ async fn sessions_acquire_and_release() {
     );
     // Re-acquiring by the holder changes only the value.
     assert!(c.kv_acquire("leader", b"replica-1b", &s1).await.unwrap());
-    assert_eq!(
-        c.kv_get("leader", &now())
-            .await
-            .unwrap()
-            .value
-            .unwrap()
-            .lock_index,
-        1
-    );
+    assert_eq!(kv(&c, "leader").await.unwrap().lock_index, 1);
     // Advisory: a plain write succeeds and keeps the holder.
     assert!(c.kv_put("leader", b"overwritten", None).await.unwrap());
-    let held = c.kv_get("leader", &now()).await.unwrap().value.unwrap();
+    let held = kv(&c, "leader").await.unwrap();
     assert_eq!(held.session.as_deref(), Some(s1.as_str()));
 
     assert!(
@@ -332,19 +310,11 @@ async fn sessions_acquire_and_release() {
     );
     assert!(c.kv_release("leader", b"released", &s1).await.unwrap());
     assert!(c.kv_acquire("leader", b"replica-2", &s2).await.unwrap());
-    assert_eq!(
-        c.kv_get("leader", &now())
-            .await
-            .unwrap()
-            .value
-            .unwrap()
-            .lock_index,
-        2
-    );
+    assert_eq!(kv(&c, "leader").await.unwrap().lock_index, 2);
 
     // Destroying the holder releases (behaviour "release")...
     assert!(c.session_destroy(&s2).await.unwrap());
-    let after = c.kv_get("leader", &now()).await.unwrap().value.unwrap();
+    let after = kv(&c, "leader").await.unwrap();
     assert_eq!(after.session, None);
     assert_eq!(after.value, b"replica-2");
     // ...or deletes the key (behaviour "delete").
@@ -354,7 +324,7 @@ async fn sessions_acquire_and_release() {
         .unwrap();
     assert!(c.kv_acquire("ephemeral", b"x", &eph).await.unwrap());
     c.session_destroy(&eph).await.unwrap();
-    assert!(c.kv_get("ephemeral", &now()).await.unwrap().value.is_none());
+    assert!(kv(&c, "ephemeral").await.is_none());
 
     // An unknown session cannot acquire.
     let err = c
@@ -368,20 +338,9 @@ async fn sessions_acquire_and_release() {
 async fn a_lost_holders_lock_delay_blocks_acquisition() {
     let consul = ConsulDouble::start().await.unwrap();
     let c = client(&consul);
-    let holder = c
-        .session_create(&NewSession::new(
-            Duration::from_secs(15),
-            SessionBehavior::Release,
-        ))
-        .await
-        .unwrap();
-    let next = c
-        .session_create(&NewSession::new(
-            Duration::from_secs(15),
-            SessionBehavior::Release,
-        ))
-        .await
-        .unwrap();
+    let spec = NewSession::new(Duration::from_secs(15), SessionBehavior::Release);
+    let holder = c.session_create(&spec).await.unwrap();
+    let next = c.session_create(&spec).await.unwrap();
     assert!(c.kv_acquire("lock", b"", &holder).await.unwrap());
     c.session_destroy(&holder).await.unwrap();
     // The default lock delay (15 s) is running.
@@ -424,10 +383,7 @@ async fn session_ttls_renewal_and_expiry() {
         }
     }
     assert!(expired);
-    assert_eq!(
-        c.kv_get("k", &now()).await.unwrap().value.unwrap().session,
-        None
-    );
+    assert_eq!(kv(&c, "k").await.unwrap().session, None);
     assert_eq!(
         c.session_renew(&id).await.unwrap(),
         None,
