@@ -215,12 +215,20 @@ async fn follow(
     // Ends with the stream: the task stops when its sender is refused.
     let _summaries = (!summaries.interval.is_zero())
         .then(|| AbortOnDrop(tokio::spawn(send_summaries(summaries.clone(), tx.clone()))));
+    let mut parts = ecsmesh_proto::SnapshotAssembler::default();
     while let Some(msg) = inbound.message().await? {
         let reply = match msg.kind {
             Some(pb::controller_message::Kind::Snapshot(s)) => {
+                parts.reset();
                 apply_snapshot(s, routes, file, status).await
             }
+            Some(pb::controller_message::Kind::SnapshotPart(part)) => match parts.push(part) {
+                Ok(Some(s)) => apply_snapshot(s, routes, file, status).await,
+                Ok(None) => continue,
+                Err(e) => nack(e.version(), &e.to_string()),
+            },
             Some(pb::controller_message::Kind::Delta(d)) => {
+                parts.reset();
                 apply_delta(&d, routes, file, status).await
             }
             None => continue,

@@ -227,7 +227,7 @@ async fn serve_grpc(
     let metrics = Arc::clone(&mesh.metrics);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<pb::mesh_server::MeshServer<grpc::mesh::MeshService>>()
+        .set_serving::<grpc::mesh::MeshServer>()
         .await;
     health_reporter
         .set_serving::<pb::dtab_admin_server::DtabAdminServer<grpc::admin::AdminService>>()
@@ -255,8 +255,8 @@ async fn serve_grpc(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::mesh_server::MeshServer::with_interceptor(
-            mesh,
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            grpc::mesh::MeshServer::new(mesh),
             access.mesh_gate,
         ))
         .add_service(pb::dtab_admin_server::DtabAdminServer::new(admin))

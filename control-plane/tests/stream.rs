@@ -180,3 +180,63 @@ async fn a_stream_must_start_with_hello() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+/// 60 services × 100 tasks: a snapshot of several parts.
+fn large_mesh(tasks: usize) -> ecsmesh_controller::sources::SourceSets {
+    let names: Vec<String> = (0..60).map(|s| format!("/#/ecs/demo/svc{s}")).collect();
+    let addrs: Vec<Vec<String>> = (0..60)
+        .map(|s| (0..tasks).map(|t| format!("10.1.{s}.{t}:8080")).collect())
+        .collect();
+    let addr_refs: Vec<Vec<&str>> = addrs
+        .iter()
+        .map(|a| a.iter().map(String::as_str).collect())
+        .collect();
+    let entries: Vec<(&str, &[&str])> = names
+        .iter()
+        .zip(&addr_refs)
+        .map(|(n, a)| (n.as_str(), a.as_slice()))
+        .collect();
+    sets(&entries)
+}
+
+#[tokio::test]
+async fn a_large_snapshot_comes_in_parts_with_nothing_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = start(dir.path(), None).await;
+    controller.observed.replace(SOURCE, large_mesh(100));
+    let ch = channel(controller.grpc_addr).await;
+    let mut agent = TestAgent::connect(ch, "i-a").await;
+
+    let Kind::SnapshotPart(first) = agent.next().await else {
+        panic!("a 6,000-endpoint snapshot must come in parts");
+    };
+    assert_eq!(first.index, 0);
+    // A new version while the parts are under way: it must wait for them.
+    controller.observed.replace(SOURCE, large_mesh(99));
+    eventually(|| controller.publisher.current().version == 2).await;
+
+    let mut assembler = ecsmesh_proto::SnapshotAssembler::default();
+    let mut snapshot = assembler.push(first).unwrap();
+    let mut count = 1;
+    while snapshot.is_none() {
+        let Kind::SnapshotPart(part) = agent.next().await else {
+            panic!("something came between the parts of a snapshot");
+        };
+        assert_eq!(part.snapshot.as_ref().unwrap().version, 1);
+        snapshot = assembler.push(part).unwrap();
+        count += 1;
+    }
+    assert!(count > 3, "{count} parts");
+    let state = MeshState::from_snapshot(&snapshot.unwrap()).unwrap();
+    assert_eq!(state.endpoint_count(), 6_000);
+    assert_eq!(state.dtabs["default"].to_string(), "/svc=>/#/ecs/demo");
+    agent.ack(1).await;
+
+    // Then the version published meanwhile, as a delta on top of the snapshot.
+    let Kind::Delta(delta) = agent.next().await else {
+        panic!("expected a delta");
+    };
+    assert_eq!((delta.base_version, delta.version), (1, 2));
+    let state = state.apply(&delta).unwrap();
+    assert_eq!(state.endpoint_count(), 5_940);
+}

@@ -8,15 +8,18 @@
 //! The `.proto` files are the source of truth; other languages generate
 //! their clients from them (the tests use Python's grpcio).
 
-#![allow(clippy::pedantic, missing_debug_implementations)] // generated code
-
+#[allow(clippy::pedantic, missing_debug_implementations)] // generated code
 pub mod v1 {
     tonic::include_proto!("ecsmesh.v1");
 }
 
-/// The largest controller message an agent accepts. A snapshot carries the
-/// whole mesh (about 360 bytes per endpoint), so gRPC's default 4 MiB limit
-/// would refuse meshes past ~11,000 endpoints; 256 MiB allows ~700,000.
+mod parts;
+pub use parts::{PartError, SNAPSHOT_PART_BYTES, SnapshotAssembler, split_snapshot};
+
+/// The largest controller message an agent accepts. Large snapshots come in
+/// parts of about [`SNAPSHOT_PART_BYTES`], but an endpoint set is never
+/// split, and gRPC's default 4 MiB limit would refuse one set of more than
+/// ~11,000 endpoints (about 360 bytes each); 256 MiB allows ~700,000.
 pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 
 /// The encoded file descriptor set, for gRPC server reflection.

@@ -5,17 +5,26 @@
 //! next message only when the transport asks for one. A slow agent is
 //! therefore never queued for: while it is not reading, versions pile up in
 //! the watch channel as just "the latest", and its next message is one delta
-//! from what it last received to whatever is current (coalescing). Deltas
-//! are cached by (from, to), so a push to a thousand agents at the same
-//! version computes one diff.
+//! from what it last received to whatever is current (coalescing).
+//!
+//! Messages go out already encoded: the [`Publisher`] encodes a version's
+//! snapshot once and each (from, to) delta once, and every stream copies
+//! those bytes. That is why this service is routed by [`MeshServer`] here
+//! rather than the generated server, whose codec encodes a message per
+//! stream; the wire format is the same `ControllerMessage`.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::{BufMut as _, Bytes};
 use ecsmesh_proto::v1 as pb;
 use futures_util::Stream;
 use tokio::sync::{Notify, watch};
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
+use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::agents::{AgentHandle, Agents};
@@ -29,13 +38,15 @@ pub struct MeshService {
     pub metrics: Arc<Metrics>,
 }
 
-type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+/// The controller's side of one stream: encoded `ControllerMessage`s.
+pub type Outbound = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl pb::mesh_server::Mesh for MeshService {
-    type StreamStream = Outbound;
-
-    async fn stream(
+impl MeshService {
+    /// Serves one agent's stream.
+    ///
+    /// # Errors
+    /// The first message is not a Hello.
+    pub async fn stream(
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Outbound>, Status> {
@@ -61,6 +72,7 @@ impl pb::mesh_server::Mesh for MeshService {
             updates: self.publisher.subscribe(),
             publisher: Arc::clone(&self.publisher),
             last_sent: None,
+            parts: None,
             resync,
             agent,
         };
@@ -78,6 +90,9 @@ struct Sender {
     publisher: Arc<Publisher>,
     /// What the agent was last sent; `None` means the next message is a snapshot.
     last_sent: Option<Arc<Published>>,
+    /// The rest of a snapshot sent in parts: its messages and the next
+    /// one's index. Nothing else goes out until it is done.
+    parts: Option<(Arc<[Bytes]>, usize)>,
     /// Signalled on a NACK: the agent's state is in doubt, so resend everything.
     resync: Arc<Notify>,
     agent: Arc<AgentHandle>,
@@ -85,27 +100,36 @@ struct Sender {
 
 impl Sender {
     /// The next message for the agent; `None` when the controller shuts down.
-    async fn next(&mut self) -> Option<pb::ControllerMessage> {
+    async fn next(&mut self) -> Option<Bytes> {
+        if let Some((messages, index)) = self.parts.take() {
+            let message = messages.get(index)?.clone();
+            if index + 1 < messages.len() {
+                self.parts = Some((messages, index + 1));
+            }
+            return Some(message);
+        }
         loop {
             let current = self.updates.borrow_and_update().clone();
             // Version 0 is "not yet observed": never send an empty mesh.
             if current.version > 0 {
-                let kind = match &self.last_sent {
-                    None => Some(pb::controller_message::Kind::Snapshot(
-                        self.publisher.snapshot(&current),
-                    )),
+                let message = match &self.last_sent {
+                    None => {
+                        let messages = self.publisher.snapshot_messages(&current);
+                        let first = messages.first().cloned();
+                        if messages.len() > 1 {
+                            self.parts = Some((messages, 1));
+                        }
+                        first
+                    }
                     Some(last) if last.version != current.version => {
-                        let delta = self.publisher.delta(last, &current);
-                        Some(pb::controller_message::Kind::Delta(pb::Delta::clone(
-                            &delta,
-                        )))
+                        Some(self.publisher.delta_message(last, &current))
                     }
                     Some(_) => None,
                 };
-                if let Some(kind) = kind {
+                if let Some(message) = message {
                     self.agent.sent(current.version);
                     self.last_sent = Some(current);
-                    return Some(pb::ControllerMessage { kind: Some(kind) });
+                    return Some(message);
                 }
             }
             tokio::select! {
@@ -113,6 +137,91 @@ impl Sender {
                 () = self.resync.notified() => self.last_sent = None,
             }
         }
+    }
+}
+
+/// Routes `ecsmesh.v1.Mesh` to [`MeshService`] with [`EncodedCodec`], as the
+/// generated `MeshServer` would with its per-stream encoding codec.
+#[derive(Debug, Clone)]
+pub struct MeshServer(Arc<MeshService>);
+
+impl MeshServer {
+    pub fn new(service: MeshService) -> Self {
+        Self(Arc::new(service))
+    }
+}
+
+impl NamedService for MeshServer {
+    const NAME: &'static str = pb::mesh_server::SERVICE_NAME;
+}
+
+const STREAM_PATH: &str = "/ecsmesh.v1.Mesh/Stream";
+
+impl<B> Service<http::Request<B>> for MeshServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != STREAM_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
+        }
+        let method = StreamMethod(Arc::clone(&self.0));
+        Box::pin(async move { Ok(Grpc::new(EncodedCodec).streaming(method, req).await) })
+    }
+}
+
+struct StreamMethod(Arc<MeshService>);
+
+impl StreamingService<pb::AgentMessage> for StreamMethod {
+    type Response = Bytes;
+    type ResponseStream = Outbound;
+    type Future = BoxFuture<Response<Outbound>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<pb::AgentMessage>>) -> Self::Future {
+        let service = Arc::clone(&self.0);
+        Box::pin(async move { service.stream(request).await })
+    }
+}
+
+/// Sends bytes that are already an encoded `ControllerMessage`; decodes
+/// `AgentMessage`s as the generated code would.
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedCodec;
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = pb::AgentMessage;
+    type Encoder = EncodedEncoder;
+    type Decoder = tonic_prost::ProstDecoder<pb::AgentMessage>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(BufferSettings::default())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedEncoder;
+
+impl Encoder for EncodedEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
     }
 }
 

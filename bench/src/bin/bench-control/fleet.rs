@@ -219,10 +219,20 @@ async fn follow(
         .await?
         .into_inner();
     let mut held: Option<(u64, String, Arc<MeshState>)> = None;
+    // A snapshot in parts counts every part's bytes.
+    let mut parts = ecsmesh_proto::SnapshotAssembler::default();
+    let mut part_bytes = 0;
     while let Some(msg) = inbound.message().await? {
-        let bytes = msg.encoded_len();
+        let bytes = msg.encoded_len() + std::mem::take(&mut part_bytes);
         let (reply, mut event) = match msg.kind {
             Some(pb::controller_message::Kind::Snapshot(s)) => {
+                apply_snapshot(&s, interner, &mut held)
+            }
+            Some(pb::controller_message::Kind::SnapshotPart(part)) => {
+                let Some(s) = parts.push(part)? else {
+                    part_bytes = bytes;
+                    continue;
+                };
                 apply_snapshot(&s, interner, &mut held)
             }
             Some(pb::controller_message::Kind::Delta(d)) => apply_delta(&d, interner, &mut held),
