@@ -1,18 +1,11 @@
 # Setup shared by bench/proxy.sh and bench/profile.sh, sourced from the
 # repository root after `set -euo pipefail`: installs what deps-apt.txt
-# lists, builds the release binaries (BIN), makes a scratch directory (WORK)
-# removed on exit with every process in PIDS, and defines wait_port.
+# (and any list in the array BENCH_APT_LISTS) names, builds the release
+# binaries (BIN), makes a scratch directory (WORK) removed on exit with
+# every process in PIDS, and defines wait_port.
 
-# --- what the benchmark needs -------------------------------------------
-missing=()
-for p in $(grep -v '^\s*#' bench/deps-apt.txt); do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# --- what the benchmark needs (scripts/deps.sh installs what is missing) --
+DEPS_PYTHON=0 bash scripts/deps.sh bench/deps-apt.txt ${BENCH_APT_LISTS[@]+"${BENCH_APT_LISTS[@]}"} >/dev/null
 # The same package set as bench/control.sh, so cargo's feature unification
 # (and therefore the cached artifacts) is the same for both.
 cargo build --release -q -p ecsmesh-agent -p ecsmesh-controller -p ecsmesh-bench

@@ -10,7 +10,7 @@
 # Loopback only; every phase is bounded (3 min each).
 #
 # Environment: BENCH_AGENTS (default "100,1000"), BENCH_INSTANCES (500),
-# BENCH_SERVICES (200), BENCH_TASKS_PER_SERVICE (50), BENCH_CHANGES (6),
+# BENCH_SERVICES (200), BENCH_TASKS_PER_SERVICE (50), BENCH_CHANGES (3),
 # BENCH_DTAB_UPDATES (10), BENCH_RESYNC_INTERVAL (1s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ VENV="${ECSMESH_VENV:-$HOME/.cache/ecsmesh/venv}"
 
 # moto and boto3 come from deps/python.txt, as for the tests.
 if ! "$VENV/bin/python" -c 'import moto, boto3' 2>/dev/null; then
-  bash scripts/deps.sh
+  DEPS_APT=0 bash scripts/deps.sh
 fi
 # One package set for every benchmark build, so cargo's feature unification
 # (and therefore the cached artifacts) is the same for all of them.
@@ -47,7 +47,7 @@ before=$(quiet)
   --instances "${BENCH_INSTANCES:-500}" \
   --services "${BENCH_SERVICES:-200}" \
   --tasks-per-service "${BENCH_TASKS_PER_SERVICE:-50}" \
-  --changes "${BENCH_CHANGES:-6}" \
+  --changes "${BENCH_CHANGES:-3}" \
   --dtab-updates "${BENCH_DTAB_UPDATES:-10}" \
   --resync-interval "${BENCH_RESYNC_INTERVAL:-1s}" \
   "${pin[@]}" \

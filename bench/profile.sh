@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ecsmesh/target}"
 SECS="${PROFILE_SECONDS:-10}"
 
+BENCH_APT_LISTS=(bench/deps-profile-apt.txt)
 . bench/common.sh
 
 UP=127.0.50.10:8080

@@ -12,12 +12,14 @@
 # Every proxy has one worker thread, pinned to CPU 1 with the upstream; the
 # load generators run on CPU 0. Loopback only; every run is bounded.
 #
-# Environment: BENCH_SECONDS (per run, default 5), BENCH_REPS (default 3),
-# BENCH_RATES (open-loop rates, default "2000 5000").
+# Environment: BENCH_SECONDS (per throughput run, default 2),
+# BENCH_LATENCY_SECONDS (per open-loop run, default 3), BENCH_REPS (default
+# 3), BENCH_RATES (open-loop rates, default "2000 5000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ecsmesh/target}"
-SECS="${BENCH_SECONDS:-5}"
+SECS="${BENCH_SECONDS:-2}"
+LAT_SECS="${BENCH_LATENCY_SECONDS:-3}"
 REPS="${BENCH_REPS:-3}"
 RATES="${BENCH_RATES:-2000 5000}"
 
@@ -150,7 +152,7 @@ for rep in $(seq "$REPS"); do
   for rate in $RATES; do
     for s in "${SYSTEMS[@]}"; do
       set -- $s
-      out=$(taskset -c 0 "$BIN/bench-load" --connect "$2" --host "$3" --rate "$rate" --duration "$SECS")
+      out=$(taskset -c 0 "$BIN/bench-load" --connect "$2" --host "$3" --rate "$rate" --duration "$LAT_SECS")
       echo "{\"kind\":\"latency\",\"system\":\"$1\",\"rep\":$rep,\"result\":$out}" >> "$RAW"
     done
   done
@@ -158,6 +160,6 @@ done
 
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%d-%H%M)
-python3 bench/report.py "$RAW" "$SECS" "$REPS" "before: $quiet_before; after: $(quiet)" | tee "bench/results/proxy-$stamp.md"
+python3 bench/report.py "$RAW" "$SECS" "$LAT_SECS" "$REPS" "before: $quiet_before; after: $(quiet)" | tee "bench/results/proxy-$stamp.md"
 cp "$RAW" "bench/results/proxy-$stamp.jsonl"
 echo "written: bench/results/proxy-$stamp.md"

@@ -39,7 +39,7 @@ def spread(xs):
     return f"{min(xs):,.0f}–{max(xs):,.0f}" if xs else ""
 
 
-def main(path, secs, reps, quiet=""):
+def main(path, secs, lat_secs, reps, quiet=""):
     rows = [json.loads(line) for line in open(path)]
     tput = defaultdict(list)
     lat = defaultdict(list)
@@ -55,7 +55,8 @@ def main(path, secs, reps, quiet=""):
 
     print(f"### Proxy benchmark ({machine()})\n")
     print(
-        f"`make bench-proxy` (bench/proxy.sh): {reps} repetitions of {secs} s runs, medians; "
+        f"`make bench-proxy` (bench/proxy.sh): {reps} repetitions, medians; throughput runs of "
+        f"{secs} s, open-loop latency runs of {lat_secs} s; "
         "wrk -t1 -c32 on CPU 0; each proxy with one worker thread, pinned with the upstream "
         "to CPU 1; loopback.\n"
     )
@@ -100,4 +101,4 @@ def main(path, secs, reps, quiet=""):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

@@ -2,13 +2,23 @@
 # Installs what the tests need, from the lists in deps/: Debian packages
 # (deps/apt.txt) and Python packages into a venv (deps/python.txt).
 # Idempotent: installs only what is missing.
+#
+#   scripts/deps.sh [APT_LIST...]   Debian packages from these lists instead
+#                                   (the benchmarks pass bench/deps-apt.txt)
+#   DEPS_APT=0 / DEPS_PYTHON=0      skip the Debian packages / the Python venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages() { grep -v '^\s*#' "$1" | grep -v '^\s*$' || true; }
 
-mapfile -t apt < <(packages deps/apt.txt)
+lists=("$@")
+[ ${#lists[@]} -gt 0 ] || lists=(deps/apt.txt)
+apt=()
+for list in "${lists[@]}"; do
+  mapfile -t -O "${#apt[@]}" apt < <(packages "$list")
+done
 missing=()
+[ "${DEPS_APT:-1}" != 0 ] || apt=()
 for p in "${apt[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
@@ -21,7 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 mapfile -t py < <(packages deps/python.txt)
-if [ ${#py[@]} -gt 0 ]; then
+if [ "${DEPS_PYTHON:-1}" != 0 ] && [ ${#py[@]} -gt 0 ]; then
   venv="${ECSMESH_VENV:-$HOME/.cache/ecsmesh/venv}"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -r deps/python.txt; then
