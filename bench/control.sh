@@ -11,7 +11,7 @@
 #
 # Environment: BENCH_AGENTS (default "100,1000"), BENCH_INSTANCES (500),
 # BENCH_SERVICES (200), BENCH_TASKS_PER_SERVICE (50), BENCH_CHANGES (3),
-# BENCH_DTAB_UPDATES (10), BENCH_RESYNC_INTERVAL (1s).
+# BENCH_STEADY_RESYNCS (2), BENCH_DTAB_UPDATES (10), BENCH_RESYNC_INTERVAL (1s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ecsmesh/target}"
@@ -47,6 +47,7 @@ before=$(quiet)
   --instances "${BENCH_INSTANCES:-500}" \
   --services "${BENCH_SERVICES:-200}" \
   --tasks-per-service "${BENCH_TASKS_PER_SERVICE:-50}" \
+  --steady-resyncs "${BENCH_STEADY_RESYNCS:-2}" \
   --changes "${BENCH_CHANGES:-3}" \
   --dtab-updates "${BENCH_DTAB_UPDATES:-10}" \
   --resync-interval "${BENCH_RESYNC_INTERVAL:-1s}" \

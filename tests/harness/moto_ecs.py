@@ -18,6 +18,7 @@ deterministic. All requests are serialized by one lock (moto is not
 thread-safe).
 """
 import argparse
+import collections
 import functools
 import inspect
 import ipaddress
@@ -60,10 +61,6 @@ def _instance_of(backend, task):
 
 def _live(backend, cluster_name):
     return [t for t in backend.tasks.get(cluster_name, {}).values() if t.desired_status == "RUNNING"]
-
-
-def _service_tasks(backend, svc):
-    return [t for t in _live(backend, svc.cluster_name) if getattr(t, "_ecsmesh_service", None) == svc.name]
 
 
 def _detail(task, name):
@@ -155,11 +152,18 @@ def patch_awsvpc_ip():
     m.Task.__init__ = __init__
 
 
+def _tasks_on(backend, container_instance_arn):
+    """Every task ever started on a container instance (filled in by Task.__init__), so that
+    placing a task looks at its instance's tasks, not at every task in the cluster."""
+    return backend.__dict__.setdefault("_ecsmesh_tasks_on", {}).setdefault(container_instance_arn, [])
+
+
 def _dynamic_port(backend, task, used):
     ci = _instance_of(backend, task)
     taken = set(used)
-    for other in _live(backend, task.cluster_name):
-        if other is not task and other.container_instance_arn == task.container_instance_arn:
+    cluster_tasks = backend.tasks.get(task.cluster_name, {})
+    for other in _tasks_on(backend, task.container_instance_arn) if task.container_instance_arn else ():
+        if other is not task and other.desired_status == "RUNNING" and cluster_tasks.get(other.task_arn) is other:
             taken.update(b["hostPort"] for c in other.containers for b in getattr(c, "network_bindings", []))
     for res in ci.remaining_resources if ci else []:
         if res["name"] == "PORTS":
@@ -229,6 +233,8 @@ def patch_task_fields():
         self.connectivity, self.version = "CONNECTED", 1
         self.health_status = "HEALTHY" if checked else "UNKNOWN"
         self.cpu, self.memory = td.cpu, td.memory
+        if self.container_instance_arn:
+            _tasks_on(backend, self.container_instance_arn).append(self)
 
     m.Task.__init__ = __init__
 
@@ -260,8 +266,11 @@ def _stop(backend, task, reason, code):
                 pass  # subnet or ENI already gone
 
 
-def _place(backend, svc, deployment_id, candidates):
-    """Start one task of `svc` on the least-loaded candidate instance (ECS spread); None if none fits."""
+def _place(backend, svc, deployment_id, candidates, mine):
+    """Start one task of `svc` on the least-loaded candidate instance (ECS spread); None if none fits.
+
+    `mine` counts the service's live tasks per container instance ARN; the new task is added.
+    """
     from moto.ecs.models import Task
 
     cluster = backend.clusters[svc.cluster_name]
@@ -269,11 +278,10 @@ def _place(backend, svc, deployment_id, candidates):
     req = backend._calculate_task_resource_requirements(td)
     ci = None
     if svc.launch_type != "FARGATE":
-        mine = [t.container_instance_arn for t in _service_tasks(backend, svc)]
         fits = [c for c in candidates if backend._can_be_placed(c, req)]
         if not fits:
             return None
-        ci = min(fits, key=lambda c: (mine.count(c.container_instance_arn), c.running_tasks_count))
+        ci = min(fits, key=lambda c: (mine[c.container_instance_arn], c.running_tasks_count))
     try:
         task = Task(cluster, td, ci.container_instance_arn if ci else None, req, backend=backend,
                     group=f"service:{svc.name}", started_by=deployment_id, launch_type=svc.launch_type or "EC2",
@@ -285,6 +293,7 @@ def _place(backend, svc, deployment_id, candidates):
         backend.update_container_instance_resources(ci, req)
     task._ecsmesh_service = svc.name
     backend.tasks.setdefault(cluster.name, {})[task.task_arn] = task
+    mine[task.container_instance_arn] += 1
     return task
 
 
@@ -299,11 +308,15 @@ def reconcile(backend, cluster_name):
     from moto.core.utils import utcnow
 
     active = [c for c in backend.container_instances.get(cluster_name, {}).values() if c.status == "ACTIVE"]
+    # One pass over the cluster's tasks, not one per service.
+    live_by_service = {}
+    for t in _live(backend, cluster_name):
+        live_by_service.setdefault(getattr(t, "_ecsmesh_service", None), []).append(t)
     for svc in [s for s in backend.services.values() if s.cluster_name == cluster_name]:
         if not svc.deployments or not svc.task_definition:
             continue  # EXTERNAL / CODE_DEPLOY controllers are not scheduled by ECS itself
         dep = svc.deployments[0]
-        mine = sorted(_service_tasks(backend, svc), key=lambda t: t.created_at)
+        mine = sorted(live_by_service.get(svc.name, []), key=lambda t: t.created_at)
         for t in [t for t in mine if t.started_by != dep["id"]]:
             _stop(backend, t, "ECS deployment replaced this task", "ServiceSchedulerInitiated")
         current = [t for t in mine if t.started_by == dep["id"]]
@@ -315,11 +328,12 @@ def reconcile(backend, cluster_name):
             svc.desired_count = len(active)
         while len(placed) > svc.desired_count:
             _stop(backend, placed.pop(), "Service scaled in", "ServiceSchedulerInitiated")
+        spread = collections.Counter(t.container_instance_arn for t in mine if t.desired_status == "RUNNING")
         for ci in active if daemon else []:
             if not any(_instance_of(backend, t) is ci for t in placed):
-                placed += [t for t in [_place(backend, svc, dep["id"], [ci])] if t]
+                placed += [t for t in [_place(backend, svc, dep["id"], [ci], spread)] if t]
         while not daemon and len(placed) < svc.desired_count:
-            task = _place(backend, svc, dep["id"], active)
+            task = _place(backend, svc, dep["id"], active, spread)
             if task is None:
                 break
             placed.append(task)
