@@ -75,7 +75,7 @@ def main(path, before="", after=""):
         "agent's ACK of every change (n = agents × changes). Controller memory per connected agent "
         "((RSS connected − RSS ready) / agents): "
         + ", ".join(
-            f"{(r['rss_connected_kib'] - r['rss_ready_kib']) / r['agents'] / 1024:.1f} MiB at {r['agents']:,}"
+            f"{(r['rss_connected_kib'] - r['rss_ready_kib']) / r['agents']:,.0f} KiB at {r['agents']:,}"
             for r in runs
         )
         + "."

@@ -230,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         instances = args.instances,
         tasks = args.services * args.tasks_per_service,
-        "populating the emulator (about 90 s for 10,000 tasks)"
+        "populating the emulator (about 25 s for 10,000 tasks)"
     );
     let pop = emulator.populate(
         &args.python,
