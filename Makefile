@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/ecsmesh/venv
 export ECSMESH_VENV := $(VENV)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test lint fmt bench bench-dtab bench-proxy bench-control bench-profile fuzz demo demo-down clean-venv
+.PHONY: all deps test lint fmt bench bench-dtab bench-proxy bench-control bench-profile bench-ab fuzz demo demo-down clean-venv
 
 all: test
 
@@ -49,6 +49,10 @@ bench:
 ## bench-profile: perf profile of the agent under wrk load (bench/results/profile-*.txt).
 bench-profile:
 	bash bench/profile.sh
+
+## bench-ab: two agent binaries side by side under alternating wrk runs (make bench-ab A=path B=path).
+bench-ab:
+	bash bench/ab.sh $(A) $(B)
 
 ## bench-dtab: criterion benchmarks of dtab parsing and delegation.
 bench-dtab:
