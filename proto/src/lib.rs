@@ -16,10 +16,12 @@ pub mod v1 {
 mod parts;
 pub use parts::{PartError, SNAPSHOT_PART_BYTES, SnapshotAssembler, split_snapshot};
 
-/// The largest controller message an agent accepts. Large snapshots come in
-/// parts of about [`SNAPSHOT_PART_BYTES`], but an endpoint set is never
-/// split, and gRPC's default 4 MiB limit would refuse one set of more than
-/// ~11,000 endpoints (about 360 bytes each); 256 MiB allows ~700,000.
+/// The largest snapshot an agent accepts, whether as one message (gRPC's
+/// limit) or put together from parts ([`SnapshotAssembler`]'s). Large
+/// snapshots come in parts of about [`SNAPSHOT_PART_BYTES`], but an endpoint
+/// set is never split, and gRPC's default 4 MiB limit would refuse one set
+/// of more than ~11,000 endpoints (about 360 bytes each); 256 MiB allows
+/// ~700,000.
 pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 
 /// The encoded file descriptor set, for gRPC server reflection.

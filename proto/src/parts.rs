@@ -85,6 +85,12 @@ pub enum PartError {
         expected: u32,
         got: u32,
     },
+    #[error("snapshot {version} is larger than {limit} bytes by part {index}")]
+    TooLarge {
+        version: u64,
+        index: u32,
+        limit: usize,
+    },
     #[error(
         "snapshot part {index} belongs to version {got}@{got_epoch}, not to {version}@{epoch} being put together"
     )]
@@ -104,6 +110,7 @@ impl PartError {
         match self {
             Self::Empty { version, .. }
             | Self::OutOfOrder { version, .. }
+            | Self::TooLarge { version, .. }
             | Self::OtherSnapshot { version, .. } => *version,
         }
     }
@@ -111,18 +118,41 @@ impl PartError {
 
 /// Puts `SnapshotPart`s back together. After an error it holds nothing and
 /// waits for a part 0.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SnapshotAssembler {
     building: Option<Snapshot>,
     next_index: u32,
+    /// The encoded size of the parts so far, and its limit: parts lift
+    /// gRPC's per-message limit, so the whole needs one of its own.
+    bytes: usize,
+    limit: usize,
+}
+
+impl Default for SnapshotAssembler {
+    fn default() -> Self {
+        Self::with_limit(crate::MAX_SNAPSHOT_BYTES)
+    }
 }
 
 impl SnapshotAssembler {
+    /// An assembler that refuses snapshots larger than `limit` encoded bytes
+    /// (the default is [`crate::MAX_SNAPSHOT_BYTES`]).
+    #[must_use]
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            building: None,
+            next_index: 0,
+            bytes: 0,
+            limit,
+        }
+    }
+
     /// Adds a part; returns the whole snapshot once its last part is in.
     ///
     /// # Errors
-    /// A part that is empty, out of order, or of another snapshot; what was
-    /// put together so far is dropped.
+    /// A part that is empty, out of order, of another snapshot, or that
+    /// takes the whole past the limit; what was put together so far is
+    /// dropped.
     pub fn push(&mut self, part: SnapshotPart) -> Result<Option<Snapshot>, PartError> {
         let index = part.index;
         let Some(piece) = part.snapshot else {
@@ -137,6 +167,7 @@ impl SnapshotAssembler {
                 endpoint_sets: Vec::new(),
             });
             self.next_index = 0;
+            self.bytes = 0;
         }
         let Some(building) = self.building.as_mut() else {
             return Err(PartError::OutOfOrder {
@@ -165,6 +196,16 @@ impl SnapshotAssembler {
             self.building = None;
             return Err(err);
         }
+        self.bytes = self.bytes.saturating_add(piece.encoded_len());
+        if self.bytes > self.limit {
+            let version = building.version;
+            self.reset();
+            return Err(PartError::TooLarge {
+                version,
+                index,
+                limit: self.limit,
+            });
+        }
         building.dtabs.extend(piece.dtabs);
         building.endpoint_sets.extend(piece.endpoint_sets);
         self.next_index += 1;
@@ -180,6 +221,7 @@ impl SnapshotAssembler {
     pub fn reset(&mut self) {
         self.building = None;
         self.next_index = 0;
+        self.bytes = 0;
     }
 
     /// Whether a snapshot is half put together.
@@ -333,5 +375,32 @@ mod tests {
             whole = a.push(part).unwrap();
         }
         assert_eq!(whole, Some(snapshot(50, 20)));
+    }
+
+    #[test]
+    fn a_snapshot_past_the_limit_is_refused_whole() {
+        let s = snapshot(50, 20);
+        let p = parts(split_snapshot(s.clone(), 4096));
+        let size: usize = p
+            .iter()
+            .map(|p| p.snapshot.as_ref().unwrap().encoded_len())
+            .sum();
+        let mut a = SnapshotAssembler::with_limit(size - 1);
+        let results: Vec<_> = p.iter().cloned().map(|part| a.push(part)).collect();
+        let last = p.len() - 1;
+        assert!(results[..last].iter().all(|r| matches!(r, Ok(None))));
+        assert!(matches!(
+            results[last],
+            Err(PartError::TooLarge { version: 7, .. })
+        ));
+        assert!(!a.in_progress());
+        // Exactly at the limit, it is whole.
+        let mut a = SnapshotAssembler::with_limit(size);
+        let whole = p
+            .into_iter()
+            .map(|part| a.push(part).unwrap())
+            .last()
+            .unwrap();
+        assert_eq!(whole, Some(s));
     }
 }
