@@ -9,14 +9,14 @@
 //! times.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ecsmesh_proto::v1 as pb;
 use ecsmesh_state::MeshState;
 use prost::Message as _;
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 
 /// One version of the mesh state.
 #[derive(Debug)]
@@ -26,8 +26,9 @@ pub struct Published {
     /// When it was published (for push-latency metrics).
     pub at: Instant,
     /// The encoded `ControllerMessage`s that carry this version as a
-    /// snapshot, made when the first agent needs them.
-    snapshot_messages: OnceLock<Arc<[Bytes]>>,
+    /// snapshot, made when the first agent needs them (the others wait
+    /// without holding a runtime thread).
+    snapshot_messages: OnceCell<Arc<[Bytes]>>,
 }
 
 impl Published {
@@ -36,7 +37,7 @@ impl Published {
             version,
             state,
             at: Instant::now(),
-            snapshot_messages: OnceLock::new(),
+            snapshot_messages: OnceCell::new(),
         }
     }
 }
@@ -108,14 +109,18 @@ impl Publisher {
     /// The encoded `ControllerMessage`s that carry `p` as a snapshot: one
     /// `Snapshot`, or `SnapshotPart`s when it is larger than
     /// [`ecsmesh_proto::SNAPSHOT_PART_BYTES`]. Made once per version.
-    pub fn snapshot_messages(&self, p: &Published) -> Arc<[Bytes]> {
-        Arc::clone(p.snapshot_messages.get_or_init(|| {
-            let snapshot = p.state.to_snapshot(p.version, &self.epoch);
-            ecsmesh_proto::split_snapshot(snapshot, ecsmesh_proto::SNAPSHOT_PART_BYTES)
-                .iter()
-                .map(|m| Bytes::from(m.encode_to_vec()))
-                .collect()
-        }))
+    pub async fn snapshot_messages(&self, p: &Published) -> Arc<[Bytes]> {
+        let messages = p
+            .snapshot_messages
+            .get_or_init(|| async {
+                let snapshot = p.state.to_snapshot(p.version, &self.epoch);
+                ecsmesh_proto::split_snapshot(snapshot, ecsmesh_proto::SNAPSHOT_PART_BYTES)
+                    .iter()
+                    .map(|m| Bytes::from(m.encode_to_vec()))
+                    .collect()
+            })
+            .await;
+        Arc::clone(messages)
     }
 }
 
@@ -198,18 +203,18 @@ mod tests {
         assert_eq!(m.as_ptr(), p.delta_message(&v0, &v1).as_ptr());
     }
 
-    #[test]
-    fn snapshots_are_encoded_once_per_version_and_split_when_large() {
+    #[tokio::test]
+    async fn snapshots_are_encoded_once_per_version_and_split_when_large() {
         let p = Publisher::new();
         p.publish(state("/a=>/b"));
         let v1 = p.current();
-        let small = p.snapshot_messages(&v1);
+        let small = p.snapshot_messages(&v1).await;
         assert_eq!(small.len(), 1);
         let pb::controller_message::Kind::Snapshot(s) = decode(&small[0]) else {
             panic!("expected a snapshot")
         };
         assert_eq!((s.version, s.epoch.as_str()), (1, p.epoch()));
-        assert!(Arc::ptr_eq(&small, &p.snapshot_messages(&v1)));
+        assert!(Arc::ptr_eq(&small, &p.snapshot_messages(&v1).await));
 
         // ~3,000 endpoints: more than one part.
         let mut large = state("/a=>/b");
@@ -233,7 +238,7 @@ mod tests {
         }
         p.publish(large);
         let v2 = p.current();
-        let parts = p.snapshot_messages(&v2);
+        let parts = p.snapshot_messages(&v2).await;
         assert!(parts.len() > 1, "{} parts", parts.len());
         let mut assembler = ecsmesh_proto::SnapshotAssembler::default();
         let mut whole = None;

@@ -114,7 +114,7 @@ impl Sender {
             if current.version > 0 {
                 let message = match &self.last_sent {
                     None => {
-                        let messages = self.publisher.snapshot_messages(&current);
+                        let messages = self.publisher.snapshot_messages(&current).await;
                         let first = messages.first().cloned();
                         if messages.len() > 1 {
                             self.parts = Some((messages, 1));
