@@ -18,15 +18,10 @@ use crate::v1::{ControllerMessage, Snapshot, SnapshotPart, controller_message::K
 pub const SNAPSHOT_PART_BYTES: usize = 64 * 1024;
 
 /// The messages that carry `snapshot`: the snapshot itself when it fits in
-/// `part_bytes` (or cannot be split), otherwise `SnapshotPart`s in order. The first part carries
-/// every dtab; endpoint sets are never split.
+/// `part_bytes` (or cannot be split), otherwise `SnapshotPart`s in order.
+/// The first part carries every dtab; endpoint sets are never split.
 #[must_use]
 pub fn split_snapshot(snapshot: Snapshot, part_bytes: usize) -> Vec<ControllerMessage> {
-    if snapshot.encoded_len() <= part_bytes {
-        return vec![ControllerMessage {
-            kind: Some(Kind::Snapshot(snapshot)),
-        }];
-    }
     let Snapshot {
         version,
         epoch,
@@ -54,7 +49,7 @@ pub fn split_snapshot(snapshot: Snapshot, part_bytes: usize) -> Vec<ControllerMe
         current.endpoint_sets.push(set);
     }
     if parts.is_empty() {
-        // One set larger than a part, and nothing else: no reason to split.
+        // It all fits, or it is one set larger than a part: no reason to split.
         return vec![ControllerMessage {
             kind: Some(Kind::Snapshot(current)),
         }];
@@ -154,9 +149,17 @@ impl SnapshotAssembler {
     /// takes the whole past the limit; what was put together so far is
     /// dropped.
     pub fn push(&mut self, part: SnapshotPart) -> Result<Option<Snapshot>, PartError> {
+        let pushed = self.try_push(part);
+        if pushed.is_err() {
+            self.reset();
+        }
+        pushed
+    }
+
+    fn try_push(&mut self, part: SnapshotPart) -> Result<Option<Snapshot>, PartError> {
         let index = part.index;
         let Some(piece) = part.snapshot else {
-            let version = self.building.take().map_or(0, |b| b.version);
+            let version = self.building.as_ref().map_or(0, |b| b.version);
             return Err(PartError::Empty { version, index });
         };
         if index == 0 {
@@ -177,31 +180,25 @@ impl SnapshotAssembler {
             });
         };
         if index != self.next_index {
-            let expected = self.next_index;
-            self.building = None;
             return Err(PartError::OutOfOrder {
                 version: piece.version,
-                expected,
+                expected: self.next_index,
                 got: index,
             });
         }
         if piece.version != building.version || piece.epoch != building.epoch {
-            let err = PartError::OtherSnapshot {
+            return Err(PartError::OtherSnapshot {
                 version: building.version,
-                epoch: std::mem::take(&mut building.epoch),
+                epoch: building.epoch.clone(),
                 index,
                 got: piece.version,
                 got_epoch: piece.epoch,
-            };
-            self.building = None;
-            return Err(err);
+            });
         }
         self.bytes = self.bytes.saturating_add(piece.encoded_len());
         if self.bytes > self.limit {
-            let version = building.version;
-            self.reset();
             return Err(PartError::TooLarge {
-                version,
+                version: building.version,
                 index,
                 limit: self.limit,
             });

@@ -90,8 +90,8 @@ struct Sender {
     publisher: Arc<Publisher>,
     /// What the agent was last sent; `None` means the next message is a snapshot.
     last_sent: Option<Arc<Published>>,
-    /// The rest of a snapshot sent in parts: its messages and the next
-    /// one's index. Nothing else goes out until it is done.
+    /// The snapshot being sent: its messages (one, or its parts) and the
+    /// next one's index. Nothing else goes out until it is done.
     parts: Option<(Arc<[Bytes]>, usize)>,
     /// Signalled on a NACK: the agent's state is in doubt, so resend everything.
     resync: Arc<Notify>,
@@ -101,12 +101,8 @@ struct Sender {
 impl Sender {
     /// The next message for the agent; `None` when the controller shuts down.
     async fn next(&mut self) -> Option<Bytes> {
-        if let Some((messages, index)) = self.parts.take() {
-            let message = messages.get(index)?.clone();
-            if index + 1 < messages.len() {
-                self.parts = Some((messages, index + 1));
-            }
-            return Some(message);
+        if let Some(part) = self.next_part() {
+            return Some(part);
         }
         loop {
             let current = self.updates.borrow_and_update().clone();
@@ -114,12 +110,8 @@ impl Sender {
             if current.version > 0 {
                 let message = match &self.last_sent {
                     None => {
-                        let messages = self.publisher.snapshot_messages(&current).await;
-                        let first = messages.first().cloned();
-                        if messages.len() > 1 {
-                            self.parts = Some((messages, 1));
-                        }
-                        first
+                        self.parts = Some((self.publisher.snapshot_messages(&current).await, 0));
+                        self.next_part()
                     }
                     Some(last) if last.version != current.version => {
                         Some(self.publisher.delta_message(last, &current))
@@ -137,6 +129,16 @@ impl Sender {
                 () = self.resync.notified() => self.last_sent = None,
             }
         }
+    }
+
+    /// The next message of the snapshot being sent, if one is.
+    fn next_part(&mut self) -> Option<Bytes> {
+        let (messages, index) = self.parts.take()?;
+        let message = messages.get(index)?.clone();
+        if index + 1 < messages.len() {
+            self.parts = Some((messages, index + 1));
+        }
+        Some(message)
     }
 }
 
