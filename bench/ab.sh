@@ -19,17 +19,17 @@ SECS="${AB_SECONDS:-3}"
 
 . bench/common.sh
 
-UP=127.0.50.10:8080
-taskset -c 1 "$BIN/bench-upstream" --addr "$UP" & PIDS+=($!)
-wait_port 127.0.50.10 8080
+# common.sh has just rebuilt what lies in $BIN: a binary there is not the one asked for.
+for x in "$A" "$B"; do
+  case "$(realpath "$x")" in
+    "$(realpath "$BIN")"/*) echo "bench/ab.sh: copy $x out of $BIN first (the build replaces it)" >&2; exit 2 ;;
+  esac
+done
+
+start_upstream
 declare -A IP=([A]=127.0.50.21 [B]=127.0.50.22) AGENT=([A]="$A" [B]="$B")
 for n in A B; do
-  mkdir -p "$WORK/$n"
-  "$BIN/bench-snapshot" --upstream "$UP" --upstream-host 127.0.50.10 --out "$WORK/$n/snapshot.pb"
-  RUST_LOG=error TOKIO_WORKER_THREADS=1 taskset -c 1 "${AGENT[$n]}" \
-    --host-ip "${IP[$n]}" --instance-id "i-ab-$n" --availability-zone bench-a --mode direct \
-    --controller http://127.0.0.1:9 --state-dir "$WORK/$n" --imds-endpoint http://127.0.0.1:9 &
-  PIDS+=($!)
+  start_agent "$n" "${IP[$n]}" direct "$UP_IP" "${AGENT[$n]}"
   wait_port "${IP[$n]}" 4140
 done
 for n in A B; do

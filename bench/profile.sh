@@ -20,30 +20,12 @@ SECS="${PROFILE_SECONDS:-10}"
 BENCH_APT_LISTS=(bench/deps-profile-apt.txt)
 . bench/common.sh
 
-UP=127.0.50.10:8080
-taskset -c 1 "$BIN/bench-upstream" --addr "$UP" & PIDS+=($!)
-"$BIN/bench-snapshot" --upstream "$UP" --upstream-host 127.0.50.10 --out "$WORK/a/snapshot.pb"
-RUST_LOG=error TOKIO_WORKER_THREADS=1 taskset -c 1 "$BIN/ecsmesh-agent" \
-  --host-ip 127.0.50.1 --instance-id i-profile --availability-zone bench-a --mode direct \
-  --controller http://127.0.0.1:9 --state-dir "$WORK/a" --imds-endpoint http://127.0.0.1:9 &
-AGENT=$!; PIDS+=($AGENT)
-cat > "$WORK/haproxy.cfg" <<EOF
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend fe
-  bind 127.0.50.4:8080
-  default_backend be
-backend be
-  server up $UP
-EOF
-taskset -c 1 haproxy -db -f "$WORK/haproxy.cfg" & HAPROXY=$!; PIDS+=($HAPROXY)
-wait_port 127.0.50.10 8080; wait_port 127.0.50.1 4140; wait_port 127.0.50.4 8080
+start_upstream
+start_agent profile 127.0.50.1 direct "$UP_IP"
+AGENT=${AGENT_PID[profile]}
+start_haproxy 127.0.50.4:8080
+HAPROXY=$HAPROXY_PID
+wait_port 127.0.50.1 4140; wait_port 127.0.50.4 8080
 
 # System calls and context switches per request, agent against haproxy:
 # software tracepoints, counted while wrk saturates each in turn.

@@ -25,24 +25,12 @@ RATES="${BENCH_RATES:-2000 5000}"
 
 . bench/common.sh
 
-UP_IP=127.0.50.10; UP="$UP_IP:8080"
-start() { "$@" & PIDS+=($!); }
-
-start taskset -c 1 "$BIN/bench-upstream" --addr "$UP"
-wait_port "$UP_IP" 8080
+start_upstream
 
 # Agents: A routes directly; B (outgoing) -> C (incoming) is linker-to-linker.
-agent() { # name host-ip mode upstream-host
-  "$BIN/bench-snapshot" --upstream "$UP" --upstream-host "$4" --out "$WORK/$1/snapshot.pb"
-  RUST_LOG=error TOKIO_WORKER_THREADS=1 start taskset -c 1 "$BIN/ecsmesh-agent" \
-    --host-ip "$2" --instance-id "i-$1" --availability-zone bench-a --mode "$3" \
-    --controller http://127.0.0.1:9 --state-dir "$WORK/$1" --imds-endpoint http://127.0.0.1:9
-  AGENT_PID[$1]=$!
-}
-declare -A AGENT_PID
-agent a 127.0.50.1 direct "$UP_IP"
-agent b 127.0.50.3 linker-to-linker 127.0.50.2
-agent c 127.0.50.2 direct 127.0.50.2
+start_agent a 127.0.50.1 direct "$UP_IP"
+start_agent b 127.0.50.3 linker-to-linker 127.0.50.2
+start_agent c 127.0.50.2 direct 127.0.50.2
 # D (outgoing) -> E (incoming) is linker-to-linker with mutual TLS; the
 # certificates come from openssl (any CA works; see the README's TLS section).
 T="$WORK/tls"; mkdir -p "$T"
@@ -54,30 +42,13 @@ printf 'subjectAltName=DNS:ecsmesh-agent\nextendedKeyUsage=serverAuth,clientAuth
 openssl x509 -req -in "$T/agent.csr" -CA "$T/ca.pem" -CAkey "$T/ca-key.pem" -CAcreateserial -days 1 \
   -extfile "$T/ext" -out "$T/agent.pem" 2>/dev/null
 export ECSMESH_TLS_CA="$T/ca.pem" ECSMESH_TLS_CERT="$T/agent.pem" ECSMESH_TLS_KEY="$T/agent-key.pem"
-agent d 127.0.50.7 linker-to-linker 127.0.50.6
-agent e 127.0.50.6 direct 127.0.50.6
+start_agent d 127.0.50.7 linker-to-linker 127.0.50.6
+start_agent e 127.0.50.6 direct 127.0.50.6
 unset ECSMESH_TLS_CA ECSMESH_TLS_CERT ECSMESH_TLS_KEY
 wait_port 127.0.50.1 4140; wait_port 127.0.50.3 4140; wait_port 127.0.50.2 4141
 wait_port 127.0.50.7 4140; wait_port 127.0.50.6 4141
 
-cat > "$WORK/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend fe
-  bind 127.0.50.4:8080
-  default_backend be
-backend be
-  server up $UP
-EOF
-start taskset -c 1 haproxy -db -f "$WORK/haproxy.cfg"
-HAPROXY_PID=$!
+start_haproxy 127.0.50.4:8080
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx.conf" <<EOF
 worker_processes 1;
@@ -97,8 +68,7 @@ http {
   }
 }
 EOF
-start taskset -c 1 nginx -c "$WORK/nginx.conf"
-NGINX_PID=$!
+taskset -c 1 nginx -c "$WORK/nginx.conf" & NGINX_PID=$!; PIDS+=($!)
 wait_port 127.0.50.4 8080; wait_port 127.0.50.5 8080
 
 # name  address  host-header  pid-to-measure (for RSS and CPU)

@@ -54,32 +54,11 @@ impl ProcessStats {
             ..Self::default()
         };
         if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-            let kib = |key: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map_or(0, |v| v * 1024)
-            };
-            stats.resident_memory_bytes = kib("VmRSS:");
-            stats.virtual_memory_bytes = kib("VmSize:");
+            stats.resident_memory_bytes = status_kib(&status, "VmRSS:") * 1024;
+            stats.virtual_memory_bytes = status_kib(&status, "VmSize:") * 1024;
         }
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the parenthesised command name (which may hold
-            // spaces): utime and stime are the 14th and 15th of the line.
-            if let Some((_, rest)) = stat.rsplit_once(')') {
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = |i: usize| {
-                    fields
-                        .get(i)
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                #[allow(clippy::cast_precision_loss)] // ticks stay far below 2^52
-                let cpu = (ticks(11) + ticks(12)) as f64 / TICKS_PER_SECOND;
-                stats.cpu_seconds = cpu;
-            }
+            stats.cpu_seconds = stat_cpu_seconds(&stat);
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             stats.open_fds = dir.count() as u64;
@@ -94,6 +73,37 @@ impl ProcessStats {
         }
         stats
     }
+}
+
+/// A `/proc/<pid>/status` field given in KiB (`VmRSS:`, `VmHWM:`, ...); 0
+/// when absent.
+pub fn status_kib(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User plus system CPU seconds from a `/proc/<pid>/stat` line; 0 when it
+/// cannot be read.
+pub fn stat_cpu_seconds(stat: &str) -> f64 {
+    // Fields after the parenthesised command name (which may hold spaces):
+    // utime and stime are the 14th and 15th of the line.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    #[allow(clippy::cast_precision_loss)] // ticks stay far below 2^52
+    let seconds = (ticks(11) + ticks(12)) as f64 / TICKS_PER_SECOND;
+    seconds
 }
 
 /// Registers it with a registry (unprefixed: these names are standard).

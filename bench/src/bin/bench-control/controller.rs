@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::emulator::{REGION, TempDir};
+use crate::emulator::{REGION, pinned, scratch};
 use crate::http;
 
 /// A running controller; killed on drop.
@@ -17,7 +17,7 @@ pub struct Controller {
     child: Child,
     pub grpc: String,
     pub admin: String,
-    _store: TempDir,
+    _store: tempfile::TempDir,
 }
 
 /// A free port on 127.0.0.1 (closed again at once: fine on loopback).
@@ -36,23 +36,16 @@ impl Controller {
         cluster: &str,
         resync_interval: &str,
     ) -> anyhow::Result<Self> {
-        let store = TempDir::new("controller")?;
+        let store = scratch("controller")?;
         let (grpc, admin) = (free_port()?, free_port()?);
-        let mut cmd = match cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg(binary);
-                c
-            }
-            None => Command::new(binary),
-        };
+        let mut cmd = pinned(binary, cpus);
         // Loopback only: the defaults bind 0.0.0.0.
         cmd.args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--cluster", cluster])
             .args(["--resync-interval", resync_interval])
             .arg("--store-dir")
-            .arg(&store.0)
+            .arg(store.path())
             .env_remove("AWS_PROFILE")
             .env("ECSMESH_AWS_ENDPOINT_URL", emulator)
             .env("ECSMESH_AWS_REGION", REGION)
@@ -117,41 +110,18 @@ impl Drop for Controller {
 pub struct Usage {
     pub rss_kib: u64,
     pub hwm_kib: u64,
-    pub cpu_ticks: u64,
+    pub cpu_seconds: f64,
 }
 
 pub fn proc_usage(pid: u32) -> anyhow::Result<Usage> {
+    use ecsmesh_metrics::process::{stat_cpu_seconds, status_kib};
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces): state is
-    // field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Ok(Usage {
-        rss_kib: field("VmRSS:"),
-        hwm_kib: field("VmHWM:"),
-        cpu_ticks: ticks(11) + ticks(12),
+        rss_kib: status_kib(&status, "VmRSS:"),
+        hwm_kib: status_kib(&status, "VmHWM:"),
+        cpu_seconds: stat_cpu_seconds(&stat),
     })
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux if that fails).
-pub fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// A Prometheus text exposition, parsed just enough: `name{labels}` → value.

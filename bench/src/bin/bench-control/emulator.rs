@@ -24,31 +24,26 @@ const AUTH: &str = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-west-1/ecs/a
 pub struct Emulator {
     child: Child,
     pub endpoint: String,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
-/// A directory removed on drop (the bench has no tempfile dependency).
-#[derive(Debug)]
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!(
-            "ecsmesh-bench-{tag}-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self(path))
+/// `program`, pinned to `cpus` with taskset when given.
+pub fn pinned(program: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory removed on drop.
+pub fn scratch(tag: &str) -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("ecsmesh-bench-{tag}-"))
+        .tempdir()?)
 }
 
 /// What `populate` built.
@@ -115,16 +110,9 @@ impl Emulator {
     /// Starts the emulator on a free loopback port and waits for its ready
     /// file; pinned to `cpus` with taskset when given.
     pub fn start(python: &Path, script: &Path, cpus: Option<&str>) -> anyhow::Result<Self> {
-        let dir = TempDir::new("moto")?;
-        let ready = dir.0.join("ready.json");
-        let mut cmd = match cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg(python);
-                c
-            }
-            None => Command::new(python),
-        };
+        let dir = scratch("moto")?;
+        let ready = dir.path().join("ready.json");
+        let mut cmd = pinned(python, cpus);
         let child = cmd
             .arg(script)
             .args(["serve", "--port", "0", "--exit-with-parent", "--ready-file"])

@@ -32,7 +32,7 @@ use ecsmesh_proto::v1 as pb;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::controller::{Controller, Samples, Usage, clock_ticks};
+use crate::controller::{Controller, Samples, Usage};
 use crate::emulator::{Emulator, Log, Population, resyncs, unix_now};
 use crate::fleet::{Fleet, Identity};
 
@@ -156,26 +156,27 @@ impl Propagation {
     }
 }
 
-fn propagation(fleet: &Fleet, before: u64, from: f64, kind: &str) -> Propagation {
-    let got = fleet.after(before);
+/// `got`: each agent's answer to the version (`Fleet::after`).
+fn propagation(got: &[(fleet::Event, usize)], from: f64, kind: &str) -> Propagation {
     let acks: Vec<f64> = got
         .iter()
         .map(|(e, _)| (unix(e.acked_at) - from) * 1e3)
         .collect();
     let mut bytes: Vec<usize> = got.iter().map(|(_, b)| *b).collect();
     bytes.sort_unstable();
-    let first = got.first().map(|(e, _)| e.clone());
+    let first = got.first().map(|(e, _)| e);
+    let per_agent = percentiles(acks.clone());
     Propagation {
         kind: kind.to_owned(),
-        version: first.as_ref().map_or(0, |e| e.version),
-        all_acked_ms: acks.iter().copied().fold(f64::MIN, f64::max),
-        per_agent: percentiles(acks.clone()),
+        version: first.map_or(0, |e| e.version),
+        all_acked_ms: per_agent.max_ms,
+        per_agent,
         bytes_median: bytes.get(bytes.len() / 2).copied().unwrap_or(0),
         bytes_max: bytes.last().copied().unwrap_or(0),
         snapshots: got.iter().filter(|(e, _)| e.snapshot).count(),
-        upserted: first.as_ref().map_or(0, |e| e.upserted),
-        removed: first.as_ref().map_or(0, |e| e.removed),
-        dtabs: first.as_ref().map_or(0, |e| e.dtabs),
+        upserted: first.map_or(0, |e| e.upserted),
+        removed: first.map_or(0, |e| e.removed),
+        dtabs: first.map_or(0, |e| e.dtabs),
         change_to_all_acked_ms: None,
         emulator_read_ms: None,
         publish_to_ack_mean_ms: None,
@@ -273,7 +274,6 @@ async fn main() -> anyhow::Result<()> {
         "resync_interval": args.resync_interval,
         "controller_cpus": args.controller_cpus,
         "emulator_cpus": args.emulator_cpus,
-        "clock_ticks": clock_ticks(),
         "wall_s": started.elapsed().as_secs_f64(),
         "runs": runs,
     });
@@ -284,9 +284,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// CPU seconds between two readings.
-#[allow(clippy::cast_precision_loss)] // ticks stay far below 2^52
 fn cpu_s(a: Usage, b: Usage) -> f64 {
-    b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / clock_ticks()
+    (b.cpu_seconds - a.cpu_seconds).max(0.0)
 }
 
 /// What one run shares between its phases.
@@ -475,8 +474,8 @@ async fn changes(
         // by milliseconds; resyncs are seconds apart). Choosing by time, not
         // by "the first resync after the change", stays right when a resync
         // that was already under way reads the change.
-        let first_ack = fleet
-            .after(version)
+        let got = fleet.after(version);
+        let first_ack = got
             .iter()
             .map(|(e, _)| unix(e.acked_at))
             .fold(f64::INFINITY, f64::min);
@@ -487,7 +486,7 @@ async fn changes(
         if visible.end < changed_at {
             bail!("the agents ACKed a version no resync after the change {kind} produced");
         }
-        let mut p = propagation(fleet, version, visible.end, &kind);
+        let mut p = propagation(&got, visible.end, &kind);
         p.change_to_all_acked_ms = Some(p.all_acked_ms + (visible.end - changed_at) * 1e3);
         p.emulator_read_ms = Some((visible.end - visible.start) * 1e3);
         p.controller_view(&metrics0, &cx.ctl.metrics().await?);
@@ -529,7 +528,7 @@ async fn dtab_updates(cx: &Ctx<'_>, fleet: &Fleet, out: &mut Run) -> anyhow::Res
         };
         stored = Some(resp.into_inner().version);
         fleet.wait_acked(version + 1, PHASE_TIMEOUT).await?;
-        let mut p = propagation(fleet, version, from, "dtab update");
+        let mut p = propagation(&fleet.after(version), from, "dtab update");
         p.controller_view(&metrics0, &cx.ctl.metrics().await?);
         tracing::info!(
             all_acked_ms = p.all_acked_ms,
