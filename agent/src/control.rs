@@ -256,13 +256,12 @@ impl Drop for AbortOnDrop {
 /// Sends a traffic summary every interval: the first carries every service,
 /// later ones only those whose counts moved.
 async fn send_summaries(summaries: Summaries, tx: mpsc::Sender<pb::AgentMessage>) {
-    let started = ecsmesh_metrics::process::start_time_unix();
     let mut sent = std::collections::HashMap::new();
     let mut ticks = tokio::time::interval(summaries.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let summary = summaries.metrics.summary(started, &mut sent);
+        let summary = summaries.metrics.summary(&mut sent);
         let msg = pb::AgentMessage {
             kind: Some(pb::agent_message::Kind::Summary(summary)),
         };

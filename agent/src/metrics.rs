@@ -560,11 +560,7 @@ impl Metrics {
     /// The traffic summary for the controller: every service whose request
     /// count differs from `previous` (all of them when it is empty), which
     /// is updated to the new counts.
-    pub fn summary(
-        &self,
-        started_unix: f64,
-        previous: &mut HashMap<(Arc<str>, Side), u64>,
-    ) -> pb::TrafficSummary {
+    pub fn summary(&self, previous: &mut HashMap<(Arc<str>, Side), u64>) -> pb::TrafficSummary {
         let mut services = Vec::new();
         let all = self
             .service_handles
@@ -594,8 +590,8 @@ impl Metrics {
         drop(all);
         let process = ecsmesh_metrics::process::ProcessStats::read();
         pb::TrafficSummary {
-            agent_start_unix: started_unix,
-            sent_unix: unix_now(),
+            agent_start_unix: process.start_time_unix,
+            sent_unix: ecsmesh_metrics::unix_now(),
             latency_bounds_seconds: LATENCY_BOUNDS.to_vec(),
             services,
             resident_memory_bytes: process.resident_memory_bytes,
@@ -607,10 +603,4 @@ impl Metrics {
     pub fn encode(&self) -> String {
         ecsmesh_metrics::encode(&self.registry.lock().unwrap_or_else(PoisonError::into_inner))
     }
-}
-
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

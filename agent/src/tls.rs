@@ -17,14 +17,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ecsmesh_tls::{ClientTls, HttpsConnector, ServerName, ServerNameTemplate, ServerTls, TlsError};
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::ResponseFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Config;
 use crate::metrics::{Metrics, TlsFailureLabels};
-use crate::proxy::Body;
+use crate::proxy::{Body, Pools};
 use crate::routes::Dest;
 
 /// The controller's endpoint and the linker-to-linker hop's TLS, from the
@@ -45,11 +44,7 @@ pub fn setup(
 const MAX_NAMES: usize = 1024;
 
 /// Pooled clients verifying one server name.
-#[derive(Clone, Debug)]
-struct Clients {
-    http1: Client<HttpsConnector, Body>,
-    http2: Client<HttpsConnector, Body>,
-}
+type Clients = Pools<HttpsConnector>;
 
 /// The linker-to-linker hop's TLS: the incoming port's acceptor and the
 /// outgoing side's clients.
@@ -59,8 +54,21 @@ pub struct L2lTls {
     client: ClientTls,
     names: ServerNameTemplate,
     connect_timeout: Duration,
+    /// The pools for a fixed server name (the default), built once: the
+    /// per-request path then renders nothing and takes no lock.
+    fixed: Option<Clients>,
+    /// The pools per rendered name, for a `{service}`/`{cluster}` template.
     clients: Mutex<HashMap<ServerName<'static>, Clients>>,
     metrics: Arc<Metrics>,
+}
+
+/// Pooled clients that verify `name` on every connection they open.
+fn pools_for(client: &ClientTls, name: ServerName<'static>, connect_timeout: Duration) -> Clients {
+    Pools::new(HttpsConnector::new(
+        client.clone(),
+        name,
+        Some(connect_timeout),
+    ))
 }
 
 impl L2lTls {
@@ -77,11 +85,16 @@ impl L2lTls {
         client.watch(tls.reload_interval);
         tracing::info!(server_name = %tls.l2l_server_name, client_auth = %tls.l2l_client_auth,
             "TLS on the linker-to-linker hop");
+        let fixed = tls
+            .l2l_server_name
+            .fixed()
+            .map(|name| pools_for(&client, name.clone(), config.connect_timeout));
         Ok(Some(Self {
             server,
             client,
             names: tls.l2l_server_name.clone(),
             connect_timeout: config.connect_timeout,
+            fixed,
             clients: Mutex::new(HashMap::new()),
             metrics,
         }))
@@ -111,12 +124,11 @@ impl L2lTls {
         dest: &Dest,
         req: http::Request<Body>,
     ) -> Result<ResponseFuture, TlsError> {
+        if let Some(fixed) = &self.fixed {
+            return Ok(fixed.for_version(version).request(req));
+        }
         let clients = self.clients(self.server_name(dest)?);
-        Ok(if version == http::Version::HTTP_2 {
-            clients.http2.request(req)
-        } else {
-            clients.http1.request(req)
-        })
+        Ok(clients.for_version(version).request(req))
     }
 
     fn clients(&self, name: ServerName<'static>) -> Clients {
@@ -127,20 +139,7 @@ impl L2lTls {
         if all.len() >= MAX_NAMES {
             all.clear();
         }
-        let connector = HttpsConnector::new(
-            self.client.clone(),
-            name.clone(),
-            Some(self.connect_timeout),
-        );
-        // The same pools as the plaintext clients (see `Proxy::new`).
-        let clients = Clients {
-            http1: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_mins(1))
-                .build(connector.clone()),
-            http2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(connector),
-        };
+        let clients = pools_for(&self.client, name.clone(), self.connect_timeout);
         all.insert(name, clients.clone());
         clients
     }

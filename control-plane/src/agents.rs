@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use ecsmesh_metrics::unix_now;
 use ecsmesh_proto::v1 as pb;
 use serde::Serialize;
 
@@ -55,12 +56,6 @@ pub struct AgentView {
     pub resident_memory_bytes: u64,
     /// CPU use between its last two summaries, in cores.
     pub cpu_cores: Option<f64>,
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Agents {

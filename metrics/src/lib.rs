@@ -21,6 +21,13 @@ use prometheus_client::registry::Registry;
 /// The content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Now, in seconds since the Unix epoch (0 before it).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// The registry in the Prometheus text format 0.0.4.
 pub fn encode(registry: &Registry) -> String {
     let mut open = String::new();

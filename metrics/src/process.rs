@@ -2,7 +2,7 @@
 //! them), read from `/proc/self` at scrape time, plus the uptime.
 
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -31,17 +31,7 @@ pub struct ProcessStats {
 /// call [`started`] early in `main` or at metric registration).
 fn started() -> &'static (Instant, f64) {
     static STARTED: OnceLock<(Instant, f64)> = OnceLock::new();
-    STARTED.get_or_init(|| {
-        let unix = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        (Instant::now(), unix)
-    })
-}
-
-/// When this process started, in seconds since the Unix epoch.
-pub fn start_time_unix() -> f64 {
-    started().1
+    STARTED.get_or_init(|| (Instant::now(), crate::unix_now()))
 }
 
 impl ProcessStats {

@@ -80,8 +80,7 @@ pub struct Proxy {
     pub config: Config,
     pub host_ip: IpAddr,
     pub metrics: Arc<Metrics>,
-    http1: Client<HttpConnector, Body>,
-    http2: Client<HttpConnector, Body>,
+    pools: Pools<HttpConnector>,
     budget: RetryBudget,
     classifier: Classifier,
     /// Bounds the requests held at once: past it, fail fast instead of queueing.
@@ -100,23 +99,11 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        // Flattened writes (head and body in one buffer, one `write`): with
-        // 64 B bodies, ~1.7 % more requests a second than writev with its
-        // iovecs, even at 4 KiB (bench/ab.sh, results/ab-20261122-05*.md);
-        // the copy is cheap beside the system call. Also on the listeners.
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_mins(1))
-            .http1_writev(false)
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector);
         Self {
             routes,
             host_ip,
             metrics,
-            http1,
-            http2,
+            pools: Pools::new(connector),
             budget: RetryBudget::new(&RetryBudgetConfig::default()),
             classifier: Classifier::RetryableIdempotent5XX,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
@@ -143,6 +130,7 @@ impl Proxy {
     ) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // One write per message, as the upstream pools do (see `Pools`).
         builder.http1().writev(false);
         loop {
             tokio::select! {
@@ -432,11 +420,7 @@ impl Proxy {
         service: &str,
         deadline: Instant,
     ) -> Attempt {
-        let client = if parts.version == http::Version::HTTP_2 {
-            &self.http2
-        } else {
-            &self.http1
-        };
+        let client = self.pools.for_version(parts.version);
         let started = Instant::now();
         let left = deadline.saturating_duration_since(started);
         // `connect_to` differs from the endpoint only on the outgoing side
@@ -560,7 +544,45 @@ impl Proxy {
     }
 }
 
-/// The concrete name of `dest` (its prerendered header: no allocation).
+/// The pooled upstream clients, HTTP/1 and HTTP/2, over one connector:
+/// the plaintext one, or a TLS one per remote-agent name (`crate::tls`).
+#[derive(Clone, Debug)]
+pub(crate) struct Pools<C> {
+    http1: Client<C, Body>,
+    http2: Client<C, Body>,
+}
+
+impl<C> Pools<C>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(connector: C) -> Self {
+        Self {
+            // Flattened writes (head and body in one buffer, one `write`):
+            // with 64 B bodies, ~1.7 % more requests a second than writev
+            // with its iovecs, even at 4 KiB (bench/ab.sh,
+            // results/ab-20261122-05*.md); the copy is cheap beside the
+            // system call.
+            http1: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_mins(1))
+                .http1_writev(false)
+                .build(connector.clone()),
+            http2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
+        }
+    }
+
+    /// The pool for a request of `version`.
+    pub(crate) fn for_version(&self, version: http::Version) -> &Client<C, Body> {
+        if version == http::Version::HTTP_2 {
+            &self.http2
+        } else {
+            &self.http1
+        }
+    }
+}
+
 /// An error and its causes, `: `-separated (hyper's client error alone
 /// says only "client error (Connect)"; the cause says why, e.g. which
 /// certificate a TLS handshake refused).
@@ -579,6 +601,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The concrete name of `dest` (its prerendered header: no allocation).
 fn client_name(dest: &Dest) -> &str {
     dest.id_header
         .as_ref()
