@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use ecsmesh_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -111,18 +110,8 @@ fn default_namespace() -> String {
 
 /// The playground: the admin API's `Delegate`, over HTTP for the page.
 pub async fn delegate(State(s): State<AdminState>, Query(q): Query<DelegateQuery>) -> Response {
-    use pb::dtab_admin_server::DtabAdmin as _;
-    let request = tonic::Request::new(pb::DelegateRequest {
-        namespace: q.namespace,
-        path: q.path,
-        extra_dtab: q.dtab,
-    });
-    match s.admin.delegate(request).await {
-        Ok(resp) => {
-            let resp = resp.into_inner();
-            let tree: serde_json::Value = serde_json::from_str(&resp.tree_json).unwrap_or_default();
-            Json(json!({ "result": resp.result, "tree": tree })).into_response()
-        }
+    match s.admin.delegation(&q.namespace, &q.path, &q.dtab) {
+        Ok((tree, result)) => Json(json!({ "result": result, "tree": tree })).into_response(),
         Err(status) => {
             let code = match status.code() {
                 tonic::Code::NotFound => StatusCode::NOT_FOUND,

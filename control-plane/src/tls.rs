@@ -120,16 +120,6 @@ pub fn peer<T>(request: &tonic::Request<T>) -> Option<&Peer> {
     request.extensions().get::<ConnInfo>().map(|c| &c.peer)
 }
 
-/// Whether a request was made in-process (no connection at all), as the
-/// admin HTTP server's pages do.
-pub fn in_process<T>(request: &tonic::Request<T>) -> bool {
-    let ext = request.extensions();
-    ext.get::<ConnInfo>().is_none()
-        && ext
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .is_none()
-}
-
 /// The gRPC port's acceptor, re-reading its files on the configured interval.
 pub fn server(
     settings: &crate::config::ServerTlsSettings,

@@ -111,11 +111,14 @@ impl Series {
 #[derive(Clone, Debug, Default)]
 pub struct AgentTraffic {
     agent_start_unix: f64,
-    last_summary: Option<Instant>,
-    series: HashMap<(String, String), Series>,
+    /// When the last summary arrived, and the CPU seconds it reported.
+    last_summary: Option<(Instant, f64)>,
+    /// Outgoing traffic by service: only what applications asked for
+    /// counts, so the linker-to-linker hop is not counted twice.
+    series: HashMap<String, Series>,
     pub resident_memory_bytes: u64,
-    /// CPU seconds at the last two summaries, for a utilisation figure.
-    cpu: VecDeque<(Instant, f64)>,
+    /// CPU use between the last two summaries, in cores (1.0 = one core).
+    cpu_cores: Option<f64>,
 }
 
 impl AgentTraffic {
@@ -128,37 +131,34 @@ impl AgentTraffic {
             // The agent restarted: its counters start over.
             *self = Self::default();
         }
-        let first = self.last_summary.is_none();
         let previous = self.last_summary;
         self.agent_start_unix = summary.agent_start_unix;
-        self.last_summary = Some(now);
-        for t in &summary.services {
-            let series = self
-                .series
-                .entry((t.service.clone(), t.direction.clone()))
-                .or_default();
+        self.last_summary = Some((now, summary.cpu_seconds));
+        for t in summary
+            .services
+            .iter()
+            .filter(|t| t.direction == "outgoing")
+        {
+            let series = self.series.entry(t.service.clone()).or_default();
             // A series first seen after the stream's first summary (which
             // carries every series) started from zero since the previous one.
-            if !first
-                && series.samples.is_empty()
-                && let Some(previous) = previous
+            if series.samples.is_empty()
+                && let Some((previous, _)) = previous
             {
                 series.push(previous, Counts::zero(), keep);
             }
             series.push(now, Counts::from_pb(t), keep);
         }
         self.resident_memory_bytes = summary.resident_memory_bytes;
-        self.cpu.push_back((now, summary.cpu_seconds));
-        if self.cpu.len() > 2 {
-            self.cpu.pop_front();
+        if let Some((at, cpu)) = previous {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            self.cpu_cores = (dt > 0.0).then(|| (summary.cpu_seconds - cpu).max(0.0) / dt);
         }
     }
 
     /// CPU use between the last two summaries, in cores (1.0 = one core).
     pub fn cpu_cores(&self) -> Option<f64> {
-        let (a, b) = (self.cpu.front()?, self.cpu.back()?);
-        let dt = b.0.saturating_duration_since(a.0).as_secs_f64();
-        (dt > 0.0).then(|| (b.1 - a.1).max(0.0) / dt)
+        self.cpu_cores
     }
 
     /// Each outgoing service's change over the window.
@@ -167,13 +167,10 @@ impl AgentTraffic {
         now: Instant,
         window: Duration,
     ) -> impl Iterator<Item = (&str, Counts, Duration)> {
-        self.series
-            .iter()
-            .filter(|((_, direction), _)| direction == "outgoing")
-            .filter_map(move |((service, _), s)| {
-                let (c, span) = s.change(now, window)?;
-                Some((service.as_str(), c, span))
-            })
+        self.series.iter().filter_map(move |(service, s)| {
+            let (c, span) = s.change(now, window)?;
+            Some((service.as_str(), c, span))
+        })
     }
 }
 

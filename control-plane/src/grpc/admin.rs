@@ -125,7 +125,7 @@ impl AdminService {
 
     /// The read policy (also in front of `MeshStatus`).
     pub fn authorize_read<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if self.access.reads == AdminReads::Open || tls::in_process(request) {
+        if self.access.reads == AdminReads::Open {
             return Ok(());
         }
         if tls::peer(request).is_some_and(ecsmesh_tls::Peer::authenticated)
@@ -136,6 +136,28 @@ impl AdminService {
         Err(Status::unauthenticated(
             "reads need 'authorization: Bearer <token>' or a client certificate from the mesh CA",
         ))
+    }
+
+    /// `Delegate` without the access check (the dashboard's playground
+    /// calls it in-process): the delegation tree of `path` down to
+    /// endpoints, as JSON, and its result.
+    ///
+    /// # Errors
+    /// An unknown namespace, or a malformed path or extra dtab.
+    pub fn delegation(
+        &self,
+        namespace: &str,
+        path: &str,
+        extra_dtab: &str,
+    ) -> Result<(serde_json::Value, String), Status> {
+        let dtab = self.routing_dtab(namespace, extra_dtab)?;
+        let path = parse_path(path)?;
+        let tree =
+            dtab::delegate(&dtab, &path).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let state = self.publisher.current().state.clone();
+        let tree_json =
+            ecsmesh_state::json::delegation_with_endpoints(&tree, MeshNamer::new(&state));
+        Ok((tree_json, tree.result().to_string()))
     }
 
     fn versioned(&self, namespace: &str, stored: Option<&StoredDtab>) -> pb::VersionedDtab {
@@ -287,16 +309,10 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
     ) -> Result<Response<pb::DelegateResponse>, Status> {
         self.authorize_read(&request)?;
         let req = request.into_inner();
-        let dtab = self.routing_dtab(&req.namespace, &req.extra_dtab)?;
-        let path = parse_path(&req.path)?;
-        let tree =
-            dtab::delegate(&dtab, &path).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let state = self.publisher.current().state.clone();
-        let tree_json =
-            ecsmesh_state::json::delegation_with_endpoints(&tree, MeshNamer::new(&state));
+        let (tree_json, result) = self.delegation(&req.namespace, &req.path, &req.extra_dtab)?;
         Ok(Response::new(pb::DelegateResponse {
             tree_json: tree_json.to_string(),
-            result: tree.result().to_string(),
+            result,
         }))
     }
 
