@@ -2,7 +2,7 @@
 //! `ecsmesh-deploy`; `status` also asks the controller (the same ListAgents
 //! query as `ecsmeshctl status`) for its health and its agents' convergence.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -191,16 +191,13 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
     let mut deployer = Deployer::new(&sdk, cfg)?;
     let text = matches!(args.output, Output::Text);
     if text && std::io::stderr().is_terminal() {
-        deployer = deployer.with_progress(|s| {
-            let line = format!("  {:<9} {:<20} {} {}", s.action, s.kind, s.name, s.detail);
-            eprintln!("{}", line.trim_end());
-        });
+        deployer = deployer.with_progress(|s| eprintln!("  {s}"));
     }
     let (report, controller) = match cmd {
         DeployCommand::Up(_) => (Box::pin(deployer.up(args.dry_run)).await?, None),
         DeployCommand::Status(status) => {
-            let report = Box::pin(deployer.status()).await?;
-            let view = Box::pin(ask_controllers(&deployer, status)).await?;
+            let (report, instances) = Box::pin(deployer.status_with_instances()).await?;
+            let view = Box::pin(ask_controllers(&deployer, status, &instances)).await?;
             (report, Some(view))
         }
         DeployCommand::Down(_) => (Box::pin(deployer.down(args.dry_run)).await?, None),
@@ -241,9 +238,12 @@ struct ControllerView {
 
 /// Asks `address`, or else every running controller task; an unreachable
 /// controller is an answer (reported), not a failure of `status`.
+/// `instances`: the cluster's registered instances (ARN -> EC2 id), as
+/// `status` read them.
 async fn ask_controllers(
     deployer: &Deployer,
     status: &StatusArgs,
+    instances: &BTreeMap<String, String>,
 ) -> anyhow::Result<ControllerView> {
     let address = status.controller.as_deref();
     // The controller's name, not the address's host (a private IP).
@@ -284,11 +284,10 @@ async fn ask_controllers(
             .flat_map(|r| r.agents.iter().map(|a| a.instance_id.as_str()))
             .collect();
         without_agent = Some(
-            deployer
-                .cluster_instances()
-                .await?
-                .into_values()
+            instances
+                .values()
                 .filter(|iid| !with_agent.contains(iid.as_str()))
+                .cloned()
                 .collect(),
         );
     }
@@ -385,14 +384,7 @@ impl ControllerView {
 fn report_text(r: &Report) -> String {
     let mut out = String::new();
     for s in &r.steps {
-        let _ = writeln!(
-            out,
-            "{:<9} {:<20} {} {}",
-            s.action.to_string(),
-            s.kind,
-            s.name,
-            s.detail
-        );
+        let _ = writeln!(out, "{s}");
     }
     if r.operation == "status" {
         let off = r

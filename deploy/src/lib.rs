@@ -62,7 +62,8 @@ impl Action {
 
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        // `pad`, not `write_str`: a report's columns give it a width.
+        f.pad(match self {
             Self::Create => "create",
             Self::Update => "update",
             Self::Unchanged => "unchanged",
@@ -81,6 +82,18 @@ pub struct Step {
     pub action: Action,
     /// What differs, or the resource's id.
     pub detail: String,
+}
+
+/// A report's line: action, kind, name and detail in columns.
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:<9} {:<20} {}", self.action, self.kind, self.name)?;
+        if self.detail.is_empty() {
+            Ok(())
+        } else {
+            write!(f, " {}", self.detail)
+        }
+    }
 }
 
 /// The outcome of `up`, `status` or `down`.

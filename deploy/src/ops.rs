@@ -359,6 +359,13 @@ impl Deployer {
 
     /// Whether each resource exists and matches, and the services' tasks.
     pub async fn status(&self) -> Result<Report> {
+        Ok(self.status_with_instances().await?.0)
+    }
+
+    /// [`Deployer::status`], and the cluster's registered instances it read
+    /// (container instance ARN -> EC2 instance id), for callers that need
+    /// them too (`deploy status` compares them with the agents).
+    pub async fn status_with_instances(&self) -> Result<(Report, BTreeMap<String, String>)> {
         let mut report = self.up(true).await?;
         report.operation = "status";
         report.dry_run = false;
@@ -403,7 +410,7 @@ impl Deployer {
                 self.push(&mut report.steps, "service-tasks", name, action, detail);
             }
         }
-        Ok(report)
+        Ok((report, instances))
     }
 
     /// Removes every resource tagged `ecsmesh:owner=<cluster>`, in reverse order.
@@ -531,7 +538,8 @@ impl Deployer {
         // Cluster: ECS refuses to delete one with registered instances, and
         // terminated instances leave theirs behind for a while.
         if cluster_owned {
-            for (arn, iid) in self.cluster_instances().await? {
+            // Known ACTIVE (`cluster_owned`): no need to ask again.
+            for (arn, iid) in self.registered_instances().await? {
                 if !dry_run {
                     self.ecs
                         .deregister_container_instance()
@@ -1198,11 +1206,16 @@ impl Deployer {
     }
 
     /// The EC2 instances registered in the cluster (ACTIVE or DRAINING), by
-    /// container instance ARN.
+    /// container instance ARN; none when the cluster is not active.
     pub async fn cluster_instances(&self) -> Result<BTreeMap<String, String>> {
         if self.cluster_active().await?.is_none() {
             return Ok(BTreeMap::new());
         }
+        self.registered_instances().await
+    }
+
+    /// [`Self::cluster_instances`] of a cluster known to be active.
+    async fn registered_instances(&self) -> Result<BTreeMap<String, String>> {
         let mut arns = Vec::new();
         let mut pages = self
             .ecs
