@@ -125,40 +125,41 @@ impl Publisher {
 }
 
 /// Encoded deltas by (from, to) version. Most agents sit at the same
-/// version, so a push computes and encodes one diff, not one per agent.
+/// version, so a push computes and encodes one diff, not one per agent:
+/// agents that ask while it is being computed wait for that one.
 #[derive(Debug, Default)]
-struct DeltaCache(Mutex<HashMap<(u64, u64), Bytes>>);
+struct DeltaCache(Mutex<HashMap<(u64, u64), Arc<EncodedOnce>>>);
+
+/// One encoded message, made by the first to ask.
+type EncodedOnce = std::sync::OnceLock<Bytes>;
 
 const DELTA_CACHE_ENTRIES: usize = 64;
 
 impl DeltaCache {
     fn get_or_compute(&self, from: &Published, to: &Published, epoch: &str) -> Bytes {
         let key = (from.version, to.version);
-        if let Some(d) = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return d.clone();
-        }
-        let mut delta = from.state.diff(&to.state);
-        delta.version = to.version;
-        delta.base_version = from.version;
-        epoch.clone_into(&mut delta.epoch);
-        let message = Bytes::from(
-            pb::ControllerMessage {
-                kind: Some(pb::controller_message::Kind::Delta(delta)),
+        let cell = {
+            let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.len() >= DELTA_CACHE_ENTRIES && !cache.contains_key(&key) {
+                // Old versions are rarely asked for again; start over.
+                cache.clear();
             }
-            .encode_to_vec(),
-        );
-        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= DELTA_CACHE_ENTRIES {
-            // Old versions are rarely asked for again; start over.
-            cache.clear();
-        }
-        cache.insert(key, message.clone());
-        message
+            Arc::clone(cache.entry(key).or_default())
+        };
+        // Computed outside the map's lock: other pairs need not wait.
+        cell.get_or_init(|| {
+            let mut delta = from.state.diff(&to.state);
+            delta.version = to.version;
+            delta.base_version = from.version;
+            epoch.clone_into(&mut delta.epoch);
+            Bytes::from(
+                pb::ControllerMessage {
+                    kind: Some(pb::controller_message::Kind::Delta(delta)),
+                }
+                .encode_to_vec(),
+            )
+        })
+        .clone()
     }
 }
 
