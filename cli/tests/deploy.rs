@@ -5,11 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use assert_cmd::Command;
 use clap::Parser as _;
 use ecsmesh_controller::Controller;
 use ecsmesh_controller::config::{Args, Config, FileConfig};
@@ -25,30 +26,18 @@ use tonic::transport::Channel;
 const REGION: &str = "eu-north-1";
 const CLUSTER: &str = "omega";
 
-/// Runs ecsmeshctl off the async runtime; returns (exit code, stdout, stderr).
+/// ecsmeshctl against the shared moto, with test credentials.
 async fn ctl(args: Vec<String>) -> (i32, String, String) {
-    let endpoint = MotoServer::shared().endpoint();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::cargo_bin("ecsmeshctl")
-            .unwrap()
-            .env("ECSMESH_AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("ECSMESH_CONTROLLER")
-            .args(&args)
-            .output()
-            .unwrap();
+    let env = vec![
         (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
-    })
-    .await
-    .unwrap()
+            "ECSMESH_AWS_ENDPOINT_URL",
+            MotoServer::shared().endpoint().clone(),
+        ),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ];
+    common::ecsmeshctl(args, env).await
 }
 
 /// `deploy <command>` for the test cluster, then `extra`.

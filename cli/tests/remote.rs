@@ -3,10 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use assert_cmd::Command;
 use ecsmesh_controller::Controller;
 use ecsmesh_controller::config::Config;
 use ecsmesh_controller::reconcile::BaseDtabs;
@@ -55,26 +56,12 @@ async fn controller(dir: &std::path::Path, token: Option<&str>) -> Controller {
     c
 }
 
-/// Runs ecsmeshctl off the async runtime; returns (exit code, stdout, stderr).
+/// ecsmeshctl `args` against the controller at `addr`.
 async fn ctl(addr: std::net::SocketAddr, args: &[&str]) -> (i32, String, String) {
     let mut full: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     full.push("--controller".to_owned());
     full.push(addr.to_string());
-    tokio::task::spawn_blocking(move || {
-        let out = Command::cargo_bin("ecsmeshctl")
-            .unwrap()
-            .env_remove("ECSMESH_TOKEN")
-            .args(&full)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
-    })
-    .await
-    .unwrap()
+    common::ecsmeshctl(full, Vec::new()).await
 }
 
 #[tokio::test]

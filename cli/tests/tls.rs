@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -16,26 +18,8 @@ use ecsmesh_controller::reconcile::BaseDtabs;
 use ecsmesh_dtab::Dtab;
 use ecsmesh_tls::{ClientAuth, TlsFiles};
 
-/// Runs ecsmeshctl off the async runtime; returns (exit code, stdout, stderr).
 async fn ctl(args: Vec<String>) -> (i32, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::cargo_bin("ecsmeshctl")
-            .unwrap()
-            .env_remove("ECSMESH_TOKEN")
-            .env_remove("ECSMESH_TLS_CA")
-            .env_remove("ECSMESH_TLS_CERT")
-            .env_remove("ECSMESH_TLS_KEY")
-            .args(&args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
-    })
-    .await
-    .unwrap()
+    common::ecsmeshctl(args, Vec::new()).await
 }
 
 fn args(list: &[&str]) -> Vec<String> {
