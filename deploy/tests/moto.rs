@@ -747,15 +747,24 @@ async fn user_data_is_valid_bash_and_logs_in_to_a_private_ecr() {
         "{user_data}"
     );
     assert!(user_data.contains("aws ecr get-login-password --region 'eu-west-1'"));
-    // bash only parses it (-n): nothing runs.
-    let script = std::env::temp_dir().join(format!("ecsmesh-user-data-{}.sh", std::process::id()));
-    std::fs::write(&script, &user_data).unwrap();
-    let out = std::process::Command::new("bash")
+    assert_bash_parses(&user_data);
+}
+
+/// bash parses `script` (`bash -n`, from stdin: nothing runs).
+fn assert_bash_parses(script: &str) {
+    use std::io::Write as _;
+    let mut bash = std::process::Command::new("bash")
         .arg("-n")
-        .arg(&script)
-        .output();
-    let _ = std::fs::remove_file(&script);
-    let out = out.unwrap();
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    bash.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = bash.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -876,20 +885,7 @@ async fn tls_from_ssm_is_fetched_mounted_and_configured() {
     }
     let first_fetch = ud.find("\n/usr/local/sbin/ecsmesh-fetch-tls\n").unwrap();
     assert!(first_fetch < ud.find("docker run").unwrap());
-    let script =
-        std::env::temp_dir().join(format!("ecsmesh-user-data-tls-{}.sh", std::process::id()));
-    std::fs::write(&script, &ud).unwrap();
-    let out = std::process::Command::new("bash")
-        .arg("-n")
-        .arg(&script)
-        .output();
-    let _ = std::fs::remove_file(&script);
-    let out = out.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_bash_parses(&ud);
 
     // Task definitions: the host directory, mounted read-only, and the files.
     let ecsc = ecs::Client::new(&conf);
