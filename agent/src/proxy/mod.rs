@@ -560,9 +560,9 @@ where
         Self {
             // Flattened writes (head and body in one buffer, one `write`):
             // with 64 B bodies, ~1.7 % more requests a second than writev
-            // with its iovecs, even at 4 KiB (bench/ab.sh,
-            // results/ab-20261122-05*.md); the copy is cheap beside the
-            // system call.
+            // with its iovecs, and no difference at 4 KiB (bench/ab.sh,
+            // results/ab-20261122-0548.md); the copy costs no more than
+            // the iovecs save.
             http1: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_mins(1))
                 .http1_writev(false)
