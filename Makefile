@@ -24,6 +24,8 @@ test: deps
 	$(CARGO) test --workspace --doc
 	$(CARGO) build -p ecsmesh-controller --bins
 	ECSMESH_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(VENV)/bin/python -m pytest tests/grpc -q
+	$(CARGO) build -p ecsmesh-agent -p ecsmesh-controller -p ecsmesh-cli --bins
+	ECSMESH_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(VENV)/bin/python -m pytest tests/protocols -q
 	DEMO_PROFILE=debug $(VENV)/bin/python -m pytest tests/e2e -q
 
 ## lint: formatting check and clippy with warnings as errors.

@@ -11,7 +11,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ecsmesh_agent::config::Identifier;
 use ecsmesh_agent::proxy::identify::identify;
 use ecsmesh_agent::routes::{RouteTable, TableSettings, Target, choose};
-use ecsmesh_agent_balance::BalancerConfig;
 use ecsmesh_dtab::{Dtab, Path};
 use ecsmesh_state::{Endpoint, EndpointSet, MeshState};
 
@@ -44,12 +43,7 @@ fn mesh() -> MeshState {
 }
 
 fn benches(c: &mut Criterion) {
-    let settings = TableSettings {
-        namespace: "default".into(),
-        host_ip: "127.0.1.1".parse().expect("ip"),
-        balancer: BalancerConfig::default(),
-        allow_inet_override: false,
-    };
+    let settings = TableSettings::new("default".into(), "127.0.1.1".parse().expect("ip"));
     let table = RouteTable::build(1, "e".into(), Arc::new(mesh()), &settings, None);
     let identifier = Identifier::default();
     let request = || {

@@ -80,6 +80,9 @@ pub struct FileConfig {
     pub admin_port: Option<u16>,
     pub identifier: Option<Identifier>,
     pub allow_inet_override: Option<bool>,
+    pub allow_local_inet_override: Option<bool>,
+    pub max_dtab_header_bytes: Option<usize>,
+    pub decision_cache_bytes: Option<usize>,
     pub clear_context: Option<bool>,
     pub max_call_depth: Option<usize>,
     pub request_timeout: Option<String>,
@@ -97,6 +100,12 @@ pub struct FileConfig {
     pub l2l_server_name: Option<String>,
     pub l2l_client_auth: Option<String>,
     pub controller_server_name: Option<String>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub max_request_headers: Option<usize>,
+    pub max_request_head_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Parser)]
@@ -140,9 +149,22 @@ pub struct Args {
     /// Admin port [default: 9990].
     #[arg(long, env = "ECSMESH_ADMIN_PORT")]
     pub admin_port: Option<u16>,
-    /// Let l5d-dtab headers name fixed addresses (/$/inet/…) [default: false].
+    /// Let request dtabs (l5d-dtab, l5d-ctx-dtab) route to fixed addresses
+    /// (/$/inet/…), checked after binding [default: false].
     #[arg(long, env = "ECSMESH_ALLOW_INET_OVERRIDE")]
     pub allow_inet_override: Option<bool>,
+    /// With --allow-inet-override, also let them reach loopback, link-local
+    /// (169.254.0.0/16, fe80::/10: the instance metadata service) and
+    /// unspecified addresses [default: false].
+    #[arg(long, env = "ECSMESH_ALLOW_LOCAL_INET_OVERRIDE")]
+    pub allow_local_inet_override: Option<bool>,
+    /// Largest l5d-dtab or l5d-ctx-dtab a request may carry, in bytes (all
+    /// values of the header together); larger ones get 431 [default: 16384].
+    #[arg(long, env = "ECSMESH_MAX_DTAB_HEADER_BYTES")]
+    pub max_dtab_header_bytes: Option<usize>,
+    /// The routing-decision cache's bound in bytes [default: 8388608].
+    #[arg(long, env = "ECSMESH_DECISION_CACHE_BYTES")]
+    pub decision_cache_bytes: Option<usize>,
     /// Strip every l5d-* header both ways on the outgoing listener (edge mode).
     #[arg(long, env = "ECSMESH_CLEAR_CONTEXT")]
     pub clear_context: Option<bool>,
@@ -206,6 +228,35 @@ pub struct Args {
     /// controller [default: the address's host].
     #[arg(long, env = "ECSMESH_CONTROLLER_SERVER_NAME")]
     pub controller_server_name: Option<String>,
+    /// Connections each proxy listener holds at once; past it a new one is
+    /// closed at once [default: (open-file limit - 256) / 4, within 16 to
+    /// 20000: each proxied connection can need an upstream one, there are
+    /// two listeners, and 256 files stay for the admin port, the controller
+    /// stream and files; the agent raises its soft open-file limit to the
+    /// hard one at start].
+    #[arg(long, env = "ECSMESH_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Time a connection has to send a whole request head: from accept, and
+    /// on a kept-alive HTTP/1 connection from the head's first byte
+    /// [default: 10s].
+    #[arg(long, env = "ECSMESH_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// Time a connection with no request in progress stays open [default: 60s].
+    #[arg(long, env = "ECSMESH_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Requests (streams) at once on one HTTP/2 connection [default: 100].
+    #[arg(long, env = "ECSMESH_H2_MAX_CONCURRENT_STREAMS")]
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// Headers an HTTP/1 request may carry to the application (most servers
+    /// take 100). The outgoing listener accepts 8 fewer, room for those the
+    /// agents add (l5d-*, Via, Host); the incoming one 1 fewer (its Via).
+    /// More get 431 [default: 100].
+    #[arg(long, env = "ECSMESH_MAX_REQUEST_HEADERS")]
+    pub max_request_headers: Option<usize>,
+    /// Bytes of a request head (HTTP/1: request line and headers; HTTP/2:
+    /// the header list), at least 8192; larger ones get 431 [default: 65536].
+    #[arg(long, env = "ECSMESH_MAX_REQUEST_HEAD_BYTES")]
+    pub max_request_head_bytes: Option<usize>,
 }
 
 /// Parses `--identifier`.
@@ -235,6 +286,19 @@ pub fn parse_identifier(s: &str) -> Result<Identifier, ConfigError> {
     }
 }
 
+/// The default bound on one request dtab header: room for a few hundred
+/// dentries, far below what would let one request cost much memory.
+pub const DEFAULT_MAX_DTAB_HEADER_BYTES: usize = 16 << 10;
+
+/// `value`, or `default`; zero is refused where it would refuse everything.
+fn positive(name: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
 /// The resolved configuration (before the host identity is discovered).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -251,6 +315,10 @@ pub struct Config {
     pub admin_port: u16,
     pub identifier: Identifier,
     pub allow_inet_override: bool,
+    pub allow_local_inet_override: bool,
+    /// Bytes of one dtab header (all its values together) a request may carry.
+    pub max_dtab_header_bytes: usize,
+    pub decision_cache_bytes: usize,
     pub clear_context: bool,
     /// `Via` entries a request may carry before it is refused as a loop.
     pub max_call_depth: usize,
@@ -264,6 +332,8 @@ pub struct Config {
     /// Traffic summaries to the controller this often (zero: never).
     pub summary_interval: Duration,
     pub tls: TlsConfig,
+    /// The proxy listeners' connection and request-head limits.
+    pub limits: ListenerLimits,
 }
 
 /// Certificates and names for TLS: on the linker-to-linker hop, and to the
@@ -325,6 +395,101 @@ impl TlsConfig {
     }
 }
 
+/// The proxy listeners' limits (each listener applies them on its own).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections per listener; `None` until [`crate::Agent::start`]
+    /// derives it from the open-file limit
+    /// ([`crate::proxy::listener::max_connections`]).
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    /// Headers a request may carry to the application; see
+    /// [`crate::proxy::listener::OUTGOING_HEADER_RESERVE`].
+    pub max_request_headers: usize,
+    pub max_request_head_bytes: usize,
+}
+
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_mins(1);
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// hyper's, and most servers', limit.
+pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;
+pub const DEFAULT_MAX_REQUEST_HEAD_BYTES: usize = 64 << 10;
+/// hyper's smallest HTTP/1 read buffer (`max_buf_size` panics below it).
+pub const MIN_REQUEST_HEAD_BYTES: usize = 8 << 10;
+/// Far past any sane head; keeps the HTTP/2 setting (a u32) in range.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 16 << 20;
+
+/// `value`, unless it is zero (where zero would refuse everything).
+fn not_zero<T: PartialEq + Default>(
+    name: &str,
+    value: Option<T>,
+) -> Result<Option<T>, ConfigError> {
+    if value.as_ref().is_some_and(|v| *v == T::default()) {
+        return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+    }
+    Ok(value)
+}
+
+impl ListenerLimits {
+    fn resolve(args: &Args, f: &mut FileConfig) -> Result<Self, ConfigError> {
+        let duration = |name: &str, flag: &Option<String>, file: Option<String>, default| {
+            let d = flag
+                .clone()
+                .or(file)
+                .map_or(Ok(default), |s| parse_duration(&s))?;
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!("{name} must be more than 0")));
+            }
+            Ok(d)
+        };
+        let headers = args.max_request_headers.or(f.max_request_headers);
+        let reserve = crate::proxy::listener::OUTGOING_HEADER_RESERVE;
+        if headers.is_some_and(|n| n <= reserve) {
+            return Err(ConfigError::Invalid(format!(
+                "max_request_headers must be more than {reserve} (the outgoing listener keeps {reserve} for the agents' own headers)"
+            )));
+        }
+        let head_bytes = args
+            .max_request_head_bytes
+            .or(f.max_request_head_bytes)
+            .unwrap_or(DEFAULT_MAX_REQUEST_HEAD_BYTES);
+        if !(MIN_REQUEST_HEAD_BYTES..=MAX_REQUEST_HEAD_BYTES).contains(&head_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "max_request_head_bytes must be between {MIN_REQUEST_HEAD_BYTES} and {MAX_REQUEST_HEAD_BYTES}"
+            )));
+        }
+        Ok(Self {
+            max_connections: not_zero(
+                "max_connections",
+                args.max_connections.or(f.max_connections),
+            )?,
+            header_read_timeout: duration(
+                "header_read_timeout",
+                &args.header_read_timeout,
+                f.header_read_timeout.take(),
+                DEFAULT_HEADER_READ_TIMEOUT,
+            )?,
+            idle_timeout: duration(
+                "idle_timeout",
+                &args.idle_timeout,
+                f.idle_timeout.take(),
+                DEFAULT_IDLE_TIMEOUT,
+            )?,
+            h2_max_concurrent_streams: not_zero(
+                "h2_max_concurrent_streams",
+                args.h2_max_concurrent_streams
+                    .or(f.h2_max_concurrent_streams),
+            )?
+            .unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS),
+            max_request_headers: headers.unwrap_or(DEFAULT_MAX_REQUEST_HEADERS),
+            max_request_head_bytes: head_bytes,
+        })
+    }
+}
+
 impl Config {
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let file = match &args.config {
@@ -336,6 +501,7 @@ impl Config {
 
     pub fn resolve(args: &Args, mut f: FileConfig) -> Result<Self, ConfigError> {
         let tls = TlsConfig::resolve(args, &mut f)?;
+        let limits = ListenerLimits::resolve(args, &mut f)?;
         let duration = |flag: &Option<String>, file: Option<String>, default: Duration| {
             flag.clone()
                 .or(file)
@@ -373,6 +539,19 @@ impl Config {
                 .allow_inet_override
                 .or(f.allow_inet_override)
                 .unwrap_or(false),
+            allow_local_inet_override: args
+                .allow_local_inet_override
+                .or(f.allow_local_inet_override)
+                .unwrap_or(false),
+            max_dtab_header_bytes: positive(
+                "max_dtab_header_bytes",
+                args.max_dtab_header_bytes.or(f.max_dtab_header_bytes),
+                DEFAULT_MAX_DTAB_HEADER_BYTES,
+            )?,
+            decision_cache_bytes: args
+                .decision_cache_bytes
+                .or(f.decision_cache_bytes)
+                .unwrap_or(crate::routes::DEFAULT_DECISION_CACHE_BYTES),
             clear_context: args.clear_context.or(f.clear_context).unwrap_or(false),
             max_call_depth: args.max_call_depth.or(f.max_call_depth).unwrap_or(1000),
             request_timeout: duration(
@@ -399,6 +578,7 @@ impl Config {
                 Duration::from_secs(5),
             )?,
             tls,
+            limits,
         })
     }
 
@@ -505,6 +685,59 @@ mod tests {
             ..Args::default()
         };
         assert!(Config::resolve(&bad, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn listener_limits() {
+        let c = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
+        assert_eq!(
+            c.limits,
+            ListenerLimits {
+                max_connections: None,
+                header_read_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_mins(1),
+                h2_max_concurrent_streams: 100,
+                max_request_headers: 100,
+                max_request_head_bytes: 65536,
+            }
+        );
+        // The file sets some, flags win over it.
+        let f: FileConfig = serde_yaml_ng::from_str(
+            "max_connections: 50\nheader_read_timeout: 2s\nidle_timeout: 5m\nh2_max_concurrent_streams: 8\nmax_request_headers: 64\nmax_request_head_bytes: 16384\n",
+        )
+        .unwrap();
+        let args = Args {
+            max_connections: Some(70),
+            idle_timeout: Some("30s".into()),
+            ..Args::default()
+        };
+        let c = Config::resolve(&args, f).unwrap();
+        assert_eq!(
+            c.limits,
+            ListenerLimits {
+                max_connections: Some(70),
+                header_read_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(30),
+                h2_max_concurrent_streams: 8,
+                max_request_headers: 64,
+                max_request_head_bytes: 16384,
+            }
+        );
+        // Zero, or too little to be of use, is refused with the reason.
+        for bad in [
+            "max_connections: 0",
+            "header_read_timeout: 0s",
+            "idle_timeout: 0ms",
+            "h2_max_concurrent_streams: 0",
+            "max_request_headers: 8",
+            "max_request_head_bytes: 4096",
+            "max_request_head_bytes: 1000000000",
+        ] {
+            let f: FileConfig = serde_yaml_ng::from_str(bad).unwrap();
+            let e = Config::resolve(&Args::default(), f).unwrap_err();
+            let key = bad.split(':').next().unwrap();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

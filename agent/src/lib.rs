@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ecsmesh_agent_balance::BalancerConfig;
 use ecsmesh_agent_identity::{IdentityConfig, discover};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -60,13 +59,14 @@ pub struct Agent {
 impl Agent {
     /// Learns the host identity, restores the saved snapshot, binds the
     /// listeners and starts following the controller.
-    pub async fn start(config: Config) -> anyhow::Result<Self> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Self> {
         let identity = host_identity(&config).await?;
+        fd_limits(&mut config);
         let settings = TableSettings {
-            namespace: config.namespace.clone(),
-            host_ip: identity.host_ip,
-            balancer: BalancerConfig::default(),
             allow_inet_override: config.allow_inet_override,
+            allow_local_inet_override: config.allow_local_inet_override,
+            decision_cache_bytes: config.decision_cache_bytes,
+            ..TableSettings::new(config.namespace.clone(), identity.host_ip)
         };
         let routes = Arc::new(Routes::new(settings));
         let (status_tx, status) = watch::channel(ControlStatus::default());
@@ -176,6 +176,15 @@ impl Agent {
             _ = self.background.join_next() => {}
         }
     }
+}
+
+/// Raises the open-file limit and settles the connections per listener
+/// it allows (unless configured).
+fn fd_limits(config: &mut Config) {
+    let nofile = proxy::listener::raise_nofile_limit();
+    let max_connections = proxy::listener::max_connections(config.limits.max_connections, nofile);
+    config.limits.max_connections = Some(max_connections);
+    tracing::info!(open_file_limit = nofile, max_connections, "listener limits");
 }
 
 /// Who and where this agent is: configuration first, then discovery

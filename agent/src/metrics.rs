@@ -29,6 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::proxy::Side;
+use crate::proxy::listener::AcceptErrorKind;
 
 /// Distinct service label values kept before the rest become `other`.
 pub const MAX_SERVICES: usize = 500;
@@ -44,8 +45,19 @@ const OTHER: &str = "other";
 pub enum Class {
     Status5xx,
     ConnectFailure,
+    /// The TLS handshake with the next agent failed.
+    Tls,
+    /// The connection closed or was reset after the request was sent.
+    Reset,
+    /// The endpoint's answer was not valid HTTP (or not the HTTP version
+    /// asked for).
+    Protocol,
     Timeout,
     NoHosts,
+    /// The client's side of the exchange failed (a malformed or short
+    /// body, a body not sent in time): counted per service, never against
+    /// a client (endpoint set).
+    ClientError,
 }
 
 impl Class {
@@ -53,10 +65,20 @@ impl Class {
         match self {
             Self::Status5xx => "status_5xx",
             Self::ConnectFailure => "connect_failure",
+            Self::Tls => "tls",
+            Self::Reset => "reset",
+            Self::Protocol => "protocol",
             Self::Timeout => "timeout",
             Self::NoHosts => "no_hosts",
+            Self::ClientError => "client_error",
         }
     }
+}
+
+/// Why the proxy refused a request before routing it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: &'static str,
 }
 
 impl EncodeLabelValue for Class {
@@ -181,6 +203,75 @@ impl ListenerFamilies {
     }
 }
 
+/// A connection a listener refused or closed because of a limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerReasonLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcceptErrorLabels {
+    listener: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLimitLabels {
+    listener: &'static str,
+    limit: &'static str,
+}
+
+/// One listener's limit counters, shared (one `Arc`) with its connections.
+#[derive(Debug, Default)]
+pub struct LimitCounters {
+    /// Connections closed at accept: the listener was at `max_connections`.
+    pub refused_max_connections: Counter,
+    pub closed_header_read_timeout: Counter,
+    pub closed_idle_timeout: Counter,
+    /// By [`AcceptErrorKind`].
+    accept_errors: [Counter; AcceptErrorKind::ALL.len()],
+}
+
+impl LimitCounters {
+    pub fn accept_error(&self, kind: AcceptErrorKind) {
+        self.accept_errors[kind as usize].inc();
+    }
+}
+
+/// The limit families; each listener's [`LimitCounters`] are its series
+/// in them, all created at zero so rates exist before the first event.
+#[derive(Default)]
+struct LimitFamilies {
+    refused: Family<ListenerReasonLabels, Counter>,
+    closed: Family<ListenerReasonLabels, Counter>,
+    accept_errors: Family<AcceptErrorLabels, Counter>,
+}
+
+impl LimitFamilies {
+    fn counters(&self, side: Side) -> Arc<LimitCounters> {
+        let listener = side.as_str();
+        let reason = |family: &Family<ListenerReasonLabels, Counter>, reason| {
+            family
+                .get_or_create(&ListenerReasonLabels { listener, reason })
+                .clone()
+        };
+        Arc::new(LimitCounters {
+            refused_max_connections: reason(&self.refused, "max_connections"),
+            closed_header_read_timeout: reason(&self.closed, "header_read_timeout"),
+            closed_idle_timeout: reason(&self.closed, "idle_timeout"),
+            accept_errors: AcceptErrorKind::ALL.map(|kind| {
+                self.accept_errors
+                    .get_or_create(&AcceptErrorLabels {
+                        listener,
+                        kind: kind.as_str(),
+                    })
+                    .clone()
+            }),
+        })
+    }
+}
+
 /// What the admin server reads from the routing table at scrape time.
 #[derive(Clone, Debug)]
 pub struct ClientEndpoints {
@@ -248,6 +339,11 @@ pub struct Metrics {
     pub snapshot_version: Gauge,
     pub last_update_age_seconds: Gauge<f64, AtomicU64>,
     pub tls_handshake_failures: Family<TlsFailureLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
+    downgrades: Family<ClientLabel, Counter>,
+    limit_counters: [Arc<LimitCounters>; 2],
+    /// Each listener's configured limits, so alerts can compare usage to them.
+    listener_limits: Family<ListenerLimitLabels, Gauge<f64, AtomicU64>>,
 }
 
 /// A refused TLS handshake: on which listener, and why.
@@ -267,6 +363,7 @@ impl Metrics {
     #[allow(clippy::too_many_lines)] // one registration per family
     pub fn new() -> Self {
         let listeners = ListenerFamilies::default();
+        let limits = LimitFamilies::default();
         let m = Self {
             registry: Mutex::new(Registry::default()),
             services: Bounded::new(MAX_SERVICES),
@@ -289,6 +386,10 @@ impl Metrics {
             snapshot_version: Gauge::default(),
             last_update_age_seconds: Gauge::default(),
             tls_handshake_failures: Family::default(),
+            refused: Family::default(),
+            downgrades: Family::default(),
+            limit_counters: [Side::Outgoing, Side::Incoming].map(|side| limits.counters(side)),
+            listener_limits: Family::default(),
         };
         {
             let mut root = m.registry.lock().unwrap_or_else(PoisonError::into_inner);
@@ -374,6 +475,16 @@ impl Metrics {
                 m.tls_handshake_failures.clone(),
             );
             r.register(
+                "refused_requests",
+                "Requests refused before they were sent, by reason (dtab_header_too_large, fixed_address_override, local_address_override)",
+                m.refused.clone(),
+            );
+            r.register(
+                "protocol_downgrades",
+                "h2c requests sent as HTTP/1.1 because the endpoint speaks only HTTP/1, by concrete client",
+                m.downgrades.clone(),
+            );
+            r.register(
                 "control_connected",
                 "1 while the controller stream is open",
                 m.control_connected.clone(),
@@ -389,8 +500,43 @@ impl Metrics {
                 Unit::Seconds,
                 m.last_update_age_seconds.clone(),
             );
+            r.register(
+                "listener_refused_connections",
+                "Connections closed at accept because of a limit, by listener and reason",
+                limits.refused,
+            );
+            r.register(
+                "listener_closed_connections",
+                "Connections closed by a timeout, by listener and reason",
+                limits.closed,
+            );
+            r.register(
+                "listener_accept_errors",
+                "Failed accepts, by listener and kind (emfile: out of file descriptors)",
+                limits.accept_errors,
+            );
+            r.register(
+                "listener_limit",
+                "Each listener's configured limits (timeouts in seconds)",
+                m.listener_limits.clone(),
+            );
         }
         m
+    }
+
+    /// A listener's limit counters.
+    pub fn limits(&self, side: Side) -> &Arc<LimitCounters> {
+        &self.limit_counters[usize::from(side == Side::Incoming)]
+    }
+
+    /// Publishes one of a listener's configured limits.
+    pub fn set_listener_limit(&self, side: Side, limit: &'static str, value: f64) {
+        self.listener_limits
+            .get_or_create(&ListenerLimitLabels {
+                listener: side.as_str(),
+                limit,
+            })
+            .set(value);
     }
 
     /// A listener's counters (its connections count their bytes into them).
@@ -503,6 +649,19 @@ impl Metrics {
                 .get_or_create(&ClientFailureLabels { client, class })
                 .inc();
         }
+    }
+
+    /// A request refused before it was sent anywhere: `reason` is
+    /// `dtab_header_too_large`, `fixed_address_override` or
+    /// `local_address_override`.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { reason }).inc();
+    }
+
+    /// An endpoint found to speak only HTTP/1 (the request is resent).
+    pub fn downgrade(&self, client: &str) {
+        let client = self.clients.label(client);
+        self.downgrades.get_or_create(&ClientLabel { client }).inc();
     }
 
     pub fn retry(&self, service: &str) {

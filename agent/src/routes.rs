@@ -8,17 +8,17 @@
 //! empty (so a cached decision never outlives the state it was made from).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use ecsmesh_agent_balance::{Balancer, BalancerConfig, Endpoint as BalancedEndpoint};
-use ecsmesh_dtab::{Dtab, NameTree, Path, bind};
+use ecsmesh_dtab::{Dentry, Dtab, NameTree, Path, Traced, bind_traced};
 use ecsmesh_state::{Bound, EndpointSet, MeshNamer, MeshState};
 use http::HeaderValue;
 
-/// Cached decisions per table, at most; the cache restarts when full.
-const CACHE_ENTRIES: usize = 10_000;
+/// The decision cache's default size in bytes (both halves together).
+pub const DEFAULT_DECISION_CACHE_BYTES: usize = 8 << 20;
 
 /// Metadata key of the host an endpoint runs on (ECS endpoints carry it).
 pub const HOST_IP_META: &str = "host_ip";
@@ -61,8 +61,15 @@ pub enum Target {
         /// Endpoint address → the host it runs on (for linker-to-linker).
         hosts: Arc<HashMap<SocketAddr, IpAddr>>,
     },
-    /// A fixed address (`/$/inet/<host>/<port>`), allowed only by configuration.
-    Inet { host: String, port: u16 },
+    /// A fixed address (`/$/inet/<host>/<port>`): from the base dtab, or
+    /// from a request's dtab header where the operator allows it.
+    Inet {
+        host: String,
+        port: u16,
+        /// Reached through a request's dtab header: its resolved addresses
+        /// are checked against [`is_local`] before connecting.
+        from_header: bool,
+    },
 }
 
 /// Why a request cannot be routed; each maps to a status and `l5d-err`.
@@ -73,10 +80,24 @@ pub enum RouteError {
         header: &'static str,
         error: ecsmesh_dtab::ParseError,
     },
+    /// A leaf reached through a request's dtab is a fixed address, and the
+    /// operator has not allowed that (`allow_inet_override`).
     #[error(
-        "{header} header may not name fixed addresses ({path}); the agent does not allow /$/inet overrides"
+        "fixed-address override refused: {header} header may not name fixed addresses: it routes to {path} through the dentry {dentry} (request dtabs may only route to the mesh's endpoint sets; the operator allows fixed addresses with allow_inet_override)"
     )]
-    ForbiddenOverride { header: &'static str, path: Path },
+    ForbiddenOverride {
+        header: &'static str,
+        path: Path,
+        dentry: Dentry,
+    },
+    /// A fixed address from a request's dtab resolved to a loopback,
+    /// link-local or unspecified address (the host itself, the instance
+    /// metadata service), and the operator has not allowed that
+    /// (`allow_local_inet_override`).
+    #[error(
+        "local-address override refused: {path} resolves to {addr}, a loopback, link-local or unspecified address, which request dtabs may never reach (the operator allows it with allow_local_inet_override)"
+    )]
+    ForbiddenLocalAddress { path: Path, addr: IpAddr },
     #[error("binding failed: {0}")]
     Bind(#[from] ecsmesh_dtab::BindError),
     /// The tree is `~`, `!` or `$`, or the balancer has no live endpoint.
@@ -114,6 +135,33 @@ impl Decision {
             local_dtab,
         }
     }
+
+    /// Bytes this decision holds on the heap, roughly: its strings and
+    /// header values, and a fixed share per leaf (the balancers are shared
+    /// with the table, not counted).
+    pub fn approx_bytes(&self) -> usize {
+        const NODE: usize = 64;
+        fn tree_bytes(t: &NameTree<Dest>) -> usize {
+            match t {
+                NameTree::Leaf(d) => {
+                    NODE + 2 * (path_bytes(&d.id) + path_bytes(&d.residual))
+                        + if let Target::Inet { host, .. } = &d.target {
+                            host.len()
+                        } else {
+                            0
+                        }
+                }
+                NameTree::Neg | NameTree::Fail | NameTree::Empty => NODE,
+                NameTree::Alt(ts) => NODE + ts.iter().map(tree_bytes).sum::<usize>(),
+                NameTree::Union(bs) => NODE + bs.iter().map(|b| tree_bytes(&b.tree)).sum::<usize>(),
+            }
+        }
+        let route = match &self.route {
+            Ok(tree) => tree_bytes(tree),
+            Err(e) => NODE + e.to_string().len(),
+        };
+        NODE + 2 * self.service.len() + 2 * self.local_dtab.as_deref().map_or(0, str::len) + route
+    }
 }
 
 /// One version of everything the agent routes with.
@@ -125,7 +173,10 @@ pub struct RouteTable {
     /// The namespace's dtab (base + stored overrides).
     pub dtab: Arc<Dtab>,
     balancers: HashMap<Path, Target>,
-    cache: Mutex<HashMap<(Path, Bytes), Arc<Decision>>>,
+    /// Decisions without a request dtab, and those with one: apart, so
+    /// that requests with ever-new dtab headers only ever evict each other.
+    plain: Mutex<DecisionCache>,
+    overrides: Mutex<DecisionCache>,
 }
 
 /// How a table is built.
@@ -134,7 +185,67 @@ pub struct TableSettings {
     pub namespace: String,
     pub host_ip: IpAddr,
     pub balancer: BalancerConfig,
+    /// Request dtabs may route to fixed addresses (`/$/inet/…`).
     pub allow_inet_override: bool,
+    /// …and those may be loopback, link-local or unspecified addresses.
+    pub allow_local_inet_override: bool,
+    /// The decision cache's bound in bytes (approximate: see
+    /// [`Decision::approx_bytes`]).
+    pub decision_cache_bytes: usize,
+}
+
+impl TableSettings {
+    /// Settings with the defaults for everything but the host's identity.
+    pub fn new(namespace: String, host_ip: IpAddr) -> Self {
+        Self {
+            namespace,
+            host_ip,
+            balancer: BalancerConfig::default(),
+            allow_inet_override: false,
+            allow_local_inet_override: false,
+            decision_cache_bytes: DEFAULT_DECISION_CACHE_BYTES,
+        }
+    }
+}
+
+/// Routing decisions bounded in bytes. When the next one would not fit,
+/// the cache starts over: decisions are cheap to remake, and a bound in
+/// bytes (not entries) is what keeps a client sending large, ever-new
+/// header dtabs from growing the agent's memory.
+#[derive(Debug, Default)]
+struct DecisionCache {
+    map: HashMap<(Path, Bytes), Arc<Decision>>,
+    bytes: usize,
+}
+
+impl DecisionCache {
+    fn get(&self, key: &(Path, Bytes)) -> Option<Arc<Decision>> {
+        self.map.get(key).cloned()
+    }
+
+    /// Keeps `decision` unless it alone is larger than `max_bytes`.
+    fn insert(&mut self, key: (Path, Bytes), decision: Arc<Decision>, max_bytes: usize) {
+        let size = decision.approx_bytes() + key.1.len() + path_bytes(&key.0);
+        if size > max_bytes {
+            return;
+        }
+        if self.bytes + size > max_bytes {
+            self.map = HashMap::new();
+            self.bytes = 0;
+        }
+        if self.map.insert(key, decision).is_none() {
+            self.bytes += size;
+        }
+    }
+}
+
+/// Bytes a path holds on the heap, roughly (the labels and their handles).
+fn path_bytes(path: &Path) -> usize {
+    path.elems()
+        .iter()
+        .map(|l| l.as_bytes().len() + 32)
+        .sum::<usize>()
+        + 16
 }
 
 impl RouteTable {
@@ -146,7 +257,8 @@ impl RouteTable {
             mesh: Arc::new(MeshState::default()),
             dtab: Arc::new(Dtab::empty()),
             balancers: HashMap::new(),
-            cache: Mutex::new(HashMap::new()),
+            plain: Mutex::default(),
+            overrides: Mutex::default(),
         }
     }
 
@@ -176,7 +288,8 @@ impl RouteTable {
             mesh,
             dtab,
             balancers,
-            cache: Mutex::new(HashMap::new()),
+            plain: Mutex::default(),
+            overrides: Mutex::default(),
         }
     }
 
@@ -217,22 +330,34 @@ impl RouteTable {
                 Bytes::from(k)
             }
         };
+        let cache = if key_headers.is_empty() {
+            &self.plain
+        } else {
+            &self.overrides
+        };
         let key = (name.clone(), key_headers);
-        if let Some(d) = self
-            .cache
+        if let Some(d) = cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
         {
-            return Arc::clone(d);
+            return d;
         }
         let decision = Arc::new(self.decide_uncached(name, ctx_dtab, user_dtab, settings));
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(key, Arc::clone(&decision));
+        cache.lock().unwrap_or_else(PoisonError::into_inner).insert(
+            key,
+            Arc::clone(&decision),
+            settings.decision_cache_bytes / 2,
+        );
         decision
+    }
+
+    /// The bytes the decision caches hold (approximately).
+    pub fn cached_bytes(&self) -> usize {
+        [&self.plain, &self.overrides]
+            .iter()
+            .map(|c| c.lock().unwrap_or_else(PoisonError::into_inner).bytes)
+            .sum()
     }
 
     fn decide_uncached(
@@ -242,7 +367,7 @@ impl RouteTable {
         user_dtab: Option<&[u8]>,
         settings: &TableSettings,
     ) -> Decision {
-        let local = match local_dtab(ctx_dtab, user_dtab, settings.allow_inet_override) {
+        let (local, ctx_len) = match local_dtab(ctx_dtab, user_dtab) {
             Ok(local) => local,
             Err(e) => return Decision::new(name, Err(e), None),
         };
@@ -253,11 +378,38 @@ impl RouteTable {
             effective = self.dtab.concat(&local);
             &effective
         };
-        let route = bind(dtab, name, &MeshNamer::new(&self.mesh))
+        // The request's dentries come after the base dtab's: a leaf marked
+        // with one of them was reached through a request header.
+        let base_len = self.dtab.len();
+        let route = bind_traced(dtab, name, &MeshNamer::new(&self.mesh), base_len)
             .map_err(RouteError::from)
-            .map(|tree| tree.map(&mut |b| self.dest(b, settings)));
+            .and_then(|tree| {
+                if !settings.allow_inet_override
+                    && let Some((path, i)) = forbidden_leaf(&tree)
+                {
+                    let header = if i - base_len < ctx_len {
+                        "l5d-ctx-dtab"
+                    } else {
+                        "l5d-dtab"
+                    };
+                    return Err(RouteError::ForbiddenOverride {
+                        header,
+                        path,
+                        dentry: dtab.dentries()[i].clone(),
+                    });
+                }
+                Ok(tree.map(&mut |t| self.traced_dest(t, settings)))
+            });
         let local_dtab = (!local.is_empty()).then(|| Arc::from(local.to_string()));
         Decision::new(name, route, local_dtab)
+    }
+
+    fn traced_dest(&self, traced: Traced<Bound>, settings: &TableSettings) -> Dest {
+        let mut dest = self.dest(traced.bound, settings);
+        if let Target::Inet { from_header, .. } = &mut dest.target {
+            *from_header = traced.via.is_some();
+        }
+        dest
     }
 
     /// The destination of a bound leaf.
@@ -286,6 +438,7 @@ impl RouteTable {
                 Target::Inet {
                     host: inet.host,
                     port: inet.port,
+                    from_header: false,
                 },
             ),
         }
@@ -341,14 +494,11 @@ fn generation(e: &ecsmesh_state::Endpoint) -> u64 {
     h.finish()
 }
 
-/// Parses the request's dtab headers (context first, then the user's) and
-/// applies the override policy.
-fn local_dtab(
-    ctx: Option<&[u8]>,
-    user: Option<&[u8]>,
-    allow_inet: bool,
-) -> Result<Dtab, RouteError> {
+/// Parses the request's dtab headers (context first, then the user's):
+/// the local dtab, and how many of its dentries came from the context.
+fn local_dtab(ctx: Option<&[u8]>, user: Option<&[u8]>) -> Result<(Dtab, usize), RouteError> {
     let mut local = Dtab::empty();
+    let mut ctx_len = 0;
     for (header, value) in [("l5d-ctx-dtab", ctx), ("l5d-dtab", user)] {
         let Some(value) = value else { continue };
         let text = std::str::from_utf8(value).map_err(|_| RouteError::BadDtabHeader {
@@ -356,30 +506,48 @@ fn local_dtab(
             error: non_utf8_error(value),
         })?;
         let dtab = Dtab::read(text).map_err(|error| RouteError::BadDtabHeader { header, error })?;
-        if !allow_inet {
-            for d in dtab.dentries() {
-                if let Some(path) = d.dst.leaves().into_iter().find(|p| reaches_address(p)) {
-                    return Err(RouteError::ForbiddenOverride {
-                        header,
-                        path: path.clone(),
-                    });
-                }
-            }
-        }
         local = local.concat(&dtab);
+        if header == "l5d-ctx-dtab" {
+            ctx_len = local.len();
+        }
     }
-    Ok(local)
+    Ok((local, ctx_len))
 }
 
-/// `/$/<kind>/…` other than `/$/fail` and `/$/nil`: a fixed address or a
-/// namer the mesh does not control.
-fn reaches_address(path: &Path) -> bool {
-    match path.elems() {
-        [dollar, kind, ..] if dollar.as_bytes() == b"$" => {
-            !matches!(kind.as_bytes(), b"fail" | b"nil")
-        }
-        _ => false,
+/// The first leaf that a request's dentry led to and that is not one of
+/// the mesh's endpoint sets (a fixed address: `/$/inet`, `/$/fixedinet`,
+/// or any namer but the mesh's discovery), with that dentry's index.
+fn forbidden_leaf(tree: &NameTree<Traced<Bound>>) -> Option<(Path, usize)> {
+    match tree {
+        NameTree::Leaf(Traced {
+            bound: bound @ Bound::Inet(_),
+            via: Some(i),
+        }) => Some((bound.id().clone(), *i)),
+        NameTree::Leaf(_) | NameTree::Neg | NameTree::Fail | NameTree::Empty => None,
+        NameTree::Alt(trees) => trees.iter().find_map(forbidden_leaf),
+        NameTree::Union(branches) => branches.iter().find_map(|b| forbidden_leaf(&b.tree)),
     }
+}
+
+/// Addresses a request's dtab may never reach unless the operator allows
+/// it: the host itself (loopback, unspecified — `0.0.0.0` connects to the
+/// host too) and link-local ones (the instance metadata service at
+/// 169.254.169.254, the ECS task metadata endpoint), IPv4-mapped ones
+/// included.
+pub fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_local_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_local_v4(v4);
+            }
+            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+fn is_local_v4(ip: Ipv4Addr) -> bool {
+    ip.is_loopback() || ip.is_link_local() || ip.octets()[0] == 0
 }
 
 /// A parse error at the first byte that is not valid UTF-8.

@@ -451,7 +451,7 @@ async fn an_agent_from_another_ca_is_refused_by_the_outgoing_side_with_the_reaso
     let (status, _, body) = get_via(c.outgoing_addr, "world", "/", &[]).await;
     assert_eq!(status, 502, "{body}");
     assert!(
-        body.contains("Unable to establish connection to 127.0.51.4")
+        body.starts_with("TLS error: the TLS handshake with 127.0.51.4")
             && body.contains("is not signed by the mesh CA"),
         "{body}"
     );

@@ -96,15 +96,54 @@ pub fn bind<N: Namer + ?Sized>(
     Binder {
         dtab,
         namer,
+        marked_from: usize::MAX,
+        leaf: |bound, _| bound,
         open_nodes: 0,
         lookups: 0,
     }
-    .bind_path(path, 0)
+    .bind_path(path, 0, None)
 }
 
-struct Binder<'a, N: ?Sized> {
+/// A bound leaf and where its delegation came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Traced<B> {
+    pub bound: B,
+    /// The index in the dtab of the first marked dentry (see
+    /// [`bind_traced`]) on the chain of rewrites that led to this leaf, if
+    /// any: a leaf reached by any rewrite from a marked dentry is marked,
+    /// whatever the other dentries and the namer did after it.
+    pub via: Option<usize>,
+}
+
+/// Like [`bind()`], and each leaf tells whether its delegation used one of
+/// the dentries from index `marked_from` on (e.g. those a request header
+/// appended to the base dtab): callers decide per leaf, after binding, what
+/// such a leaf may be — a check of the dentries' text before binding cannot
+/// see what a chain of rewrites reaches.
+pub fn bind_traced<N: Namer + ?Sized>(
+    dtab: &Dtab,
+    path: &Path,
+    namer: &N,
+    marked_from: usize,
+) -> Result<NameTree<Traced<N::Bound>>, BindError> {
+    Binder {
+        dtab,
+        namer,
+        marked_from,
+        leaf: |bound, via| Traced { bound, via },
+        open_nodes: 0,
+        lookups: 0,
+    }
+    .bind_path(path, 0, None)
+}
+
+struct Binder<'a, N: ?Sized, F> {
     dtab: &'a Dtab,
     namer: &'a N,
+    /// Dentries at this index and after are marked.
+    marked_from: usize,
+    /// Makes a result leaf of a bound name and its mark.
+    leaf: F,
     open_nodes: usize,
     lookups: usize,
 }
@@ -128,8 +167,13 @@ impl<B: Clone> LeafName<B> for Name<B> {
     }
 }
 
-impl<N: Namer + ?Sized> Binder<'_, N> {
-    fn bind_path(&mut self, path: &Path, depth: usize) -> Result<NameTree<N::Bound>, BindError> {
+impl<N: Namer + ?Sized, T, F: Fn(N::Bound, Option<usize>) -> T> Binder<'_, N, F> {
+    fn bind_path(
+        &mut self,
+        path: &Path,
+        depth: usize,
+        via: Option<usize>,
+    ) -> Result<NameTree<T>, BindError> {
         if depth > MAX_DEPTH {
             return Err(BindError::MaxDepth {
                 limit: MAX_DEPTH,
@@ -147,10 +191,15 @@ impl<N: Namer + ?Sized> Binder<'_, N> {
         // built for alternatives that are never reached.
         let mut matches = 0_usize;
         let mut lone_neg = false;
-        for (dentry, residual) in self.dtab.matching(path) {
+        let dentries = self.dtab.dentries();
+        for (i, dentry) in dentries.iter().enumerate().rev() {
+            let Some(residual) = dentry.prefix.strip(path) else {
+                continue;
+            };
             matches += 1;
             lone_neg = matches == 1 && matches!(dentry.dst, NameTree::Neg);
-            match self.bind_tree(&dentry.dst, residual, depth + 1, path)? {
+            let via = via.or((i >= self.marked_from).then_some(i));
+            match self.bind_tree(&dentry.dst, residual, depth + 1, path, via)? {
                 NameTree::Neg => {}
                 decided => return Ok(decided),
             }
@@ -165,7 +214,7 @@ impl<N: Namer + ?Sized> Binder<'_, N> {
             path: path.clone(),
             source,
         })?;
-        self.bind_tree(&named, &[], depth + 1, path)
+        self.bind_tree(&named, &[], depth + 1, path, via)
     }
 
     fn bind_tree<L: LeafName<N::Bound>>(
@@ -174,7 +223,8 @@ impl<N: Namer + ?Sized> Binder<'_, N> {
         residual: &[Label],
         depth: usize,
         from: &Path,
-    ) -> Result<NameTree<N::Bound>, BindError> {
+        via: Option<usize>,
+    ) -> Result<NameTree<T>, BindError> {
         if depth > MAX_DEPTH {
             return Err(BindError::MaxDepth {
                 limit: MAX_DEPTH,
@@ -188,7 +238,7 @@ impl<N: Namer + ?Sized> Binder<'_, N> {
             });
         }
         self.open_nodes += 1;
-        let bound = self.bind_node(tree, residual, depth, from);
+        let bound = self.bind_node(tree, residual, depth, from, via);
         self.open_nodes -= 1;
         bound
     }
@@ -199,18 +249,19 @@ impl<N: Namer + ?Sized> Binder<'_, N> {
         residual: &[Label],
         depth: usize,
         from: &Path,
-    ) -> Result<NameTree<N::Bound>, BindError> {
+        via: Option<usize>,
+    ) -> Result<NameTree<T>, BindError> {
         match tree {
             NameTree::Neg => Ok(NameTree::Neg),
             NameTree::Fail => Ok(NameTree::Fail),
             NameTree::Empty => Ok(NameTree::Empty),
             NameTree::Leaf(leaf) => match leaf.name(residual) {
-                Name::Path(path) => self.bind_path(&path, depth),
-                Name::Bound(bound) => Ok(NameTree::Leaf(bound)),
+                Name::Path(path) => self.bind_path(&path, depth, via),
+                Name::Bound(bound) => Ok(NameTree::Leaf((self.leaf)(bound, via))),
             },
             NameTree::Alt(trees) => {
                 for tree in trees {
-                    match self.bind_tree(tree, residual, depth, from)? {
+                    match self.bind_tree(tree, residual, depth, from, via)? {
                         NameTree::Neg => {}
                         decided => return Ok(decided),
                     }
@@ -221,7 +272,7 @@ impl<N: Namer + ?Sized> Binder<'_, N> {
                 let mut oks = Vec::with_capacity(branches.len());
                 let mut first_error = None;
                 for branch in branches {
-                    match self.bind_tree(&branch.tree, residual, depth, from) {
+                    match self.bind_tree(&branch.tree, residual, depth, from, via) {
                         Ok(tree) => oks.push(Weighted::new(branch.weight, tree)),
                         Err(e) => {
                             first_error.get_or_insert(e);

@@ -26,7 +26,7 @@ mod tree;
 
 pub use bind::{
     BindError, GlobalNamer, InetName, MAX_DEPTH, MAX_LOOKUPS, MAX_OPEN_NODES, Name, Namer,
-    NamerError, NoNamer, bind,
+    NamerError, NoNamer, Traced, bind, bind_traced,
 };
 pub use delegate::{DelegateError, DelegateNode, DelegateTree, delegate};
 pub use dtab::{Dentry, Dtab, Prefix, PrefixElem};

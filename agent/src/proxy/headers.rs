@@ -33,7 +33,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including those `Connection` names.
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list, and every
+/// header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -71,16 +72,119 @@ pub fn call_depth(headers: &HeaderMap) -> usize {
         .sum()
 }
 
-/// Appends this proxy to `Via`.
+/// Appends this proxy to `Via` (RFC 9110 §7.6.3: the protocol the message
+/// was received with, and a pseudonym), on requests and responses alike.
 pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
-    let proto = match version {
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_2 => "2",
-        _ => "1.1",
+    let entry = match version {
+        http::Version::HTTP_10 => "1.0 ecsmesh",
+        http::Version::HTTP_2 => "2 ecsmesh",
+        _ => "1.1 ecsmesh",
     };
-    if let Ok(v) = HeaderValue::from_str(&format!("{proto} {VIA_ENTRY}")) {
-        headers.append(header::VIA, v);
+    headers.append(header::VIA, HeaderValue::from_static(entry));
+}
+
+/// Whether `TE` asks for trailers: kept on HTTP/2, where it is the only
+/// value allowed (RFC 9113 §8.2.2) and gRPC servers require it.
+pub fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    })
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade`, with
+/// `upgrade` among the `Connection` options), e.g. `websocket`.
+pub fn upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back the two headers an upgrade needs on its next hop.
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Whether the request is gRPC (`content-type: application/grpc…`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The deadline a gRPC client set (`grpc-timeout`: at most 8 digits and a
+/// unit, H M S m u n).
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
     }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n.saturating_mul(3600)),
+        b"M" => Duration::from_secs(n.saturating_mul(60)),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The proxy's own error as a gRPC client expects it: HTTP 200 and a
+/// trailers-only response whose `grpc-status` says what happened (gRPC
+/// clients read any other HTTP status as an opaque failure).
+pub fn grpc_error(resp: &mut Response<Body>, timed_out: bool) {
+    let code = match resp.status() {
+        _ if timed_out => "4",                              // DEADLINE_EXCEEDED
+        StatusCode::BAD_REQUEST => "3",                     // INVALID_ARGUMENT
+        StatusCode::REQUEST_TIMEOUT => "4",                 // DEADLINE_EXCEEDED
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "8", // RESOURCE_EXHAUSTED
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => "14", // UNAVAILABLE
+        _ => "13",                                          // INTERNAL
+    };
+    *resp.status_mut() = StatusCode::OK;
+    *resp.body_mut() = empty();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static(code));
+    if let Some(message) = headers.get(L5D_ERR).cloned() {
+        // l5d-err is form-encoded; grpc-message is percent-encoded, and
+        // the two differ only in how a space is written.
+        let text = message
+            .as_bytes()
+            .iter()
+            .map(|b| if *b == b'+' { b' ' } else { *b });
+        let mut out = String::new();
+        for b in text {
+            if b == b' ' {
+                out.push_str("%20");
+            } else {
+                out.push(char::from(b));
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&out) {
+            headers.insert("grpc-message", v);
+        }
+    }
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// All values of a header joined with `;` (several `l5d-dtab` headers add up).

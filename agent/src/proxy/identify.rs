@@ -24,15 +24,36 @@ pub enum IdentifyError {
 }
 
 /// A forward-proxy request (`GET http://hello/x`) becomes an origin-form
-/// one with `Host: hello` (Linkerd's `ProxyRewriteFilter`).
+/// one with `Host: hello` (Linkerd's `ProxyRewriteFilter`). Credentials in
+/// the authority (`http://user:pass@hello/`) are dropped here, before
+/// anything names the request: they never reach a log, a metric label, the
+/// dashboard or the endpoint.
 pub fn rewrite_proxy_form(parts: &mut Parts) {
-    if parts.version >= http::Version::HTTP_2 {
-        return; // HTTP/2 always carries the authority in the URI.
+    if let Some(host) = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| without_userinfo(h.as_bytes()))
+        .and_then(|h| http::HeaderValue::from_bytes(h).ok())
+    {
+        parts.headers.insert(http::header::HOST, host);
     }
     let Some(authority) = parts.uri.authority().cloned() else {
         return;
     };
-    if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
+    let host =
+        without_userinfo(authority.as_str().as_bytes()).unwrap_or(authority.as_str().as_bytes());
+    if parts.version >= http::Version::HTTP_2 {
+        // HTTP/2 always carries the authority in the URI: keep it there.
+        if host.len() != authority.as_str().len() {
+            let mut uri = parts.uri.clone().into_parts();
+            uri.authority = http::uri::Authority::try_from(host).ok();
+            if let Ok(u) = http::Uri::from_parts(uri) {
+                parts.uri = u;
+            }
+        }
+        return;
+    }
+    if let Ok(host) = http::HeaderValue::from_bytes(host) {
         parts.headers.insert(http::header::HOST, host);
     }
     let path = parts
@@ -41,6 +62,12 @@ pub fn rewrite_proxy_form(parts: &mut Parts) {
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = http::Uri::from(path);
+}
+
+/// `host[:port]` from an authority that carries `userinfo@`, if it does.
+fn without_userinfo(authority: &[u8]) -> Option<&[u8]> {
+    let at = authority.iter().rposition(|b| *b == b'@')?;
+    Some(&authority[at + 1..])
 }
 
 /// Linkerd's `dstPrefix`.
@@ -162,6 +189,30 @@ mod tests {
                 .to_string(),
             "/svc/world:8080"
         );
+    }
+
+    #[test]
+    fn credentials_never_reach_the_name() {
+        for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+            let mut p = parts(
+                http::Request::get("http://user:s3cret@world:8080/a")
+                    .version(version)
+                    .body(())
+                    .unwrap(),
+            );
+            rewrite_proxy_form(&mut p);
+            let name = identify(&Identifier::default(), &mut p).unwrap();
+            assert_eq!(name.to_string(), "/svc/world:8080");
+            assert!(!format!("{p:?}").contains("s3cret"), "{p:?}");
+        }
+        let mut p = parts(
+            http::Request::get("/a")
+                .header("host", "user:s3cret@world")
+                .body(())
+                .unwrap(),
+        );
+        rewrite_proxy_form(&mut p);
+        assert_eq!(p.headers["host"], "world");
     }
 
     #[test]

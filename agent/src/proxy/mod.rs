@@ -14,11 +14,14 @@
 //! endpoints on its own host. A weighted split is thus decided once, by the
 //! first agent.
 
+pub mod body;
+pub mod conn;
+pub mod h2probe;
 pub mod headers;
 pub mod identify;
 pub mod io;
+pub mod listener;
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +32,8 @@ use ecsmesh_dtab::Path;
 use ecsmesh_state::names;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -41,6 +44,8 @@ use tokio::sync::watch;
 use crate::config::{Config, Mode};
 use crate::metrics::{Class, Metrics};
 use crate::routes::{Dest, RouteError, RouteTable, Routes, Target, choose};
+use body::{BodyState, RequestBody};
+use h2probe::{H2Probe, Http1Only};
 use headers::{
     L5D_CTX_DEADLINE, L5D_CTX_DTAB, L5D_DST_CLIENT, L5D_DST_RESIDUAL, L5D_DST_SERVICE, L5D_DTAB,
     L5D_REQID, error_response,
@@ -70,7 +75,209 @@ enum Attempt {
     /// The answer to return (a success, or a failure not to retry).
     Done(Response<Body>),
     /// A failure another endpoint may fix; returned if no retry is left.
-    Failed(Response<Body>),
+    Retry(Response<Body>),
+    /// The endpoint speaks only HTTP/1 and the request never left: send
+    /// it again as HTTP/1.1 (the response is returned if that cannot be).
+    Downgrade(Response<Body>),
+}
+
+/// Where an attempt went, for its messages.
+#[derive(Clone, Copy)]
+struct Sent<'a> {
+    dest: &'a Dest,
+    addr: SocketAddr,
+    connect_to: SocketAddr,
+    service: &'a str,
+}
+
+/// Marks a response the proxy made because the request's deadline passed
+/// (a gRPC client then reads `DEADLINE_EXCEEDED`).
+#[derive(Clone, Copy, Debug)]
+struct DeadlineExceeded;
+
+/// How an attempt failed, by what happened: each is named in `l5d-err`,
+/// the response body and the failure metrics.
+#[derive(Debug)]
+enum Failure {
+    /// No connection: refused, unreachable, or the connect timed out.
+    Connect(String),
+    /// The TLS handshake with the next agent failed.
+    Tls(String),
+    /// The endpoint answered the HTTP/2 preface with something else.
+    NotHttp2(String),
+    /// The connection closed or was reset after the request was sent.
+    Reset(String),
+    /// The endpoint's answer was not valid HTTP.
+    Protocol(String),
+    /// The attempt's time ran out.
+    Timeout,
+}
+
+impl Failure {
+    fn of(e: &(dyn std::error::Error + 'static)) -> Self {
+        let text = error_chain(e);
+        if h2probe::is_not_http2(e) {
+            return Self::NotHttp2(text);
+        }
+        let connect = e
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect);
+        let mut cause = Some(e);
+        let mut hyper_error = None;
+        while let Some(c) = cause {
+            if c.is::<ecsmesh_tls::HandshakeError>() {
+                return Self::Tls(text);
+            }
+            if hyper_error.is_none() {
+                hyper_error = c.downcast_ref::<hyper::Error>();
+            }
+            cause = c.source();
+        }
+        if connect {
+            return Self::Connect(text);
+        }
+        match hyper_error {
+            Some(h) if h.is_timeout() => Self::Timeout,
+            Some(h) if h.is_parse() || h.is_parse_status() => Self::Protocol(text),
+            // h2 names a peer's protocol violation in its reason.
+            _ if ["protocol error", "invalid size", "compression"]
+                .iter()
+                .any(|s| text.contains(s)) =>
+            {
+                Self::Protocol(text)
+            }
+            _ => Self::Reset(text),
+        }
+    }
+
+    /// Whether the request provably never reached the endpoint.
+    fn never_sent(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Tls(_) | Self::NotHttp2(_))
+    }
+
+    fn class(&self) -> Class {
+        match self {
+            Self::Connect(_) => Class::ConnectFailure,
+            Self::Tls(_) => Class::Tls,
+            Self::Reset(_) => Class::Reset,
+            Self::NotHttp2(_) | Self::Protocol(_) => Class::Protocol,
+            Self::Timeout => Class::Timeout,
+        }
+    }
+
+    /// The 502 (503 for a timeout) the client gets if no retry helps.
+    fn response(&self, sent: &Sent<'_>, timeout: Duration) -> Response<Body> {
+        let Sent {
+            dest,
+            addr,
+            connect_to,
+            service,
+        } = *sent;
+        let (headline, error) = match self {
+            Self::Timeout => {
+                let mut resp = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "timeout: request to {addr} ({}) timed out after {timeout:?}",
+                        dest.id
+                    ),
+                );
+                resp.extensions_mut().insert(DeadlineExceeded);
+                return resp;
+            }
+            Self::Connect(e) => (
+                format!("connect error: Unable to establish connection to {connect_to}."),
+                e,
+            ),
+            Self::Tls(e) => (
+                format!("TLS error: the TLS handshake with {connect_to} failed."),
+                e,
+            ),
+            Self::NotHttp2(e) => (
+                format!("protocol error: {connect_to} does not speak HTTP/2."),
+                e,
+            ),
+            Self::Reset(e) => (
+                format!(
+                    "connection reset: the connection to {connect_to} closed after the request was sent."
+                ),
+                e,
+            ),
+            Self::Protocol(e) => (
+                format!("protocol error: {connect_to} did not answer in valid HTTP."),
+                e,
+            ),
+        };
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "{headline}\n\nservice name: {service}\nclient name: {}\nselected address: {addr}\nerror: {error}",
+                dest.id
+            ),
+        )
+    }
+}
+
+/// Strips the hop-by-hop headers from a request on its way out, keeping
+/// what the next hop needs to carry an upgrade (returned: the client
+/// side's half of it) or gRPC's trailers.
+fn hop_by_hop(parts: &mut http::request::Parts) -> Option<hyper::upgrade::OnUpgrade> {
+    let upgrade = (parts.version == http::Version::HTTP_11)
+        .then(|| headers::upgrade(&parts.headers))
+        .flatten();
+    let trailers =
+        parts.version == http::Version::HTTP_2 && headers::wants_trailers(&parts.headers);
+    let on_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = upgrade {
+        headers::set_upgrade(&mut parts.headers, protocol);
+    }
+    if trailers {
+        parts
+            .headers
+            .insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+    on_upgrade
+}
+
+/// The client's error, if the attempt failed because of its side of the
+/// exchange: a body that could not be read (malformed, cut short, the
+/// client gone), or one still being sent when the time ran out.
+fn client_side(state: BodyState, failure: &Failure, addr: SocketAddr) -> Option<Response<Body>> {
+    match (state, failure) {
+        (BodyState::ClientFailed, _) => Some(error_response(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "client error: the request body could not be read (malformed or cut short); nothing was charged to {addr}"
+            ),
+        )),
+        (BodyState::Started, Failure::Timeout) => Some(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "client error: the request body was still being sent when the attempt to {addr} timed out"
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// Joins an upgraded client connection to the upgraded upstream one until
+/// either side closes; `_hold` keeps the client connection's idle timer
+/// off meanwhile.
+async fn tunnel(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _hold: Option<conn::ActiveGuard>,
+) {
+    let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
+        return;
+    };
+    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!("upgraded connection ended: {e}");
+    }
 }
 
 /// The shared state of both listeners.
@@ -80,7 +287,9 @@ pub struct Proxy {
     pub config: Config,
     pub host_ip: IpAddr,
     pub metrics: Arc<Metrics>,
-    pools: Pools<HttpConnector>,
+    pools: Pools<HttpConnector, H2Probe>,
+    /// Endpoints that answered HTTP/2 with HTTP/1 (see [`h2probe`]).
+    http1_only: Http1Only,
     budget: RetryBudget,
     classifier: Classifier,
     /// Bounds the requests held at once: past it, fail fast instead of queueing.
@@ -103,7 +312,11 @@ impl Proxy {
             routes,
             host_ip,
             metrics,
-            pools: Pools::new(connector),
+            pools: Pools::with_connectors(
+                connector.clone(),
+                H2Probe::new(connector, config.connect_timeout),
+            ),
+            http1_only: Http1Only::default(),
             budget: RetryBudget::new(&RetryBudgetConfig::default()),
             classifier: Classifier::RetryableIdempotent5XX,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
@@ -120,54 +333,15 @@ impl Proxy {
     }
 
     /// Serves `listener` until `shutdown` turns true, then lets in-flight
-    /// requests finish (up to `grace`).
+    /// requests finish (up to `grace`); see [`listener`].
     pub async fn serve(
         self: Arc<Self>,
         side: Side,
         listener: TcpListener,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
         grace: Duration,
     ) {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        // One write per message, as the upstream pools do (see `Pools`).
-        builder.http1().writev(false);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let stream = io::Counted::new(stream, self.metrics.listener(side));
-                    let proxy = Arc::clone(&self);
-                    let service = hyper::service::service_fn(move |req| {
-                        let proxy = Arc::clone(&proxy);
-                        async move { Ok::<_, Infallible>(proxy.handle(side, req).await) }
-                    });
-                    if let (Side::Incoming, Some(tls)) = (side, &self.l2l_tls) {
-                        // The handshake runs off the accept loop.
-                        let (tls, builder, watcher) = (Arc::clone(tls), builder.clone(), graceful.watcher());
-                        tokio::spawn(async move {
-                            if let Some(stream) = tls.accept(stream).await {
-                                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                                let _ = watcher.watch(conn.into_owned()).await;
-                            }
-                        });
-                        continue;
-                    }
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            }
-        }
-        drop(listener);
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(grace) => tracing::warn!(side = side.as_str(), "in-flight requests cut off by the shutdown deadline"),
-        }
+        listener::serve(self, side, listener, shutdown, grace).await;
     }
 
     /// One request, start to finish.
@@ -193,12 +367,21 @@ impl Proxy {
         if clear {
             headers::clear_context(&mut parts.headers);
         }
+        let grpc = headers::is_grpc(&parts.headers);
+        let version = parts.version;
         let (service, mut resp) = self.route(side, &mut parts, body).await;
-        headers::strip_hop_by_hop(resp.headers_mut());
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            headers::strip_hop_by_hop(resp.headers_mut());
+        }
+        headers::append_via(resp.headers_mut(), version);
+        if grpc && resp.headers().contains_key(headers::L5D_ERR) {
+            let timed_out = resp.extensions().get::<DeadlineExceeded>().is_some();
+            headers::grpc_error(&mut resp, timed_out);
+        }
         if clear {
             let had_error = resp.headers().contains_key(headers::L5D_ERR);
             headers::clear_context(resp.headers_mut());
-            if had_error {
+            if had_error && !grpc {
                 *resp.body_mut() = headers::full(Bytes::new());
             }
         }
@@ -221,6 +404,12 @@ impl Proxy {
                 self.config.max_call_depth
             );
             return (None, error_response(StatusCode::BAD_REQUEST, &msg));
+        }
+        if let Some(msg) = self.oversized_dtab(&parts.headers) {
+            return (
+                None,
+                error_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &msg),
+            );
         }
         identify::rewrite_proxy_form(parts);
         let table = self.routes.load();
@@ -257,8 +446,13 @@ impl Proxy {
         let local_dtab = match &decision {
             Ok(d) => match &d.route {
                 Err(
-                    e @ (RouteError::BadDtabHeader { .. } | RouteError::ForbiddenOverride { .. }),
+                    e @ (RouteError::BadDtabHeader { .. }
+                    | RouteError::ForbiddenOverride { .. }
+                    | RouteError::ForbiddenLocalAddress { .. }),
                 ) => {
+                    if matches!(e, RouteError::ForbiddenOverride { .. }) {
+                        self.metrics.refused("fixed_address_override");
+                    }
                     return (
                         Some(service),
                         error_response(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -277,39 +471,102 @@ impl Proxy {
                 .map(Arc::from),
         };
 
-        // Deadline: the request's own, tightened by the configured total timeout.
-        let remaining = headers::deadline_remaining(&parts.headers)
-            .map_or(self.config.request_timeout, |d| {
-                d.min(self.config.request_timeout)
-            });
+        // Deadline: the request's own (l5d-ctx-deadline, grpc-timeout),
+        // tightened by the configured total timeout, never loosened.
+        let remaining = [
+            headers::deadline_remaining(&parts.headers),
+            headers::grpc_timeout(&parts.headers),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.config.request_timeout, Duration::min);
         parts.headers.remove(L5D_CTX_DEADLINE);
         if remaining.is_zero() {
-            return (
-                Some(service),
-                error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the request's deadline has passed",
-                ),
+            let mut resp = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request's deadline has passed",
             );
+            resp.extensions_mut().insert(DeadlineExceeded);
+            return (Some(service), resp);
         }
 
-        // Outbound context headers.
-        headers::strip_hop_by_hop(&mut parts.headers);
+        let on_upgrade = hop_by_hop(parts);
         headers::append_via(&mut parts.headers, parts.version);
         context_headers(parts, &decision, &service, local_dtab.as_deref());
 
+        let resp = self
+            .forward(side, parts, body, decision, &service, remaining, on_upgrade)
+            .await;
+        (Some(service), resp)
+    }
+
+    /// Sends the request within its deadline; joins an upgraded
+    /// connection to the upstream's.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        side: Side,
+        parts: &http::request::Parts,
+        body: Incoming,
+        decision: Result<Arc<crate::routes::Decision>, Dest>,
+        service: &str,
+        remaining: Duration,
+        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
+        let body = RequestBody::new(body);
         let deadline = Instant::now() + remaining;
-        let attempt = self.attempts(side, parts, body, decision, &service, deadline);
-        let resp = if let Ok(resp) = tokio::time::timeout(remaining, attempt).await {
+        let attempt = self.attempts(side, parts, &body, decision, service, deadline);
+        let mut resp = if let Ok(resp) = tokio::time::timeout(remaining, attempt).await {
             resp
-        } else {
-            self.metrics.failure(&service, None, Class::Timeout);
+        } else if body.state() == BodyState::Started {
+            // The client was still sending its body: its side was slow.
+            self.metrics.failure(service, None, Class::ClientError);
             error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the client did not send its request body to {service} within {remaining:?}"
+                ),
+            )
+        } else {
+            self.metrics.failure(service, None, Class::Timeout);
+            let mut resp = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("request to {service} timed out after {remaining:?}"),
-            )
+            );
+            resp.extensions_mut().insert(DeadlineExceeded);
+            resp
         };
-        (Some(service), resp)
+        if let Some(downstream) = on_upgrade
+            && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream = hyper::upgrade::on(&mut resp);
+            // The tunnel keeps the client connection active: its idle and
+            // header timers do not apply to the upgraded protocol.
+            let hold = parts
+                .extensions
+                .get::<conn::ConnHandle>()
+                .map(conn::ConnHandle::hold);
+            tokio::spawn(tunnel(downstream, upstream, hold));
+        }
+        resp
+    }
+
+    /// A 431 message if a dtab header (all its values together) is larger
+    /// than the limit, checked before anything copies or parses it.
+    fn oversized_dtab(&self, headers: &http::HeaderMap) -> Option<String> {
+        let limit = self.config.max_dtab_header_bytes;
+        [L5D_DTAB, L5D_CTX_DTAB].into_iter().find_map(|name| {
+            let values = headers.get_all(name);
+            let size = values
+                .iter()
+                .map(HeaderValue::len)
+                .sum::<usize>()
+                .saturating_add(values.iter().count().saturating_sub(1));
+            (size > limit).then(|| {
+                self.metrics.refused("dtab_header_too_large");
+                format!("{name} header is {size} bytes, more than the limit of {limit} (max_dtab_header_bytes)")
+            })
+        })
     }
 
     /// The attempt loop: pick, forward, classify, maybe retry elsewhere.
@@ -317,33 +574,24 @@ impl Proxy {
         &self,
         side: Side,
         parts: &http::request::Parts,
-        body: Incoming,
+        body: &RequestBody,
         decision: Result<Arc<crate::routes::Decision>, Dest>,
         service: &str,
         deadline: Instant,
     ) -> Response<Body> {
-        use http_body::Body as _;
-        // Only a request without a body can be sent again.
-        let replayable = body.is_end_stream();
-        let mut body = Some(body);
         self.budget.deposit();
+        // Endpoints that failed this request (allocated only on a retry).
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error: Option<Response<Body>> = None;
-        for attempt in 0..=self.config.max_retries {
-            if attempt > 0 {
-                if !replayable {
-                    break;
-                }
-                if !self.budget.try_withdraw() {
-                    self.metrics.retry_budget_exhausted(service);
-                    break;
-                }
-            }
+        let mut retries = 0;
+        // A downgrade to HTTP/1.1 resends at once, and at most this often.
+        let mut downgrades = 2;
+        loop {
             let dest: &Dest = match &decision {
                 Ok(d) => match d.route.as_ref().map(|t| choose(t)) {
                     Ok(Ok(dest)) => dest,
                     // The tree is ~, ! or $: nothing to route to.
-                    Ok(Err(e)) if attempt == 0 => {
+                    Ok(Err(e)) if last_error.is_none() => {
                         let table = self.routes.load();
                         let msg =
                             Self::unable_to_route(service, &table, d.local_dtab.as_deref(), &e);
@@ -354,8 +602,9 @@ impl Proxy {
                 },
                 Err(dest) => dest,
             };
-            let Some((addr, connect_to, pick)) = self.select(side, dest, &tried).await else {
-                if attempt == 0 {
+            let (addr, connect_to, pick) = match self.select(side, dest, &tried).await {
+                Ok(Some(chosen)) => chosen,
+                Ok(None) if last_error.is_none() => {
                     let table = self.routes.load();
                     let msg = Self::unable_to_route(
                         service,
@@ -370,33 +619,53 @@ impl Proxy {
                         .failure(service, Some(client_name(dest)), Class::NoHosts);
                     return error_response(StatusCode::BAD_GATEWAY, &msg);
                 }
-                break;
+                Ok(None) => break,
+                Err(refused) => {
+                    self.metrics.refused("local_address_override");
+                    return error_response(StatusCode::BAD_REQUEST, &refused.to_string());
+                }
             };
-            tried.push(addr);
-            if attempt > 0 {
-                self.metrics.retry(service);
-            }
+            // Only the last hop meets the endpoint's own protocol; agents
+            // speak both.
+            let downgrade = parts.version == http::Version::HTTP_2
+                && connect_to == addr
+                && self.http1_only.contains(addr);
             let req = outbound_request(
                 parts,
-                body.take(),
+                body.for_attempt(),
                 dest,
                 connect_to,
                 deadline.saturating_duration_since(Instant::now()),
+                downgrade,
             );
+            let sent = Sent {
+                dest,
+                addr,
+                connect_to,
+                service,
+            };
             match self
-                .try_once(
-                    parts,
-                    req,
-                    dest,
-                    (addr, connect_to),
-                    pick,
-                    service,
-                    deadline,
-                )
+                .try_once(parts, req, &sent, pick, body, deadline, downgrade)
                 .await
             {
-                Attempt::Done(resp) => return resp,
-                Attempt::Failed(resp) => last_error = Some(resp),
+                Attempt::Downgrade(resp) if downgrades > 0 && body.sendable() => {
+                    downgrades -= 1;
+                    last_error = Some(resp);
+                }
+                Attempt::Done(resp) | Attempt::Downgrade(resp) => return resp,
+                Attempt::Retry(resp) => {
+                    last_error = Some(resp);
+                    tried.push(addr);
+                    if retries >= self.config.max_retries {
+                        break;
+                    }
+                    if !self.budget.try_withdraw() {
+                        self.metrics.retry_budget_exhausted(service);
+                        break;
+                    }
+                    retries += 1;
+                    self.metrics.retry(service);
+                }
             }
         }
         last_error.unwrap_or_else(|| {
@@ -407,96 +676,143 @@ impl Proxy {
         })
     }
 
-    /// Sends one attempt and classifies it; failures are reported to the
-    /// balancer (failure accrual) and metrics.
+    /// Sends one attempt and classifies what happened; failures that are
+    /// the endpoint's are reported to the balancer (failure accrual, EWMA)
+    /// and metrics, and the client's own never are.
     #[allow(clippy::too_many_arguments)]
     async fn try_once(
         &self,
         parts: &http::request::Parts,
         req: Request<Body>,
-        dest: &Dest,
-        (addr, connect_to): (SocketAddr, SocketAddr),
+        sent: &Sent<'_>,
         pick: Option<ecsmesh_agent_balance::Pick>,
-        service: &str,
+        body: &RequestBody,
         deadline: Instant,
+        downgraded: bool,
     ) -> Attempt {
-        let client = self.pools.for_version(parts.version);
+        let Sent {
+            dest,
+            addr,
+            connect_to,
+            service,
+        } = *sent;
+        let version = if downgraded {
+            http::Version::HTTP_11
+        } else {
+            parts.version
+        };
         let started = Instant::now();
         let left = deadline.saturating_duration_since(started);
         // `connect_to` differs from the endpoint only on the outgoing side
         // of linker-to-linker: it is then the remote agent's incoming port.
         let sending = match self.l2l_tls.as_deref().filter(|_| connect_to != addr) {
-            Some(tls) => match tls.request(parts.version, dest, req) {
+            Some(tls) => match tls.request(version, dest, req) {
                 Ok(sending) => sending,
                 Err(e) => {
                     let msg = format!("TLS to the agent at {connect_to} for {}: {e}", dest.id);
                     return Attempt::Done(error_response(StatusCode::BAD_GATEWAY, &msg));
                 }
             },
-            None => client.request(req),
+            None => self.pools.for_version(version).request(req),
         };
-        let sent = tokio::time::timeout(left.min(self.config.attempt_timeout), sending).await;
+        let sent_result =
+            tokio::time::timeout(left.min(self.config.attempt_timeout), sending).await;
         let client_name = client_name(dest);
-        let status = match &sent {
+        let failure = match sent_result {
             Ok(Ok(resp)) => {
                 self.metrics
                     .attempt(client_name, resp.status(), started.elapsed());
-                Some(resp.status().as_u16())
-            }
-            _ => None,
-        };
-        let outcome = self.classifier.classify(parts.method.as_str(), status);
-        let succeeded = matches!((&sent, outcome), (Ok(Ok(_)), Outcome::Success));
-        if let Some(p) = pick {
-            if succeeded { p.success() } else { p.failure() }
-        }
-        match (sent, outcome) {
-            (Ok(Ok(resp)), Outcome::Success) => Attempt::Done(resp.map(BodyExt::boxed)),
-            (Ok(Ok(resp)), Outcome::Failure { retryable }) => {
-                self.metrics
-                    .failure(service, Some(client_name), Class::Status5xx);
+                let outcome = self
+                    .classifier
+                    .classify(parts.method.as_str(), Some(resp.status().as_u16()));
                 let resp = resp.map(BodyExt::boxed);
-                if retryable {
-                    Attempt::Failed(resp)
-                } else {
-                    Attempt::Done(resp)
-                }
+                return match outcome {
+                    Outcome::Success => {
+                        if let Some(p) = pick {
+                            p.success();
+                        }
+                        Attempt::Done(resp)
+                    }
+                    Outcome::Failure { retryable } => {
+                        if let Some(p) = pick {
+                            p.failure();
+                        }
+                        self.metrics
+                            .failure(service, Some(client_name), Class::Status5xx);
+                        // Resent only if the whole request can be.
+                        if retryable && matches!(body, RequestBody::Empty) {
+                            Attempt::Retry(resp)
+                        } else {
+                            Attempt::Done(resp)
+                        }
+                    }
+                };
             }
-            (Ok(Err(e)), _) => {
-                // A request that never reached the endpoint may go elsewhere
-                // whatever its method (if it can be resent).
-                self.metrics
-                    .failure(service, Some(client_name), Class::ConnectFailure);
-                let msg = format!(
-                    "Unable to establish connection to {connect_to}.\n\nservice name: {service}\nclient name: {}\nselected address: {addr}\nerror: {}",
-                    dest.id,
-                    error_chain(&e)
-                );
-                Attempt::Failed(error_response(StatusCode::BAD_GATEWAY, &msg))
-            }
-            (Err(_), _) => {
-                self.metrics
-                    .failure(service, Some(client_name), Class::Timeout);
-                Attempt::Failed(error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("request to {addr} ({}) timed out", dest.id),
-                ))
-            }
+            Ok(Err(e)) => Failure::of(&e),
+            Err(_) => Failure::Timeout,
+        };
+        // The client's side broke first: its error, not the endpoint's.
+        if let Some(resp) = client_side(body.state(), &failure, addr) {
+            drop(pick);
+            self.metrics.failure(service, None, Class::ClientError);
+            return Attempt::Done(resp);
+        }
+        if let Failure::NotHttp2(reason) = &failure {
+            // The request never left; the endpoint is fine, it just speaks
+            // HTTP/1: resend downgraded.
+            drop(pick);
+            self.http1_only.insert(addr);
+            self.metrics.downgrade(client_name);
+            return Attempt::Downgrade(error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "protocol error: {addr} ({}) does not speak HTTP/2: {reason}",
+                    dest.id
+                ),
+            ));
+        }
+        if let Some(p) = pick {
+            p.failure();
+        }
+        self.metrics
+            .failure(service, Some(client_name), failure.class());
+        let resp = failure.response(sent, self.config.attempt_timeout.min(left));
+        let retry = if failure.never_sent() {
+            // Provably never reached the endpoint: any method may go
+            // elsewhere, if its body is still whole.
+            body.sendable()
+        } else {
+            // It may have been processed: only an idempotent request
+            // without a body is sent again.
+            self.classifier
+                .classify(parts.method.as_str(), None)
+                .is_retryable()
+                && matches!(body, RequestBody::Empty)
+        };
+        if retry && !parts.headers.contains_key(http::header::UPGRADE) {
+            Attempt::Retry(resp)
+        } else {
+            Attempt::Done(resp)
         }
     }
 
     /// The endpoint for one attempt: its address, where to connect (the
-    /// remote agent in linker-to-linker mode), and the balancer's handle.
+    /// remote agent in linker-to-linker mode), and the balancer's handle;
+    /// `Ok(None)` if none is left, an error if the request may not go to
+    /// the address its dtab named.
     async fn select(
         &self,
         side: Side,
         dest: &Dest,
         tried: &[SocketAddr],
-    ) -> Option<(SocketAddr, SocketAddr, Option<ecsmesh_agent_balance::Pick>)> {
+    ) -> Result<Option<(SocketAddr, SocketAddr, Option<ecsmesh_agent_balance::Pick>)>, RouteError>
+    {
         match &dest.target {
             Target::Set { all, local, hosts } => {
                 let balancer = if side == Side::Incoming { local } else { all };
-                let pick = balancer.pick(tried)?;
+                let Some(pick) = balancer.pick(tried) else {
+                    return Ok(None);
+                };
                 let addr = pick.addr();
                 let connect_to = match (side, self.config.mode) {
                     (Side::Outgoing, Mode::LinkerToLinker) => SocketAddr::new(
@@ -505,19 +821,37 @@ impl Proxy {
                     ),
                     _ => addr,
                 };
-                Some((addr, connect_to, Some(pick)))
+                Ok(Some((addr, connect_to, Some(pick))))
             }
-            Target::Inet { host, port } => {
+            Target::Inet {
+                host,
+                port,
+                from_header,
+            } => {
                 let host = if host.is_empty() {
                     "127.0.0.1"
                 } else {
                     host.as_str()
                 };
-                let addr = tokio::net::lookup_host((host, *port))
-                    .await
-                    .ok()?
-                    .find(|a| !tried.contains(a))?;
-                Some((addr, addr, None))
+                let Ok(resolved) = tokio::net::lookup_host((host, *port)).await else {
+                    return Ok(None);
+                };
+                // Checked on what the name resolved to, not on its text: a
+                // name can resolve to the host or the metadata service.
+                let guard = *from_header && !self.routes.settings.allow_local_inet_override;
+                let mut first = None;
+                for addr in resolved {
+                    if guard && crate::routes::is_local(addr.ip()) {
+                        return Err(RouteError::ForbiddenLocalAddress {
+                            path: dest.id.clone(),
+                            addr: addr.ip(),
+                        });
+                    }
+                    if first.is_none() && !tried.contains(&addr) {
+                        first = Some(addr);
+                    }
+                }
+                Ok(first.map(|addr| (addr, addr, None)))
             }
         }
     }
@@ -544,19 +878,21 @@ impl Proxy {
     }
 }
 
-/// The pooled upstream clients, HTTP/1 and HTTP/2, over one connector:
-/// the plaintext one, or a TLS one per remote-agent name (`crate::tls`).
+/// The pooled upstream clients, HTTP/1 and HTTP/2: plaintext (the HTTP/2
+/// one probing for HTTP/1-only endpoints, see [`h2probe`]), or TLS to
+/// remote agents (`crate::tls`, one connector for both).
 #[derive(Clone, Debug)]
-pub(crate) struct Pools<C> {
+pub(crate) struct Pools<C, C2 = C> {
     http1: Client<C, Body>,
-    http2: Client<C, Body>,
+    http2: Client<C2, Body>,
 }
 
-impl<C> Pools<C>
+impl<C, C2> Pools<C, C2>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    C2: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    pub(crate) fn new(connector: C) -> Self {
+    pub(crate) fn with_connectors(http1: C, http2: C2) -> Self {
         Self {
             // Flattened writes (head and body in one buffer, one `write`):
             // with 64 B bodies, ~1.7 % more requests a second than writev
@@ -566,19 +902,47 @@ where
             http1: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_mins(1))
                 .http1_writev(false)
-                .build(connector.clone()),
+                .build(http1),
             http2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
-                .build(connector),
+                .build(http2),
         }
     }
 
     /// The pool for a request of `version`.
-    pub(crate) fn for_version(&self, version: http::Version) -> &Client<C, Body> {
+    pub(crate) fn for_version(&self, version: http::Version) -> PoolFor<'_, C, C2> {
         if version == http::Version::HTTP_2 {
-            &self.http2
+            PoolFor::Http2(&self.http2)
         } else {
-            &self.http1
+            PoolFor::Http1(&self.http1)
+        }
+    }
+}
+
+impl<T> Pools<T, T>
+where
+    T: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(connector: T) -> Self {
+        Self::with_connectors(connector.clone(), connector)
+    }
+}
+
+/// One of the two pools.
+pub(crate) enum PoolFor<'a, C, C2> {
+    Http1(&'a Client<C, Body>),
+    Http2(&'a Client<C2, Body>),
+}
+
+impl<C, C2> PoolFor<'_, C, C2>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    C2: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn request(&self, req: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Self::Http1(c) => c.request(req),
+            Self::Http2(c) => c.request(req),
         }
     }
 }
@@ -636,19 +1000,17 @@ fn context_headers(
     }
 }
 
-/// One attempt's request: the shared parts, the body (only the first
-/// attempt has one), the chosen destination's headers and the address.
+/// One attempt's request: the shared parts, the body, the chosen
+/// destination's headers and the address; `downgrade` turns an HTTP/2
+/// request into HTTP/1.1 for an endpoint that speaks only that.
 fn outbound_request(
     parts: &http::request::Parts,
-    body: Option<Incoming>,
+    body: Body,
     dest: &Dest,
     connect_to: SocketAddr,
     left: Duration,
+    downgrade: bool,
 ) -> Request<Body> {
-    let body = match body {
-        Some(b) => b.boxed(),
-        None => Empty::new().map_err(|never| match never {}).boxed(),
-    };
     let mut req = Request::from_parts(parts.clone(), body);
     let headers = req.headers_mut();
     if let Some(v) = &dest.id_header {
@@ -659,6 +1021,19 @@ fn outbound_request(
     }
     if let Some(v) = headers::deadline_header(left) {
         headers.insert(L5D_CTX_DEADLINE, v);
+    }
+    if downgrade {
+        // HTTP/1.1 names the authority in Host; TE would need Connection.
+        headers.remove(http::header::TE);
+        if !headers.contains_key(http::header::HOST)
+            && let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(http::header::HOST, host);
+        }
+        *req.version_mut() = http::Version::HTTP_11;
     }
     *req.uri_mut() = absolute_uri(
         connect_to,

@@ -153,15 +153,27 @@ impl Upstream {
     }
 
     pub async fn start_with(ip: &str, name: &str, status: u16) -> Self {
-        Self::start_full(ip, name, status, Duration::ZERO).await
+        Self::start_full(ip, name, status, Duration::ZERO, false).await
     }
 
     /// An upstream that takes `delay` to answer.
     pub async fn start_slow(ip: &str, name: &str, delay: Duration) -> Self {
-        Self::start_full(ip, name, 200, delay).await
+        Self::start_full(ip, name, 200, delay, false).await
     }
 
-    async fn start_full(ip: &str, name: &str, status: u16, delay: Duration) -> Self {
+    /// An upstream that speaks only HTTP/1 (it answers an HTTP/2 preface
+    /// with an HTTP/1 error, as most HTTP/1 servers do).
+    pub async fn start_http1_only(ip: &str, name: &str) -> Self {
+        Self::start_full(ip, name, 200, Duration::ZERO, true).await
+    }
+
+    async fn start_full(
+        ip: &str,
+        name: &str,
+        status: u16,
+        delay: Duration,
+        http1_only: bool,
+    ) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
@@ -196,14 +208,27 @@ impl Upstream {
                                 format!("{:?}", req.version()).parse().unwrap(),
                             );
                             async move {
+                                // The body it read, as x-body: what arrived.
+                                if let Ok(body) = req.into_body().collect().await {
+                                    let body = body.to_bytes();
+                                    if let Ok(v) = http::HeaderValue::from_bytes(&body) {
+                                        resp.headers_mut().insert("x-body", v);
+                                    }
+                                }
                                 tokio::time::sleep(delay).await;
                                 Ok::<_, Infallible>(resp)
                             }
                         },
                     );
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    if http1_only {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    } else {
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    }
                 });
             }
         });
@@ -300,4 +325,147 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The real `ecsmesh-agent` binary, started as a process on `host_ip`
+/// (the hostile-input tests attack it, not an in-process copy). Killed on
+/// drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub outgoing_addr: SocketAddr,
+    pub incoming_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl AgentProcess {
+    /// Starts the binary with `args` added to the test defaults (direct
+    /// mode, short timeouts), and waits until it has applied a snapshot.
+    pub async fn start(
+        host_ip: &str,
+        controller_port: u16,
+        state_dir: &std::path::Path,
+        args: &[&str],
+    ) -> Self {
+        Self::start_with(host_ip, controller_port, state_dir, args, |_| {}).await
+    }
+
+    /// Like [`AgentProcess::start`], with a chance to change the command
+    /// (environment, resource limits) before it runs.
+    pub async fn start_with(
+        host_ip: &str,
+        controller_port: u16,
+        state_dir: &std::path::Path,
+        args: &[&str],
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> Self {
+        let (outgoing, incoming, admin) =
+            (free_port(host_ip), free_port(host_ip), free_port(host_ip));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ecsmesh-agent"));
+        cmd.args(["--host-ip", host_ip])
+            .args(["--instance-id", &format!("i-{host_ip}")])
+            .args(["--availability-zone", "us-west-1a"])
+            .args([
+                "--controller",
+                &format!("http://127.0.0.1:{controller_port}"),
+            ])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(["--mode", "direct"])
+            .args(["--outgoing-port", &outgoing.to_string()])
+            .args(["--incoming-port", &incoming.to_string()])
+            .args(["--admin-port", &admin.to_string()])
+            .args(["--imds-endpoint", "http://127.0.0.1:1"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        // Short timeouts unless the test sets its own.
+        for (flag, value) in [("--request-timeout", "5s"), ("--attempt-timeout", "2s")] {
+            if !args.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
+        tweak(&mut cmd);
+        let child = cmd.spawn().expect("the agent binary starts");
+        let ip: IpAddr = host_ip.parse().unwrap();
+        let agent = Self {
+            outgoing_addr: SocketAddr::new(ip, outgoing),
+            incoming_addr: SocketAddr::new(ip, incoming),
+            admin_addr: SocketAddr::new(ip, admin),
+            child,
+        };
+        agent.wait_ready().await;
+        agent
+    }
+
+    /// Waits until `/ready` answers 200 (a snapshot is applied).
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(Ok((200, _))) =
+                tokio::time::timeout(Duration::from_secs(1), self.admin_get("/ready")).await
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the agent on {} never became ready", self.admin_addr);
+    }
+
+    /// GET on the admin port: (status, body).
+    pub async fn admin_get(&self, path: &str) -> Result<(u16, String), String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(self.admin_addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nhost: admin\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        stream
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// The value of one series in `/metrics` (the sum of every series whose
+    /// name and labels start with `series`, e.g. `foo_total{reason="x"`).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await.unwrap();
+        body.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
