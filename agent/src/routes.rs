@@ -620,3 +620,77 @@ impl Routes {
         self.current.store(Arc::new(table));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> (RouteTable, TableSettings) {
+        let mut settings = TableSettings::new("default".into(), "127.0.1.1".parse().unwrap());
+        settings.decision_cache_bytes = 256 << 10;
+        let set: EndpointSet = [ecsmesh_state::Endpoint::new(
+            "127.0.1.2:80".parse().unwrap(),
+        )]
+        .into_iter()
+        .collect();
+        let mesh = MeshState {
+            dtabs: [(
+                "default".to_owned(),
+                Arc::new(Dtab::read("/svc=>/#/ecs/demo").unwrap()),
+            )]
+            .into(),
+            sets: [(Path::read("/#/ecs/demo/world").unwrap(), Arc::new(set))].into(),
+        };
+        let table = RouteTable::build(1, "e".into(), Arc::new(mesh), &settings, None);
+        (table, settings)
+    }
+
+    #[test]
+    fn the_decision_cache_is_bounded_in_bytes() {
+        let (table, settings) = table();
+        let name = Path::read("/svc/world").unwrap();
+        let filler = "/svc/zz=>/svc/yy;".repeat(500);
+        for i in 0..200 {
+            let dtab = format!("{filler}/svc/n{i}=>/svc/world");
+            let d = table.decide(&name, None, Some(dtab.as_bytes()), &settings);
+            assert!(d.route.is_ok());
+            assert!(table.cached_bytes() <= settings.decision_cache_bytes / 2);
+        }
+        // Plain decisions keep their own half: the overrides never evict them.
+        let plain = table.decide(&name, None, None, &settings);
+        for i in 0..50 {
+            let dtab = format!("{filler}/svc/m{i}=>/svc/world");
+            let _ = table.decide(&name, None, Some(dtab.as_bytes()), &settings);
+        }
+        assert!(Arc::ptr_eq(
+            &plain,
+            &table.decide(&name, None, None, &settings)
+        ));
+    }
+
+    #[test]
+    fn local_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "169.254.169.254",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(is_local(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.0.0.1",
+            "172.17.0.1",
+            "192.168.1.1",
+            "2001:db8::1",
+            "fec0::1",
+        ] {
+            assert!(!is_local(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}

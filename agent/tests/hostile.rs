@@ -12,21 +12,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{AgentProcess, SOURCE, Upstream, controller, free_port, get_via, raw, sets};
+use common::{AgentProcess, Upstream, free_port, get_via, mesh, raw};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-
-/// A controller publishing `world` (and `hello` where asked) with these
-/// endpoints, on a fresh gRPC port.
-async fn mesh(
-    dir: &std::path::Path,
-    sets_: &[(&str, &[(SocketAddr, &str)])],
-) -> (ecsmesh_controller::Controller, u16) {
-    let grpc = free_port("127.0.0.1");
-    let ctl = controller(&dir.join("ctl"), grpc).await;
-    ctl.observed.replace(SOURCE, sets(sets_));
-    (ctl, grpc)
-}
 
 /// An h2c (prior knowledge) request to `addr` for `authority`.
 async fn h2c(

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{AgentProcess, SOURCE, Upstream, controller, free_port, sets};
+use common::{AgentProcess, Upstream};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -31,9 +31,7 @@ async fn mesh(
     entries: &[(&str, &[(SocketAddr, &str)])],
 ) -> (tempfile::TempDir, ecsmesh_controller::Controller, u16) {
     let dir = tempfile::tempdir().unwrap();
-    let grpc = free_port("127.0.0.1");
-    let ctl = controller(&dir.path().join("ctl"), grpc).await;
-    ctl.observed.replace(SOURCE, sets(entries));
+    let (ctl, grpc) = common::mesh(dir.path(), entries).await;
     (dir, ctl, grpc)
 }
 

@@ -63,6 +63,18 @@ pub fn controller_config(
     }
 }
 
+/// A controller (state under `dir`) on a fresh gRPC port, publishing these
+/// endpoint sets; and that port.
+pub async fn mesh(
+    dir: &std::path::Path,
+    entries: &[(&str, &[(SocketAddr, &str)])],
+) -> (Controller, u16) {
+    let grpc = free_port("127.0.0.1");
+    let ctl = controller(&dir.join("ctl"), grpc).await;
+    ctl.observed.replace(SOURCE, sets(entries));
+    (ctl, grpc)
+}
+
 /// Endpoint sets: `(name, [(addr, host ip)])`.
 pub fn sets(entries: &[(&str, &[(SocketAddr, &str)])]) -> BTreeMap<Path, Arc<EndpointSet>> {
     entries
