@@ -18,13 +18,14 @@ deps:
 	bash scripts/deps.sh
 
 ## test: everything the tests need, then the whole test suite.
+# The binaries for the Python suites are built with the same package set as
+# the demo's debug build (scripts/demo.sh): one build, not two feature sets.
 test: deps
 	$(VENV)/bin/python -m pytest tests/harness -q
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
-	$(CARGO) build -p ecsmesh-controller --bins
+	$(CARGO) build -p ecsmesh-controller -p ecsmesh-agent -p ecsmesh-cli -p ecsmesh-hello-world
 	ECSMESH_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(VENV)/bin/python -m pytest tests/grpc -q
-	$(CARGO) build -p ecsmesh-agent -p ecsmesh-controller -p ecsmesh-cli --bins
 	ECSMESH_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(VENV)/bin/python -m pytest tests/protocols -q
 	DEMO_PROFILE=debug $(VENV)/bin/python -m pytest tests/e2e -q
 

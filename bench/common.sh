@@ -39,7 +39,7 @@ start_upstream() {
 declare -A AGENT_PID
 start_agent() {
   "$BIN/bench-snapshot" --upstream "$UP" --upstream-host "$4" --out "$WORK/$1/snapshot.pb"
-  RUST_LOG=error TOKIO_WORKER_THREADS=1 taskset -c 1 "${5:-$BIN/ecsmesh-agent}" \
+  RUST_LOG=error TOKIO_WORKER_THREADS=1 ECSMESH_WORKER_THREADS=1 taskset -c 1 "${5:-$BIN/ecsmesh-agent}" \
     --host-ip "$2" --instance-id "i-$1" --availability-zone bench-a --mode "$3" \
     --controller http://127.0.0.1:9 --state-dir "$WORK/$1" --imds-endpoint http://127.0.0.1:9 &
   AGENT_PID[$1]=$!; PIDS+=($!)

@@ -83,6 +83,7 @@ pub struct FileConfig {
     pub allow_local_inet_override: Option<bool>,
     pub max_dtab_header_bytes: Option<usize>,
     pub decision_cache_bytes: Option<usize>,
+    pub worker_threads: Option<usize>,
     pub clear_context: Option<bool>,
     pub max_call_depth: Option<usize>,
     pub request_timeout: Option<String>,
@@ -165,6 +166,11 @@ pub struct Args {
     /// The routing-decision cache's bound in bytes [default: 8388608].
     #[arg(long, env = "ECSMESH_DECISION_CACHE_BYTES")]
     pub decision_cache_bytes: Option<usize>,
+    /// Threads that serve requests [default: the CPUs this process may use:
+    /// its CPU affinity and its cgroup's CPU quota (the task's `cpu` limit
+    /// on ECS), not the host's core count].
+    #[arg(long, env = "ECSMESH_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Strip every l5d-* header both ways on the outgoing listener (edge mode).
     #[arg(long, env = "ECSMESH_CLEAR_CONTEXT")]
     pub clear_context: Option<bool>,
@@ -290,15 +296,6 @@ pub fn parse_identifier(s: &str) -> Result<Identifier, ConfigError> {
 /// dentries, far below what would let one request cost much memory.
 pub const DEFAULT_MAX_DTAB_HEADER_BYTES: usize = 16 << 10;
 
-/// `value`, or `default`; zero is refused where it would refuse everything.
-fn positive(name: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
-    match value {
-        Some(0) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
-        Some(v) => Ok(v),
-        None => Ok(default),
-    }
-}
-
 /// The resolved configuration (before the host identity is discovered).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -319,6 +316,8 @@ pub struct Config {
     /// Bytes of one dtab header (all its values together) a request may carry.
     pub max_dtab_header_bytes: usize,
     pub decision_cache_bytes: usize,
+    /// Request-serving threads; `None`: [`Config::workers`] decides.
+    pub worker_threads: Option<usize>,
     pub clear_context: bool,
     /// `Via` entries a request may carry before it is refused as a loop.
     pub max_call_depth: usize,
@@ -543,11 +542,12 @@ impl Config {
                 .allow_local_inet_override
                 .or(f.allow_local_inet_override)
                 .unwrap_or(false),
-            max_dtab_header_bytes: positive(
+            max_dtab_header_bytes: not_zero(
                 "max_dtab_header_bytes",
                 args.max_dtab_header_bytes.or(f.max_dtab_header_bytes),
-                DEFAULT_MAX_DTAB_HEADER_BYTES,
-            )?,
+            )?
+            .unwrap_or(DEFAULT_MAX_DTAB_HEADER_BYTES),
+            worker_threads: not_zero("worker_threads", args.worker_threads.or(f.worker_threads))?,
             decision_cache_bytes: args
                 .decision_cache_bytes
                 .or(f.decision_cache_bytes)
@@ -580,6 +580,21 @@ impl Config {
             tls,
             limits,
         })
+    }
+
+    /// The request-serving threads to start, and where the number comes
+    /// from. By default, the parallelism the process is allowed: std reads
+    /// the CPU affinity mask and the cgroup (v1 or v2) CPU quota, which is
+    /// what ECS sets for a task's or container's `cpu` limit; a container
+    /// with no limit gets the CPUs it may run on.
+    pub fn workers(&self) -> (usize, &'static str) {
+        match self.worker_threads {
+            Some(n) => (n, "configured"),
+            None => (
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                "cpu affinity and cgroup quota",
+            ),
+        }
     }
 
     /// The listeners' addresses on `host_ip`.
@@ -738,6 +753,18 @@ mod tests {
             let key = bad.split(':').next().unwrap();
             assert!(e.to_string().contains(key), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn worker_threads() {
+        let c = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.worker_threads, None);
+        assert!(c.workers().0 >= 1);
+        let f: FileConfig = serde_yaml_ng::from_str("worker_threads: 4").unwrap();
+        let c = Config::resolve(&Args::default(), f).unwrap();
+        assert_eq!(c.workers(), (4, "configured"));
+        let f: FileConfig = serde_yaml_ng::from_str("worker_threads: 0").unwrap();
+        assert!(Config::resolve(&Args::default(), f).is_err());
     }
 
     #[test]

@@ -91,6 +91,10 @@ impl Agent {
         );
 
         let metrics = Arc::new(Metrics::new());
+        metrics.worker_threads.set(
+            i64::try_from(tokio::runtime::Handle::current().metrics().num_workers())
+                .unwrap_or(i64::MAX),
+        );
         let (controller, l2l_tls) = tls::setup(&config, &metrics)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (mut listeners, mut background) = (JoinSet::new(), JoinSet::new());

@@ -344,6 +344,8 @@ pub struct Metrics {
     limit_counters: [Arc<LimitCounters>; 2],
     /// Each listener's configured limits, so alerts can compare usage to them.
     listener_limits: Family<ListenerLimitLabels, Gauge<f64, AtomicU64>>,
+    /// The runtime's request-serving threads.
+    pub worker_threads: Gauge,
 }
 
 /// A refused TLS handshake: on which listener, and why.
@@ -390,6 +392,7 @@ impl Metrics {
             downgrades: Family::default(),
             limit_counters: [Side::Outgoing, Side::Incoming].map(|side| limits.counters(side)),
             listener_limits: Family::default(),
+            worker_threads: Gauge::default(),
         };
         {
             let mut root = m.registry.lock().unwrap_or_else(PoisonError::into_inner);
@@ -483,6 +486,11 @@ impl Metrics {
                 "protocol_downgrades",
                 "h2c requests sent as HTTP/1.1 because the endpoint speaks only HTTP/1, by concrete client",
                 m.downgrades.clone(),
+            );
+            r.register(
+                "worker_threads",
+                "Threads serving requests (worker_threads)",
+                m.worker_threads.clone(),
             );
             r.register(
                 "control_connected",

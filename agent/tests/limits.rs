@@ -13,13 +13,12 @@
 mod common;
 
 use std::convert::Infallible;
-use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{AgentProcess, Upstream};
+use common::{AgentProcess, Upstream, rewrite};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -33,36 +32,6 @@ async fn mesh(
     let dir = tempfile::tempdir().unwrap();
     let (ctl, grpc) = common::mesh(dir.path(), entries).await;
     (dir, ctl, grpc)
-}
-
-/// Rebuilds the spawner's command: `wrapper` runs first and execs the
-/// agent (to lower a resource limit), and `set` replaces flags' values (a
-/// flag given twice is an error).
-fn rewrite(cmd: &mut Command, wrapper: &[&str], set: &[(&str, &str)]) {
-    let program = cmd.get_program().to_owned();
-    let mut args: Vec<OsString> = cmd.get_args().map(ToOwned::to_owned).collect();
-    for (flag, value) in set {
-        match args.iter().position(|a| a == flag) {
-            Some(i) => args[i + 1] = value.into(),
-            None => args.extend([flag.into(), value.into()]),
-        }
-    }
-    let mut new = match wrapper.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(&program);
-            c
-        }
-        None => Command::new(&program),
-    };
-    new.args(args).stdout(Stdio::null());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => new.env(k, v),
-            None => new.env_remove(k),
-        };
-    }
-    *cmd = new;
 }
 
 /// Runs the agent with at most 256 open files (soft and hard).

@@ -339,6 +339,36 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Rebuilds the spawner's command: `wrapper` runs first and execs the
+/// agent (to lower a resource limit), and `set` replaces flags' values (a
+/// flag given twice is an error).
+pub fn rewrite(cmd: &mut std::process::Command, wrapper: &[&str], set: &[(&str, &str)]) {
+    let program = cmd.get_program().to_owned();
+    let mut args: Vec<std::ffi::OsString> = cmd.get_args().map(ToOwned::to_owned).collect();
+    for (flag, value) in set {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value.into(),
+            None => args.extend([flag.into(), value.into()]),
+        }
+    }
+    let mut new = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest).arg(&program);
+            c
+        }
+        None => std::process::Command::new(&program),
+    };
+    new.args(args).stdout(std::process::Stdio::null());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => new.env(k, v),
+            None => new.env_remove(k),
+        };
+    }
+    *cmd = new;
+}
+
 /// The real `ecsmesh-agent` binary, started as a process on `host_ip`
 /// (the hostile-input tests attack it, not an in-process copy). Killed on
 /// drop.
