@@ -142,14 +142,7 @@ impl Agent {
             status: status.clone(),
             metrics,
         });
-        let mut admin_shutdown = shutdown_rx;
-        background.spawn(async move {
-            let _ = axum::serve(admin, admin_router)
-                .with_graceful_shutdown(async move {
-                    let _ = admin_shutdown.wait_for(|s| *s).await;
-                })
-                .await;
-        });
+        background.spawn(serve_admin(admin, admin_router, shutdown_rx));
         tracing::info!(%outgoing_addr, %incoming_addr, %admin_addr, "agent started");
         Ok(Self {
             host_ip: identity.host_ip,
@@ -189,6 +182,19 @@ fn fd_limits(config: &mut Config) {
     let max_connections = proxy::listener::max_connections(config.limits.max_connections, nofile);
     config.limits.max_connections = Some(max_connections);
     tracing::info!(open_file_limit = nofile, max_connections, "listener limits");
+}
+
+/// The admin server, until `shutdown` turns true.
+async fn serve_admin(
+    listener: TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await;
 }
 
 /// Who and where this agent is: configuration first, then discovery
