@@ -1,30 +1,27 @@
 //! TLS on the hops the agent owns.
 //!
-//! - [`L2lTls`]: the linker-to-linker hop. The outgoing side connects to
-//!   the remote agent's incoming port with TLS, verifying the configured
-//!   name (fixed, or filled per destination from its concrete name); the
-//!   incoming port terminates TLS and, by default, requires a client
-//!   certificate from the mesh CA. Refused handshakes are logged and
-//!   counted (`ecsmesh_agent_tls_handshake_failures_total`).
+//! - [`L2lTls`]: the linker-to-linker hop's certificates. The incoming port
+//!   terminates TLS and, by default, requires a client certificate from the
+//!   mesh CA; refused handshakes are logged and counted
+//!   (`ecsmesh_agent_tls_handshake_failures_total`). The outgoing side's
+//!   connections (verifying the configured name, fixed or filled per
+//!   destination) are [`crate::proxy::upstream`]'s, made with
+//!   [`L2lTls::client`].
 //! - [`ControllerEndpoint`]: the controller stream, over TLS when the
 //!   controller's address is `https://`.
 //!
 //! Certificates are re-read when their files change; connections already
 //! made keep theirs.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ecsmesh_tls::{ClientTls, HttpsConnector, ServerName, ServerNameTemplate, ServerTls, TlsError};
-use hyper_util::client::legacy::ResponseFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Config;
 use crate::metrics::{Metrics, TlsFailureLabels};
-use crate::proxy::{Body, Pools};
-use crate::routes::Dest;
 
 /// The controller's endpoint and the linker-to-linker hop's TLS, from the
 /// configuration; certificate problems stop the start.
@@ -39,36 +36,14 @@ pub fn setup(
     Ok((controller, l2l.map(Arc::new)))
 }
 
-/// Distinct server names kept with their own connection pools; past it
-/// the pools are dropped and rebuilt (only a name template can get there).
-const MAX_NAMES: usize = 1024;
-
-/// Pooled clients verifying one server name.
-type Clients = Pools<HttpsConnector>;
-
-/// The linker-to-linker hop's TLS: the incoming port's acceptor and the
-/// outgoing side's clients.
+/// The linker-to-linker hop's TLS: the incoming port's acceptor, and the
+/// outgoing side's certificates and the name remote agents must prove.
 #[derive(Debug)]
 pub struct L2lTls {
     server: ServerTls,
     client: ClientTls,
     names: ServerNameTemplate,
-    connect_timeout: Duration,
-    /// The pools for a fixed server name (the default), built once: the
-    /// per-request path then renders nothing and takes no lock.
-    fixed: Option<Clients>,
-    /// The pools per rendered name, for a `{service}`/`{cluster}` template.
-    clients: Mutex<HashMap<ServerName<'static>, Clients>>,
     metrics: Arc<Metrics>,
-}
-
-/// Pooled clients that verify `name` on every connection they open.
-fn pools_for(client: &ClientTls, name: ServerName<'static>, connect_timeout: Duration) -> Clients {
-    Pools::new(HttpsConnector::new(
-        client.clone(),
-        name,
-        Some(connect_timeout),
-    ))
 }
 
 impl L2lTls {
@@ -85,63 +60,22 @@ impl L2lTls {
         client.watch(tls.reload_interval);
         tracing::info!(server_name = %tls.l2l_server_name, client_auth = %tls.l2l_client_auth,
             "TLS on the linker-to-linker hop");
-        let fixed = tls
-            .l2l_server_name
-            .fixed()
-            .map(|name| pools_for(&client, name.clone(), config.connect_timeout));
         Ok(Some(Self {
             server,
             client,
             names: tls.l2l_server_name.clone(),
-            connect_timeout: config.connect_timeout,
-            fixed,
-            clients: Mutex::new(HashMap::new()),
             metrics,
         }))
     }
 
-    /// The name the remote agent must prove for `dest`: the template with
-    /// `{service}` and `{cluster}` from `/#/<namer>/<cluster>/<service>`.
-    pub fn server_name(&self, dest: &Dest) -> Result<ServerName<'static>, TlsError> {
-        let elems = dest.id.elems();
-        let label = |i: usize| {
-            elems
-                .get(i)
-                .and_then(|l| std::str::from_utf8(l.as_bytes()).ok())
-        };
-        self.names.render(|var| match var {
-            "service" => label(3),
-            "cluster" => label(2),
-            _ => None,
-        })
+    /// The outgoing side's certificates (reloaded as the files change).
+    pub fn client(&self) -> &ClientTls {
+        &self.client
     }
 
-    /// Sends `req` to a remote agent's incoming port over TLS, verifying
-    /// the name for `dest`.
-    pub fn request(
-        &self,
-        version: http::Version,
-        dest: &Dest,
-        req: http::Request<Body>,
-    ) -> Result<ResponseFuture, TlsError> {
-        if let Some(fixed) = &self.fixed {
-            return Ok(fixed.for_version(version).request(req));
-        }
-        let clients = self.clients(self.server_name(dest)?);
-        Ok(clients.for_version(version).request(req))
-    }
-
-    fn clients(&self, name: ServerName<'static>) -> Clients {
-        let mut all = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = all.get(&name) {
-            return c.clone();
-        }
-        if all.len() >= MAX_NAMES {
-            all.clear();
-        }
-        let clients = pools_for(&self.client, name.clone(), self.connect_timeout);
-        all.insert(name, clients.clone());
-        clients
+    /// The name remote agents must prove: fixed, or a template.
+    pub fn names(&self) -> &ServerNameTemplate {
+        &self.names
     }
 
     /// The handshake on an accepted incoming connection; a refusal is

@@ -612,3 +612,59 @@ async fn raw_status(addr: SocketAddr, method: &str, host: &str) -> (u16, String,
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     (status, head.to_owned(), body.to_owned())
 }
+
+/// A server on `ip` that reads a request head and then either closes
+/// (`answer` empty) or writes `answer` and closes; counts connections.
+async fn rude_server(
+    ip: &str,
+    answer: &'static [u8],
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0; 4096];
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn failures_are_named_by_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (closer, closer_hits) = rude_server("127.0.60.11", b"").await;
+    let (garbler, garbler_hits) = rude_server("127.0.60.12", b"HELLO THERE\r\n\r\n").await;
+    let (_ctl, grpc) = mesh(
+        dir.path(),
+        &[
+            ("/#/ecs/demo/closer", &[(closer, "127.0.60.11")]),
+            ("/#/ecs/demo/garbler", &[(garbler, "127.0.60.12")]),
+        ],
+    )
+    .await;
+    let agent = AgentProcess::start("127.0.60.1", grpc, &dir.path().join("a"), &[]).await;
+    // Closed after the request was written: a reset, and a POST is not resent.
+    let (status, head, body) = raw_status(agent.outgoing_addr, "POST", "closer").await;
+    assert_eq!(status, 502, "{head}");
+    assert!(body.starts_with("connection reset:"), "{body}");
+    assert_eq!(closer_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Not HTTP at all: a protocol error.
+    let (status, _, body) = raw_status(agent.outgoing_addr, "POST", "garbler").await;
+    assert_eq!(status, 502);
+    assert!(body.starts_with("protocol error:"), "{body}");
+    assert_eq!(garbler_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    for (client, class) in [("closer", "reset"), ("garbler", "protocol")] {
+        let series = format!(
+            "ecsmesh_agent_client_failures_total{{client=\"/#/ecs/demo/{client}\",class=\"{class}\"}}"
+        );
+        assert_eq!(agent.metric(&series).await, 1.0, "{series}");
+    }
+}

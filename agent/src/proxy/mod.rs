@@ -21,6 +21,7 @@ pub mod headers;
 pub mod identify;
 pub mod io;
 pub mod listener;
+pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -35,9 +36,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -45,11 +44,11 @@ use crate::config::{Config, Mode};
 use crate::metrics::{Class, Metrics};
 use crate::routes::{Dest, RouteError, RouteTable, Routes, Target, choose};
 use body::{BodyState, RequestBody};
-use h2probe::{H2Probe, Http1Only};
 use headers::{
     L5D_CTX_DEADLINE, L5D_CTX_DTAB, L5D_DST_CLIENT, L5D_DST_RESIDUAL, L5D_DST_SERVICE, L5D_DTAB,
     L5D_REQID, error_response,
 };
+use upstream::{Hop, Upstream};
 
 /// Every body the proxy sends or receives, boxed.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -287,9 +286,7 @@ pub struct Proxy {
     pub config: Config,
     pub host_ip: IpAddr,
     pub metrics: Arc<Metrics>,
-    pools: Pools<HttpConnector, H2Probe>,
-    /// Endpoints that answered HTTP/2 with HTTP/1 (see [`h2probe`]).
-    http1_only: Http1Only,
+    upstream: Upstream,
     budget: RetryBudget,
     classifier: Classifier,
     /// Bounds the requests held at once: past it, fail fast instead of queueing.
@@ -305,18 +302,11 @@ impl Proxy {
         host_ip: IpAddr,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
         Self {
             routes,
             host_ip,
             metrics,
-            pools: Pools::with_connectors(
-                connector.clone(),
-                H2Probe::new(connector, config.connect_timeout),
-            ),
-            http1_only: Http1Only::default(),
+            upstream: Upstream::new(config.connect_timeout, None),
             budget: RetryBudget::new(&RetryBudgetConfig::default()),
             classifier: Classifier::RetryableIdempotent5XX,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
@@ -328,6 +318,7 @@ impl Proxy {
     /// Turns on TLS for the linker-to-linker hop.
     #[must_use]
     pub fn with_l2l_tls(mut self, tls: Option<Arc<crate::tls::L2lTls>>) -> Self {
+        self.upstream = Upstream::new(self.config.connect_timeout, tls.as_deref());
         self.l2l_tls = tls;
         self
     }
@@ -629,7 +620,7 @@ impl Proxy {
             // speak both.
             let downgrade = parts.version == http::Version::HTTP_2
                 && connect_to == addr
-                && self.http1_only.contains(addr);
+                && self.upstream.http1_only.contains(addr);
             let req = outbound_request(
                 parts,
                 body.for_attempt(),
@@ -705,15 +696,17 @@ impl Proxy {
         let left = deadline.saturating_duration_since(started);
         // `connect_to` differs from the endpoint only on the outgoing side
         // of linker-to-linker: it is then the remote agent's incoming port.
-        let sending = match self.l2l_tls.as_deref().filter(|_| connect_to != addr) {
-            Some(tls) => match tls.request(version, dest, req) {
-                Ok(sending) => sending,
-                Err(e) => {
-                    let msg = format!("TLS to the agent at {connect_to} for {}: {e}", dest.id);
-                    return Attempt::Done(error_response(StatusCode::BAD_GATEWAY, &msg));
-                }
-            },
-            None => self.pools.for_version(version).request(req),
+        let hop = if connect_to == addr {
+            Hop::Endpoint
+        } else {
+            Hop::Agent
+        };
+        let sending = match self.upstream.send(hop, version, dest, req) {
+            Ok(sending) => sending,
+            Err(e) => {
+                let msg = format!("TLS to the agent at {connect_to} for {}: {e}", dest.id);
+                return Attempt::Done(error_response(StatusCode::BAD_GATEWAY, &msg));
+            }
         };
         let sent_result =
             tokio::time::timeout(left.min(self.config.attempt_timeout), sending).await;
@@ -761,7 +754,7 @@ impl Proxy {
             // The request never left; the endpoint is fine, it just speaks
             // HTTP/1: resend downgraded.
             drop(pick);
-            self.http1_only.insert(addr);
+            self.upstream.http1_only.insert(addr);
             self.metrics.downgrade(client_name);
             return Attempt::Downgrade(error_response(
                 StatusCode::BAD_GATEWAY,
@@ -875,75 +868,6 @@ impl Proxy {
             lines(&table.dtab.to_string()),
             lines(local.unwrap_or_default())
         )
-    }
-}
-
-/// The pooled upstream clients, HTTP/1 and HTTP/2: plaintext (the HTTP/2
-/// one probing for HTTP/1-only endpoints, see [`h2probe`]), or TLS to
-/// remote agents (`crate::tls`, one connector for both).
-#[derive(Clone, Debug)]
-pub(crate) struct Pools<C, C2 = C> {
-    http1: Client<C, Body>,
-    http2: Client<C2, Body>,
-}
-
-impl<C, C2> Pools<C, C2>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-    C2: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    pub(crate) fn with_connectors(http1: C, http2: C2) -> Self {
-        Self {
-            // Flattened writes (head and body in one buffer, one `write`):
-            // with 64 B bodies, ~1.7 % more requests a second than writev
-            // with its iovecs, and no difference at 4 KiB (bench/ab.sh,
-            // results/ab-20261122-0548.md); the copy costs no more than
-            // the iovecs save.
-            http1: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_mins(1))
-                .http1_writev(false)
-                .build(http1),
-            http2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(http2),
-        }
-    }
-
-    /// The pool for a request of `version`.
-    pub(crate) fn for_version(&self, version: http::Version) -> PoolFor<'_, C, C2> {
-        if version == http::Version::HTTP_2 {
-            PoolFor::Http2(&self.http2)
-        } else {
-            PoolFor::Http1(&self.http1)
-        }
-    }
-}
-
-impl<T> Pools<T, T>
-where
-    T: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    pub(crate) fn new(connector: T) -> Self {
-        Self::with_connectors(connector.clone(), connector)
-    }
-}
-
-/// One of the two pools.
-pub(crate) enum PoolFor<'a, C, C2> {
-    Http1(&'a Client<C, Body>),
-    Http2(&'a Client<C2, Body>),
-}
-
-impl<C, C2> PoolFor<'_, C, C2>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-    C2: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    pub(crate) fn request(&self, req: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
-        match self {
-            Self::Http1(c) => c.request(req),
-            Self::Http2(c) => c.request(req),
-        }
     }
 }
 
