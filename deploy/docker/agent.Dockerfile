@@ -3,8 +3,10 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p ecsmesh-agent \
- && cp target/release/ecsmesh-agent /ecsmesh-agent
+# The dist profile (fat LTO, one codegen unit): ~7.5 % more requests a
+# second than release (bench/results/ab-20261204-1841.md).
+RUN cargo build --profile dist --locked -p ecsmesh-agent \
+ && cp target/dist/ecsmesh-agent /ecsmesh-agent
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /ecsmesh-agent /usr/local/bin/ecsmesh-agent
