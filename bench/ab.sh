@@ -33,13 +33,13 @@ for n in A B; do
   wait_port "${IP[$n]}" 4140
 done
 for n in A B; do
-  taskset -c 0 wrk -t1 -c32 -d1s -H "Host: svc7" "http://${IP[$n]}:4140/64" >/dev/null
+  wrk_run -d1s -H "Host: svc7" "http://${IP[$n]}:4140/64" >/dev/null
 done
 RAW="$WORK/runs.txt"
 for rep in $(seq "$REPS"); do
   for size in 64 4096; do
     for n in A B; do
-      rps=$(taskset -c 0 wrk -t1 -c32 -d"${SECS}s" -H "Host: svc7" "http://${IP[$n]}:4140/$size" |
+      rps=$(wrk_run -d"${SECS}s" -H "Host: svc7" "http://${IP[$n]}:4140/$size" |
         awk '/^Requests\/sec/{print $2}')
       echo "$n $size $rep $rps" | tee -a "$RAW"
     done
@@ -47,14 +47,14 @@ for rep in $(seq "$REPS"); do
 done
 mkdir -p bench/results
 out="bench/results/ab-$(date -u +%Y%m%d-%H%M).md"
-python3 - "$RAW" "$A" "$B" "$REPS" "$SECS" <<'PY' | tee "$out"
+python3 - "$RAW" "$A" "$B" "$REPS" "$SECS" "$LAYOUT" <<'PY' | tee "$out"
 import statistics, sys
 from collections import defaultdict
 runs = defaultdict(list)
 for line in open(sys.argv[1]):
     n, size, _, rps = line.split()
     runs[(n, int(size))].append(float(rps))
-print(f"\n### Agent A/B (`bench/ab.sh`): {sys.argv[4]} alternating wrk -t1 -c32 runs of {sys.argv[5]} s each\n")
+print(f"\n### Agent A/B (`bench/ab.sh`): {sys.argv[4]} alternating wrk runs of {sys.argv[5]} s each; {sys.argv[6]}\n")
 print(f"A = `{sys.argv[2]}`; B = `{sys.argv[3]}`\n")
 print("| body | A req/s (median) | B req/s (median) | B / A | runs where B > A |")
 print("|---|---:|---:|---:|---:|")

@@ -34,8 +34,8 @@ for c in writev write sendto sendmsg read readv recvfrom recvmsg epoll_wait epol
   EVENTS+=",syscalls:sys_enter_$c"
 done
 syscalls() { # name address host pid
-  taskset -c 0 wrk -t1 -c32 -d1s -H "Host: $3" "http://$2/64" >/dev/null
-  taskset -c 0 wrk -t1 -c32 -d7s -H "Host: $3" "http://$2/64" > "$WORK/wrk-$1.txt" &
+  wrk_run -d1s -H "Host: $3" "http://$2/64" >/dev/null
+  wrk_run -d7s -H "Host: $3" "http://$2/64" > "$WORK/wrk-$1.txt" &
   local w=$!
   sleep 1
   local before; before=$(awk '{print $14, $15}' "/proc/$4/stat")
@@ -58,8 +58,8 @@ for i, what in ((0, 'user CPU'), (1, 'system CPU')):
 } > "$WORK/syscalls.txt"
 
 # Warm up, then sample the agent while wrk keeps it saturated.
-taskset -c 0 wrk -t1 -c32 -d2s -H "Host: svc7" http://127.0.50.1:4140/64 >/dev/null
-taskset -c 0 wrk -t1 -c32 -d"$((SECS + 2))s" -H "Host: svc7" http://127.0.50.1:4140/64 > "$WORK/wrk.txt" &
+wrk_run -d2s -H "Host: svc7" http://127.0.50.1:4140/64 >/dev/null
+wrk_run -d"$((SECS + 2))s" -H "Host: svc7" http://127.0.50.1:4140/64 > "$WORK/wrk.txt" &
 WRK=$!
 sleep 1
 perf record -e cpu-clock -F 999 --call-graph dwarf,32768 -p "$AGENT" -o "$WORK/perf.data" -- sleep "$SECS" 2>"$WORK/perf.log"
@@ -71,7 +71,7 @@ out="bench/results/profile-$stamp.txt"
 {
   echo "# Agent profile ($(date -u +%FT%TZ))"
   echo "# make bench-profile (bench/profile.sh): perf record -e cpu-clock -F 999 --call-graph dwarf -p <agent> for ${SECS} s"
-  echo "# while: taskset -c 0 wrk -t1 -c32 -H 'Host: svc7' http://127.0.50.1:4140/64 (agent: 1 worker thread, CPU 1, with the upstream)"
+  echo "# while: wrk -H 'Host: svc7' http://127.0.50.1:4140/64; $LAYOUT"
   echo "# machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg); rustc processes $(pgrep -c rustc || true)"
   echo "# wrk:"; sed 's/^/#   /' "$WORK/wrk.txt"
   echo

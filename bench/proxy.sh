@@ -6,15 +6,21 @@
 #   agent-l2l   wrk -> agent (outgoing) -> agent (incoming) -> upstream
 #   agent-l2l-tls  the same with mutual TLS between the agents (openssl's certificates)
 #   haproxy     wrk -> haproxy (1 thread, keep-alive to the upstream) -> upstream
+#   haproxy-chain  wrk -> haproxy -> haproxy -> upstream: what agent-l2l's two
+#               hops compare with
+#   haproxy-chain-tls  the same with mutual TLS between the two haproxies
 #   nginx       wrk -> nginx (1 worker, upstream keepalive) -> upstream
 # The agents route with a real snapshot file (20-entry dtab, 50 services),
 # restored from disk: no controller runs (they are statically stable).
-# Every proxy has one worker thread, pinned to CPU 1 with the upstream; the
-# load generators run on CPU 0. Loopback only; every run is bounded.
+# Every proxy has BENCH_CORES worker threads (default 1); where they run is
+# bench/common.sh's layout (on the 2-core VM: pinned to CPU 1 with the
+# upstream, the load generators on CPU 0). Loopback only; every run is
+# bounded.
 #
 # Environment: BENCH_SECONDS (per throughput run, default 2),
 # BENCH_LATENCY_SECONDS (per open-loop run, default 3), BENCH_REPS (default
-# 3), BENCH_RATES (open-loop rates, default "2000 5000").
+# 3), BENCH_RATES (open-loop rates, default "2000 5000"), BENCH_CORES
+# (default 1; N > 1 needs 2N + 2 CPUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ecsmesh/target}"
@@ -49,9 +55,17 @@ wait_port 127.0.50.1 4140; wait_port 127.0.50.3 4140; wait_port 127.0.50.2 4141
 wait_port 127.0.50.7 4140; wait_port 127.0.50.6 4141
 
 start_haproxy 127.0.50.4:8080
+# Two haproxies in a row, plain and with mutual TLS between them (the same
+# certificates as the agents'; haproxy wants the key in the same file).
+cat "$T/agent.pem" "$T/agent-key.pem" > "$T/haproxy.pem"
+start_haproxy 127.0.50.8:8080 127.0.50.9:8080 chain-a
+start_haproxy 127.0.50.9:8080 "$UP" chain-b
+start_haproxy 127.0.50.11:8080 127.0.50.12:8443 chain-tls-a "" \
+  "ssl crt $T/haproxy.pem ca-file $T/ca.pem verify required verifyhost ecsmesh-agent sni str(ecsmesh-agent)"
+start_haproxy 127.0.50.12:8443 "$UP" chain-tls-b "ssl crt $T/haproxy.pem ca-file $T/ca.pem verify required"
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx.conf" <<EOF
-worker_processes 1;
+worker_processes $CORES;
 daemon off;
 master_process off;
 pid $WORK/nginx/nginx.pid;
@@ -68,8 +82,9 @@ http {
   }
 }
 EOF
-taskset -c 1 nginx -c "$WORK/nginx.conf" & NGINX_PID=$!; PIDS+=($!)
+taskset -c "$PROXY_CPUS" nginx -c "$WORK/nginx.conf" & NGINX_PID=$!; PIDS+=($!)
 wait_port 127.0.50.4 8080; wait_port 127.0.50.5 8080
+wait_port 127.0.50.8 8080; wait_port 127.0.50.11 8080
 
 # name  address  host-header  pid-to-measure (for RSS and CPU)
 SYSTEMS=(
@@ -77,7 +92,9 @@ SYSTEMS=(
   "agent 127.0.50.1:4140 svc7 ${AGENT_PID[a]}"
   "agent-l2l 127.0.50.3:4140 svc7 ${AGENT_PID[b]},${AGENT_PID[c]}"
   "agent-l2l-tls 127.0.50.7:4140 svc7 ${AGENT_PID[d]},${AGENT_PID[e]}"
-  "haproxy 127.0.50.4:8080 upstream $HAPROXY_PID"
+  "haproxy 127.0.50.4:8080 upstream ${HAPROXY_PIDS[haproxy]}"
+  "haproxy-chain 127.0.50.8:8080 upstream ${HAPROXY_PIDS[chain-a]},${HAPROXY_PIDS[chain-b]}"
+  "haproxy-chain-tls 127.0.50.11:8080 upstream ${HAPROXY_PIDS[chain-tls-a]},${HAPROXY_PIDS[chain-tls-b]}"
   "nginx 127.0.50.5:8080 upstream $NGINX_PID"
 )
 
@@ -99,7 +116,7 @@ quiet_before=$(quiet)
 # A short warm-up per system, so pools are open and caches filled.
 for s in "${SYSTEMS[@]}"; do
   set -- $s
-  taskset -c 0 wrk -t1 -c32 -d1s -H "Host: $3" "http://$2/64" >/dev/null
+  wrk_run -d1s -H "Host: $3" "http://$2/64" >/dev/null
 done
 for rep in $(seq "$REPS"); do
   for size in 64 4096; do
@@ -107,7 +124,7 @@ for rep in $(seq "$REPS"); do
       set -- $s
       pid="$4"; idle=""; before=0
       if [ "$pid" != "-" ]; then idle=$(rss_kib "$pid"); before=$(cpu_ticks "$pid"); fi
-      out=$(taskset -c 0 wrk -t1 -c32 -d"${SECS}s" -H "Host: $3" "http://$2/$size")
+      out=$(wrk_run -d"${SECS}s" -H "Host: $3" "http://$2/$size")
       rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
       reqs=$(awk '/requests in/{print $1}' <<<"$out")
       errs=$(awk '/Non-2xx|Socket errors/{n++} END{print n+0}' <<<"$out")
@@ -122,7 +139,7 @@ for rep in $(seq "$REPS"); do
   for rate in $RATES; do
     for s in "${SYSTEMS[@]}"; do
       set -- $s
-      out=$(taskset -c 0 "$BIN/bench-load" --connect "$2" --host "$3" --rate "$rate" --duration "$LAT_SECS")
+      out=$(taskset -c "$LOAD_CPUS" "$BIN/bench-load" --connect "$2" --host "$3" --rate "$rate" --duration "$LAT_SECS")
       echo "{\"kind\":\"latency\",\"system\":\"$1\",\"rep\":$rep,\"result\":$out}" >> "$RAW"
     done
   done
@@ -130,6 +147,6 @@ done
 
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%d-%H%M)
-python3 bench/report.py "$RAW" "$SECS" "$LAT_SECS" "$REPS" "before: $quiet_before; after: $(quiet)" | tee "bench/results/proxy-$stamp.md"
+python3 bench/report.py "$RAW" "$SECS" "$LAT_SECS" "$REPS" "before: $quiet_before; after: $(quiet)" "$LAYOUT" | tee "bench/results/proxy-$stamp.md"
 cp "$RAW" "bench/results/proxy-$stamp.jsonl"
 echo "written: bench/results/proxy-$stamp.md"

@@ -39,7 +39,12 @@ def spread(xs):
     return f"{min(xs):,.0f}–{max(xs):,.0f}" if xs else ""
 
 
-def main(path, secs, lat_secs, reps, quiet=""):
+# Each agent shape and the haproxy setup it compares with: one hop, two
+# hops, two hops with mutual TLS between them.
+FAIR = {"agent": "haproxy", "agent-l2l": "haproxy-chain", "agent-l2l-tls": "haproxy-chain-tls"}
+
+
+def main(path, secs, lat_secs, reps, quiet="", layout=""):
     rows = [json.loads(line) for line in open(path)]
     tput = defaultdict(list)
     lat = defaultdict(list)
@@ -57,14 +62,15 @@ def main(path, secs, lat_secs, reps, quiet=""):
     print(
         f"`make bench-proxy` (bench/proxy.sh): {reps} repetitions, medians; throughput runs of "
         f"{secs} s, open-loop latency runs of {lat_secs} s; "
-        "wrk -t1 -c32 on CPU 0; each proxy with one worker thread, pinned with the upstream "
-        "to CPU 1; loopback.\n"
+        f"{layout or 'wrk -t1 -c32 on CPU 0; each proxy with one worker thread, pinned with the upstream to CPU 1'}; "
+        "loopback. *vs its haproxy*: the agent over the haproxy setup of the same shape "
+        "(agent-l2l over haproxy-chain, agent-l2l-tls over haproxy-chain-tls).\n"
     )
     if quiet:
         print(f"Machine during the run: {quiet}.\n")
     print("**Max throughput (req/s, keep-alive)**\n")
-    print("| system | 64 B | spread | 4 KiB | spread | vs haproxy (64 B) | vs direct (64 B) | RSS idle | RSS under load | CPU s / 100k req (64 B) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| system | 64 B | spread | 4 KiB | spread | vs haproxy (64 B) | vs its haproxy (64 B / 4 KiB) | vs direct (64 B) | RSS idle | RSS under load | CPU s / 100k req (64 B) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base_h = med([r["rps"] for r in tput.get(("haproxy", 64), [])])
     base_d = med([r["rps"] for r in tput.get(("direct", 64), [])])
     for s in systems:
@@ -75,9 +81,14 @@ def main(path, secs, lat_secs, reps, quiet=""):
         load = med([r["rss_load_kib"] for r in tput.get((s, 64), []) + tput.get((s, 4096), [])])
         cpu = med([r["cpu_s_per_100k"] for r in tput.get((s, 64), [])])
         fmt_kib = lambda k: "–" if k is None else f"{k / 1024:.1f} MiB"
+        fair = "–"
+        if s in FAIR and tput.get((FAIR[s], 64)):
+            f64 = med([r["rps"] for r in tput[(FAIR[s], 64)]])
+            f4k = med([r["rps"] for r in tput.get((FAIR[s], 4096), [])])
+            fair = f"{m64 / f64:.2f}× / {m4k / f4k:.2f}×"
         print(
             f"| {s} | {m64:,.0f} | {spread(small)} | {m4k:,.0f} | {spread(large)} | "
-            f"{m64 / base_h:.2f}× | {m64 / base_d:.2f}× | {fmt_kib(idle)} | {fmt_kib(load)} | "
+            f"{m64 / base_h:.2f}× | {fair} | {m64 / base_d:.2f}× | {fmt_kib(idle)} | {fmt_kib(load)} | "
             f"{'–' if cpu is None else f'{cpu:.2f}'} |"
         )
     rates = sorted({rate for (_, rate) in lat})
@@ -101,4 +112,4 @@ def main(path, secs, lat_secs, reps, quiet=""):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:7])
