@@ -217,8 +217,14 @@ pub fn deadline_remaining(headers: &HeaderMap) -> Option<Duration> {
 
 /// `l5d-ctx-deadline` for a deadline `remaining` from now.
 pub fn deadline_header(remaining: Duration) -> Option<HeaderValue> {
+    use std::io::Write as _;
     let now = now_nanos();
-    HeaderValue::from_str(&format!("{now} {}", now + remaining.as_nanos())).ok()
+    // Rendered on the stack: the header value is then the only allocation.
+    let mut buf = [0_u8; 80];
+    let mut w = &mut buf[..];
+    write!(w, "{now} {}", now + remaining.as_nanos()).ok()?;
+    let len = 80 - w.len();
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 fn now_nanos() -> u128 {
@@ -229,8 +235,13 @@ fn now_nanos() -> u128 {
 
 /// A fresh request id: 16 lowercase hex digits.
 pub fn request_id() -> HeaderValue {
-    HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..)))
-        .unwrap_or_else(|_| HeaderValue::from_static("0000000000000000"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let id = fastrand::u64(..);
+    let mut buf = [0_u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[usize::try_from((id >> (60 - 4 * i)) & 0xf).unwrap_or(0)];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0000000000000000"))
 }
 
 /// A response the proxy makes itself: the message as the plain-text body
@@ -321,6 +332,20 @@ mod tests {
             left <= Duration::from_secs(1) && left > Duration::from_millis(900),
             "{left:?}"
         );
+    }
+
+    #[test]
+    fn rendered_headers() {
+        let id = request_id();
+        assert_eq!(id.len(), 16);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        let mut h = HeaderMap::new();
+        h.insert(
+            L5D_CTX_DEADLINE,
+            deadline_header(Duration::from_secs(2)).unwrap(),
+        );
+        let left = deadline_remaining(&h).unwrap();
+        assert!(left > Duration::from_millis(1900) && left <= Duration::from_secs(2));
     }
 
     #[test]

@@ -959,13 +959,7 @@ fn outbound_request(
         }
         *req.version_mut() = http::Version::HTTP_11;
     }
-    *req.uri_mut() = absolute_uri(
-        connect_to,
-        parts
-            .uri
-            .path_and_query()
-            .map(http::uri::PathAndQuery::as_str),
-    );
+    *req.uri_mut() = absolute_uri(connect_to, parts.uri.path_and_query());
     req
 }
 
@@ -994,9 +988,38 @@ fn incoming_choice(
     Some((service, table.dest(bound, settings)))
 }
 
-fn absolute_uri(addr: SocketAddr, path_and_query: Option<&str>) -> Uri {
-    let pq = path_and_query.unwrap_or("/");
-    format!("http://{addr}{pq}")
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"))
+/// `http://<addr><path and query>`: the address rendered on the stack, the
+/// path and query shared with the request's (no copy).
+fn absolute_uri(addr: SocketAddr, path_and_query: Option<&http::uri::PathAndQuery>) -> Uri {
+    use std::io::Write as _;
+    let mut buf = [0_u8; 64];
+    let mut w = &mut buf[..];
+    let written = write!(w, "{addr}").ok().map(|()| 64 - w.len());
+    let authority = written.and_then(|len| http::uri::Authority::try_from(&buf[..len]).ok());
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = authority;
+    parts.path_and_query = Some(
+        path_and_query
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_uris() {
+        let pq = http::uri::PathAndQuery::from_static("/a/b?c=d");
+        let v4: SocketAddr = "127.0.1.2:8080".parse().unwrap();
+        assert_eq!(
+            absolute_uri(v4, Some(&pq)).to_string(),
+            "http://127.0.1.2:8080/a/b?c=d"
+        );
+        let v6: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        assert_eq!(absolute_uri(v6, None).to_string(), "http://[fd00::1]:80/");
+    }
 }
