@@ -9,6 +9,9 @@
 #   TLS=1 bash scripts/demo.sh            # make demo TLS=1: TLS on every hop (see below)
 #
 # Every address is loopback. State and logs: $ECSMESH_DEMO_DIR (default ~/.cache/ecsmesh/demo).
+# Dtab writes need a token even here (issue #16): a fresh one in $DEMO_DIR/admin-token, found
+# by ecsmeshctl through $DEMO_DIR/ecsmeshctl.yaml (ECSMESH_CTL_CONFIG); the user's own
+# ~/.config/ecsmesh/config.yaml is never written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -149,6 +152,22 @@ if [ -n "$TLS" ]; then
     --tls-ca "$CERTS/ca.pem" --agent-identity ecsmesh-agent --admin-identity ecsmesh-admin)
 fi
 
+# A fresh random admin token per run, private to the user.
+TOKEN_FILE="$DEMO_DIR/admin-token"
+rm -f "$TOKEN_FILE"
+(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$TOKEN_FILE")
+# ecsmeshctl's settings for this demo: where the controller is, the token (and the
+# operator's certificate with TLS=1). Relative paths are taken from this file's directory.
+CTL_CONFIG="$DEMO_DIR/ecsmeshctl.yaml"
+{
+  echo "# ecsmeshctl settings for the demo: ECSMESH_CTL_CONFIG=$CTL_CONFIG ecsmeshctl ..."
+  echo "controller: $SCHEME://$CONTROLLER_GRPC"
+  echo "token_file: admin-token"
+  if [ -n "$TLS" ]; then
+    echo "tls: { ca: certs/ca.pem, cert: certs/admin.pem, key: certs/admin-key.pem }"
+  fi
+} > "$CTL_CONFIG"
+
 log "starting moto (the patched ECS of tests/harness/moto_ecs.py)"
 start moto "$VENV/bin/python" tests/harness/moto_ecs.py --port 0 --ready-file "$DEMO_DIR/moto.json" --exit-with-parent
 wait_for "moto" 30 test -s "$DEMO_DIR/moto.json"
@@ -166,7 +185,7 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_
 log "starting the controller (gRPC $CONTROLLER_GRPC, admin $CONTROLLER_ADMIN)"
 start controller "$BIN/ecsmesh-controller" --cluster demo --aws-endpoint-url "$MOTO" --aws-region us-west-1 \
   --grpc-addr "$CONTROLLER_GRPC" --admin-addr "$CONTROLLER_ADMIN" --store-dir "$DEMO_DIR/store" --resync-interval 1s \
-  "${CONTROLLER_TLS[@]}"
+  --admin-token-file "$TOKEN_FILE" "${CONTROLLER_TLS[@]}"
 wait_for "the controller" 60 curl -fsS "http://$CONTROLLER_ADMIN/ready"
 
 # Each agent discovers its host IP, instance id and zone from its instance's IMDSv2
@@ -208,11 +227,11 @@ done < "$DEMO_DIR/topology.txt"
 wait_for "the mesh to route from A" 60 bash -c "curl -fsS -x $HOST_A:4140 http://hello | grep -q '!!'"
 wait_for "the mesh to route from B" 60 bash -c "curl -fsS -x $HOST_B:4140 http://hello | grep -q '!!'"
 
-export ECSMESH_CONTROLLER="$SCHEME://$CONTROLLER_GRPC"
-if [ -n "$TLS" ]; then
-  # ecsmeshctl: verify the controller with the mesh CA, present the operator's certificate.
-  export ECSMESH_TLS_CA="$CERTS/ca.pem" ECSMESH_TLS_CERT="$CERTS/admin.pem" ECSMESH_TLS_KEY="$CERTS/admin-key.pem"
-fi
+# ecsmeshctl in the walkthrough: the demo's settings file only (the controller, the token,
+# with TLS the mesh CA and the operator's certificate), not whatever the shell had set.
+unset ECSMESH_CONTROLLER ECSMESH_TOKEN ECSMESH_TOKEN_FILE ECSMESH_TLS_CA ECSMESH_TLS_CERT \
+  ECSMESH_TLS_KEY ECSMESH_CONTROLLER_SERVER_NAME
+export ECSMESH_CTL_CONFIG="$CTL_CONFIG"
 # show CMD: prints "$ CMD" and runs it (with ecsmeshctl on PATH), so a reader can paste it.
 show() { printf '\n$ %s\n' "$1"; PATH="$BIN:$PATH" bash -c "$1"; echo; }
 
@@ -284,7 +303,8 @@ cat <<WHERE
   agent B admin:  http://$HOST_B:9990/metrics  /ready  /admin/dtab
   dashboard:      http://$CONTROLLER_ADMIN/   (services, agents, dtab playground)
   controller:     http://$CONTROLLER_ADMIN/metrics  /ready  /agents
-  ecsmeshctl:     $BIN/ecsmeshctl status | dtab get default | dtab resolve /svc/world
+  ecsmeshctl:     export ECSMESH_CTL_CONFIG=$CTL_CONFIG   (the controller and the admin token)
+                  $BIN/ecsmeshctl status | dtab get default | dtab set default '/svc/world => /svc/world-v2'
   moto (ECS):     $MOTO  (endpoint URL for the aws CLI / boto3, region us-west-1)
   logs:           $LOGS
 WHERE

@@ -260,7 +260,7 @@ async fn ask_controllers(
     let mut asked = Vec::new();
     for address in addresses {
         let args = ControllerArgs {
-            controller: address.clone(),
+            controller: Some(address.clone()),
             tls_ca: status.tls_ca.clone(),
             tls_server_name: server_name.clone(),
             ..ControllerArgs::default()

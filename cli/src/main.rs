@@ -1,6 +1,7 @@
 //! `ecsmeshctl`: the ecsmesh command line.
 
 mod certs;
+mod config;
 mod deploy;
 mod dtab;
 mod output;

@@ -18,19 +18,26 @@ use tonic::{Code, Request};
 use crate::dtab::{DtabCommand, Output, OutputArg, read, render};
 use crate::output::emit;
 
-/// Where the controller is, and the token writes present.
+/// Where the controller is, and the token writes present. Each setting
+/// not given here comes from ecsmeshctl's settings file ([`crate::config`]).
 #[derive(Debug, Default, Args)]
 pub struct ControllerArgs {
-    /// The controller's gRPC address.
-    #[arg(
-        long,
-        env = "ECSMESH_CONTROLLER",
-        default_value = "http://127.0.0.1:4321"
-    )]
-    pub controller: String,
-    /// Bearer token for writes (the controller's --admin-token-file).
-    #[arg(long, env = "ECSMESH_TOKEN", hide_env_values = true)]
+    /// The controller's gRPC address [default: the settings file's
+    /// `controller`, else http://127.0.0.1:4321].
+    #[arg(long, env = "ECSMESH_CONTROLLER")]
+    pub controller: Option<String>,
+    /// Bearer token for writes (the controller's --admin-token-file)
+    /// [default: $ECSMESH_TOKEN, then the file $ECSMESH_TOKEN_FILE names,
+    /// then the settings file's `token` or `token_file`].
+    #[arg(long, conflicts_with = "token_file")]
     pub token: Option<String>,
+    /// A file holding the bearer token for writes.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// ecsmeshctl's settings file [default:
+    /// $XDG_CONFIG_HOME/ecsmesh/config.yaml, else ~/.config/ecsmesh/config.yaml].
+    #[arg(long = "config", env = crate::config::CONFIG_ENV)]
+    pub config: Option<PathBuf>,
     /// The CA bundle the controller's certificate is verified against;
     /// TLS is used with it, or with an https:// address.
     #[arg(long = "tls-ca", env = "ECSMESH_TLS_CA")]
@@ -45,6 +52,58 @@ pub struct ControllerArgs {
     /// address's host].
     #[arg(long = "tls-server-name", env = "ECSMESH_CONTROLLER_SERVER_NAME")]
     pub tls_server_name: Option<String>,
+}
+
+/// [`ControllerArgs`] with the settings file and the token looked up.
+#[derive(Debug)]
+struct Target {
+    controller: String,
+    /// Looked up for writes only: reads need no token file.
+    token: Option<String>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_server_name: Option<String>,
+}
+
+impl ControllerArgs {
+    /// Flags and environment first, then the settings file, then defaults.
+    fn target(&self, writes: bool) -> Result<Target> {
+        let env = |k: &str| std::env::var(k).ok();
+        let file = crate::config::load(self.config.as_deref(), &env)?;
+        let token = if writes {
+            crate::config::token(
+                self.token.as_deref(),
+                self.token_file.as_deref(),
+                &env,
+                file.as_ref(),
+            )?
+        } else {
+            None
+        };
+        let conf = file.map(|f| f.config).unwrap_or_default();
+        // The certificate and key go together: one from a flag and the
+        // other from the file would be a mismatched pair.
+        let (tls_cert, tls_key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
+            _ => (conf.tls.cert, conf.tls.key),
+        };
+        if tls_cert.is_some() != tls_key.is_some() {
+            bail!("the settings file's tls.cert and tls.key go together");
+        }
+        Ok(Target {
+            controller: self
+                .controller
+                .clone()
+                .or(conf.controller)
+                .unwrap_or_else(|| "http://127.0.0.1:4321".to_owned()),
+            token,
+            tls_ca: self.tls_ca.clone().or(conf.tls.ca),
+            tls_cert,
+            tls_key,
+            tls_server_name: self.tls_server_name.clone().or(conf.tls.server_name),
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,7 +126,11 @@ pub enum RemoteCommand {
     /// Store a namespace's dtab, creating the namespace or replacing its dtab.
     Set {
         namespace: String,
-        dtab: String,
+        /// The dtab (or -f).
+        #[arg(required_unless_present = "file")]
+        dtab: Option<String>,
+        #[command(flatten)]
+        file: DtabFile,
         #[command(flatten)]
         controller: ControllerArgs,
         #[command(flatten)]
@@ -76,7 +139,11 @@ pub enum RemoteCommand {
     /// Replace a namespace's dtab only if it is still at --version.
     Update {
         namespace: String,
-        dtab: String,
+        /// The dtab (or -f).
+        #[arg(required_unless_present = "file")]
+        dtab: Option<String>,
+        #[command(flatten)]
+        file: DtabFile,
         /// The version `get` printed.
         #[arg(long)]
         version: String,
@@ -119,6 +186,39 @@ pub enum RemoteCommand {
     },
 }
 
+/// `-f FILE` / `-f -`: the dtab from a file or stdin, for dtabs too long for
+/// one command-line argument (Linux caps one at 128 KiB).
+#[derive(Debug, Args)]
+pub struct DtabFile {
+    /// Read the dtab from FILE, or from stdin with `-`.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "dtab"
+    )]
+    pub file: Option<PathBuf>,
+}
+
+impl DtabFile {
+    /// The dtab text: the positional argument, or the file's (stdin's) content.
+    fn text(&self, positional: Option<&str>) -> Result<String> {
+        match (positional, &self.file) {
+            (Some(d), _) => Ok(d.to_owned()),
+            (None, Some(p)) if p.as_os_str() == "-" => {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .context("reading the dtab from stdin")?;
+                Ok(text)
+            }
+            (None, Some(p)) => std::fs::read_to_string(p)
+                .with_context(|| format!("reading the dtab from {}", p.display())),
+            // clap requires one of the two.
+            (None, None) => bail!("give a dtab, or -f FILE"),
+        }
+    }
+}
+
 /// `ecsmeshctl status`: agents and their convergence.
 #[derive(Debug, Args)]
 pub struct StatusCommand {
@@ -128,7 +228,7 @@ pub struct StatusCommand {
     out: OutputArg,
 }
 
-async fn connect(args: &ControllerArgs) -> Result<Channel> {
+async fn connect(args: &Target) -> Result<Channel> {
     let url = if args.controller.contains("://") {
         args.controller.clone()
     } else if args.tls_ca.is_some() {
@@ -169,7 +269,7 @@ async fn connect(args: &ControllerArgs) -> Result<Channel> {
     connected.with_context(|| format!("connecting to the controller at {url}"))
 }
 
-fn authorized<T>(args: &ControllerArgs, msg: T) -> Result<Request<T>> {
+fn authorized<T>(args: &Target, msg: T) -> Result<Request<T>> {
     let mut req = Request::new(msg);
     if let Some(token) = &args.token {
         req.metadata_mut().insert(
@@ -223,7 +323,7 @@ pub async fn run_dtab(cmd: &DtabCommand) -> Result<()> {
             out,
         } => {
             let path = read("path", path, Path::read)?.to_string();
-            let mut api = DtabAdminClient::new(connect(controller).await?);
+            let mut api = DtabAdminClient::new(connect(&controller.target(false)?).await?);
             let resp = api
                 .delegate(pb::DelegateRequest {
                     namespace: namespace.clone().unwrap_or_else(|| "default".to_owned()),
@@ -247,9 +347,32 @@ pub async fn run_dtab(cmd: &DtabCommand) -> Result<()> {
     }
 }
 
+impl RemoteCommand {
+    fn controller(&self) -> &ControllerArgs {
+        match self {
+            Self::List { controller, .. }
+            | Self::Get { controller, .. }
+            | Self::Set { controller, .. }
+            | Self::Update { controller, .. }
+            | Self::Delete { controller, .. }
+            | Self::Watch { controller, .. }
+            | Self::Resolve { controller, .. } => controller,
+        }
+    }
+
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Self::Set { .. } | Self::Update { .. } | Self::Delete { .. }
+        )
+    }
+}
+
 async fn run_remote(cmd: &RemoteCommand) -> Result<()> {
+    let target = cmd.controller().target(cmd.writes())?;
+    let controller = &target;
     match cmd {
-        RemoteCommand::List { controller, out } => {
+        RemoteCommand::List { out, .. } => {
             let mut api = DtabAdminClient::new(connect(controller).await?);
             let ns = api
                 .list_namespaces(pb::ListNamespacesRequest {})
@@ -259,11 +382,7 @@ async fn run_remote(cmd: &RemoteCommand) -> Result<()> {
                 .namespaces;
             emit(&render(out.output, &ns.join("\n"), || json!(ns)))
         }
-        RemoteCommand::Get {
-            namespace,
-            controller,
-            out,
-        } => {
+        RemoteCommand::Get { namespace, out, .. } => {
             let mut api = DtabAdminClient::new(connect(controller).await?);
             let d = api
                 .get_dtab(pb::GetDtabRequest {
@@ -277,10 +396,11 @@ async fn run_remote(cmd: &RemoteCommand) -> Result<()> {
         RemoteCommand::Set {
             namespace,
             dtab,
-            controller,
+            file,
             out,
+            ..
         } => {
-            let dtab = checked_dtab(dtab)?;
+            let dtab = checked_dtab(&file.text(dtab.as_deref())?)?;
             let mut api = DtabAdminClient::new(connect(controller).await?);
             let d = set(&mut api, controller, namespace, &dtab).await?;
             emit(&render(out.output, &dtab_text(&d), || dtab_json(&d)))
@@ -288,11 +408,13 @@ async fn run_remote(cmd: &RemoteCommand) -> Result<()> {
         RemoteCommand::Update {
             namespace,
             dtab,
+            file,
             version,
-            controller,
             out,
+            ..
         } => {
-            let dtab = checked_dtab(dtab)?;
+            let dtab = checked_dtab(&file.text(dtab.as_deref())?)?;
+            let size = dtab.len();
             let mut api = DtabAdminClient::new(connect(controller).await?);
             let d = api
                 .update_dtab(authorized(
@@ -304,14 +426,12 @@ async fn run_remote(cmd: &RemoteCommand) -> Result<()> {
                     },
                 )?)
                 .await
-                .context("update")?
+                .map_err(|s| write_failed(s, "update", size))?
                 .into_inner();
             emit(&render(out.output, &dtab_text(&d), || dtab_json(&d)))
         }
         RemoteCommand::Delete {
-            namespace,
-            version,
-            controller,
+            namespace, version, ..
         } => {
             let mut api = DtabAdminClient::new(connect(controller).await?);
             api.delete_dtab(authorized(
@@ -328,15 +448,15 @@ async fn run_remote(cmd: &RemoteCommand) -> Result<()> {
         RemoteCommand::Watch {
             namespace,
             count,
-            controller,
             out,
+            ..
         } => watch(namespace, *count, controller, out.output).await,
         RemoteCommand::Resolve {
             path,
             namespace,
             extra,
-            controller,
             out,
+            ..
         } => resolve(path, namespace, extra.as_deref(), controller, out.output).await,
     }
 }
@@ -345,7 +465,7 @@ async fn run_remote(cmd: &RemoteCommand) -> Result<()> {
 async fn watch(
     namespace: &str,
     count: Option<usize>,
-    controller: &ControllerArgs,
+    controller: &Target,
     output: Output,
 ) -> Result<()> {
     let mut api = DtabAdminClient::new(connect(controller).await?);
@@ -371,7 +491,7 @@ async fn resolve(
     path: &str,
     namespace: &str,
     extra: Option<&str>,
-    controller: &ControllerArgs,
+    controller: &Target,
     output: Output,
 ) -> Result<()> {
     let path = read("path", path, Path::read)?.to_string();
@@ -405,11 +525,27 @@ async fn resolve(
     }))
 }
 
+/// A write's error. A dtab so large that the controller does not even
+/// decode the request gets tonic's bare `OUT_OF_RANGE`, which reads like a
+/// transport failure: say what it means.
+fn write_failed(status: tonic::Status, what: &'static str, dtab_bytes: usize) -> anyhow::Error {
+    let too_large =
+        status.code() == Code::OutOfRange && status.message().contains("message length too large");
+    let err = anyhow::Error::new(status).context(what);
+    if too_large {
+        err.context(format!(
+            "the controller refused the dtab ({dtab_bytes} bytes) as too large (see its --max-dtab-bytes)"
+        ))
+    } else {
+        err
+    }
+}
+
 /// Create, or replace at the current version; a concurrent change between
 /// the read and the write is retried a few times.
 async fn set(
     api: &mut DtabAdminClient<Channel>,
-    controller: &ControllerArgs,
+    controller: &Target,
     namespace: &str,
     dtab: &str,
 ) -> Result<pb::VersionedDtab> {
@@ -430,7 +566,7 @@ async fn set(
                 )?)
                 .await
             }
-            Err(s) => return Err(s).context("set"),
+            Err(s) => return Err(write_failed(s, "set", dtab.len())),
             Ok(current) => {
                 api.update_dtab(authorized(
                     controller,
@@ -446,7 +582,7 @@ async fn set(
         match written {
             Ok(d) => return Ok(d.into_inner()),
             Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::AlreadyExists) => {}
-            Err(s) => return Err(s).context("set"),
+            Err(s) => return Err(write_failed(s, "set", dtab.len())),
         }
     }
     bail!("set: the namespace kept changing underneath; try again")
@@ -463,7 +599,7 @@ pub async fn status(cmd: &StatusCommand) -> Result<()> {
 /// The controller's agents and the version they should converge on (also
 /// what `deploy status` asks each controller).
 pub(crate) async fn list_agents(controller: &ControllerArgs) -> Result<pb::ListAgentsResponse> {
-    let channel = connect(controller).await?;
+    let channel = connect(&controller.target(false)?).await?;
     Ok(pb::mesh_status_client::MeshStatusClient::new(channel)
         .list_agents(pb::ListAgentsRequest {})
         .await

@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use ecsmesh_controller::Controller;
@@ -190,6 +191,237 @@ async fn an_unreachable_controller_is_a_clear_error() {
     assert_eq!(code, 1);
     assert!(
         err.contains("connecting to the controller at http://127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+/// A file with `text` and permission bits `mode`.
+fn write_file(path: &std::path::Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn the_token_comes_from_a_flag_the_environment_or_the_settings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = controller(&dir.path().join("store"), Some("s3cret")).await;
+    let addr = c.grpc_addr.to_string();
+    let token = dir.path().join("token");
+    write_file(&token, "s3cret\n", 0o600);
+    let wrong = dir.path().join("wrong");
+    write_file(&wrong, "nope\n", 0o600);
+    let token_path = token.display().to_string();
+    let set = |extra: &[&str]| {
+        let mut args = strings(&["dtab", "set", "prod", "/a=>/b"]);
+        args.extend(strings(extra));
+        args
+    };
+
+    // --token-file, and the flag wins over a wrong token in the environment.
+    let (code, _, err) = common::ecsmeshctl(
+        set(&["--controller", &addr, "--token-file", &token_path]),
+        vec![("ECSMESH_TOKEN", "nope".into())],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    // ECSMESH_TOKEN_FILE.
+    let (code, _, err) = common::ecsmeshctl(
+        set(&["--controller", &addr]),
+        vec![("ECSMESH_TOKEN_FILE", token_path.clone())],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+
+    // The settings file in the user's config dir: the controller and the
+    // token file (relative to the settings file), so writes are one command.
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("ecsmesh")).unwrap();
+    std::fs::copy(&token, xdg.join("ecsmesh/token")).unwrap();
+    write_file(
+        &xdg.join("ecsmesh/config.yaml"),
+        &format!("controller: http://{addr}\ntoken_file: token\n"),
+        0o644,
+    );
+    let xdg_env = ("XDG_CONFIG_HOME", xdg.display().to_string());
+    let (code, out, err) = common::ecsmeshctl(set(&[]), vec![xdg_env.clone()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("/a=>/b\n# version "), "{out}");
+    // The environment wins over the file.
+    let (code, _, err) = common::ecsmeshctl(
+        set(&[]),
+        vec![xdg_env.clone(), ("ECSMESH_TOKEN", "nope".into())],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid bearer token"), "{err}");
+    let wrong_path = wrong.display().to_string();
+    let (code, _, err) =
+        common::ecsmeshctl(set(&["--token-file", &wrong_path]), vec![xdg_env]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid bearer token"), "{err}");
+
+    // --config (ECSMESH_CTL_CONFIG): a file holding the token itself must
+    // be private.
+    let conf = dir.path().join("ctl.yaml");
+    write_file(
+        &conf,
+        &format!("controller: {addr}\ntoken: s3cret\n"),
+        0o644,
+    );
+    let conf_env = ("ECSMESH_CTL_CONFIG", conf.display().to_string());
+    let (code, _, err) = common::ecsmeshctl(set(&[]), vec![conf_env.clone()]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("readable by others") && err.contains("chmod 600"),
+        "{err}"
+    );
+    write_file(
+        &conf,
+        &format!("controller: {addr}\ntoken: s3cret\n"),
+        0o600,
+    );
+    let (code, _, err) = common::ecsmeshctl(set(&[]), vec![conf_env]).await;
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A dtab of about `bytes` bytes, one dentry per service.
+fn big_dtab(bytes: usize) -> String {
+    let mut d = String::new();
+    let mut i = 0;
+    while d.len() < bytes {
+        writeln!(d, "/svc/service-{i:06}=>/#/ecs/demo/service-{i:06};").unwrap();
+        i += 1;
+    }
+    d
+}
+
+#[tokio::test]
+async fn dtabs_from_a_file_or_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = controller(&dir.path().join("store"), None).await;
+    let addr = c.grpc_addr.to_string();
+    let stored = |ns: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let (code, out, err) = common::ecsmeshctl(
+                strings(&["dtab", "get", ns, "-o", "json", "--controller", &addr]),
+                Vec::new(),
+            )
+            .await;
+            assert_eq!(code, 0, "{err}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v["dtab"].as_str().unwrap().to_owned()
+        }
+    };
+    let canonical = |d: &str| Dtab::read(d).unwrap().to_string();
+
+    // 60 KB from a file with set, then from stdin with update.
+    let small = big_dtab(60_000);
+    let file = dir.path().join("dtab");
+    std::fs::write(&file, &small).unwrap();
+    let (code, _, err) = common::ecsmeshctl(
+        strings(&[
+            "dtab",
+            "set",
+            "big",
+            "-f",
+            file.to_str().unwrap(),
+            "--controller",
+            &addr,
+        ]),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stored("big").await, canonical(&small));
+    let (code, out, err) = common::ecsmeshctl(
+        strings(&["dtab", "get", "big", "--controller", &addr]),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let version = out.lines().last().unwrap().trim_start_matches("# version ");
+    let changed = small.replace("/#/ecs/demo/", "/#/ecs/prod/");
+    let (code, _, err) = common::ecsmeshctl_with_stdin(
+        strings(&[
+            "dtab",
+            "update",
+            "big",
+            "-f",
+            "-",
+            "--version",
+            version,
+            "--controller",
+            &addr,
+        ]),
+        Vec::new(),
+        changed.clone().into_bytes(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stored("big").await, canonical(&changed));
+}
+
+#[tokio::test]
+async fn dtabs_past_the_limit_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = controller(&dir.path().join("store"), None).await;
+    let addr = c.grpc_addr.to_string();
+    // Past the controller's dtab limit (64 KiB by default), the refusal is
+    // its own: the store's limit, or, for a dtab it will not even decode
+    // (1 MB, far past what one command-line argument can carry), a clear
+    // word from ecsmeshctl rather than a bare transport status.
+    for (size, says) in [
+        (70_000, "the limit is 65536 bytes (max_dtab_bytes)"),
+        (1_000_000, "bytes) as too large (see its --max-dtab-bytes)"),
+    ] {
+        let (code, _, err) = common::ecsmeshctl_with_stdin(
+            strings(&["dtab", "set", "large", "-f", "-", "--controller", &addr]),
+            Vec::new(),
+            big_dtab(size).into_bytes(),
+        )
+        .await;
+        assert_eq!(code, 1, "{size}");
+        assert!(err.contains(says), "{size}: {err}");
+    }
+
+    // The positional dtab and -f exclude each other; a missing file is named.
+    let (code, _, err) = common::ecsmeshctl(
+        strings(&[
+            "dtab",
+            "set",
+            "x",
+            "/a=>/b",
+            "-f",
+            "-",
+            "--controller",
+            &addr,
+        ]),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = common::ecsmeshctl(
+        strings(&[
+            "dtab",
+            "set",
+            "x",
+            "-f",
+            "/nonexistent/dtab",
+            "--controller",
+            &addr,
+        ]),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("reading the dtab from /nonexistent/dtab"),
         "{err}"
     );
 }

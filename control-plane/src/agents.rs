@@ -10,7 +10,8 @@ use ecsmesh_metrics::unix_now;
 use ecsmesh_proto::v1 as pb;
 use serde::Serialize;
 
-use crate::traffic::{AgentTraffic, MeshTraffic, Stats, aggregate};
+use crate::limits::TrafficLimits;
+use crate::traffic::{AgentTraffic, Dropped, MeshTraffic, ServiceNames, Stats, aggregate};
 
 /// How much traffic history is kept per series: the longest window the
 /// dashboard asks for.
@@ -42,7 +43,15 @@ pub struct Agents {
     next_id: Mutex<u64>,
     streams: Mutex<BTreeMap<u64, AgentStatus>>,
     /// Each stream's traffic summaries (apart: `list` need not copy them).
-    traffic: Mutex<BTreeMap<u64, AgentTraffic>>,
+    traffic: Mutex<Traffic>,
+    limits: TrafficLimits,
+}
+
+/// Every stream's traffic, and the service names they hold together.
+#[derive(Debug, Default)]
+struct Traffic {
+    agents: BTreeMap<u64, AgentTraffic>,
+    names: ServiceNames,
 }
 
 /// One agent on the dashboard: its status and its traffic over the window.
@@ -59,6 +68,13 @@ pub struct AgentView {
 }
 
 impl Agents {
+    pub fn new(limits: TrafficLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
     fn streams(&self) -> MutexGuard<'_, BTreeMap<u64, AgentStatus>> {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -97,7 +113,7 @@ impl Agents {
         }
     }
 
-    fn traffic(&self) -> MutexGuard<'_, BTreeMap<u64, AgentTraffic>> {
+    fn traffic(&self) -> MutexGuard<'_, Traffic> {
         self.traffic.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -114,7 +130,7 @@ impl Agents {
         let empty = AgentTraffic::default();
         let per_agent: Vec<&AgentTraffic> = streams
             .iter()
-            .map(|(id, _)| traffic.get(id).unwrap_or(&empty))
+            .map(|(id, _)| traffic.agents.get(id).unwrap_or(&empty))
             .collect();
         let (mesh, stats) = aggregate(per_agent.iter().copied(), now, window);
         let views = streams
@@ -130,6 +146,11 @@ impl Agents {
             })
             .collect();
         (mesh, views)
+    }
+
+    /// Distinct service names held from the agents' summaries.
+    pub fn traffic_services(&self) -> usize {
+        self.traffic().names.len()
     }
 
     fn list_with_ids(&self) -> Vec<(u64, AgentStatus)> {
@@ -183,18 +204,27 @@ impl AgentHandle {
         self.update(|a| a.last_nack = Some(format!("version {version}: {error}")));
     }
 
-    pub fn summary(&self, summary: &pb::TrafficSummary) {
-        self.agents.traffic().entry(self.id).or_default().record(
+    /// Takes in a summary; returns what the bounds dropped from it.
+    pub fn summary(&self, summary: &pb::TrafficSummary) -> Dropped {
+        let mut traffic = self.agents.traffic();
+        let Traffic { agents, names } = &mut *traffic;
+        agents.entry(self.id).or_default().record(
             summary,
             Instant::now(),
             TRAFFIC_HISTORY,
-        );
+            names,
+            &self.agents.limits,
+        )
     }
 }
 
 impl Drop for AgentHandle {
     fn drop(&mut self) {
         self.agents.streams().remove(&self.id);
-        self.agents.traffic().remove(&self.id);
+        let mut traffic = self.agents.traffic();
+        let Traffic { agents, names } = &mut *traffic;
+        if let Some(gone) = agents.remove(&self.id) {
+            gone.forget(names);
+        }
     }
 }

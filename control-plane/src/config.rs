@@ -38,6 +38,10 @@ pub struct FileConfig {
     pub admin_addr: Option<SocketAddr>,
     pub store_dir: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
+    /// Start even though dtab writes are unauthenticated on a non-loopback
+    /// address (see [`crate::write_guard`]).
+    #[serde(default)]
+    pub allow_unauthenticated_writes: bool,
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     pub ecs: Option<EcsFileConfig>,
@@ -46,6 +50,19 @@ pub struct FileConfig {
     pub store: Option<StoreKind>,
     /// TLS on the gRPC port, and who may subscribe and write.
     pub tls: Option<TlsFileConfig>,
+    /// Bounds on what clients send (see [`crate::limits`]).
+    pub limits: Option<LimitsFileConfig>,
+}
+
+/// The `limits:` section of the file (defaults in [`crate::limits`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFileConfig {
+    pub max_summary_services: Option<usize>,
+    pub max_summary_bytes: Option<usize>,
+    pub max_services: Option<usize>,
+    pub max_dtab_bytes: Option<usize>,
+    pub max_namespaces: Option<usize>,
 }
 
 /// The `tls:` section of the file (see [`Security`]).
@@ -88,6 +105,14 @@ pub struct Security {
     /// token may).
     pub admin_identities: Vec<String>,
     pub admin_reads: AdminReads,
+    /// Start even when writes are open on a non-loopback address
+    /// ([`crate::write_guard`]); logged as a warning at every start.
+    pub allow_unauthenticated_writes: bool,
+    /// Bounds on the agents' traffic summaries (hostile input, as the
+    /// rules above are about hostile callers).
+    pub traffic_limits: crate::limits::TrafficLimits,
+    /// Bounds on stored dtabs.
+    pub dtab_limits: crate::limits::DtabLimits,
 }
 
 /// The gRPC port's certificate files and client authentication.
@@ -163,6 +188,11 @@ pub struct Args {
     /// File holding the bearer token dtab writes must present.
     #[arg(long, env = "ECSMESH_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Start even though dtab writes need no credentials (no token file, no
+    /// --admin-identity) and the gRPC address is not loopback; without it
+    /// the controller refuses to (a warning is logged at every start).
+    #[arg(long, env = "ECSMESH_ALLOW_UNAUTHENTICATED_WRITES")]
+    pub allow_unauthenticated_writes: bool,
     /// ECS cluster to watch (repeat, or comma-separate in the variable).
     #[arg(long = "cluster", env = "ECSMESH_CLUSTERS", value_delimiter = ',')]
     pub clusters: Vec<String>,
@@ -247,6 +277,24 @@ pub struct Args {
     /// or any mesh client certificate) [default: open].
     #[arg(long, env = "ECSMESH_ADMIN_READS", value_enum)]
     pub admin_reads: Option<AdminReads>,
+    /// Services taken from one agent traffic summary; the rest are dropped
+    /// [default: 1000].
+    #[arg(long, env = "ECSMESH_MAX_SUMMARY_SERVICES")]
+    pub max_summary_services: Option<usize>,
+    /// The largest agent stream message (a traffic summary), in bytes; a
+    /// larger one closes the stream [default: 262144].
+    #[arg(long, env = "ECSMESH_MAX_SUMMARY_BYTES")]
+    pub max_summary_bytes: Option<usize>,
+    /// Distinct service names kept from all agents' summaries; further
+    /// ones are dropped [default: 10000].
+    #[arg(long, env = "ECSMESH_MAX_SERVICES")]
+    pub max_services: Option<usize>,
+    /// The largest dtab a namespace may store, in bytes [default: 65536].
+    #[arg(long, env = "ECSMESH_MAX_DTAB_BYTES")]
+    pub max_dtab_bytes: Option<usize>,
+    /// Stored namespaces; creating more is refused [default: 1000].
+    #[arg(long, env = "ECSMESH_MAX_NAMESPACES")]
+    pub max_namespaces: Option<usize>,
 }
 
 /// ECS settings, resolved.
@@ -332,7 +380,11 @@ impl Config {
                     })
             })
             .transpose()?;
-        let security = security(args, file.tls.unwrap_or_default())?;
+        let mut security = security(args, file.tls.unwrap_or_default())?;
+        // A top-level key in the file (it is not about TLS).
+        security.allow_unauthenticated_writes |= file.allow_unauthenticated_writes;
+        (security.traffic_limits, security.dtab_limits) =
+            limits(args, &file.limits.unwrap_or_default())?;
         let store_kind = args.store.or(file.store).unwrap_or_default();
         let (consul, consul_store) =
             consul_settings(args, file.consul.unwrap_or_default(), store_kind)?;
@@ -364,6 +416,61 @@ impl Config {
             security,
         })
     }
+}
+
+/// The bounds on client input: flags over the file's `limits:` section,
+/// then the defaults. A zero would refuse everything, so it is an error.
+fn limits(
+    args: &Args,
+    file: &LimitsFileConfig,
+) -> Result<(crate::limits::TrafficLimits, crate::limits::DtabLimits), InvalidConfig> {
+    let pick = |name: &str, flag: Option<usize>, file: Option<usize>, default: usize| match flag
+        .or(file)
+        .unwrap_or(default)
+    {
+        0 => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
+        n => Ok(n),
+    };
+    let (traffic, dtabs) = (
+        crate::limits::TrafficLimits::default(),
+        crate::limits::DtabLimits::default(),
+    );
+    Ok((
+        crate::limits::TrafficLimits {
+            max_summary_services: pick(
+                "max_summary_services",
+                args.max_summary_services,
+                file.max_summary_services,
+                traffic.max_summary_services,
+            )?,
+            max_summary_bytes: pick(
+                "max_summary_bytes",
+                args.max_summary_bytes,
+                file.max_summary_bytes,
+                traffic.max_summary_bytes,
+            )?,
+            max_services: pick(
+                "max_services",
+                args.max_services,
+                file.max_services,
+                traffic.max_services,
+            )?,
+        },
+        crate::limits::DtabLimits {
+            max_dtab_bytes: pick(
+                "max_dtab_bytes",
+                args.max_dtab_bytes,
+                file.max_dtab_bytes,
+                dtabs.max_dtab_bytes,
+            )?,
+            max_namespaces: pick(
+                "max_namespaces",
+                args.max_namespaces,
+                file.max_namespaces,
+                dtabs.max_namespaces,
+            )?,
+        },
+    ))
 }
 
 /// The TLS and access settings: flags over the file's `tls:` section.
@@ -410,6 +517,8 @@ fn security(args: &Args, file: TlsFileConfig) -> Result<Security, InvalidConfig>
         agent_identities: pick(&args.agent_identities, file.agent_identities),
         admin_identities: pick(&args.admin_identities, file.admin_identities),
         admin_reads: args.admin_reads.or(file.admin_reads).unwrap_or_default(),
+        allow_unauthenticated_writes: args.allow_unauthenticated_writes,
+        ..Security::default()
     })
 }
 
@@ -570,6 +679,34 @@ mod tests {
             ..Args::default()
         };
         assert!(Config::resolve(&bad, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn limits_from_the_file_and_flags() {
+        let file: FileConfig =
+            serde_yaml_ng::from_str("limits:\n  max_services: 50\n  max_dtab_bytes: 100\n")
+                .unwrap();
+        let args = Args {
+            max_dtab_bytes: Some(200),
+            ..Args::default()
+        };
+        let c = Config::resolve(&args, file).unwrap();
+        assert_eq!(c.security.traffic_limits.max_services, 50);
+        assert_eq!(c.security.dtab_limits.max_dtab_bytes, 200);
+        let defaults = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
+        assert_eq!(
+            defaults.security.traffic_limits,
+            crate::limits::TrafficLimits::default()
+        );
+        assert_eq!(
+            defaults.security.dtab_limits,
+            crate::limits::DtabLimits::default()
+        );
+        let zero = Args {
+            max_namespaces: Some(0),
+            ..Args::default()
+        };
+        assert!(Config::resolve(&zero, FileConfig::default()).is_err());
     }
 
     #[test]

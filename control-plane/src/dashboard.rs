@@ -3,6 +3,7 @@
 //! agents' summaries, and every agent's convergence) and asks
 //! `/api/delegate` for the dtab playground.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -20,6 +21,10 @@ const PAGE: &str = include_str!("dashboard.html");
 /// The window rates are computed over, unless the page asks for another.
 const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 const MIN_WINDOW: Duration = Duration::from_secs(5);
+
+/// Services listed in `/api/overview`: the busiest ones, so the answer
+/// stays small however many names agents report (the count is of all).
+pub const MAX_LISTED_SERVICES: usize = 1_000;
 
 pub async fn page() -> impl IntoResponse {
     (
@@ -44,18 +49,14 @@ pub async fn overview(State(s): State<AdminState>, Query(q): Query<OverviewQuery
         .clamp(MIN_WINDOW, crate::agents::TRAFFIC_HISTORY);
     let current = s.publisher.current();
     let (mesh, agents) = s.agents.traffic_view(window, current.version);
-    let services: Vec<ServiceView> = mesh
-        .services
-        .iter()
-        .map(|(name, stats)| ServiceView { name, stats })
-        .collect();
+    let services = listed(&mesh.services, MAX_LISTED_SERVICES);
     Json(Overview {
         version: current.version,
         epoch: s.publisher.epoch(),
         window_seconds: mesh.window_seconds,
         namespaces: current.state.dtabs.keys().collect(),
         summary: Summary {
-            services: services.len(),
+            services: mesh.services.len(),
             agents: agents.len(),
             converged_agents: agents.iter().filter(|a| a.converged).count(),
             stats: &mesh.total,
@@ -64,6 +65,25 @@ pub async fn overview(State(s): State<AdminState>, Query(q): Query<OverviewQuery
         agents: &agents,
     })
     .into_response()
+}
+
+/// The `max` busiest services (by requests/s), in name order.
+fn listed(services: &BTreeMap<String, Stats>, max: usize) -> Vec<ServiceView<'_>> {
+    let mut views: Vec<ServiceView> = services
+        .iter()
+        .map(|(name, stats)| ServiceView { name, stats })
+        .collect();
+    if views.len() > max {
+        views.sort_by(|a, b| {
+            b.stats
+                .requests_per_second
+                .total_cmp(&a.stats.requests_per_second)
+                .then_with(|| a.name.cmp(b.name))
+        });
+        views.truncate(max);
+        views.sort_by(|a, b| a.name.cmp(b.name));
+    }
+    views
 }
 
 /// `/api/overview`'s answer.
@@ -122,5 +142,28 @@ pub async fn delegate(State(s): State<AdminState>, Query(q): Query<DelegateQuery
             };
             (code, Json(json!({ "error": status.message() }))).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: Vec<ServiceView<'_>>) -> Vec<&str> {
+        v.into_iter().map(|s| s.name).collect()
+    }
+
+    #[test]
+    fn the_busiest_services_are_listed_in_name_order() {
+        let stats = |rps: f64| Stats {
+            requests_per_second: rps,
+            ..Stats::default()
+        };
+        let services: BTreeMap<String, Stats> = [("/svc/a", 1.0), ("/svc/b", 5.0), ("/svc/c", 3.0)]
+            .into_iter()
+            .map(|(n, r)| (n.to_owned(), stats(r)))
+            .collect();
+        assert_eq!(names(listed(&services, 2)), ["/svc/b", "/svc/c"]);
+        assert_eq!(names(listed(&services, 5)), ["/svc/a", "/svc/b", "/svc/c"]);
     }
 }

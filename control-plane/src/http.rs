@@ -1,12 +1,17 @@
 //! The admin HTTP server (default :9991): the dashboard (`/`, with its
 //! `/api/*` data), `/metrics`, `/ready`, `/live`, `/agents`.
+//!
+//! `/api/*` and `/agents` show dtabs, endpoints and agents, as the gRPC
+//! reads do, so they follow `admin_reads` ([`read_gate`]); the page itself,
+//! the metrics and the probes stay open.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Json};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
 use crate::agents::Agents;
@@ -25,20 +30,49 @@ pub struct AdminState {
 }
 
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/", get(dashboard::page))
+    let reads = Router::new()
         .route("/api/overview", get(dashboard::overview))
         .route("/api/delegate", get(dashboard::delegate))
+        .route("/agents", get(agents))
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_gate));
+    Router::new()
+        .route("/", get(dashboard::page))
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))
         .route("/live", get(|| async { "ok\n" }))
-        .route("/agents", get(agents))
+        .merge(reads)
         .with_state(state)
+}
+
+/// `admin_reads` on this port: 401 without the bearer token, 403 with a
+/// wrong one (the dtab API's rule; [`AdminService::authorize_http_read`]).
+async fn read_gate(State(s): State<AdminState>, request: Request, next: Next) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match s.admin.authorize_http_read(authorization) {
+        Ok(()) => next.run(request).await,
+        Err(status) => {
+            let code = if status.code() == tonic::Code::PermissionDenied {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            (
+                code,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({ "error": status.message() })),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     let current = s.publisher.current().version;
     let agents = s.agents.list();
+    s.metrics.set_traffic_services(s.agents.traffic_services());
     s.metrics.set_agents(
         agents.len(),
         agents.iter().map(|a| {

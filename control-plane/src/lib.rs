@@ -16,6 +16,7 @@ pub mod config;
 pub mod dashboard;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod publish;
 pub mod reconcile;
@@ -23,6 +24,7 @@ pub mod sources;
 pub mod store;
 pub mod tls;
 pub mod traffic;
+pub mod write_guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,23 +59,17 @@ impl Controller {
     /// sources the caller feeds through [`Controller::observed`] (tests,
     /// static endpoint files) that must report before the first publish.
     pub async fn start(config: Config, extra_sources: &[&str]) -> anyhow::Result<Self> {
+        // Before anything is opened or bound: a refused start leaves no trace.
+        let write_access = write_guard::check(
+            config.grpc_addr,
+            config.admin_token.is_some(),
+            &config.security,
+        )?;
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(open_store(&config, &metrics).await?);
         let publisher = Arc::new(Publisher::new());
-        let agents = Arc::new(Agents::default());
-        let mut expected: Vec<String> = extra_sources.iter().map(|s| (*s).to_owned()).collect();
-        if let Some(ecs) = &config.ecs {
-            expected.extend(ecs.clusters.iter().map(|c| sources::ecs::source_id(c)));
-        }
-        if let Some(consul) = &config.consul {
-            expected.extend(
-                consul
-                    .datacenters
-                    .iter()
-                    .map(|dc| sources::consul::source_id(dc)),
-            );
-        }
-        let observed = Arc::new(Observed::new(expected));
+        let agents = Arc::new(Agents::new(config.security.traffic_limits));
+        let observed = Arc::new(Observed::new(expected_sources(&config, extra_sources)));
 
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
@@ -112,13 +108,12 @@ impl Controller {
                 Ok(())
             }
         });
-        let dtab_admin = grpc::admin::AdminService {
-            store: Arc::clone(&store),
-            base: config.base_dtabs.clone(),
-            publisher: Arc::clone(&publisher),
-            write_token: config.admin_token.clone(),
-            access: grpc::admin::AdminAccess::new(&config.security),
-        };
+        let dtab_admin = grpc::admin::AdminService::new(
+            &config,
+            Arc::clone(&store),
+            Arc::clone(&publisher),
+            Arc::clone(&metrics),
+        );
         let grpc_access = grpc_access(&config.security, &dtab_admin)?;
         tasks.spawn(serve_grpc(
             grpc_listener,
@@ -126,6 +121,7 @@ impl Controller {
                 publisher: Arc::clone(&publisher),
                 agents: Arc::clone(&agents),
                 metrics: Arc::clone(&metrics),
+                max_message_bytes: config.security.traffic_limits.max_summary_bytes,
             },
             dtab_admin.clone(),
             grpc::mesh::StatusService {
@@ -146,6 +142,7 @@ impl Controller {
                 .context("admin HTTP server")
         });
         tracing::info!(%grpc_addr, %admin_addr, "controller started");
+        write_guard::log(write_access, grpc_addr);
         Ok(Self {
             grpc_addr,
             admin_addr,
@@ -175,6 +172,24 @@ impl Drop for Controller {
     fn drop(&mut self) {
         self.tasks.abort_all();
     }
+}
+
+/// The sources that must report before the first publish: the caller's,
+/// every ECS cluster and every Consul datacenter.
+fn expected_sources(config: &Config, extra_sources: &[&str]) -> Vec<String> {
+    let mut expected: Vec<String> = extra_sources.iter().map(|s| (*s).to_owned()).collect();
+    if let Some(ecs) = &config.ecs {
+        expected.extend(ecs.clusters.iter().map(|c| sources::ecs::source_id(c)));
+    }
+    if let Some(consul) = &config.consul {
+        expected.extend(
+            consul
+                .datacenters
+                .iter()
+                .map(|dc| sources::consul::source_id(dc)),
+        );
+    }
+    expected
 }
 
 /// The configured dtab store: the file store, or Consul KV.
@@ -217,6 +232,9 @@ fn grpc_access(
     })
 }
 
+/// The largest request of the health, reflection and status services.
+const SMALL_REQUEST_BYTES: usize = 64 * 1024;
+
 async fn serve_grpc(
     listener: TcpListener,
     mesh: grpc::mesh::MeshService,
@@ -242,26 +260,36 @@ async fn serve_grpc(
             .register_encoded_file_descriptor_set(ecsmesh_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    // Every service decodes only what its requests need (tonic's default
+    // is 4 MiB): the dtab API a dtab within its limit plus room for the
+    // other fields, the small services far less.
     let reflection_v1 = reflection()
         .build_v1()
-        .context("building gRPC reflection")?;
+        .context("building gRPC reflection")?
+        .max_decoding_message_size(SMALL_REQUEST_BYTES);
     let reflection_v1alpha = reflection()
         .build_v1alpha()
-        .context("building gRPC reflection")?;
+        .context("building gRPC reflection")?
+        .max_decoding_message_size(SMALL_REQUEST_BYTES);
+    let max_admin_request = admin.limits.max_request_bytes();
     let router = tonic::transport::Server::builder()
         // Dead agents are noticed without waiting for TCP timeouts.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .add_service(health)
+        .add_service(health.max_decoding_message_size(SMALL_REQUEST_BYTES))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             grpc::mesh::MeshServer::new(mesh),
             access.mesh_gate,
         ))
-        .add_service(pb::dtab_admin_server::DtabAdminServer::new(admin))
-        .add_service(pb::mesh_status_server::MeshStatusServer::with_interceptor(
-            status,
+        .add_service(
+            pb::dtab_admin_server::DtabAdminServer::new(admin)
+                .max_decoding_message_size(max_admin_request),
+        )
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::mesh_status_server::MeshStatusServer::new(status)
+                .max_decoding_message_size(SMALL_REQUEST_BYTES),
             access.status_gate,
         ));
     match access.tls {

@@ -27,6 +27,12 @@ pub struct TlsFailure {
     pub reason: &'static str,
 }
 
+/// Why a client's input was refused or cut (see [`crate::limits`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    pub reason: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -38,6 +44,10 @@ pub struct Metrics {
     agent_lag: Family<AgentLabel, Gauge>,
     push_latency_seconds: Histogram,
     tls_handshake_failures: Family<TlsFailure, Counter>,
+    dtab_writes_refused: Family<Refusal, Counter>,
+    summary_services_dropped: Family<Refusal, Counter>,
+    agent_messages_refused: Family<Refusal, Counter>,
+    traffic_services: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,6 +70,10 @@ impl Metrics {
             // 100 µs to ~26 s.
             push_latency_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 19)),
             tls_handshake_failures: Family::default(),
+            dtab_writes_refused: Family::default(),
+            summary_services_dropped: Family::default(),
+            agent_messages_refused: Family::default(),
+            traffic_services: Gauge::default(),
         };
         {
             let mut root = m.registry();
@@ -107,6 +121,26 @@ impl Metrics {
                 "TLS handshakes refused on the gRPC port, by reason",
                 m.tls_handshake_failures.clone(),
             );
+            r.register(
+                "dtab_writes_refused",
+                "Dtab writes refused by a bound, by reason (dtab_too_large, too_many_namespaces, invalid_namespace)",
+                m.dtab_writes_refused.clone(),
+            );
+            r.register(
+                "summary_services_dropped",
+                "Services dropped from agents' traffic summaries, by reason (summary_limit, service_limit, name_too_long)",
+                m.summary_services_dropped.clone(),
+            );
+            r.register(
+                "agent_messages_refused",
+                "Agent stream messages refused (the stream is closed), by reason (too_large)",
+                m.agent_messages_refused.clone(),
+            );
+            r.register(
+                "traffic_services",
+                "Distinct service names kept from the agents' traffic summaries",
+                m.traffic_services.clone(),
+            );
         }
         m
     }
@@ -137,6 +171,32 @@ impl Metrics {
         self.tls_handshake_failures
             .get_or_create(&TlsFailure { reason })
             .inc();
+    }
+
+    pub fn dtab_write_refused(&self, reason: &'static str) {
+        self.dtab_writes_refused
+            .get_or_create(&Refusal { reason })
+            .inc();
+    }
+
+    pub fn summary_services_dropped(&self, reason: &'static str, services: u64) {
+        if services > 0 {
+            self.summary_services_dropped
+                .get_or_create(&Refusal { reason })
+                .inc_by(services);
+        }
+    }
+
+    pub fn agent_message_refused(&self, reason: &'static str) {
+        self.agent_messages_refused
+            .get_or_create(&Refusal { reason })
+            .inc();
+    }
+
+    /// Sets the distinct service names kept (at scrape time).
+    pub fn set_traffic_services(&self, services: usize) {
+        self.traffic_services
+            .set(i64::try_from(services).unwrap_or(i64::MAX));
     }
 
     pub fn observe_push(&self, latency: Duration) {

@@ -6,6 +6,11 @@
 //! short history of (arrival time, counts); a rate over the window is the
 //! difference between the newest counts and the counts in force at the
 //! window's start, divided by the window.
+//!
+//! What agents send is bounded ([`TrafficLimits`]): services per summary,
+//! the length of a name, the distinct names kept across all agents
+//! ([`ServiceNames`]), and samples per series (one a second, however often
+//! summaries come), so memory and `/api/overview` stay bounded.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -13,6 +18,13 @@ use std::time::{Duration, Instant};
 use ecsmesh_metrics::histogram::{LATENCY_BUCKETS, quantile};
 use ecsmesh_proto::v1 as pb;
 use serde::Serialize;
+
+use crate::limits::{MAX_SERVICE_NAME_BYTES, TrafficLimits};
+
+/// Samples of a series closer together than this are merged (the newest
+/// one is replaced): the shortest window is 5 s, and a client sending
+/// summaries faster must not grow the history.
+const MIN_SAMPLE_SPACING: Duration = Duration::from_secs(1);
 
 /// Cumulative counts of one series at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -97,6 +109,16 @@ impl Series {
     }
 
     fn push(&mut self, at: Instant, counts: Counts, keep: Duration) {
+        // Counts are cumulative, so a newer sample supersedes the newest
+        // one; the one before it stays as the anchor of the spacing.
+        let len = self.samples.len();
+        if len >= 2
+            && at.saturating_duration_since(self.samples[len - 2].0) < MIN_SAMPLE_SPACING
+            && let Some(last) = self.samples.back_mut()
+        {
+            *last = (at, counts);
+            return;
+        }
         self.samples.push_back((at, counts));
         // Keep one sample at or before the oldest window start we answer for.
         if let Some(start) = at.checked_sub(keep) {
@@ -105,6 +127,57 @@ impl Series {
             }
         }
     }
+}
+
+/// The distinct service names kept across all agents, each with the
+/// number of agents that hold a series of it.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceNames {
+    held: HashMap<String, usize>,
+}
+
+impl ServiceNames {
+    /// Takes one more hold on `name`; a name not yet held is admitted only
+    /// while fewer than `max` are.
+    fn admit(&mut self, name: &str, max: usize) -> bool {
+        if let Some(holders) = self.held.get_mut(name) {
+            *holders += 1;
+            return true;
+        }
+        if self.held.len() >= max {
+            return false;
+        }
+        self.held.insert(name.to_owned(), 1);
+        true
+    }
+
+    fn release(&mut self, name: &str) {
+        if let Some(holders) = self.held.get_mut(name) {
+            *holders -= 1;
+            if *holders == 0 {
+                self.held.remove(name);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+/// Services a summary lost to the bounds, by bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Past `max_summary_services` in the summary.
+    pub summary_limit: u64,
+    /// New names while `max_services` were held.
+    pub service_limit: u64,
+    /// Names longer than [`MAX_SERVICE_NAME_BYTES`].
+    pub name_too_long: u64,
 }
 
 /// Everything one agent stream has reported.
@@ -122,23 +195,46 @@ pub struct AgentTraffic {
 }
 
 impl AgentTraffic {
-    /// Takes in a summary that arrived at `now`.
-    pub fn record(&mut self, summary: &pb::TrafficSummary, now: Instant, keep: Duration) {
+    /// Takes in a summary that arrived at `now`, within `limits`; `names`
+    /// are the names all agents hold. Returns what the bounds dropped.
+    pub fn record(
+        &mut self,
+        summary: &pb::TrafficSummary,
+        now: Instant,
+        keep: Duration,
+        names: &mut ServiceNames,
+        limits: &TrafficLimits,
+    ) -> Dropped {
         // Start times are copied, never computed: exact comparison is right.
         #[allow(clippy::float_cmp)]
         let restarted = summary.agent_start_unix != self.agent_start_unix;
         if self.last_summary.is_some() && restarted {
             // The agent restarted: its counters start over.
+            self.forget(names);
             *self = Self::default();
         }
         let previous = self.last_summary;
         self.agent_start_unix = summary.agent_start_unix;
         self.last_summary = Some((now, summary.cpu_seconds));
-        for t in summary
-            .services
+        let taken = summary.services.len().min(limits.max_summary_services);
+        let mut dropped = Dropped {
+            summary_limit: (summary.services.len() - taken) as u64,
+            ..Dropped::default()
+        };
+        for t in summary.services[..taken]
             .iter()
             .filter(|t| t.direction == "outgoing")
         {
+            if t.service.len() > MAX_SERVICE_NAME_BYTES {
+                dropped.name_too_long += 1;
+                continue;
+            }
+            if !self.series.contains_key(&t.service)
+                && !names.admit(&t.service, limits.max_services)
+            {
+                dropped.service_limit += 1;
+                continue;
+            }
             let series = self.series.entry(t.service.clone()).or_default();
             // A series first seen after the stream's first summary (which
             // carries every series) started from zero since the previous one.
@@ -153,6 +249,14 @@ impl AgentTraffic {
         if let Some((at, cpu)) = previous {
             let dt = now.saturating_duration_since(at).as_secs_f64();
             self.cpu_cores = (dt > 0.0).then(|| (summary.cpu_seconds - cpu).max(0.0) / dt);
+        }
+        dropped
+    }
+
+    /// Releases this agent's hold on its names (it disconnected or restarted).
+    pub fn forget(&self, names: &mut ServiceNames) {
+        for name in self.series.keys() {
+            names.release(name);
         }
     }
 
@@ -298,18 +402,29 @@ mod tests {
     fn rates_come_from_the_change_over_the_window() {
         let t0 = Instant::now();
         let mut a = AgentTraffic::default();
+        let mut names = ServiceNames::default();
         // 1,000 requests before the stream opened: the baseline, not traffic.
-        a.record(&summary(1.0, vec![traffic("/svc/a", 1000, 0, 6)]), t0, KEEP);
+        a.record(
+            &summary(1.0, vec![traffic("/svc/a", 1000, 0, 6)]),
+            t0,
+            KEEP,
+            &mut names,
+            &TrafficLimits::default(),
+        );
         a.record(
             &summary(1.0, vec![traffic("/svc/a", 1100, 10, 6)]),
             t0 + Duration::from_secs(5),
             KEEP,
+            &mut names,
+            &TrafficLimits::default(),
         );
         // /svc/a unchanged in the next summary (not sent); /svc/b is new.
         a.record(
             &summary(1.0, vec![traffic("/svc/b", 50, 0, 8)]),
             t0 + Duration::from_secs(10),
             KEEP,
+            &mut names,
+            &TrafficLimits::default(),
         );
         let now = t0 + Duration::from_secs(10);
         let (mesh, per_agent) = aggregate([&a], now, WINDOW);
@@ -336,16 +451,27 @@ mod tests {
     fn an_agent_restart_starts_its_counters_over() {
         let t0 = Instant::now();
         let mut a = AgentTraffic::default();
-        a.record(&summary(1.0, vec![traffic("/svc/a", 500, 0, 6)]), t0, KEEP);
+        let mut names = ServiceNames::default();
+        a.record(
+            &summary(1.0, vec![traffic("/svc/a", 500, 0, 6)]),
+            t0,
+            KEEP,
+            &mut names,
+            &TrafficLimits::default(),
+        );
         a.record(
             &summary(2.0, vec![traffic("/svc/a", 20, 0, 6)]),
             t0 + Duration::from_secs(5),
             KEEP,
+            &mut names,
+            &TrafficLimits::default(),
         );
         a.record(
             &summary(2.0, vec![traffic("/svc/a", 70, 0, 6)]),
             t0 + Duration::from_secs(10),
             KEEP,
+            &mut names,
+            &TrafficLimits::default(),
         );
         let (mesh, _) = aggregate([&a], t0 + Duration::from_secs(10), WINDOW);
         assert_eq!(mesh.services["/svc/a"].requests_per_second, 10.0); // 50 over 5 s
@@ -355,20 +481,114 @@ mod tests {
     fn incoming_traffic_is_not_counted_twice() {
         let t0 = Instant::now();
         let mut a = AgentTraffic::default();
+        let mut names = ServiceNames::default();
         let mut incoming = traffic("/svc/a", 0, 0, 6);
         incoming.direction = "incoming".into();
         a.record(
             &summary(1.0, vec![traffic("/svc/a", 0, 0, 6), incoming.clone()]),
             t0,
             KEEP,
+            &mut names,
+            &TrafficLimits::default(),
         );
         incoming.requests = 100;
         a.record(
             &summary(1.0, vec![traffic("/svc/a", 100, 0, 6), incoming]),
             t0 + Duration::from_secs(10),
             KEEP,
+            &mut names,
+            &TrafficLimits::default(),
         );
         let (mesh, _) = aggregate([&a], t0 + Duration::from_secs(10), WINDOW);
         assert_eq!(mesh.total.requests_per_second, 10.0);
+    }
+
+    #[test]
+    fn a_summary_is_cut_at_its_service_limit() {
+        let limits = TrafficLimits {
+            max_summary_services: 3,
+            ..TrafficLimits::default()
+        };
+        let mut names = ServiceNames::default();
+        let mut a = AgentTraffic::default();
+        let services = (0..5)
+            .map(|i| traffic(&format!("/svc/{i}"), 1, 0, 6))
+            .collect();
+        let dropped = a.record(
+            &summary(1.0, services),
+            Instant::now(),
+            KEEP,
+            &mut names,
+            &limits,
+        );
+        assert_eq!(dropped.summary_limit, 2);
+        assert_eq!(a.series.len(), 3);
+        // A name past the length bound is dropped whatever the limits.
+        let long = traffic(&"x".repeat(MAX_SERVICE_NAME_BYTES + 1), 1, 0, 6);
+        let dropped = a.record(
+            &summary(1.0, vec![long]),
+            Instant::now(),
+            KEEP,
+            &mut names,
+            &limits,
+        );
+        assert_eq!(dropped.name_too_long, 1);
+        assert_eq!(names.len(), 3);
+    }
+
+    #[test]
+    fn distinct_names_are_bounded_across_agents_and_released() {
+        let limits = TrafficLimits {
+            max_services: 2,
+            ..TrafficLimits::default()
+        };
+        let mut names = ServiceNames::default();
+        let (mut a, mut b) = (AgentTraffic::default(), AgentTraffic::default());
+        let t0 = Instant::now();
+        let s = |names: &[&str]| summary(1.0, names.iter().map(|n| traffic(n, 1, 0, 6)).collect());
+        assert_eq!(
+            a.record(&s(&["/svc/a", "/svc/b"]), t0, KEEP, &mut names, &limits),
+            Dropped::default()
+        );
+        // b may report the names already held, not a third one.
+        let dropped = b.record(&s(&["/svc/a", "/svc/c"]), t0, KEEP, &mut names, &limits);
+        assert_eq!(dropped.service_limit, 1);
+        assert_eq!(names.len(), 2);
+        let (mesh, _) = aggregate([&a, &b], t0, WINDOW);
+        assert_eq!(
+            mesh.services.keys().collect::<Vec<_>>(),
+            ["/svc/a", "/svc/b"]
+        );
+        // a disconnects: /svc/b is released, /svc/a still held by b.
+        a.forget(&mut names);
+        assert_eq!(names.len(), 1);
+        let dropped = b.record(&s(&["/svc/c"]), t0, KEEP, &mut names, &limits);
+        assert_eq!(dropped, Dropped::default());
+        // An agent restart releases its names too.
+        let restarted = summary(2.0, vec![traffic("/svc/d", 1, 0, 6)]);
+        b.record(&restarted, t0, KEEP, &mut names, &limits);
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn fast_summaries_do_not_grow_the_history() {
+        let mut names = ServiceNames::default();
+        let mut a = AgentTraffic::default();
+        let t0 = Instant::now();
+        for i in 0..1_000u64 {
+            let at = t0 + Duration::from_millis(10 * i);
+            a.record(
+                &summary(1.0, vec![traffic("/svc/a", i, 0, 6)]),
+                at,
+                KEEP,
+                &mut names,
+                &TrafficLimits::default(),
+            );
+        }
+        // 10 s of summaries every 10 ms: about one sample a second.
+        let samples = a.series["/svc/a"].samples.len();
+        assert!(samples <= 12, "{samples}");
+        // The newest counts are kept.
+        assert_eq!(a.series["/svc/a"].samples.back().unwrap().1.requests, 999);
     }
 }

@@ -55,7 +55,7 @@ async fn two_replicas_see_each_others_writes_and_conflicts_are_refused() {
     let mut b_view = b.subscribe();
 
     let v1 = a
-        .create("default", dtab("/svc=>/#/consul/dc1"))
+        .create("default", dtab("/svc=>/#/consul/dc1"), usize::MAX)
         .await
         .unwrap();
     // Read-your-writes on the writing replica.
@@ -65,7 +65,7 @@ async fn two_replicas_see_each_others_writes_and_conflicts_are_refused() {
     })
     .await;
     assert!(matches!(
-        b.create("default", dtab("/svc=>/x")).await,
+        b.create("default", dtab("/svc=>/x"), usize::MAX).await,
         Err(StoreError::AlreadyExists(_))
     ));
 
@@ -131,12 +131,15 @@ async fn two_replicas_see_each_others_writes_and_conflicts_are_refused() {
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        a.create("bad name!", dtab("/a=>/b")).await,
+        a.create("bad name!", dtab("/a=>/b"), usize::MAX).await,
         Err(StoreError::InvalidNamespace(_))
     ));
 
     // Versions only grow: a re-created namespace is newer than the old one.
-    let again = a.create("default", dtab("/a=>/b")).await.unwrap();
+    let again = a
+        .create("default", dtab("/a=>/b"), usize::MAX)
+        .await
+        .unwrap();
     assert!(again.version > won.version);
 }
 
@@ -154,11 +157,17 @@ async fn values_that_are_not_dtabs_are_skipped() {
     assert_eq!(ns.keys().collect::<Vec<_>>(), ["ok"]);
 
     // Corrupting a good namespace by hand keeps its last valid dtab...
-    let good = store.create("good", dtab("/a=>/b")).await.unwrap();
+    let good = store
+        .create("good", dtab("/a=>/b"), usize::MAX)
+        .await
+        .unwrap();
     let bad_version = consul
         .kv_put("dc1", "ecsmesh/dtabs/good", b"not a dtab")
         .unwrap();
-    let other = store.create("later", dtab("/c=>/d")).await.unwrap();
+    let other = store
+        .create("later", dtab("/c=>/d"), usize::MAX)
+        .await
+        .unwrap();
     let ns = store.subscribe().borrow().clone();
     assert!(
         ns.contains_key("later"),
@@ -189,7 +198,10 @@ async fn values_that_are_not_dtabs_are_skipped() {
 async fn an_unreachable_consul_fails_open_and_writes_but_keeps_the_view() {
     let consul = ConsulDouble::start().await.unwrap();
     let store = open(&consul).await;
-    store.create("default", dtab("/a=>/b")).await.unwrap();
+    store
+        .create("default", dtab("/a=>/b"), usize::MAX)
+        .await
+        .unwrap();
     consul.stop().await;
     let before = store.subscribe().borrow().clone();
     let err = store
@@ -210,7 +222,10 @@ async fn an_unreachable_consul_fails_open_and_writes_but_keeps_the_view() {
     consul.restart().await.unwrap();
     consul.reset_index("dc1", 1).unwrap();
     let other = open(&consul).await;
-    other.create("second", dtab("/x=>/y")).await.unwrap();
+    other
+        .create("second", dtab("/x=>/y"), usize::MAX)
+        .await
+        .unwrap();
     let mut view = store.subscribe();
     until(&mut view, "the first store sees the second's write", |ns| {
         ns.contains_key("second")

@@ -37,6 +37,7 @@ async fn controller(store: &Path, certs: &Path, client_auth: ClientAuth) -> Cont
         agent_identities: vec!["ecsmesh-agent".into()],
         admin_identities: vec!["ecsmesh-admin".into()],
         admin_reads: AdminReads::Authenticated,
+        ..Security::default()
     };
     let c = Controller::start(config, &[SOURCE]).await.unwrap();
     c.observed

@@ -963,6 +963,14 @@ impl Deployer {
                 tls(TLS_CONTROLLER_SERVER_NAME.to_owned()),
             ),
             ("TLS_ADMIN_IDENTITIES", tls(TLS_ADMIN_IDENTITY.to_owned())),
+            // Without TLS the controller has neither admin identities nor a
+            // token, and listens on 0.0.0.0 for other instances' agents: it
+            // refuses to start unless told explicitly (issue #16). Said here
+            // until deploy provisions an admin token; with TLS, empty (dropped).
+            (
+                "ALLOW_UNAUTHENTICATED_WRITES",
+                if cfg.tls() { "" } else { "true" }.to_owned(),
+            ),
             (
                 "TLS_SSM_PREFIX",
                 cfg.tls_ssm_prefix.clone().unwrap_or_default(),

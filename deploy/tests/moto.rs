@@ -305,6 +305,17 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
             "TLS in {family} without --tls-ssm-prefix: {td:#?}"
         );
     }
+    // Without TLS nothing authenticates dtab writes: the controller must be
+    // told explicitly, or it would refuse to start on 0.0.0.0.
+    let controller = task_definition(&ecsc, "ecsmesh-alpha-controller").await;
+    assert!(
+        controller.container_definitions()[0]
+            .environment()
+            .iter()
+            .any(|e| e.name() == Some("ECSMESH_ALLOW_UNAUTHENTICATED_WRITES")
+                && e.value() == Some("true")),
+        "{controller:#?}"
+    );
     let hello = task_definition(&ecsc, "ecsmesh-alpha-hello").await;
     assert_eq!(hello.network_mode(), Some(&ecs::types::NetworkMode::Bridge));
     assert_eq!(
@@ -935,6 +946,12 @@ async fn tls_from_ssm_is_fetched_mounted_and_configured() {
         for want in envs {
             assert!(env.contains(&want), "{family}: {want:?} not in {env:?}");
         }
+        // With TLS the admin identity authenticates writes: no opt-out.
+        assert!(
+            env.iter()
+                .all(|(name, _)| *name != "ECSMESH_ALLOW_UNAUTHENTICATED_WRITES"),
+            "{family}: {env:?}"
+        );
     }
 
     // Idempotent with TLS too; then turning it off is an update that

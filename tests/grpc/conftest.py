@@ -54,34 +54,58 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def controller(tmp_path):
-    """A controller with an empty store, no ECS: it publishes at once."""
+class Controller:
+    """A running controller binary: its process, ports and a gRPC channel."""
+
+    def __init__(self, proc, channel, grpc_port, admin_port):
+        self.proc, self.channel = proc, channel
+        self.grpc_port, self.admin_port = grpc_port, admin_port
+
+    def stop(self):
+        self.channel.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_controller(tmp_path, *extra_args, env=None):
+    """Starts the binary on loopback ports with an empty store and no ECS
+    (it publishes at once); `extra_args` and `env` add settings."""
     binary = _bin_dir() / "ecsmesh-controller"
     assert binary.exists(), f"{binary} is missing: build it with `cargo build -p ecsmesh-controller`"
     grpc_port, admin_port = _free_port(), _free_port()
-    proc = subprocess.Popen(
-        [
-            str(binary),
-            "--grpc-addr", f"127.0.0.1:{grpc_port}",
-            "--admin-addr", f"127.0.0.1:{admin_port}",
-            "--store-dir", str(tmp_path / "store"),
-            "--base-dtab", "/svc=>/#/ecs/demo",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # A file, not a pipe nobody reads: a full pipe would stall the process.
+    log = tmp_path / f"controller-{grpc_port}.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                "--grpc-addr", f"127.0.0.1:{grpc_port}",
+                "--admin-addr", f"127.0.0.1:{admin_port}",
+                "--store-dir", str(tmp_path / "store"),
+                "--base-dtab", "/svc=>/#/ecs/demo",
+                *extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+        )
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     try:
         grpc.channel_ready_future(channel).result(timeout=20)
     except grpc.FutureTimeoutError:
         proc.kill()
-        raise AssertionError(f"controller did not start: {proc.stderr.read().decode()}")
-    yield channel
-    channel.close()
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
         proc.wait()
+        raise AssertionError(f"controller did not start: {log.read_text()}")
+    return Controller(proc, channel, grpc_port, admin_port)
+
+
+@pytest.fixture
+def controller(tmp_path):
+    """A controller with an empty store, no ECS: it publishes at once."""
+    c = start_controller(tmp_path)
+    yield c.channel
+    c.stop()

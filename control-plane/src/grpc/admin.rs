@@ -6,8 +6,15 @@
 //! Access: when a token or admin identities are configured, writes need
 //! `authorization: Bearer <token>` or a client certificate (TLS) naming an
 //! allowed identity. Reads are open, or (`--admin-reads authenticated`)
-//! need the token or any client certificate from the mesh CA; in-process
-//! reads (the dashboard's) are always allowed.
+//! need the token or any client certificate from the mesh CA. The admin
+//! HTTP port's reads (the dashboard's `/api/*`, `/agents`) follow the same
+//! policy through [`AdminService::authorize_http_read`], with the token
+//! only: that port is plain HTTP and sees no client certificate.
+//!
+//! Bounds ([`DtabLimits`]): a dtab over `max_dtab_bytes` is
+//! `INVALID_ARGUMENT`, a namespace past `max_namespaces` is
+//! `RESOURCE_EXHAUSTED`, and nothing is stored; error messages quote at
+//! most a bounded prefix of what the client sent ([`echo`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +26,8 @@ use futures_util::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use crate::config::AdminReads;
+use crate::limits::{DtabLimits, echo};
+use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::reconcile::BaseDtabs;
 use crate::store::{DtabStore, StoreError, StoredDtab};
@@ -33,6 +42,9 @@ pub struct AdminService {
     pub write_token: Option<Arc<str>>,
     /// Client certificates that may write, and who may read.
     pub access: AdminAccess,
+    pub limits: DtabLimits,
+    /// Counts the writes the limits refuse.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Who may use the API besides the token's holders.
@@ -59,6 +71,7 @@ fn status_of(e: StoreError) -> Status {
         StoreError::AlreadyExists(_) => Status::already_exists(e.to_string()),
         StoreError::VersionMismatch { .. } => Status::failed_precondition(e.to_string()),
         StoreError::InvalidNamespace(_) => Status::invalid_argument(e.to_string()),
+        StoreError::TooManyNamespaces { .. } => Status::resource_exhausted(e.to_string()),
         StoreError::Io { .. } | StoreError::Corrupt { .. } => Status::unavailable(e.to_string()),
     }
 }
@@ -78,6 +91,7 @@ fn decode_version(bytes: &[u8]) -> Result<u64, Status> {
 }
 
 fn parse_dtab(text: &str) -> Result<Dtab, Status> {
+    // The parser's errors name an offset and one character, never the input.
     Dtab::read(text).map_err(|e| Status::invalid_argument(format!("invalid dtab: {e}")))
 }
 
@@ -85,19 +99,90 @@ fn parse_path(text: &str) -> Result<Path, Status> {
     Path::read(text).map_err(|e| Status::invalid_argument(format!("invalid path: {e}")))
 }
 
+/// A delegation or binding error: it may quote a path the client sent.
+#[allow(clippy::needless_pass_by_value)] // used as map_err(bounded)
+fn bounded(code: tonic::Code, e: impl std::fmt::Display) -> Status {
+    Status::new(code, echo(&e.to_string()))
+}
+
 impl AdminService {
+    /// The API over `store` as `config` sets it up.
+    pub fn new(
+        config: &crate::config::Config,
+        store: Arc<DtabStore>,
+        publisher: Arc<Publisher>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            base: config.base_dtabs.clone(),
+            publisher,
+            write_token: config.admin_token.clone(),
+            access: AdminAccess::new(&config.security),
+            limits: config.security.dtab_limits,
+            metrics,
+        }
+    }
+
     /// The bearer token presented: `None` if none, else whether it is right.
     fn token_ok<T>(&self, request: &Request<T>) -> Option<bool> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))?;
+        self.bearer_ok(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        )
+    }
+
+    /// An `authorization` value (gRPC metadata or HTTP header): `None`
+    /// without a bearer token, else whether it is the right one.
+    fn bearer_ok(&self, authorization: Option<&str>) -> Option<bool> {
+        let presented = authorization?.strip_prefix("Bearer ")?;
         Some(
             self.write_token
                 .as_ref()
                 .is_some_and(|t| constant_time_eq(presented.as_bytes(), t.as_bytes())),
         )
+    }
+
+    /// The read policy on the admin HTTP port, given the request's
+    /// `authorization` header: the token is the only credential there.
+    ///
+    /// # Errors
+    /// Reads are `authenticated` and the header holds no valid token
+    /// (`UNAUTHENTICATED` without one, `PERMISSION_DENIED` with a wrong one).
+    pub fn authorize_http_read(&self, authorization: Option<&str>) -> Result<(), Status> {
+        if self.access.reads == AdminReads::Open {
+            return Ok(());
+        }
+        match self.bearer_ok(authorization) {
+            Some(true) => Ok(()),
+            Some(false) => Err(Status::permission_denied("invalid bearer token")),
+            None => Err(Status::unauthenticated(
+                "admin_reads is authenticated: send 'Authorization: Bearer <token>' \
+                 (this port sees no client certificates)",
+            )),
+        }
+    }
+
+    /// Checks a dtab's size before it is parsed, counting a refusal.
+    fn check_dtab(&self, text: &str) -> Result<(), Status> {
+        self.limits.check_dtab(text).map_err(|e| {
+            self.metrics.dtab_write_refused("dtab_too_large");
+            Status::invalid_argument(e.to_string())
+        })
+    }
+
+    /// A store error as a status, counting the refusals of the limits.
+    fn store_status(&self, e: StoreError) -> Status {
+        match e {
+            StoreError::InvalidNamespace(_) => self.metrics.dtab_write_refused("invalid_namespace"),
+            StoreError::TooManyNamespaces { .. } => {
+                self.metrics.dtab_write_refused("too_many_namespaces");
+            }
+            _ => {}
+        }
+        status_of(e)
     }
 
     fn authorize_write<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -153,7 +238,7 @@ impl AdminService {
         let dtab = self.routing_dtab(namespace, extra_dtab)?;
         let path = parse_path(path)?;
         let tree =
-            dtab::delegate(&dtab, &path).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            dtab::delegate(&dtab, &path).map_err(|e| bounded(tonic::Code::InvalidArgument, e))?;
         let state = self.publisher.current().state.clone();
         let tree_json =
             ecsmesh_state::json::delegation_with_endpoints(&tree, MeshNamer::new(&state));
@@ -181,13 +266,18 @@ impl AdminService {
         let stored = namespaces.get(namespace);
         if stored.is_none() && !self.base.0.contains_key(namespace) {
             return Err(Status::not_found(format!(
-                "namespace {namespace:?} does not exist"
+                "namespace {:?} does not exist",
+                echo(namespace)
             )));
         }
         let dtab = self.base.effective(namespace, stored.map(|s| &*s.dtab));
         Ok(if extra.trim().is_empty() {
             dtab
         } else {
+            // The extra dtab is bounded as a stored one is.
+            self.limits
+                .check_dtab(extra)
+                .map_err(|e| Status::invalid_argument(format!("extra dtab: {e}")))?;
             dtab.concat(&parse_dtab(extra)?)
         })
     }
@@ -224,7 +314,8 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
         match stored.get(ns) {
             Some(s) => Ok(Response::new(self.versioned(ns, Some(s)))),
             None => Err(Status::not_found(format!(
-                "namespace {ns:?} has no stored dtab"
+                "namespace {:?} has no stored dtab",
+                echo(ns)
             ))),
         }
     }
@@ -235,12 +326,13 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
     ) -> Result<Response<pb::VersionedDtab>, Status> {
         self.authorize_write(&request)?;
         let req = request.into_inner();
+        self.check_dtab(&req.dtab)?;
         let dtab = parse_dtab(&req.dtab)?;
         let stored = self
             .store
-            .create(&req.namespace, dtab)
+            .create(&req.namespace, dtab, self.limits.max_namespaces)
             .await
-            .map_err(status_of)?;
+            .map_err(|e| self.store_status(e))?;
         tracing::info!(namespace = %req.namespace, version = stored.version, "dtab created");
         Ok(Response::new(self.versioned(&req.namespace, Some(&stored))))
     }
@@ -251,13 +343,14 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
     ) -> Result<Response<pb::VersionedDtab>, Status> {
         self.authorize_write(&request)?;
         let req = request.into_inner();
+        self.check_dtab(&req.dtab)?;
         let dtab = parse_dtab(&req.dtab)?;
         let expected = decode_version(&req.expected_version)?;
         let stored = self
             .store
             .update(&req.namespace, dtab, expected)
             .await
-            .map_err(status_of)?;
+            .map_err(|e| self.store_status(e))?;
         tracing::info!(namespace = %req.namespace, version = stored.version, "dtab updated");
         Ok(Response::new(self.versioned(&req.namespace, Some(&stored))))
     }
@@ -276,7 +369,7 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
         self.store
             .delete(&req.namespace, expected)
             .await
-            .map_err(status_of)?;
+            .map_err(|e| self.store_status(e))?;
         tracing::info!(namespace = %req.namespace, "dtab deleted");
         Ok(Response::new(pb::DeleteDtabResponse {}))
     }
@@ -326,7 +419,7 @@ impl pb::dtab_admin_server::DtabAdmin for AdminService {
         let path = parse_path(&req.path)?;
         let state: Arc<MeshState> = self.publisher.current().state.clone();
         let bound = dtab::bind(&dtab, &path, &MeshNamer::new(&state))
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            .map_err(|e| bounded(tonic::Code::FailedPrecondition, e))?;
         let mut endpoints = Vec::new();
         for leaf in bound.leaves() {
             if let Bound::Set {

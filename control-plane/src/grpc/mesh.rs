@@ -12,6 +12,12 @@
 //! those bytes. That is why this service is routed by [`MeshServer`] here
 //! rather than the generated server, whose codec encodes a message per
 //! stream; the wire format is the same `ControllerMessage`.
+//!
+//! What agents send is bounded ([`crate::limits::TrafficLimits`]). A
+//! message over `max_summary_bytes` is refused by the decoder before it is
+//! buffered, and the stream is closed with `RESOURCE_EXHAUSTED`: the
+//! decoder cannot skip it, and no genuine agent sends one (its summaries
+//! carry at most 500 services), so the agent's log shows why.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +27,7 @@ use std::time::Instant;
 use bytes::{BufMut as _, Bytes};
 use ecsmesh_proto::v1 as pb;
 use futures_util::Stream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::server::{Grpc, NamedService, StreamingService};
@@ -36,6 +42,14 @@ pub struct MeshService {
     pub publisher: Arc<Publisher>,
     pub agents: Arc<Agents>,
     pub metrics: Arc<Metrics>,
+    /// The largest agent message decoded (`max_summary_bytes`).
+    pub max_message_bytes: usize,
+}
+
+/// Whether the decoder refused a message over the size limit (tonic's
+/// `OUT_OF_RANGE` "decoded message length too large").
+fn too_large(status: &Status) -> bool {
+    status.code() == tonic::Code::OutOfRange && status.message().contains("too large")
 }
 
 /// The controller's side of one stream: encoded `ControllerMessage`s.
@@ -51,9 +65,14 @@ impl MeshService {
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Outbound>, Status> {
         let mut inbound = request.into_inner();
+        let first = inbound.message().await.inspect_err(|status| {
+            if too_large(status) {
+                self.metrics.agent_message_refused("too_large");
+            }
+        })?;
         let Some(pb::AgentMessage {
             kind: Some(pb::agent_message::Kind::Hello(hello)),
-        }) = inbound.message().await?
+        }) = first
         else {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
@@ -61,10 +80,15 @@ impl MeshService {
             namespace = %hello.namespace, held = hello.last_applied_version, "agent connected");
         let agent = Arc::new(self.agents.register(&hello));
         let resync = Arc::new(Notify::new());
+        let (refuse, refused) = oneshot::channel();
         tokio::spawn(read_acks(
             inbound,
-            Arc::clone(&agent),
-            Arc::clone(&resync),
+            Inbound {
+                agent: Arc::clone(&agent),
+                resync: Arc::clone(&resync),
+                refuse,
+                max_message_bytes: self.max_message_bytes,
+            },
             Arc::clone(&self.publisher),
             Arc::clone(&self.metrics),
         ));
@@ -74,11 +98,13 @@ impl MeshService {
             last_sent: None,
             parts: None,
             resync,
+            refused: Some(refused),
+            ended: false,
             agent,
         };
         let stream = futures_util::stream::unfold(outbound, |mut s| async move {
             let msg = s.next().await?;
-            Some((Ok(msg), s))
+            Some((msg, s))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -95,14 +121,23 @@ struct Sender {
     parts: Option<(Arc<[Bytes]>, usize)>,
     /// Signalled on a NACK: the agent's state is in doubt, so resend everything.
     resync: Arc<Notify>,
+    /// Why the stream must end (an agent message over the limit), once;
+    /// `None` once read or when the reader ended without one.
+    refused: Option<oneshot::Receiver<Status>>,
+    /// The refusal went out: nothing follows it.
+    ended: bool,
     agent: Arc<AgentHandle>,
 }
 
 impl Sender {
-    /// The next message for the agent; `None` when the controller shuts down.
-    async fn next(&mut self) -> Option<Bytes> {
+    /// The next message for the agent, or the status that ends the stream;
+    /// `None` when the controller shuts down or after that status.
+    async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        if self.ended {
+            return None;
+        }
         if let Some(part) = self.next_part() {
-            return Some(part);
+            return Some(Ok(part));
         }
         loop {
             let current = self.updates.borrow_and_update().clone();
@@ -121,12 +156,25 @@ impl Sender {
                 if let Some(message) = message {
                     self.agent.sent(current.version);
                     self.last_sent = Some(current);
-                    return Some(message);
+                    return Some(Ok(message));
                 }
             }
+            let refused = async {
+                match self.refused.as_mut() {
+                    Some(rx) => rx.await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = self.updates.changed() => changed.ok()?,
                 () = self.resync.notified() => self.last_sent = None,
+                status = refused => {
+                    self.refused = None;
+                    if let Some(status) = status {
+                        self.ended = true;
+                        return Some(Err(status));
+                    }
+                }
             }
         }
     }
@@ -177,7 +225,8 @@ where
             return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
         }
         let method = StreamMethod(Arc::clone(&self.0));
-        Box::pin(async move { Ok(Grpc::new(EncodedCodec).streaming(method, req).await) })
+        let mut grpc = Grpc::new(EncodedCodec).max_decoding_message_size(self.0.max_message_bytes);
+        Box::pin(async move { Ok(grpc.streaming(method, req).await) })
     }
 }
 
@@ -227,11 +276,24 @@ impl Encoder for EncodedEncoder {
     }
 }
 
-/// Reads the agent's ACKs and NACKs until the stream ends.
-async fn read_acks(
-    mut inbound: Streaming<pb::AgentMessage>,
+/// What the reader of one stream tells its sender.
+struct Inbound {
     agent: Arc<AgentHandle>,
     resync: Arc<Notify>,
+    /// Ends the stream with this status.
+    refuse: oneshot::Sender<Status>,
+    max_message_bytes: usize,
+}
+
+/// Reads the agent's ACKs, NACKs and summaries until the stream ends.
+async fn read_acks(
+    mut inbound: Streaming<pb::AgentMessage>,
+    Inbound {
+        agent,
+        resync,
+        refuse,
+        max_message_bytes,
+    }: Inbound,
     publisher: Arc<Publisher>,
     metrics: Arc<Metrics>,
 ) {
@@ -251,12 +313,27 @@ async fn read_acks(
                     agent.nacked(nack.version, &nack.error);
                     resync.notify_one();
                 }
-                Some(Kind::Summary(summary)) => agent.summary(&summary),
+                Some(Kind::Summary(summary)) => {
+                    let dropped = agent.summary(&summary);
+                    metrics.summary_services_dropped("summary_limit", dropped.summary_limit);
+                    metrics.summary_services_dropped("service_limit", dropped.service_limit);
+                    metrics.summary_services_dropped("name_too_long", dropped.name_too_long);
+                }
                 Some(Kind::Hello(_)) | None => {
                     tracing::debug!("ignoring an unexpected message on an agent stream");
                 }
             },
             Ok(None) => break,
+            Err(status) if too_large(&status) => {
+                metrics.agent_message_refused("too_large");
+                tracing::warn!(%status, "closing an agent stream: a message was over the limit");
+                // The sender may be gone already; then the stream is too.
+                let _ = refuse.send(Status::resource_exhausted(format!(
+                    "an agent message was over {max_message_bytes} bytes (max_summary_bytes): \
+                     closing the stream"
+                )));
+                break;
+            }
             Err(status) => {
                 tracing::debug!(%status, "agent stream ended");
                 break;

@@ -25,7 +25,7 @@ use ecsmesh_dtab::Dtab;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Namespaces, StoreError, StoredDtab, validate_namespace};
+use super::{Namespaces, StoreError, StoredDtab, check_room, validate_namespace};
 use crate::metrics::Metrics;
 
 /// Where the dtabs live unless configured otherwise.
@@ -136,7 +136,15 @@ impl ConsulStore {
         self.tx.subscribe()
     }
 
-    pub async fn create(&self, namespace: &str, dtab: Dtab) -> Result<StoredDtab, StoreError> {
+    /// Creates the namespace. The namespace limit is checked against this
+    /// replica's view: replicas creating at once may pass it by one each.
+    pub async fn create(
+        &self,
+        namespace: &str,
+        dtab: Dtab,
+        max_namespaces: usize,
+    ) -> Result<StoredDtab, StoreError> {
+        check_room(&self.tx.borrow(), namespace, max_namespaces)?;
         let text = dtab.to_string();
         let key = self.key(namespace);
         let created = self

@@ -13,7 +13,7 @@ use ecsmesh_dtab::Dtab;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
-use super::{Namespaces, StoreError, StoredDtab};
+use super::{Namespaces, StoreError, StoredDtab, check_room};
 
 const FILE_NAME: &str = "dtabs.json";
 const FORMAT: u32 = 1;
@@ -89,10 +89,17 @@ impl FileStore {
         self.tx.subscribe()
     }
 
-    pub async fn create(&self, namespace: &str, dtab: Dtab) -> Result<StoredDtab, StoreError> {
-        self.put(namespace, dtab, |current| match current {
+    pub async fn create(
+        &self,
+        namespace: &str,
+        dtab: Dtab,
+        max_namespaces: usize,
+    ) -> Result<StoredDtab, StoreError> {
+        // Checked under the writers' lock, so concurrent creates cannot
+        // pass the limit together.
+        self.put(namespace, dtab, |all| match all.get(namespace) {
             Some(_) => Err(StoreError::AlreadyExists(namespace.to_owned())),
-            None => Ok(()),
+            None => check_room(all, namespace, max_namespaces),
         })
         .await
     }
@@ -103,8 +110,8 @@ impl FileStore {
         dtab: Dtab,
         expected: u64,
     ) -> Result<StoredDtab, StoreError> {
-        self.put(namespace, dtab, |current| {
-            check_version(namespace, current, Some(expected))
+        self.put(namespace, dtab, |all| {
+            check_version(namespace, all.get(namespace), Some(expected))
         })
         .await
     }
@@ -118,16 +125,17 @@ impl FileStore {
         self.commit(&mut revision, next).await
     }
 
-    /// Stores `dtab` under `namespace` if `check` accepts the current entry.
+    /// Stores `dtab` under `namespace` if `check` accepts the current
+    /// namespaces.
     async fn put(
         &self,
         namespace: &str,
         dtab: Dtab,
-        check: impl FnOnce(Option<&StoredDtab>) -> Result<(), StoreError>,
+        check: impl FnOnce(&Namespaces) -> Result<(), StoreError>,
     ) -> Result<StoredDtab, StoreError> {
         let mut revision = self.revision.lock().await;
         let current = self.tx.borrow().clone();
-        check(current.get(namespace))?;
+        check(&current)?;
         let stored = StoredDtab {
             dtab: Arc::new(dtab),
             version: *revision + 1,
@@ -228,10 +236,13 @@ mod tests {
     async fn create_update_delete_with_cas() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
-        let v1 = store.create("default", dtab("/a=>/b")).await.unwrap();
+        let v1 = store
+            .create("default", dtab("/a=>/b"), usize::MAX)
+            .await
+            .unwrap();
         assert_eq!(v1.version, 1);
         assert!(matches!(
-            store.create("default", dtab("/a=>/c")).await,
+            store.create("default", dtab("/a=>/c"), usize::MAX).await,
             Err(StoreError::AlreadyExists(_))
         ));
         let err = store
@@ -262,8 +273,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = FileStore::open(dir.path()).unwrap();
-            store.create("a", dtab("/x=>/y")).await.unwrap();
-            store.create("b", dtab("/x=>/z")).await.unwrap();
+            store.create("a", dtab("/x=>/y"), usize::MAX).await.unwrap();
+            store.create("b", dtab("/x=>/z"), usize::MAX).await.unwrap();
             store.delete("b", None).await.unwrap();
         }
         let store = FileStore::open(dir.path()).unwrap();
@@ -271,8 +282,27 @@ mod tests {
         assert_eq!(ns.len(), 1);
         assert_eq!(ns["a"].version, 1);
         assert_eq!(ns["a"].dtab.to_string(), "/x=>/y");
-        let b = store.create("b", dtab("/q=>/r")).await.unwrap();
+        let b = store.create("b", dtab("/q=>/r"), usize::MAX).await.unwrap();
         assert_eq!(b.version, 4, "revision 3 was the delete");
+    }
+
+    #[tokio::test]
+    async fn creates_stop_at_the_namespace_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        store.create("a", dtab("/x=>/y"), 2).await.unwrap();
+        store.create("b", dtab("/x=>/y"), 2).await.unwrap();
+        let err = store.create("c", dtab("/x=>/y"), 2).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooManyNamespaces { limit: 2 }),
+            "{err}"
+        );
+        assert_eq!(store.subscribe().borrow().len(), 2, "nothing stored");
+        // Updates of stored namespaces still go through at the limit.
+        store.update("a", dtab("/x=>/z"), 1).await.unwrap();
+        // A delete makes room.
+        store.delete("b", None).await.unwrap();
+        store.create("c", dtab("/x=>/y"), 2).await.unwrap();
     }
 
     #[test]

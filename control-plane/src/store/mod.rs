@@ -38,10 +38,13 @@ pub enum StoreError {
         expected: u64,
         actual: u64,
     },
+    /// Holds a bounded prefix of the name ([`crate::limits::echo`]).
     #[error(
         "invalid namespace name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
     )]
     InvalidNamespace(String),
+    #[error("{limit} namespaces are stored, the limit (max_namespaces): delete one first")]
+    TooManyNamespaces { limit: usize },
     #[error("dtab store {path}: {source}")]
     Io {
         path: String,
@@ -63,8 +66,25 @@ pub fn validate_namespace(ns: &str) -> Result<(), StoreError> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::InvalidNamespace(ns.to_owned()))
+        Err(StoreError::InvalidNamespace(
+            crate::limits::echo(ns).into_owned(),
+        ))
     }
+}
+
+/// Checks that `namespace` may be created beside `current` without
+/// passing `max_namespaces`.
+pub fn check_room(
+    current: &Namespaces,
+    namespace: &str,
+    max_namespaces: usize,
+) -> Result<(), StoreError> {
+    if current.len() >= max_namespaces && !current.contains_key(namespace) {
+        return Err(StoreError::TooManyNamespaces {
+            limit: max_namespaces,
+        });
+    }
+    Ok(())
 }
 
 /// The configured store.
@@ -89,11 +109,17 @@ impl DtabStore {
         }
     }
 
-    pub async fn create(&self, namespace: &str, dtab: Dtab) -> Result<StoredDtab, StoreError> {
+    /// Creates the namespace, if fewer than `max_namespaces` are stored.
+    pub async fn create(
+        &self,
+        namespace: &str,
+        dtab: Dtab,
+        max_namespaces: usize,
+    ) -> Result<StoredDtab, StoreError> {
         validate_namespace(namespace)?;
         match self {
-            Self::File(s) => s.create(namespace, dtab).await,
-            Self::Consul(s) => s.create(namespace, dtab).await,
+            Self::File(s) => s.create(namespace, dtab, max_namespaces).await,
+            Self::Consul(s) => s.create(namespace, dtab, max_namespaces).await,
         }
     }
 
