@@ -156,6 +156,10 @@ fi
 TOKEN_FILE="$DEMO_DIR/admin-token"
 rm -f "$TOKEN_FILE"
 (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$TOKEN_FILE")
+# And one for the agents' mesh stream: only agents that hold it follow the controller.
+AGENT_TOKEN_FILE="$DEMO_DIR/agent-token"
+rm -f "$AGENT_TOKEN_FILE"
+(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$AGENT_TOKEN_FILE")
 # ecsmeshctl's settings for this demo: where the controller is, the token (and the
 # operator's certificate with TLS=1). Relative paths are taken from this file's directory.
 CTL_CONFIG="$DEMO_DIR/ecsmeshctl.yaml"
@@ -185,7 +189,7 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_
 log "starting the controller (gRPC $CONTROLLER_GRPC, admin $CONTROLLER_ADMIN)"
 start controller "$BIN/ecsmesh-controller" --cluster demo --aws-endpoint-url "$MOTO" --aws-region us-west-1 \
   --grpc-addr "$CONTROLLER_GRPC" --admin-addr "$CONTROLLER_ADMIN" --store-dir "$DEMO_DIR/store" --resync-interval 1s \
-  --admin-token-file "$TOKEN_FILE" "${CONTROLLER_TLS[@]}"
+  --admin-token-file "$TOKEN_FILE" --agent-token-file "$AGENT_TOKEN_FILE" "${CONTROLLER_TLS[@]}"
 wait_for "the controller" 60 curl -fsS "http://$CONTROLLER_ADMIN/ready"
 
 # Each agent discovers its host IP, instance id and zone from its instance's IMDSv2
@@ -200,7 +204,8 @@ for x in "a $HOST_A $IID_A 1" "b $HOST_B $IID_B 2"; do
     agent_tls=(--tls-ca "$CERTS/ca.pem" --tls-cert "$CERTS/agent-$n.pem" --tls-key "$CERTS/agent-$n-key.pem")
   fi
   start "agent-$name" env -u AWS_EC2_METADATA_DISABLED "$BIN/ecsmesh-agent" "${agent_tls[@]}" \
-    --controller "$SCHEME://$CONTROLLER_GRPC" --cluster demo --imds-endpoint "$MOTO/imds/$iid" \
+    --controller "$SCHEME://$CONTROLLER_GRPC" --controller-token-file "$AGENT_TOKEN_FILE" \
+    --cluster demo --imds-endpoint "$MOTO/imds/$iid" \
     --state-dir "$DEMO_DIR/agent-$name" --mode "$MODE" \
     --summary-interval "${ECSMESH_SUMMARY_INTERVAL:-2s}"
 done

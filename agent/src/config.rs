@@ -68,6 +68,7 @@ impl Default for Identifier {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub controller: Option<String>,
+    pub controller_token_file: Option<PathBuf>,
     pub namespace: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub mode: Option<Mode>,
@@ -122,6 +123,10 @@ pub struct Args {
     /// The controller's gRPC address [default: http://127.0.0.1:4321].
     #[arg(long, env = "ECSMESH_CONTROLLER")]
     pub controller: Option<String>,
+    /// File holding the token the controller's mesh stream needs (its
+    /// --agent-token-file); re-read at every reconnect, so it can rotate.
+    #[arg(long, env = "ECSMESH_CONTROLLER_TOKEN_FILE")]
+    pub controller_token_file: Option<PathBuf>,
     /// The namespace whose dtab to route with [default: default].
     #[arg(long, env = "ECSMESH_NAMESPACE")]
     pub namespace: Option<String>,
@@ -300,6 +305,7 @@ pub const DEFAULT_MAX_DTAB_HEADER_BYTES: usize = 16 << 10;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub controller: String,
+    pub controller_token_file: Option<PathBuf>,
     pub namespace: String,
     pub state_dir: PathBuf,
     pub mode: Mode,
@@ -512,6 +518,10 @@ impl Config {
                 .clone()
                 .or(f.controller)
                 .unwrap_or_else(|| "http://127.0.0.1:4321".to_owned()),
+            controller_token_file: args
+                .controller_token_file
+                .clone()
+                .or(f.controller_token_file),
             namespace: args
                 .namespace
                 .clone()

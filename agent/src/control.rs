@@ -170,6 +170,8 @@ enum StreamError {
     Status(#[from] tonic::Status),
     #[error("the controller closed the stream")]
     Closed,
+    #[error(transparent)]
+    Token(#[from] crate::tls::TokenError),
 }
 
 async fn connect(controller: &ControllerEndpoint) -> Result<Channel, StreamError> {
@@ -185,6 +187,7 @@ async fn follow(
     status: &watch::Sender<ControlStatus>,
     summaries: &Summaries,
 ) -> Result<(), StreamError> {
+    let bearer = controller.bearer()?;
     let channel = connect(controller).await?;
     let (tx, rx) = mpsc::channel(8);
     let held = status.borrow().clone();
@@ -202,9 +205,13 @@ async fn follow(
             })),
         })
         .await;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(bearer) = bearer {
+        request.metadata_mut().insert("authorization", bearer);
+    }
     let mut inbound = pb::mesh_client::MeshClient::new(channel)
         .max_decoding_message_size(ecsmesh_proto::MAX_SNAPSHOT_BYTES)
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .stream(request)
         .await?
         .into_inner();
     status.send_modify(|s| {

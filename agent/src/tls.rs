@@ -31,6 +31,8 @@ pub fn setup(
 ) -> anyhow::Result<(ControllerEndpoint, Option<Arc<L2lTls>>)> {
     use anyhow::Context as _;
     let controller = ControllerEndpoint::new(config).context("TLS to the controller")?;
+    // A token that cannot be read stops the start; later reads are retried.
+    controller.bearer()?;
     let l2l =
         L2lTls::new(config, Arc::clone(metrics)).context("TLS on the linker-to-linker hop")?;
     Ok((controller, l2l.map(Arc::new)))
@@ -129,6 +131,19 @@ impl L2lTls {
 pub struct ControllerEndpoint {
     url: String,
     tls: Option<(ClientTls, ServerName<'static>)>,
+    token_file: Option<std::path::PathBuf>,
+}
+
+/// The controller token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("reading the controller token {file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("the controller token file {0} is empty or not one line of visible ASCII")]
+    Invalid(String),
 }
 
 impl ControllerEndpoint {
@@ -138,8 +153,13 @@ impl ControllerEndpoint {
         } else {
             format!("http://{}", config.controller)
         };
+        let token_file = config.controller_token_file.clone();
         if !url.starts_with("https://") {
-            return Ok(Self { url, tls: None });
+            return Ok(Self {
+                url,
+                tls: None,
+                token_file,
+            });
         }
         let files = &config.tls.files;
         if files.ca.is_none() {
@@ -164,7 +184,32 @@ impl ControllerEndpoint {
         Ok(Self {
             url,
             tls: Some((client, name)),
+            token_file,
         })
+    }
+
+    /// The stream's `authorization` value, read from the token file now
+    /// (a rotated token is used from the next connection on).
+    ///
+    /// # Errors
+    /// The file cannot be read or holds no usable token.
+    pub fn bearer(&self) -> Result<Option<tonic::metadata::AsciiMetadataValue>, TokenError> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(TokenError::Invalid(file));
+        }
+        format!("Bearer {token}")
+            .parse()
+            .map(Some)
+            .map_err(|_| TokenError::Invalid(file))
     }
 
     /// Opens a channel (the controller stream's keepalives included).

@@ -42,6 +42,14 @@ pub struct FileConfig {
     /// address (see [`crate::write_guard`]).
     #[serde(default)]
     pub allow_unauthenticated_writes: bool,
+    /// The token agents present on the mesh stream (see [`crate::admission`]).
+    pub agent_token_file: Option<PathBuf>,
+    /// How an agent's `Hello` is checked beyond its credentials.
+    pub agent_admission: Option<crate::admission::AgentAdmission>,
+    /// Start even though the mesh stream is open to anyone on a
+    /// non-loopback address (see [`crate::write_guard`]).
+    #[serde(default)]
+    pub allow_unauthenticated_agents: bool,
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     pub ecs: Option<EcsFileConfig>,
@@ -108,6 +116,14 @@ pub struct Security {
     /// Start even when writes are open on a non-loopback address
     /// ([`crate::write_guard`]); logged as a warning at every start.
     pub allow_unauthenticated_writes: bool,
+    /// The bearer token the mesh stream needs ([`crate::admission`]).
+    pub agent_token: Option<Arc<str>>,
+    /// How a `Hello` is checked beyond the credentials [default: ecs when
+    /// ECS clusters are watched, else credentials].
+    pub agent_admission: Option<crate::admission::AgentAdmission>,
+    /// Start even when the mesh stream is open on a non-loopback address
+    /// ([`crate::write_guard`]); logged as a warning at every start.
+    pub allow_unauthenticated_agents: bool,
     /// Bounds on the agents' traffic summaries (hostile input, as the
     /// rules above are about hostile callers).
     pub traffic_limits: crate::limits::TrafficLimits,
@@ -193,6 +209,20 @@ pub struct Args {
     /// the controller refuses to (a warning is logged at every start).
     #[arg(long, env = "ECSMESH_ALLOW_UNAUTHENTICATED_WRITES")]
     pub allow_unauthenticated_writes: bool,
+    /// File holding the bearer token agents present on the mesh stream
+    /// (the agent's --controller-token-file).
+    #[arg(long, env = "ECSMESH_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<PathBuf>,
+    /// How an agent's Hello is checked beyond its credentials: ecs (its
+    /// instance is a container instance of a watched cluster, at the IP it
+    /// claims) or credentials [default: ecs when clusters are watched].
+    #[arg(long, env = "ECSMESH_AGENT_ADMISSION", value_enum)]
+    pub agent_admission: Option<crate::admission::AgentAdmission>,
+    /// Start even though the mesh stream needs no credentials (no TLS
+    /// client certificates, no --agent-token-file) and the gRPC address is
+    /// not loopback; without it the controller refuses to.
+    #[arg(long, env = "ECSMESH_ALLOW_UNAUTHENTICATED_AGENTS")]
+    pub allow_unauthenticated_agents: bool,
     /// ECS cluster to watch (repeat, or comma-separate in the variable).
     #[arg(long = "cluster", env = "ECSMESH_CLUSTERS", value_delimiter = ',')]
     pub clusters: Vec<String>,
@@ -369,20 +399,23 @@ impl Config {
                 Err(error) => Err(InvalidConfig::BaseDtab { namespace, error }),
             })
             .collect::<Result<_, _>>()?;
-        let token_file = args.admin_token_file.clone().or(file.admin_token_file);
-        let admin_token = token_file
-            .map(|path| {
-                std::fs::read_to_string(&path)
-                    .map(|t| Arc::<str>::from(t.trim()))
-                    .map_err(|source| ConfigError::Read {
-                        file: path.display().to_string(),
-                        source,
-                    })
-            })
+        let admin_token = args
+            .admin_token_file
+            .clone()
+            .or(file.admin_token_file)
+            .map(|path| read_token(&path))
             .transpose()?;
         let mut security = security(args, file.tls.unwrap_or_default())?;
-        // A top-level key in the file (it is not about TLS).
+        // Top-level keys in the file (they are not about TLS).
         security.allow_unauthenticated_writes |= file.allow_unauthenticated_writes;
+        security.allow_unauthenticated_agents |= file.allow_unauthenticated_agents;
+        security.agent_token = args
+            .agent_token_file
+            .clone()
+            .or(file.agent_token_file)
+            .map(|path| read_token(&path))
+            .transpose()?;
+        security.agent_admission = args.agent_admission.or(file.agent_admission);
         (security.traffic_limits, security.dtab_limits) =
             limits(args, &file.limits.unwrap_or_default())?;
         let store_kind = args.store.or(file.store).unwrap_or_default();
@@ -518,8 +551,26 @@ fn security(args: &Args, file: TlsFileConfig) -> Result<Security, InvalidConfig>
         admin_identities: pick(&args.admin_identities, file.admin_identities),
         admin_reads: args.admin_reads.or(file.admin_reads).unwrap_or_default(),
         allow_unauthenticated_writes: args.allow_unauthenticated_writes,
+        allow_unauthenticated_agents: args.allow_unauthenticated_agents,
         ..Security::default()
     })
+}
+
+/// A bearer token from its file (surrounding whitespace dropped); an
+/// empty one is refused, as it would let an empty `Bearer ` through.
+fn read_token(path: &std::path::Path) -> Result<Arc<str>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.display().to_string(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Arc::from(token))
 }
 
 /// The Consul source (when an address is configured) and the Consul KV

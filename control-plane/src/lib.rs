@@ -11,6 +11,7 @@
 //!   snapshot, then deltas, with ACKs) and serve the dtab admin API, the
 //!   metrics and the agents' convergence.
 
+pub mod admission;
 pub mod agents;
 pub mod config;
 pub mod dashboard;
@@ -65,6 +66,8 @@ impl Controller {
             config.admin_token.is_some(),
             &config.security,
         )?;
+        let agent_access = write_guard::check_agents(config.grpc_addr, &config.security)?;
+        let instances = agent_instances(&config)?;
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(open_store(&config, &metrics).await?);
         let publisher = Arc::new(Publisher::new());
@@ -91,8 +94,9 @@ impl Controller {
         }
         if let Some(ecs) = config.ecs.clone() {
             let (observed, metrics) = (Arc::clone(&observed), Arc::clone(&metrics));
+            let instances = instances.clone();
             tasks.spawn(async move {
-                sources::ecs::run(ecs, observed, metrics).await;
+                sources::ecs::run(ecs, observed, metrics, instances).await;
                 Ok(())
             });
         }
@@ -122,6 +126,7 @@ impl Controller {
                 agents: Arc::clone(&agents),
                 metrics: Arc::clone(&metrics),
                 max_message_bytes: config.security.traffic_limits.max_summary_bytes,
+                admission: admission::Admission::new(&config.security, instances, &metrics),
             },
             dtab_admin.clone(),
             grpc::mesh::StatusService {
@@ -143,6 +148,7 @@ impl Controller {
         });
         tracing::info!(%grpc_addr, %admin_addr, "controller started");
         write_guard::log(write_access, grpc_addr);
+        write_guard::log_agents(agent_access, grpc_addr);
         Ok(Self {
             grpc_addr,
             admin_addr,
@@ -172,6 +178,21 @@ impl Drop for Controller {
     fn drop(&mut self) {
         self.tasks.abort_all();
     }
+}
+
+/// The ECS check of agents' Hellos ([`admission`]): on by default when
+/// clusters are watched; the source then lists their container instances.
+fn agent_instances(config: &Config) -> anyhow::Result<Option<Arc<admission::Instances>>> {
+    use admission::AgentAdmission::{Credentials, Ecs};
+    Ok(match (config.security.agent_admission, &config.ecs) {
+        (Some(Ecs), None) => anyhow::bail!(
+            "agent_admission: ecs needs ECS clusters to check agents against (--cluster)"
+        ),
+        (Some(Ecs) | None, Some(ecs)) => {
+            Some(Arc::new(admission::Instances::new(ecs.clusters.clone())))
+        }
+        (Some(Credentials), _) | (None, None) => None,
+    })
 }
 
 /// The sources that must report before the first publish: the caller's,
@@ -210,7 +231,6 @@ async fn open_store(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<D
 /// the status API (the dtab API checks its own callers).
 struct GrpcAccess {
     tls: Option<ecsmesh_tls::ServerTls>,
-    mesh_gate: crate::tls::MeshGate,
     status_gate: crate::tls::ReadGate,
 }
 
@@ -227,7 +247,6 @@ fn grpc_access(
         .context("loading the gRPC port's TLS certificate")?;
     Ok(GrpcAccess {
         tls,
-        mesh_gate: crate::tls::MeshGate::new(security),
         status_gate: crate::tls::ReadGate(admin.clone()),
     })
 }
@@ -279,10 +298,7 @@ async fn serve_grpc(
         .add_service(health.max_decoding_message_size(SMALL_REQUEST_BYTES))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            grpc::mesh::MeshServer::new(mesh),
-            access.mesh_gate,
-        ))
+        .add_service(grpc::mesh::MeshServer::new(mesh))
         .add_service(
             pb::dtab_admin_server::DtabAdminServer::new(admin)
                 .max_decoding_message_size(max_admin_request),

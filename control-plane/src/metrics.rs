@@ -47,6 +47,7 @@ pub struct Metrics {
     dtab_writes_refused: Family<Refusal, Counter>,
     summary_services_dropped: Family<Refusal, Counter>,
     agent_messages_refused: Family<Refusal, Counter>,
+    agent_streams_refused: Family<Refusal, Counter>,
     traffic_services: Gauge,
 }
 
@@ -73,6 +74,7 @@ impl Metrics {
             dtab_writes_refused: Family::default(),
             summary_services_dropped: Family::default(),
             agent_messages_refused: Family::default(),
+            agent_streams_refused: Family::default(),
             traffic_services: Gauge::default(),
         };
         {
@@ -137,6 +139,11 @@ impl Metrics {
                 m.agent_messages_refused.clone(),
             );
             r.register(
+                "agent_streams_refused",
+                "Mesh streams refused at admission, by reason (no_certificate, identity, no_token, bad_token, certificate_instance, unknown_instance, host_ip, unknown_cluster, not_ready)",
+                m.agent_streams_refused.clone(),
+            );
+            r.register(
                 "traffic_services",
                 "Distinct service names kept from the agents' traffic summaries",
                 m.traffic_services.clone(),
@@ -189,6 +196,12 @@ impl Metrics {
 
     pub fn agent_message_refused(&self, reason: &'static str) {
         self.agent_messages_refused
+            .get_or_create(&Refusal { reason })
+            .inc();
+    }
+
+    pub fn agent_stream_refused(&self, reason: &'static str) {
+        self.agent_streams_refused
             .get_or_create(&Refusal { reason })
             .inc();
     }

@@ -1,7 +1,7 @@
 //! TLS on the gRPC port: handshakes run off the accept loop (a slow client
 //! holds up no one), and each connection carries its peer's identity into
-//! the requests ([`ConnInfo`]) for the access checks ([`MeshGate`],
-//! [`ReadGate`], and the dtab API's own).
+//! the requests ([`ConnInfo`]) for the access checks (the mesh stream's
+//! [`crate::admission`], [`ReadGate`], and the dtab API's own).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -128,47 +128,6 @@ pub fn server(
     server.watch(settings.reload_interval);
     tracing::info!(client_auth = %settings.client_auth, "TLS on the gRPC port");
     Ok(server)
-}
-
-/// In front of the mesh stream: with client certificates on, only mesh
-/// agents (any certificate from the mesh CA, or one of the configured
-/// agent identities) may follow it.
-#[derive(Clone, Debug)]
-pub struct MeshGate {
-    needs_certificate: bool,
-    allowed: std::sync::Arc<[String]>,
-}
-
-impl MeshGate {
-    pub fn new(security: &crate::config::Security) -> Self {
-        Self {
-            needs_certificate: security
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.client_auth != ecsmesh_tls::ClientAuth::None),
-            allowed: security.agent_identities.clone().into(),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for MeshGate {
-    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if !self.needs_certificate {
-            return Ok(req);
-        }
-        match peer(&req).filter(|p| p.authenticated()) {
-            None => Err(tonic::Status::unauthenticated(
-                "the mesh stream needs a client certificate from the mesh CA",
-            )),
-            Some(p) if !self.allowed.is_empty() && !p.is_any_of(&self.allowed) => {
-                Err(tonic::Status::permission_denied(format!(
-                    "{:?} is not an agent identity (see --agent-identity)",
-                    p.name()
-                )))
-            }
-            Some(_) => Ok(req),
-        }
-    }
 }
 
 /// In front of read-only APIs (`MeshStatus`): the dtab API's read policy.

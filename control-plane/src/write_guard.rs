@@ -1,9 +1,12 @@
-//! The start-up rule for dtab writes (issue #16, "secure by default"):
-//! writes are open to anyone when neither a bearer token nor admin client
-//! certificate identities are configured (see
-//! [`crate::grpc::admin::AdminService`]'s write check). On a loopback
-//! address that only exposes them to local processes; on any other address
-//! the controller refuses to start unless told so explicitly.
+//! The start-up rules for dtab writes and the mesh stream (issue #16,
+//! "secure by default"). Writes are open to anyone when neither a bearer
+//! token nor admin client certificate identities are configured (see
+//! [`crate::grpc::admin::AdminService`]'s write check); the mesh stream,
+//! which hands out every endpoint and dtab, is open when neither TLS client
+//! certificates nor an agent token are (see [`crate::admission`]). On a
+//! loopback address that only exposes them to local processes; on any
+//! other address the controller refuses to start unless told so explicitly,
+//! one flag for each.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -19,6 +22,43 @@ pub enum WriteAccess {
     /// Open on a reachable address, because `--allow-unauthenticated-writes`
     /// says so.
     OpenAllowed,
+}
+
+/// The controller would serve the mesh stream to anyone on the network.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "refusing to start: the mesh stream (every endpoint and dtab) would be open to anyone who \
+     reaches {grpc_addr}, which is not a loopback address. Give agents credentials \
+     (--agent-token-file FILE, or TLS client certificates with --tls-ca), listen on loopback \
+     (--grpc-addr 127.0.0.1:4321), or accept an open stream explicitly with \
+     --allow-unauthenticated-agents"
+)]
+pub struct UnauthenticatedAgents {
+    pub grpc_addr: SocketAddr,
+}
+
+/// Decides whether the mesh stream may be served with these settings.
+///
+/// # Errors
+/// The stream would be open on a non-loopback address without the explicit
+/// opt-in.
+pub fn check_agents(
+    grpc_addr: SocketAddr,
+    security: &Security,
+) -> Result<WriteAccess, UnauthenticatedAgents> {
+    let certificates = security
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_auth != ecsmesh_tls::ClientAuth::None);
+    if certificates || security.agent_token.is_some() {
+        Ok(WriteAccess::Authenticated)
+    } else if is_loopback(grpc_addr.ip()) {
+        Ok(WriteAccess::OpenOnLoopback)
+    } else if security.allow_unauthenticated_agents {
+        Ok(WriteAccess::OpenAllowed)
+    } else {
+        Err(UnauthenticatedAgents { grpc_addr })
+    }
 }
 
 /// The controller would take unauthenticated dtab writes from the network.
@@ -77,6 +117,23 @@ pub fn log(access: WriteAccess, grpc_addr: SocketAddr) {
     }
 }
 
+/// As [`log`], for the mesh stream.
+pub fn log_agents(access: WriteAccess, grpc_addr: SocketAddr) {
+    match access {
+        WriteAccess::Authenticated => {}
+        WriteAccess::OpenOnLoopback => tracing::info!(
+            %grpc_addr,
+            "the mesh stream is unauthenticated: open to every local process \
+             (set --agent-token-file or TLS client certificates)"
+        ),
+        WriteAccess::OpenAllowed => tracing::warn!(
+            %grpc_addr,
+            "the mesh stream is unauthenticated and open to anyone who reaches this address \
+             (--allow-unauthenticated-agents); set --agent-token-file or TLS client certificates"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +188,37 @@ mod tests {
             check(addr("0.0.0.0:4321"), false, &open(true)),
             Ok(WriteAccess::OpenAllowed)
         );
+    }
+
+    #[test]
+    fn the_mesh_stream_needs_credentials_off_loopback() {
+        let err = check_agents(addr("0.0.0.0:4321"), &Security::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("--agent-token-file"), "{text}");
+        assert!(text.contains("--allow-unauthenticated-agents"), "{text}");
+        assert_eq!(
+            check_agents(addr("127.0.0.1:4321"), &Security::default()),
+            Ok(WriteAccess::OpenOnLoopback)
+        );
+        let token = Security {
+            agent_token: Some("t".into()),
+            ..Security::default()
+        };
+        assert_eq!(
+            check_agents(addr("0.0.0.0:4321"), &token),
+            Ok(WriteAccess::Authenticated)
+        );
+        let allowed = Security {
+            allow_unauthenticated_agents: true,
+            ..Security::default()
+        };
+        assert_eq!(
+            check_agents(addr("[::]:1"), &allowed),
+            Ok(WriteAccess::OpenAllowed)
+        );
+        // Opening writes does not open the stream, nor the other way round.
+        assert!(check_agents(addr("0.0.0.0:1"), &open(true)).is_err());
+        assert!(check(addr("0.0.0.0:1"), false, &allowed).is_err());
     }
 
     #[test]

@@ -64,7 +64,10 @@ async fn the_binary_watches_ecs() {
         ],
         &emulator_env(&moto.endpoint(), region),
     );
-    let mut agent = TestAgent::connect(connect(port).await, "i-bin").await;
+    // The controller admits agents of the cluster's instances only.
+    let node = &topology.nodes[0];
+    let mut agent =
+        TestAgent::connect_as(connect(port).await, &node.instance_id, &node.private_ip).await;
     let Kind::Snapshot(s) = agent.next().await else {
         panic!("expected a snapshot")
     };

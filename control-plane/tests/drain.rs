@@ -23,7 +23,7 @@ use bytes::Bytes;
 use common::{Running, emulator_env, free_port};
 use ecsmesh_agent::Agent;
 use ecsmesh_agent::config::{Args, Config, FileConfig, Mode};
-use ecsmesh_test_support::ecs::{Topology, sdk_config};
+use ecsmesh_test_support::ecs::{Node, Topology, sdk_config};
 use ecsmesh_test_support::moto::MotoServer;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -121,7 +121,7 @@ async fn scaling_reaches_the_data_plane_without_failed_requests() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port("127.0.0.1");
     let _controller = controller(grpc, &dir.path().join("store"), moto, region, "drain");
-    let agent = Arc::new(agent("127.0.40.1", grpc, dir.path().join("agent")).await);
+    let agent = Arc::new(agent(&topology.nodes[0], grpc, dir.path().join("agent")).await);
     until("the agent to see both tasks", async || {
         endpoints(&agent) == 2
     })
@@ -264,11 +264,13 @@ fn controller(
     )
 }
 
-/// An agent on `host_ip` (direct mode) following the controller on `grpc`.
-async fn agent(host_ip: &str, grpc: u16, state_dir: std::path::PathBuf) -> Agent {
+/// An agent on `node` (direct mode) following the controller on `grpc`:
+/// it claims the node's instance, as the controller admits only those.
+async fn agent(node: &Node, grpc: u16, state_dir: std::path::PathBuf) -> Agent {
+    let host_ip = node.private_ip.as_str();
     let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
     config.host_ip = Some(host_ip.parse().unwrap());
-    config.instance_id = Some(format!("i-{host_ip}"));
+    config.instance_id = Some(node.instance_id.clone());
     config.availability_zone = Some("zone-a".into());
     config.controller = format!("http://127.0.0.1:{grpc}");
     config.state_dir = state_dir;
@@ -307,7 +309,7 @@ async fn a_controller_killed_and_restarted_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port("127.0.0.1");
     let first = controller(grpc, &dir.path().join("store"), moto, region, "restart");
-    let agent = agent("127.0.42.1", grpc, dir.path().join("agent")).await;
+    let agent = agent(&topology.nodes[0], grpc, dir.path().join("agent")).await;
     let set = ecsmesh_dtab::Path::read("/#/ecs/restart/world").unwrap();
     let has = |n: usize| {
         agent

@@ -1,7 +1,8 @@
-//! The real `ecsmesh-controller` binary and the start-up rule for dtab
-//! writes: open writes on a non-loopback address refuse to start unless
-//! `--allow-unauthenticated-writes` says so. It binds 0.0.0.0 but every
-//! request goes to 127.0.0.1.
+//! The real `ecsmesh-controller` binary and the start-up rules for dtab
+//! writes and the mesh stream: open writes (or an open stream) on a
+//! non-loopback address refuse to start unless
+//! `--allow-unauthenticated-writes` (`--allow-unauthenticated-agents`) says
+//! so. It binds 0.0.0.0 but every request goes to 127.0.0.1.
 
 #![allow(clippy::unwrap_used)]
 
@@ -33,6 +34,10 @@ fn controller(grpc: &str, store: &std::path::Path, extra: &[&str]) -> Command {
         .env_remove("ECSMESH_ADMIN_TOKEN_FILE")
         .env_remove("ECSMESH_ADMIN_IDENTITIES")
         .env_remove("ECSMESH_ALLOW_UNAUTHENTICATED_WRITES")
+        .env_remove("ECSMESH_AGENT_TOKEN_FILE")
+        // The write tests are about writes: the stream's rule is opted out
+        // of here, and tested on its own below.
+        .env("ECSMESH_ALLOW_UNAUTHENTICATED_AGENTS", "true")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
     cmd
@@ -204,4 +209,85 @@ async fn loopback_starts_open_and_says_so() {
     let line = started.line_with("dtab writes are unauthenticated");
     assert!(line.contains("INFO"), "{line}");
     assert!(line.contains("local process"), "{line}");
+}
+
+#[test]
+fn an_open_mesh_stream_on_every_address_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let store = dir.path().join("store");
+    let port = free_port("0.0.0.0");
+    let out = controller(
+        &format!("0.0.0.0:{port}"),
+        &store,
+        &["--admin-token-file", token.to_str().unwrap()],
+    )
+    .env_remove("ECSMESH_ALLOW_UNAUTHENTICATED_AGENTS")
+    .stdout(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("the mesh stream (every endpoint and dtab) would be open to anyone who reaches 0.0.0.0:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--agent-token-file"), "{stderr}");
+    assert!(
+        stderr.contains("--allow-unauthenticated-agents"),
+        "{stderr}"
+    );
+    assert!(!store.exists());
+}
+
+#[tokio::test]
+async fn an_agent_token_lets_the_stream_listen_on_every_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_token, agent_token) = (dir.path().join("admin"), dir.path().join("agent"));
+    std::fs::write(&admin_token, "s3cret\n").unwrap();
+    std::fs::write(&agent_token, "agent-s3cret\n").unwrap();
+    let port = free_port("0.0.0.0");
+    let mut cmd = controller(
+        &format!("0.0.0.0:{port}"),
+        &dir.path().join("store"),
+        &[
+            "--admin-token-file",
+            admin_token.to_str().unwrap(),
+            "--agent-token-file",
+            agent_token.to_str().unwrap(),
+        ],
+    );
+    cmd.env_remove("ECSMESH_ALLOW_UNAUTHENTICATED_AGENTS");
+    let _started = Started::spawn(cmd);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _ = dtab_api(port).await;
+    let hello = || pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            instance_id: "i-rogue".into(),
+            host_ip: "127.0.1.9".into(),
+            ..Default::default()
+        })),
+    };
+    let mut mesh = pb::mesh_client::MeshClient::new(channel(addr).await);
+    let refused = mesh
+        .stream(tokio_stream::iter([hello()]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let mut req = tonic::Request::new(tokio_stream::iter([hello()]));
+    req.metadata_mut()
+        .insert("authorization", "Bearer agent-s3cret".parse().unwrap());
+    let mut inbound = mesh.stream(req).await.unwrap().into_inner();
+    let first = inbound.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.kind,
+        Some(pb::controller_message::Kind::Snapshot(_))
+    ));
+    // The admin token is not an agent token.
+    let mut req = tonic::Request::new(tokio_stream::iter([hello()]));
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    let refused = mesh.stream(req).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 }

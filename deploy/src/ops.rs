@@ -965,10 +965,15 @@ impl Deployer {
             ("TLS_ADMIN_IDENTITIES", tls(TLS_ADMIN_IDENTITY.to_owned())),
             // Without TLS the controller has neither admin identities nor a
             // token, and listens on 0.0.0.0 for other instances' agents: it
-            // refuses to start unless told explicitly (issue #16). Said here
-            // until deploy provisions an admin token; with TLS, empty (dropped).
+            // refuses to start unless told explicitly, for writes and for
+            // the mesh stream (issue #16). Said here until deploy provisions
+            // the tokens; with TLS, empty (dropped).
             (
                 "ALLOW_UNAUTHENTICATED_WRITES",
+                if cfg.tls() { "" } else { "true" }.to_owned(),
+            ),
+            (
+                "ALLOW_UNAUTHENTICATED_AGENTS",
                 if cfg.tls() { "" } else { "true" }.to_owned(),
             ),
             (

@@ -316,6 +316,15 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
                 && e.value() == Some("true")),
         "{controller:#?}"
     );
+    // Nor the mesh stream, which hands out every endpoint and dtab.
+    assert!(
+        controller.container_definitions()[0]
+            .environment()
+            .iter()
+            .any(|e| e.name() == Some("ECSMESH_ALLOW_UNAUTHENTICATED_AGENTS")
+                && e.value() == Some("true")),
+        "{controller:#?}"
+    );
     let hello = task_definition(&ecsc, "ecsmesh-alpha-hello").await;
     assert_eq!(hello.network_mode(), Some(&ecs::types::NetworkMode::Bridge));
     assert_eq!(
@@ -946,10 +955,12 @@ async fn tls_from_ssm_is_fetched_mounted_and_configured() {
         for want in envs {
             assert!(env.contains(&want), "{family}: {want:?} not in {env:?}");
         }
-        // With TLS the admin identity authenticates writes: no opt-out.
+        // With TLS the admin identity authenticates writes and the agent
+        // certificate the stream: no opt-out.
         assert!(
             env.iter()
-                .all(|(name, _)| *name != "ECSMESH_ALLOW_UNAUTHENTICATED_WRITES"),
+                .all(|(name, _)| *name != "ECSMESH_ALLOW_UNAUTHENTICATED_WRITES"
+                    && *name != "ECSMESH_ALLOW_UNAUTHENTICATED_AGENTS"),
             "{family}: {env:?}"
         );
     }

@@ -235,3 +235,33 @@ def test_admin_http_reads_follow_admin_reads(start, tmp_path):
     # With reads open (the default) nothing needs a token.
     open_reads = start()
     assert http_get(open_reads.admin_port, "/api/delegate?path=/svc/world")[0] == 200
+
+
+def test_only_holders_of_the_agent_token_follow_the_mesh_stream(pb, start, tmp_path):
+    """A made-up Hello without the agent token (or with a guessed one, or
+    with the admin token) gets nothing and is counted; the token's holder
+    gets the snapshot."""
+    agent_token = tmp_path / "agent-token"
+    agent_token.write_text("agent-" + TOKEN + "\n")
+    admin_token = tmp_path / "admin-token"
+    admin_token.write_text(TOKEN + "\n")
+    c = start("--agent-token-file", str(agent_token), "--admin-token-file", str(admin_token))
+    hello = pb.mesh.AgentMessage(hello=pb.mesh.Hello(instance_id="i-rogue", host_ip="127.0.1.9"))
+
+    def first_reply(token):
+        metadata = [("authorization", f"Bearer {token}")] if token else None
+        replies = pb.mesh_grpc.MeshStub(c.channel).Stream(iter([hello]), metadata=metadata, timeout=10)
+        return next(replies)
+
+    for token, code, reason in ((None, grpc.StatusCode.UNAUTHENTICATED, "no_token"),
+                                ("guess", grpc.StatusCode.PERMISSION_DENIED, "bad_token"),
+                                (TOKEN, grpc.StatusCode.PERMISSION_DENIED, "bad_token")):
+        with pytest.raises(grpc.RpcError) as refused:
+            first_reply(token)
+        assert refused.value.code() == code, refused.value.details()
+    assert metric(c.admin_port, "ecsmesh_controller_agent_streams_refused_total", 'reason="no_token"') == 1
+    assert metric(c.admin_port, "ecsmesh_controller_agent_streams_refused_total", 'reason="bad_token"') == 2
+    status, body = http_get(c.admin_port, "/agents", token=TOKEN)
+    assert status == 200 and b"i-rogue" not in body, body
+
+    assert first_reply("agent-" + TOKEN).WhichOneof("kind") == "snapshot"

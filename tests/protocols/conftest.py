@@ -328,6 +328,9 @@ def controller(ecs, tmp_path_factory):
         "--admin-addr", f"127.0.0.1:{admin_port}",
         "--store-dir", str(logs / "store"),
         "--base-dtab", f"/svc=>/#/ecs/{CLUSTER}",
+        # The agents below claim instance ids ECS does not know (host A is no
+        # container instance): admit them on credentials, as for agents off ECS.
+        "--agent-admission", "credentials",
     ], logs, env=clean_env(**aws_env(ecs.endpoint)))
     try:
         wait_for("the controller's /ready",

@@ -365,7 +365,12 @@ impl Proxy {
             headers::strip_hop_by_hop(resp.headers_mut());
         }
         headers::append_via(resp.headers_mut(), version);
-        if grpc && resp.headers().contains_key(headers::L5D_ERR) {
+        // A remote agent's error is already gRPC-shaped (200 with
+        // grpc-status); translating it again would turn its code into 13.
+        if grpc
+            && resp.headers().contains_key(headers::L5D_ERR)
+            && !resp.headers().contains_key("grpc-status")
+        {
             let timed_out = resp.extensions().get::<DeadlineExceeded>().is_some();
             headers::grpc_error(&mut resp, timed_out);
         }

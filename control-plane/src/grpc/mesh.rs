@@ -44,6 +44,8 @@ pub struct MeshService {
     pub metrics: Arc<Metrics>,
     /// The largest agent message decoded (`max_summary_bytes`).
     pub max_message_bytes: usize,
+    /// Who may follow the stream.
+    pub admission: crate::admission::Admission,
 }
 
 /// Whether the decoder refused a message over the size limit (tonic's
@@ -59,11 +61,14 @@ impl MeshService {
     /// Serves one agent's stream.
     ///
     /// # Errors
-    /// The first message is not a Hello.
+    /// The caller is not admitted ([`crate::admission`]), or the first
+    /// message is not a Hello.
     pub async fn stream(
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Outbound>, Status> {
+        // Credentials first: nothing is read from a caller without them.
+        let peer = self.admission.credentials(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound.message().await.inspect_err(|status| {
             if too_large(status) {
@@ -76,6 +81,7 @@ impl MeshService {
         else {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
+        self.admission.hello(peer.as_ref(), &hello).await?;
         tracing::info!(instance = %hello.instance_id, host_ip = %hello.host_ip,
             namespace = %hello.namespace, held = hello.last_applied_version, "agent connected");
         let agent = Arc::new(self.agents.register(&hello));

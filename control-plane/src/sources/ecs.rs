@@ -2,8 +2,9 @@
 //! tasks and turn them into endpoint sets `/#/ecs/<cluster>/<service>`.
 //!
 //! Calls per resync, never one per task: `ListTasks` (paged), `DescribeTasks`
-//! in batches of 100, `DescribeContainerInstances` in batches of 100 for
-//! instances not yet known, EC2 `DescribeInstances` for instance IPs not yet
+//! in batches of 100, `ListContainerInstances` (paged: the instances agents
+//! may claim, see [`crate::admission`]), `DescribeContainerInstances` in
+//! batches of 100 for instances not yet known, EC2 `DescribeInstances` for instance IPs not yet
 //! known, `DescribeTaskDefinition` once per task definition ever (they are
 //! immutable). An error never empties a set: the last good view stays until
 //! a resync succeeds, and throttling backs the loop off exponentially.
@@ -22,6 +23,7 @@ use aws_sdk_ecs::types::{
 use ecsmesh_dtab::Path;
 use ecsmesh_state::{Endpoint, EndpointSet, names};
 
+use crate::admission::Instances;
 use crate::config::EcsSettings;
 use crate::metrics::Metrics;
 use crate::sources::{Observed, SourceSets};
@@ -89,7 +91,12 @@ pub async fn clients(settings: &EcsSettings) -> (ecs::Client, ec2::Client) {
 
 /// Runs one resync loop per configured cluster; reports to `observed` as
 /// source `ecs:<cluster>`.
-pub async fn run(settings: EcsSettings, observed: Arc<Observed>, metrics: Arc<Metrics>) {
+pub async fn run(
+    settings: EcsSettings,
+    observed: Arc<Observed>,
+    metrics: Arc<Metrics>,
+    instances: Option<Arc<Instances>>,
+) {
     let (ecs, ec2) = clients(&settings).await;
     let mut loops = tokio::task::JoinSet::new();
     for cluster in &settings.clusters {
@@ -99,6 +106,7 @@ pub async fn run(settings: EcsSettings, observed: Arc<Observed>, metrics: Arc<Me
             cluster.clone(),
             Arc::clone(&metrics),
         );
+        source.instances.clone_from(&instances);
         let (observed, interval) = (Arc::clone(&observed), settings.resync_interval);
         loops.spawn(async move { source.run(&observed, interval).await });
     }
@@ -130,7 +138,17 @@ pub struct EcsSource {
     /// Each task's endpoints at the last resync: reused for a task that a
     /// describe call reports as a failure, rather than dropping it.
     last_by_task: HashMap<String, Vec<(Path, Endpoint)>>,
+    /// Where the cluster's container instances are reported, for agent
+    /// admission; `None` when nothing checks agents against ECS.
+    pub instances: Option<Arc<Instances>>,
+    /// Container instance ARNs at the last listing.
+    listed: HashSet<String>,
 }
+
+/// The shortest time between two listings of container instances asked for
+/// by agents' `Hello`s (a flood of made-up instance ids costs at most one
+/// listing per this interval).
+const MIN_LISTING_INTERVAL: Duration = Duration::from_secs(2);
 
 impl EcsSource {
     pub fn new(ecs: ecs::Client, ec2: ec2::Client, cluster: String, metrics: Arc<Metrics>) -> Self {
@@ -142,6 +160,8 @@ impl EcsSource {
             task_definitions: HashMap::new(),
             hosts: HashMap::new(),
             last_by_task: HashMap::new(),
+            instances: None,
+            listed: HashSet::new(),
         }
     }
 
@@ -150,9 +170,13 @@ impl EcsSource {
     pub async fn run(&mut self, observed: &Observed, interval: Duration) {
         let id = source_id(&self.cluster);
         let mut failures = 0u32;
+        let mut wanted = self.instances.as_ref().map(|i| i.wanted());
+        let mut last_listing: Option<tokio::time::Instant> = None;
         loop {
+            let started = tokio::time::Instant::now();
             let wait = match self.resync().await {
                 Ok(sets) => {
+                    last_listing = Some(started);
                     failures = 0;
                     tracing::debug!(cluster = %self.cluster, sets = sets.len(), "ECS resync");
                     observed.replace(&id, sets);
@@ -166,7 +190,29 @@ impl EcsSource {
                     backoff
                 }
             };
-            tokio::time::sleep(wait).await;
+            let next = tokio::time::Instant::now() + wait;
+            // Between resyncs, list the instances again when an agent
+            // claims one not listed (a new instance), rate-limited.
+            while let Some(wanted) = wanted.as_mut() {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => break,
+                    changed = wanted.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                }
+                let earliest = last_listing.map_or(started, |t| t + MIN_LISTING_INTERVAL);
+                tokio::time::sleep_until(earliest.min(next)).await;
+                if tokio::time::Instant::now() >= next {
+                    break;
+                }
+                last_listing = Some(tokio::time::Instant::now());
+                if let Err(e) = self.refresh_instances().await {
+                    tracing::warn!(cluster = %self.cluster, error = %e, "listing container instances failed");
+                }
+            }
+            tokio::time::sleep_until(next).await;
         }
     }
 
@@ -177,6 +223,9 @@ impl EcsSource {
     /// One full read of the cluster.
     pub async fn resync(&mut self) -> Result<SourceSets, EcsError> {
         let arns = self.list_tasks().await?;
+        if self.instances.is_some() {
+            self.listed = self.list_container_instances().await?;
+        }
         let mut tasks = Vec::with_capacity(arns.len());
         let mut undescribed = Vec::new();
         for batch in arns.chunks(BATCH) {
@@ -196,7 +245,14 @@ impl EcsSource {
             }
             tasks.extend(out.tasks.unwrap_or_default());
         }
-        self.learn_hosts(&tasks).await?;
+        let on_hosts: HashSet<String> = tasks
+            .iter()
+            .filter_map(Task::container_instance_arn)
+            .chain(self.listed.iter().map(String::as_str))
+            .map(str::to_owned)
+            .collect();
+        self.learn_hosts(&on_hosts).await?;
+        self.report_instances();
         self.learn_task_definitions(&tasks).await?;
 
         let mut by_task: HashMap<String, Vec<(Path, Endpoint)>> = HashMap::new();
@@ -226,7 +282,7 @@ impl EcsSource {
                 .insert(endpoint.clone());
         }
         self.last_by_task = by_task;
-        self.forget_unused_hosts(&tasks);
+        self.hosts.retain(|arn, _| on_hosts.contains(arn));
         Ok(sets.into_iter().map(|(n, s)| (n, Arc::new(s))).collect())
     }
 
@@ -247,15 +303,53 @@ impl EcsSource {
         Ok(arns)
     }
 
-    /// Container instance → EC2 instance → private IP, for instances not yet cached.
-    async fn learn_hosts(&mut self, tasks: &[Task]) -> Result<(), EcsError> {
-        let unknown: Vec<String> = tasks
+    /// The cluster's container instances in every state but `INACTIVE`
+    /// (ECS's default), `DRAINING` included: their agents still serve.
+    async fn list_container_instances(&self) -> Result<HashSet<String>, EcsError> {
+        let mut pages = self
+            .ecs
+            .list_container_instances()
+            .cluster(&self.cluster)
+            .into_paginator()
+            .send();
+        let mut arns = HashSet::new();
+        while let Some(page) = pages.next().await {
+            self.count("ecs", "ListContainerInstances", page.is_ok());
+            let page = page.map_err(|e| EcsError::from_sdk("ListContainerInstances", &e))?;
+            arns.extend(page.container_instance_arns.unwrap_or_default());
+        }
+        Ok(arns)
+    }
+
+    /// Lists the container instances again (between resyncs) and reports them.
+    async fn refresh_instances(&mut self) -> Result<(), EcsError> {
+        self.listed = self.list_container_instances().await?;
+        let listed = self.listed.clone();
+        self.learn_hosts(&listed).await?;
+        self.report_instances();
+        Ok(())
+    }
+
+    /// The listed instances, by EC2 instance id, to agent admission.
+    fn report_instances(&self) {
+        let Some(instances) = &self.instances else {
+            return;
+        };
+        let by_id = self
+            .listed
             .iter()
-            .filter_map(Task::container_instance_arn)
+            .filter_map(|arn| self.hosts.get(arn))
+            .map(|h| (h.instance_id.clone(), h.ip))
+            .collect();
+        instances.replace(&self.cluster, by_id);
+    }
+
+    /// Container instance → EC2 instance → private IP, for instances not yet cached.
+    async fn learn_hosts(&mut self, arns: &HashSet<String>) -> Result<(), EcsError> {
+        let unknown: Vec<String> = arns
+            .iter()
             .filter(|a| !self.hosts.contains_key(*a))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .map(str::to_owned)
+            .cloned()
             .collect();
         let mut new_hosts = Vec::new();
         for batch in unknown.chunks(BATCH) {
@@ -350,15 +444,6 @@ impl EcsSource {
             }
         }
         Ok(())
-    }
-
-    /// Keeps the host cache to the instances running tasks now.
-    fn forget_unused_hosts(&mut self, tasks: &[Task]) {
-        let used: HashSet<&str> = tasks
-            .iter()
-            .filter_map(Task::container_instance_arn)
-            .collect();
-        self.hosts.retain(|arn, _| used.contains(arn.as_str()));
     }
 }
 

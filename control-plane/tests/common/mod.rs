@@ -77,11 +77,16 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub async fn connect(channel: Channel, instance_id: &str) -> Self {
+        Self::connect_as(channel, instance_id, "127.0.1.1").await
+    }
+
+    /// As [`TestAgent::connect`], claiming `host_ip` too.
+    pub async fn connect_as(channel: Channel, instance_id: &str, host_ip: &str) -> Self {
         let (tx, rx) = mpsc::channel(16);
         tx.send(pb::AgentMessage {
             kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
                 instance_id: instance_id.to_owned(),
-                host_ip: "127.0.1.1".to_owned(),
+                host_ip: host_ip.to_owned(),
                 namespace: "default".to_owned(),
                 agent_version: "test".to_owned(),
                 ..Default::default()

@@ -44,6 +44,9 @@ impl Controller {
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--cluster", cluster])
             .args(["--resync-interval", resync_interval])
+            // More simulated agents than instances: most claim made-up
+            // instance ids, which the default ECS admission would refuse.
+            .args(["--agent-admission", "credentials"])
             .arg("--store-dir")
             .arg(store.path())
             .env_remove("AWS_PROFILE")
