@@ -300,6 +300,9 @@ show "ecsmeshctl dtab delete default"
 wait_for "the canary to be gone" 30 neither_dtab "world-v2"
 
 log "4. where to look"
+# An agent installs a version before its ACK reaches the controller: the
+# status below is shown once both ACKs are in.
+wait_for "both agents to ACK the last version" 30 bash -c "\"$BIN/ecsmeshctl\" status | grep -q '2/2 agents converged'"
 show "ecsmeshctl status"
 show "curl -s http://$CONTROLLER_ADMIN/agents"
 show "curl -s 'http://$HOST_A:9990/admin/delegator?path=/svc/world'"
