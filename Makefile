@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/ecsmesh/venv
 export ECSMESH_VENV := $(VENV)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test lint fmt bench bench-dtab bench-proxy bench-control bench-profile bench-ab fuzz demo demo-down clean-venv
+.PHONY: all deps test lint deny fmt bench bench-dtab bench-proxy bench-control bench-profile bench-ab fuzz demo demo-down clean-venv
 
 all: test
 
@@ -33,6 +33,10 @@ test: deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## deny: cargo-deny's supply-chain checks (deny.toml): licenses, duplicate versions, sources, advisories.
+deny:
+	bash scripts/deny.sh
 
 fmt:
 	$(CARGO) fmt --all
