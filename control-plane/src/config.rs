@@ -179,6 +179,10 @@ pub struct EcsFileConfig {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub resync_interval: Option<String>,
+    /// ECS and EC2 calls a second, sustained (see [`crate::sources::budget`]).
+    pub api_rate: Option<f64>,
+    /// ECS and EC2 calls that may go at once.
+    pub api_burst: Option<f64>,
 }
 
 /// Flags (each also an environment variable).
@@ -235,6 +239,14 @@ pub struct Args {
     /// How often ECS is re-read [default: 10s].
     #[arg(long, env = "ECSMESH_RESYNC_INTERVAL")]
     pub resync_interval: Option<String>,
+    /// ECS and EC2 calls a second, sustained, shared by every cluster;
+    /// throttling halves it for a while [default: 10].
+    #[arg(long, env = "ECSMESH_ECS_API_RATE")]
+    pub ecs_api_rate: Option<f64>,
+    /// ECS and EC2 calls that may go at once after a quiet period
+    /// [default: the rate].
+    #[arg(long, env = "ECSMESH_ECS_API_BURST")]
+    pub ecs_api_burst: Option<f64>,
     /// Base dtab of the "default" namespace [default: /svc=>/#/ecs/<cluster> for one cluster].
     #[arg(long, env = "ECSMESH_BASE_DTAB")]
     pub base_dtab: Option<String>,
@@ -334,6 +346,7 @@ pub struct EcsSettings {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub resync_interval: Duration,
+    pub api_budget: crate::sources::budget::BudgetSettings,
 }
 
 /// The resolved configuration.
@@ -376,6 +389,18 @@ impl Config {
             .as_deref()
             .or(file_ecs.resync_interval.as_deref())
             .map_or(Ok(Duration::from_secs(10)), parse_duration)?;
+        let rate = args
+            .ecs_api_rate
+            .or(file_ecs.api_rate)
+            .unwrap_or(crate::sources::budget::DEFAULT_RATE);
+        let burst = args.ecs_api_burst.or(file_ecs.api_burst).unwrap_or(rate);
+        if !(rate.is_finite() && rate > 0.0 && burst.is_finite() && burst >= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "ecs api_rate {rate} and api_burst {burst}: the rate must be above 0 and the burst at least 1"
+            ))
+            .into());
+        }
+        let api_budget = crate::sources::budget::BudgetSettings { rate, burst };
         let mut base: BTreeMap<String, String> = file
             .namespaces
             .into_iter()
@@ -426,6 +451,7 @@ impl Config {
             region: args.aws_region.clone().or(file_ecs.region),
             endpoint_url: args.aws_endpoint_url.clone().or(file_ecs.endpoint_url),
             resync_interval,
+            api_budget,
         });
         Ok(Self {
             grpc_addr: args

@@ -49,6 +49,9 @@ pub struct Metrics {
     agent_messages_refused: Family<Refusal, Counter>,
     agent_streams_refused: Family<Refusal, Counter>,
     traffic_services: Gauge,
+    api_throttles: Family<ApiCall, Counter>,
+    api_budget_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
+    api_budget_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -75,6 +78,9 @@ impl Metrics {
             summary_services_dropped: Family::default(),
             agent_messages_refused: Family::default(),
             agent_streams_refused: Family::default(),
+            api_throttles: Family::default(),
+            api_budget_rate: Gauge::default(),
+            api_budget_wait_seconds: Counter::default(),
             traffic_services: Gauge::default(),
         };
         {
@@ -118,38 +124,59 @@ impl Metrics {
                 Unit::Seconds,
                 m.push_latency_seconds.clone(),
             );
-            r.register(
-                "tls_handshake_failures",
-                "TLS handshakes refused on the gRPC port, by reason",
-                m.tls_handshake_failures.clone(),
-            );
-            r.register(
-                "dtab_writes_refused",
-                "Dtab writes refused by a bound, by reason (dtab_too_large, too_many_namespaces, invalid_namespace)",
-                m.dtab_writes_refused.clone(),
-            );
-            r.register(
-                "summary_services_dropped",
-                "Services dropped from agents' traffic summaries, by reason (summary_limit, service_limit, name_too_long)",
-                m.summary_services_dropped.clone(),
-            );
-            r.register(
-                "agent_messages_refused",
-                "Agent stream messages refused (the stream is closed), by reason (too_large)",
-                m.agent_messages_refused.clone(),
-            );
-            r.register(
-                "agent_streams_refused",
-                "Mesh streams refused at admission, by reason (no_certificate, identity, no_token, bad_token, certificate_instance, unknown_instance, host_ip, unknown_cluster, not_ready)",
-                m.agent_streams_refused.clone(),
-            );
-            r.register(
-                "traffic_services",
-                "Distinct service names kept from the agents' traffic summaries",
-                m.traffic_services.clone(),
-            );
+            m.register_bounds_and_budget(r);
         }
         m
+    }
+
+    /// The refusal counters (hostile input) and the ECS/EC2 call budget.
+    fn register_bounds_and_budget(&self, r: &mut Registry) {
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes refused on the gRPC port, by reason",
+            self.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "dtab_writes_refused",
+            "Dtab writes refused by a bound, by reason (dtab_too_large, too_many_namespaces, invalid_namespace)",
+            self.dtab_writes_refused.clone(),
+        );
+        r.register(
+            "summary_services_dropped",
+            "Services dropped from agents' traffic summaries, by reason (summary_limit, service_limit, name_too_long)",
+            self.summary_services_dropped.clone(),
+        );
+        r.register(
+            "agent_messages_refused",
+            "Agent stream messages refused (the stream is closed), by reason (too_large)",
+            self.agent_messages_refused.clone(),
+        );
+        r.register(
+            "agent_streams_refused",
+            "Mesh streams refused at admission, by reason (no_certificate, identity, no_token, bad_token, certificate_instance, unknown_instance, host_ip, unknown_cluster, not_ready)",
+            self.agent_streams_refused.clone(),
+        );
+        r.register(
+            "api_throttles",
+            "ECS and EC2 calls answered with throttling, by operation (each halves the call budget's rate)",
+            self.api_throttles.clone(),
+        );
+        r.register(
+            "api_budget_rate",
+            "The ECS/EC2 call budget's current rate, calls per second",
+            self.api_budget_rate.clone(),
+        );
+        r.register_with_unit(
+            "api_budget_wait",
+            "Time ECS and EC2 calls waited for the call budget",
+            Unit::Seconds,
+            self.api_budget_wait_seconds.clone(),
+        );
+        r.register(
+            "traffic_services",
+            "Distinct service names kept from the agents' traffic summaries",
+            self.traffic_services.clone(),
+        );
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -171,6 +198,22 @@ impl Metrics {
         let errors = self.api_errors.get_or_create(&labels);
         if !ok {
             errors.inc();
+        }
+    }
+
+    pub fn api_throttled(&self, api: &'static str, operation: &'static str) {
+        self.api_throttles
+            .get_or_create(&ApiCall { api, operation })
+            .inc();
+    }
+
+    pub fn set_api_budget_rate(&self, rate: f64) {
+        self.api_budget_rate.set(rate);
+    }
+
+    pub fn api_budget_wait(&self, waited: Duration) {
+        if !waited.is_zero() {
+            self.api_budget_wait_seconds.inc_by(waited.as_secs_f64());
         }
     }
 

@@ -234,3 +234,75 @@ async fn a_failing_api_keeps_the_last_state() {
     .expect("recovered after the API came back");
     run.abort();
 }
+
+/// The value of an unlabelled series in the metrics text.
+fn gauge(metrics: &Metrics, name: &str) -> f64 {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(f64::NAN, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_call_budget_paces_calls_and_throttling_shrinks_it() {
+    use ecsmesh_controller::sources::budget::{BudgetSettings, CallBudget};
+    let moto = MotoServer::shared();
+    let region = "ap-southeast-2";
+    let conf = sdk_config(&moto.endpoint(), region).await;
+    let topology = Topology::create(&conf, "budget", 46, &["127.0.46.1"]).await;
+    let web = topology
+        .task_definition("web", NetworkMode::Bridge, "web", &[(8080, 0)], &[], &[])
+        .await;
+    topology.create_service("world", &web, 1).await;
+    let proxy = ecsmesh_test_support::faults::FaultProxy::start(moto.port()).await;
+    let (mut source, metrics) = source_for(&topology, &proxy.endpoint(), region).await;
+    source.budget = Arc::new(CallBudget::new(BudgetSettings {
+        rate: 4.0,
+        burst: 1.0,
+    }));
+
+    // A first resync: every call waits its turn at 4 a second.
+    let started = std::time::Instant::now();
+    let good = source.resync().await.unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let made: u64 = [
+        ("ecs", "ListTasks"),
+        ("ecs", "DescribeTasks"),
+        ("ecs", "DescribeContainerInstances"),
+        ("ec2", "DescribeInstances"),
+        ("ecs", "DescribeTaskDefinition"),
+    ]
+    .iter()
+    .map(|(api, op)| calls(&metrics, api, op))
+    .sum();
+    assert_eq!(made, 5);
+    #[allow(clippy::cast_precision_loss)]
+    let least = (made - 1) as f64 / 4.0;
+    assert!(took >= least - 0.05, "{made} calls in {took:.2} s");
+    assert!(
+        gauge(&metrics, "ecsmesh_controller_api_budget_wait_seconds_total") > 0.5,
+        "{}",
+        metrics.encode()
+    );
+
+    // Throttled: the rate halves at each throttle, and the view stays.
+    proxy.throttle(true);
+    assert!(source.resync().await.unwrap_err().throttled);
+    assert!((gauge(&metrics, "ecsmesh_controller_api_budget_rate") - 2.0).abs() < 1e-9);
+    assert!(source.resync().await.unwrap_err().throttled);
+    assert!((gauge(&metrics, "ecsmesh_controller_api_budget_rate") - 1.0).abs() < 1e-9);
+    assert!(
+        metrics.encode().contains(
+            "ecsmesh_controller_api_throttles_total{api=\"ecs\",operation=\"ListTasks\"} 2"
+        ),
+        "{}",
+        metrics.encode()
+    );
+
+    // Calls that succeed win the rate back a little at a time.
+    proxy.throttle(false);
+    assert_eq!(source.resync().await.unwrap(), good);
+    let rate = gauge(&metrics, "ecsmesh_controller_api_budget_rate");
+    assert!(rate > 1.0 && rate < 4.0, "{rate}");
+}

@@ -8,6 +8,7 @@
 //! known, `DescribeTaskDefinition` once per task definition ever (they are
 //! immutable). An error never empties a set: the last good view stays until
 //! a resync succeeds, and throttling backs the loop off exponentially.
+//! Every call takes a token from the controller's [`CallBudget`] first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +27,7 @@ use ecsmesh_state::{Endpoint, EndpointSet, names};
 use crate::admission::Instances;
 use crate::config::EcsSettings;
 use crate::metrics::Metrics;
+use crate::sources::budget::{BudgetSettings, CallBudget};
 use crate::sources::{Observed, SourceSets};
 
 /// The AWS limit on ARNs per DescribeTasks / DescribeContainerInstances call.
@@ -98,6 +100,8 @@ pub async fn run(
     instances: Option<Arc<Instances>>,
 ) {
     let (ecs, ec2) = clients(&settings).await;
+    let budget = Arc::new(CallBudget::new(settings.api_budget));
+    metrics.set_api_budget_rate(budget.rate());
     let mut loops = tokio::task::JoinSet::new();
     for cluster in &settings.clusters {
         let mut source = EcsSource::new(
@@ -107,6 +111,7 @@ pub async fn run(
             Arc::clone(&metrics),
         );
         source.instances.clone_from(&instances);
+        source.budget = Arc::clone(&budget);
         let (observed, interval) = (Arc::clone(&observed), settings.resync_interval);
         loops.spawn(async move { source.run(&observed, interval).await });
     }
@@ -143,6 +148,8 @@ pub struct EcsSource {
     pub instances: Option<Arc<Instances>>,
     /// Container instance ARNs at the last listing.
     listed: HashSet<String>,
+    /// Shared by every cluster's source: the controller's ECS/EC2 calls.
+    pub budget: Arc<CallBudget>,
 }
 
 /// The shortest time between two listings of container instances asked for
@@ -162,6 +169,7 @@ impl EcsSource {
             last_by_task: HashMap::new(),
             instances: None,
             listed: HashSet::new(),
+            budget: Arc::new(CallBudget::new(BudgetSettings::default())),
         }
     }
 
@@ -220,6 +228,55 @@ impl EcsSource {
         self.metrics.api_call(api, operation, ok);
     }
 
+    /// One ECS or EC2 call through the [`CallBudget`]: a token first (the
+    /// SDK's `send()` future does nothing until polled), then the call;
+    /// its outcome feeds the budget and the metrics.
+    async fn call<T, E, R>(
+        &self,
+        api: &'static str,
+        operation: &'static str,
+        send: impl Future<Output = Result<T, aws_sdk_ecs::error::SdkError<E, R>>>,
+    ) -> Result<T, EcsError>
+    where
+        E: aws_sdk_ecs::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        self.metrics.api_budget_wait(self.budget.acquire().await);
+        let result = send.await.map_err(|e| EcsError::from_sdk(operation, &e));
+        self.settle(api, operation, result.as_ref().err());
+        result
+    }
+
+    /// As [`Self::call`], for a paginator's next page (`None`: no more).
+    async fn call_paged<T, E, R>(
+        &self,
+        api: &'static str,
+        operation: &'static str,
+        next: impl Future<Output = Option<Result<T, aws_sdk_ecs::error::SdkError<E, R>>>>,
+    ) -> Result<Option<T>, EcsError>
+    where
+        E: aws_sdk_ecs::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        self.metrics.api_budget_wait(self.budget.acquire().await);
+        let Some(page) = next.await else {
+            return Ok(None);
+        };
+        let result = page.map_err(|e| EcsError::from_sdk(operation, &e));
+        self.settle(api, operation, result.as_ref().err());
+        result.map(Some)
+    }
+
+    fn settle(&self, api: &'static str, operation: &'static str, error: Option<&EcsError>) {
+        let throttled = error.is_some_and(|e| e.throttled);
+        self.budget.record(throttled);
+        self.count(api, operation, error.is_none());
+        if throttled {
+            self.metrics.api_throttled(api, operation);
+        }
+        self.metrics.set_api_budget_rate(self.budget.rate());
+    }
+
     /// One full read of the cluster.
     pub async fn resync(&mut self) -> Result<SourceSets, EcsError> {
         let arns = self.list_tasks().await?;
@@ -230,14 +287,16 @@ impl EcsSource {
         let mut undescribed = Vec::new();
         for batch in arns.chunks(BATCH) {
             let out = self
-                .ecs
-                .describe_tasks()
-                .cluster(&self.cluster)
-                .set_tasks(Some(batch.to_vec()))
-                .send()
-                .await;
-            self.count("ecs", "DescribeTasks", out.is_ok());
-            let out = out.map_err(|e| EcsError::from_sdk("DescribeTasks", &e))?;
+                .call(
+                    "ecs",
+                    "DescribeTasks",
+                    self.ecs
+                        .describe_tasks()
+                        .cluster(&self.cluster)
+                        .set_tasks(Some(batch.to_vec()))
+                        .send(),
+                )
+                .await?;
             for f in out.failures() {
                 tracing::warn!(arn = ?f.arn(), reason = ?f.reason(), "DescribeTasks failure");
                 self.count("ecs", "DescribeTasksFailure", false);
@@ -295,9 +354,7 @@ impl EcsSource {
             .into_paginator()
             .send();
         let mut arns = Vec::new();
-        while let Some(page) = pages.next().await {
-            self.count("ecs", "ListTasks", page.is_ok());
-            let page = page.map_err(|e| EcsError::from_sdk("ListTasks", &e))?;
+        while let Some(page) = self.call_paged("ecs", "ListTasks", pages.next()).await? {
             arns.extend(page.task_arns.unwrap_or_default());
         }
         Ok(arns)
@@ -313,9 +370,10 @@ impl EcsSource {
             .into_paginator()
             .send();
         let mut arns = HashSet::new();
-        while let Some(page) = pages.next().await {
-            self.count("ecs", "ListContainerInstances", page.is_ok());
-            let page = page.map_err(|e| EcsError::from_sdk("ListContainerInstances", &e))?;
+        while let Some(page) = self
+            .call_paged("ecs", "ListContainerInstances", pages.next())
+            .await?
+        {
             arns.extend(page.container_instance_arns.unwrap_or_default());
         }
         Ok(arns)
@@ -354,14 +412,16 @@ impl EcsSource {
         let mut new_hosts = Vec::new();
         for batch in unknown.chunks(BATCH) {
             let out = self
-                .ecs
-                .describe_container_instances()
-                .cluster(&self.cluster)
-                .set_container_instances(Some(batch.to_vec()))
-                .send()
-                .await;
-            self.count("ecs", "DescribeContainerInstances", out.is_ok());
-            let out = out.map_err(|e| EcsError::from_sdk("DescribeContainerInstances", &e))?;
+                .call(
+                    "ecs",
+                    "DescribeContainerInstances",
+                    self.ecs
+                        .describe_container_instances()
+                        .cluster(&self.cluster)
+                        .set_container_instances(Some(batch.to_vec()))
+                        .send(),
+                )
+                .await?;
             for ci in out.container_instances() {
                 let (Some(arn), Some(instance_id)) =
                     (ci.container_instance_arn(), ci.ec2_instance_id())
@@ -394,13 +454,15 @@ impl EcsSource {
         let mut ips = HashMap::new();
         for batch in ids.chunks(BATCH) {
             let out = self
-                .ec2
-                .describe_instances()
-                .set_instance_ids(Some(batch.to_vec()))
-                .send()
-                .await;
-            self.count("ec2", "DescribeInstances", out.is_ok());
-            let out = out.map_err(|e| EcsError::from_sdk("DescribeInstances", &e))?;
+                .call(
+                    "ec2",
+                    "DescribeInstances",
+                    self.ec2
+                        .describe_instances()
+                        .set_instance_ids(Some(batch.to_vec()))
+                        .send(),
+                )
+                .await?;
             for instance in out
                 .reservations()
                 .iter()
@@ -432,13 +494,15 @@ impl EcsSource {
             .collect();
         for arn in unknown {
             let out = self
-                .ecs
-                .describe_task_definition()
-                .task_definition(arn)
-                .send()
-                .await;
-            self.count("ecs", "DescribeTaskDefinition", out.is_ok());
-            let out = out.map_err(|e| EcsError::from_sdk("DescribeTaskDefinition", &e))?;
+                .call(
+                    "ecs",
+                    "DescribeTaskDefinition",
+                    self.ecs
+                        .describe_task_definition()
+                        .task_definition(arn)
+                        .send(),
+                )
+                .await?;
             if let Some(def) = out.task_definition {
                 self.task_definitions.insert(arn.to_owned(), Arc::new(def));
             }

@@ -3,6 +3,7 @@
 //! kube-runtime's reflector swapping its store at the end of a relist), so
 //! the reconciler never sees half a resync.
 
+pub mod budget;
 pub mod consul;
 pub mod ecs;
 

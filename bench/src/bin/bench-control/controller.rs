@@ -47,6 +47,9 @@ impl Controller {
             // More simulated agents than instances: most claim made-up
             // instance ids, which the default ECS admission would refuse.
             .args(["--agent-admission", "credentials"])
+            // The emulator has no account-wide limits to share: the bench
+            // measures the controller's own work, not the call budget.
+            .args(["--ecs-api-rate", "10000"])
             .arg("--store-dir")
             .arg(store.path())
             .env_remove("AWS_PROFILE")
