@@ -46,6 +46,8 @@ pub enum Agent {
     Daemon,
 }
 
+// Command-line switches, each independent of the others: no state machine.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// The ECS cluster; it names every resource.
@@ -109,12 +111,26 @@ pub struct DeployArgs {
     /// closed launch configurations to accounts created after 2024-10-01.
     #[arg(long)]
     launch_configuration: bool,
-    /// TLS on every hop: an SSM Parameter Store path (e.g. /ecsmesh/<cluster>/tls)
-    /// holding the SecureString parameters ca.pem, agent.pem, agent-key.pem,
-    /// controller.pem and controller-key.pem, which each instance copies to
-    /// /etc/ecsmesh/tls at boot and every 15 minutes. See deploy/README.md.
+    /// Your own TLS certificates: an SSM Parameter Store path (e.g.
+    /// /team/<cluster>/tls) holding the SecureString parameters ca.pem,
+    /// agent.pem, agent-key.pem, controller.pem and controller-key.pem, which
+    /// each instance copies to /etc/ecsmesh/tls at boot and every 15 minutes
+    /// [default: up generates them under /ecsmesh/<cluster>/tls]. See
+    /// deploy/README.md.
     #[arg(long, value_name = "PATH")]
     tls_ssm_prefix: Option<String>,
+    /// No managed secrets: no generated certificates and no tokens; without
+    /// --tls-ssm-prefix, dtab writes and the agent stream are open to anyone
+    /// who reaches the controller's port.
+    #[arg(long)]
+    insecure: bool,
+    /// Where up writes the operator's material when it generates the
+    /// secrets: the mesh CA and its key, admin.pem, admin-key.pem,
+    /// admin-token and an ecsmeshctl settings file (ecsmeshctl.yaml), all
+    /// 0600 [default: $XDG_CONFIG_HOME/ecsmesh/<cluster>, else
+    /// ~/.config/ecsmesh/<cluster>].
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
     /// Print the plan (create/update/unchanged per resource); call no mutating API.
     #[arg(long)]
     dry_run: bool,
@@ -134,7 +150,8 @@ pub struct StatusArgs {
     /// which answers only from inside the VPC].
     #[arg(long, value_name = "URL")]
     controller: Option<String>,
-    /// With TLS: the mesh CA bundle the controller's certificate is verified against.
+    /// With TLS: the mesh CA bundle the controller's certificate is verified
+    /// against [default: ca.pem in the secrets directory, when there].
     #[arg(long = "tls-ca", value_name = "PEM")]
     tls_ca: Option<PathBuf>,
     /// With TLS: the name the controller's certificate carries [default
@@ -187,6 +204,11 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
     cfg.with_demo = args.with_demo;
     cfg.launch_configuration = args.launch_configuration;
     cfg.tls_ssm_prefix.clone_from(&args.tls_ssm_prefix);
+    cfg.insecure = args.insecure;
+    cfg.secrets_dir = args.secrets_dir.clone().or_else(|| {
+        let env = |k: &str| std::env::var(k).ok();
+        default_secrets_dir(&env, &args.cluster)
+    });
 
     let mut deployer = Deployer::new(&sdk, cfg)?;
     let text = matches!(args.output, Output::Text);
@@ -257,11 +279,17 @@ async fn ask_controllers(
         Some(a) => vec![a.to_owned()],
         None => deployer.controller_endpoints().await?,
     };
+    // The CA `up` saved for the operator, unless another is given.
+    let tls_ca = status.tls_ca.clone().or_else(|| {
+        let cfg = deployer.config();
+        let ca = cfg.secrets_dir.as_ref()?.join("ca.pem");
+        (cfg.tls() && ca.is_file()).then_some(ca)
+    });
     let mut asked = Vec::new();
     for address in addresses {
         let args = ControllerArgs {
             controller: Some(address.clone()),
-            tls_ca: status.tls_ca.clone(),
+            tls_ca: tls_ca.clone(),
             tls_server_name: server_name.clone(),
             ..ControllerArgs::default()
         };
@@ -296,6 +324,13 @@ async fn ask_controllers(
         without_agent,
         found_in_ecs: address.is_none(),
     })
+}
+
+/// The operator's secrets directory when none is given:
+/// `$XDG_CONFIG_HOME/ecsmesh/<cluster>`, else `~/.config/ecsmesh/<cluster>`
+/// (beside ecsmeshctl's own settings file).
+fn default_secrets_dir(env: &crate::config::Env, cluster: &str) -> Option<PathBuf> {
+    crate::config::default_path(env).and_then(|p| p.parent().map(|dir| dir.join(cluster)))
 }
 
 /// Ready once the first mesh state is published, as the controller's `/ready` says.
@@ -415,4 +450,25 @@ fn report_text(r: &Report) -> String {
         let _ = write!(out, "{what}: nothing to change for cluster {}", r.cluster);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn the_secrets_directory_follows_xdg() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            let map: HashMap<&str, &str> = vars.iter().copied().collect();
+            move |k: &str| map.get(k).map(|v| (*v).to_owned())
+        };
+        let dir = default_secrets_dir(&env(&[("XDG_CONFIG_HOME", "/x"), ("HOME", "/h")]), "prod");
+        assert_eq!(dir.unwrap(), Path::new("/x/ecsmesh/prod"));
+        let dir = default_secrets_dir(&env(&[("HOME", "/h")]), "prod");
+        assert_eq!(dir.unwrap(), Path::new("/h/.config/ecsmesh/prod"));
+        assert!(default_secrets_dir(&env(&[]), "prod").is_none());
+    }
 }

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use ecsmesh_controller::Controller;
-use ecsmesh_controller::config::{Args, Config, FileConfig};
+use ecsmesh_controller::config::{Args, Config, FileConfig, Security, ServerTlsSettings};
 use ecsmesh_dtab::Path;
 use ecsmesh_proto::v1 as pb;
 use ecsmesh_state::{Endpoint, EndpointSet};
 use ecsmesh_test_support::ecs::{AMI, Topology, sdk_config};
 use ecsmesh_test_support::moto::MotoServer;
+use ecsmesh_tls::{ClientAuth, TlsFiles};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -40,13 +41,21 @@ async fn ctl(args: Vec<String>) -> (i32, String, String) {
     common::ecsmeshctl(args, env).await
 }
 
-/// `deploy <command>` for the test cluster, then `extra`.
+/// `deploy <command>` for the test cluster, `--insecure` (its controller
+/// here is a plaintext one), then `extra`.
 fn deploy(command: &str, subnet: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = deploy_cluster(CLUSTER, command, subnet, extra);
+    args.push("--insecure".to_owned());
+    args
+}
+
+/// `deploy <command>` for `cluster`, then `extra`.
+fn deploy_cluster(cluster: &str, command: &str, subnet: &str, extra: &[&str]) -> Vec<String> {
     [
         "deploy",
         command,
         "--cluster",
-        CLUSTER,
+        cluster,
         "--region",
         REGION,
         "--subnet",
@@ -289,5 +298,137 @@ async fn aws_errors_name_the_operation_and_the_resource() {
     assert!(
         err.starts_with("ecsmeshctl: DescribeSubnets subnet-doesnotexist: "),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn up_by_default_leaves_a_settings_file_that_ecsmeshctl_uses() {
+    let conf = sdk_config(&MotoServer::shared().endpoint(), REGION).await;
+    let net = Topology::create(&conf, "network-only-sigma", 43, &[]).await;
+    let subnet = net.node_subnet.clone();
+    // The default directory: $XDG_CONFIG_HOME/ecsmesh/<cluster>.
+    let config_home = tempfile::tempdir().unwrap();
+    let env = |extra: Vec<(&'static str, String)>| {
+        let mut env = vec![
+            (
+                "ECSMESH_AWS_ENDPOINT_URL",
+                MotoServer::shared().endpoint().clone(),
+            ),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+            ("XDG_CONFIG_HOME", config_home.path().display().to_string()),
+        ];
+        env.extend(extra);
+        env
+    };
+    let (code, out, err) =
+        common::ecsmeshctl(deploy_cluster("sigma", "up", &subnet, &[]), env(vec![])).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let dir = config_home.path().join("ecsmesh/sigma");
+    assert!(
+        out.contains(&format!("create    operator-secrets     {}", dir.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("create    ssm-parameter        /ecsmesh/sigma/admin-token"),
+        "{out}"
+    );
+
+    // A controller as the deployed one is configured: the generated TLS
+    // files (the operator's directory holds what was put in SSM), the
+    // admin identity and the admin token.
+    let store = tempfile::tempdir().unwrap();
+    let config = Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        store_dir: store.path().to_owned(),
+        admin_token: Some(
+            std::fs::read_to_string(dir.join("admin-token"))
+                .unwrap()
+                .trim()
+                .into(),
+        ),
+        base_dtabs: ecsmesh_controller::reconcile::BaseDtabs(
+            [(
+                "default".to_owned(),
+                Arc::new(ecsmesh_dtab::Dtab::read("/svc=>/#/ecs/sigma").unwrap()),
+            )]
+            .into(),
+        ),
+        ecs: None,
+        consul: None,
+        consul_store: None,
+        security: Security {
+            tls: Some(ServerTlsSettings {
+                files: TlsFiles {
+                    ca: Some(dir.join("ca.pem")),
+                    cert: Some(dir.join("controller.pem")),
+                    key: Some(dir.join("controller-key.pem")),
+                },
+                client_auth: ClientAuth::Optional,
+                reload_interval: ecsmesh_tls::DEFAULT_RELOAD_INTERVAL,
+            }),
+            admin_identities: vec![ecsmesh_deploy::TLS_ADMIN_IDENTITY.into()],
+            ..Security::default()
+        },
+    };
+    let c = Controller::start(config, &["test"]).await.unwrap();
+    c.observed.replace("test", BTreeMap::new());
+
+    // Only the settings file (and the address: the file's is the
+    // instance's loopback, which a tunnel would forward).
+    let settings = dir.join("ecsmeshctl.yaml");
+    let with_settings = || {
+        env(vec![
+            ("ECSMESH_CTL_CONFIG", settings.display().to_string()),
+            ("ECSMESH_CONTROLLER", format!("https://{}", c.grpc_addr)),
+        ])
+    };
+    let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (code, out, err) = common::ecsmeshctl(
+        args(&["dtab", "set", "default", "/svc/a=>/svc/b"]),
+        with_settings(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) =
+        common::ecsmeshctl(args(&["dtab", "get", "default"]), with_settings()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("/svc/a=>/svc/b"), "{out}");
+    // Without the file's credentials the write is refused.
+    let (code, _, err) = common::ecsmeshctl(
+        args(&[
+            "dtab",
+            "set",
+            "default",
+            "/svc/a=>/svc/c",
+            "--tls-ca",
+            &dir.join("ca.pem").display().to_string(),
+            "--tls-server-name",
+            "ecsmesh-controller",
+        ]),
+        env(vec![(
+            "ECSMESH_CONTROLLER",
+            format!("https://{}", c.grpc_addr),
+        )]),
+    )
+    .await;
+    assert_ne!(code, 0, "a write without credentials: {err}");
+
+    // A second up keeps everything; down removes the parameters it made.
+    let (code, out, err) =
+        common::ecsmeshctl(deploy_cluster("sigma", "up", &subnet, &[]), env(vec![])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("up: nothing to change for cluster sigma"),
+        "{out}"
+    );
+    let (code, out, err) =
+        common::ecsmeshctl(deploy_cluster("sigma", "down", &subnet, &[]), env(vec![])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("delete    ssm-parameter        /ecsmesh/sigma/tls/controller-key.pem"),
+        "{out}"
     );
 }

@@ -183,6 +183,10 @@ pub struct EcsFileConfig {
     pub api_rate: Option<f64>,
     /// ECS and EC2 calls that may go at once.
     pub api_burst: Option<f64>,
+    /// The SQS queue EventBridge delivers ECS events to.
+    pub events_queue_url: Option<String>,
+    /// The full resync's interval when events are followed.
+    pub full_resync_interval: Option<String>,
 }
 
 /// Flags (each also an environment variable).
@@ -247,6 +251,14 @@ pub struct Args {
     /// [default: the rate].
     #[arg(long, env = "ECSMESH_ECS_API_BURST")]
     pub ecs_api_burst: Option<f64>,
+    /// The SQS queue EventBridge delivers "ECS Task State Change" and "ECS
+    /// Container Instance State Change" events to: followed as the fast
+    /// path, the full resync becomes the backstop.
+    #[arg(long, env = "ECSMESH_ECS_EVENTS_QUEUE_URL")]
+    pub ecs_events_queue_url: Option<String>,
+    /// The full resync's interval when events are followed [default: 5m].
+    #[arg(long, env = "ECSMESH_FULL_RESYNC_INTERVAL")]
+    pub full_resync_interval: Option<String>,
     /// Base dtab of the "default" namespace [default: /svc=>/#/ecs/<cluster> for one cluster].
     #[arg(long, env = "ECSMESH_BASE_DTAB")]
     pub base_dtab: Option<String>,
@@ -347,6 +359,8 @@ pub struct EcsSettings {
     pub endpoint_url: Option<String>,
     pub resync_interval: Duration,
     pub api_budget: crate::sources::budget::BudgetSettings,
+    pub events_queue_url: Option<String>,
+    pub full_resync_interval: Duration,
 }
 
 /// The resolved configuration.
@@ -380,27 +394,10 @@ impl Config {
     pub fn resolve(args: &Args, file: FileConfig) -> Result<Self, InvalidConfig> {
         let file_ecs = file.ecs.unwrap_or_default();
         let clusters = if args.clusters.is_empty() {
-            file_ecs.clusters
+            file_ecs.clusters.clone()
         } else {
             args.clusters.clone()
         };
-        let resync_interval = args
-            .resync_interval
-            .as_deref()
-            .or(file_ecs.resync_interval.as_deref())
-            .map_or(Ok(Duration::from_secs(10)), parse_duration)?;
-        let rate = args
-            .ecs_api_rate
-            .or(file_ecs.api_rate)
-            .unwrap_or(crate::sources::budget::DEFAULT_RATE);
-        let burst = args.ecs_api_burst.or(file_ecs.api_burst).unwrap_or(rate);
-        if !(rate.is_finite() && rate > 0.0 && burst.is_finite() && burst >= 1.0) {
-            return Err(ConfigError::Invalid(format!(
-                "ecs api_rate {rate} and api_burst {burst}: the rate must be above 0 and the burst at least 1"
-            ))
-            .into());
-        }
-        let api_budget = crate::sources::budget::BudgetSettings { rate, burst };
         let mut base: BTreeMap<String, String> = file
             .namespaces
             .into_iter()
@@ -446,13 +443,11 @@ impl Config {
         let store_kind = args.store.or(file.store).unwrap_or_default();
         let (consul, consul_store) =
             consul_settings(args, file.consul.unwrap_or_default(), store_kind)?;
-        let ecs = (!clusters.is_empty()).then(|| EcsSettings {
-            clusters,
-            region: args.aws_region.clone().or(file_ecs.region),
-            endpoint_url: args.aws_endpoint_url.clone().or(file_ecs.endpoint_url),
-            resync_interval,
-            api_budget,
-        });
+        let ecs = if clusters.is_empty() {
+            None
+        } else {
+            Some(ecs_settings(args, file_ecs, clusters)?)
+        };
         Ok(Self {
             grpc_addr: args
                 .grpc_addr
@@ -579,6 +574,49 @@ fn security(args: &Args, file: TlsFileConfig) -> Result<Security, InvalidConfig>
         allow_unauthenticated_writes: args.allow_unauthenticated_writes,
         allow_unauthenticated_agents: args.allow_unauthenticated_agents,
         ..Security::default()
+    })
+}
+
+/// The ECS source's settings (`clusters` resolved already).
+fn ecs_settings(
+    args: &Args,
+    file_ecs: EcsFileConfig,
+    clusters: Vec<String>,
+) -> Result<EcsSettings, InvalidConfig> {
+    let resync_interval = args
+        .resync_interval
+        .as_deref()
+        .or(file_ecs.resync_interval.as_deref())
+        .map_or(Ok(Duration::from_secs(10)), parse_duration)?;
+    let rate = args
+        .ecs_api_rate
+        .or(file_ecs.api_rate)
+        .unwrap_or(crate::sources::budget::DEFAULT_RATE);
+    let burst = args.ecs_api_burst.or(file_ecs.api_burst).unwrap_or(rate);
+    if !(rate.is_finite() && rate > 0.0 && burst.is_finite() && burst >= 1.0) {
+        return Err(ConfigError::Invalid(format!(
+            "ecs api_rate {rate} and api_burst {burst}: the rate must be above 0 and the burst at least 1"
+        ))
+        .into());
+    }
+    let api_budget = crate::sources::budget::BudgetSettings { rate, burst };
+    let events_queue_url = args
+        .ecs_events_queue_url
+        .clone()
+        .or(file_ecs.events_queue_url);
+    let full_resync_interval = args
+        .full_resync_interval
+        .as_deref()
+        .or(file_ecs.full_resync_interval.as_deref())
+        .map_or(Ok(Duration::from_mins(5)), parse_duration)?;
+    Ok(EcsSettings {
+        clusters,
+        region: args.aws_region.clone().or(file_ecs.region),
+        endpoint_url: args.aws_endpoint_url.clone().or(file_ecs.endpoint_url),
+        resync_interval,
+        api_budget,
+        events_queue_url,
+        full_resync_interval,
     })
 }
 

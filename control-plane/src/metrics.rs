@@ -27,6 +27,12 @@ pub struct TlsFailure {
     pub reason: &'static str,
 }
 
+/// What became of an ECS event from the queue.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventOutcome {
+    pub result: &'static str,
+}
+
 /// Why a client's input was refused or cut (see [`crate::limits`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refusal {
@@ -50,6 +56,7 @@ pub struct Metrics {
     agent_streams_refused: Family<Refusal, Counter>,
     traffic_services: Gauge,
     api_throttles: Family<ApiCall, Counter>,
+    ecs_events: Family<EventOutcome, Counter>,
     api_budget_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     api_budget_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
@@ -79,6 +86,7 @@ impl Metrics {
             agent_messages_refused: Family::default(),
             agent_streams_refused: Family::default(),
             api_throttles: Family::default(),
+            ecs_events: Family::default(),
             api_budget_rate: Gauge::default(),
             api_budget_wait_seconds: Counter::default(),
             traffic_services: Gauge::default(),
@@ -162,6 +170,11 @@ impl Metrics {
             self.api_throttles.clone(),
         );
         r.register(
+            "ecs_events",
+            "ECS events read from the queue, by result (applied, stale, ignored, malformed, other_cluster)",
+            self.ecs_events.clone(),
+        );
+        r.register(
             "api_budget_rate",
             "The ECS/EC2 call budget's current rate, calls per second",
             self.api_budget_rate.clone(),
@@ -204,6 +217,12 @@ impl Metrics {
     pub fn api_throttled(&self, api: &'static str, operation: &'static str) {
         self.api_throttles
             .get_or_create(&ApiCall { api, operation })
+            .inc();
+    }
+
+    pub fn ecs_event(&self, result: &'static str) {
+        self.ecs_events
+            .get_or_create(&EventOutcome { result })
             .inc();
     }
 

@@ -1,6 +1,8 @@
 //! What `up` deploys: the settings, validated once so that every value is
 //! safe inside the JSON and shell templates.
 
+use std::path::PathBuf;
+
 use crate::error::{DeployError, Result};
 
 /// Where the per-host agent runs.
@@ -49,10 +51,20 @@ pub struct DeployConfig {
     pub consul_address: Option<String>,
     pub with_demo: bool,
     pub launch_configuration: bool,
-    /// TLS on every hop: the SSM Parameter Store path (e.g.
-    /// `/ecsmesh/<cluster>/tls`) holding the SecureString parameters
-    /// [`TLS_PARAMETERS`], which each instance copies into [`TLS_DIR`].
+    /// TLS on every hop from the user's own certificates: the SSM
+    /// Parameter Store path (e.g. `/ecsmesh/<cluster>/tls`) holding the
+    /// SecureString parameters [`TLS_PARAMETERS`], which each instance
+    /// copies into [`TLS_DIR`]. Unset (and not [`insecure`](Self::insecure)):
+    /// `up` generates them under [`managed_prefix`](Self::managed_prefix).
     pub tls_ssm_prefix: Option<String>,
+    /// No managed secrets: no generated TLS material, no tokens, and
+    /// (without `tls_ssm_prefix`) a controller whose dtab writes and agent
+    /// stream are open, as before secure defaults.
+    pub insecure: bool,
+    /// Where `up` writes the operator's material when it generates the
+    /// secrets (the CA and its key, the admin certificate and token, an
+    /// ecsmeshctl settings file). Needed only when something is generated.
+    pub secrets_dir: Option<PathBuf>,
     /// The region the controller reads (the tool's own region).
     pub region: String,
 }
@@ -81,6 +93,8 @@ impl DeployConfig {
             with_demo: false,
             launch_configuration: false,
             tls_ssm_prefix: None,
+            insecure: false,
+            secrets_dir: None,
             region: region.into(),
         }
     }
@@ -217,9 +231,35 @@ impl DeployConfig {
                 .is_ok_and(|ip| ip.is_loopback())
     }
 
-    /// Whether every hop uses TLS (certificates from SSM).
+    /// Whether every hop uses TLS (certificates from SSM): the user's, or
+    /// the ones `up` manages.
     pub fn tls(&self) -> bool {
-        self.tls_ssm_prefix.is_some()
+        self.tls_prefix().is_some()
+    }
+
+    /// The SSM path of the TLS parameters: the user's `tls_ssm_prefix`,
+    /// else (secrets managed) `<managed prefix>/tls`.
+    pub fn tls_prefix(&self) -> Option<String> {
+        self.tls_ssm_prefix.clone().or_else(|| {
+            self.managed_tls()
+                .then(|| format!("{}/tls", self.managed_prefix()))
+        })
+    }
+
+    /// Whether `up` generates and owns the TLS parameters.
+    pub fn managed_tls(&self) -> bool {
+        !self.insecure && self.tls_ssm_prefix.is_none()
+    }
+
+    /// Whether `up` generates and owns the admin and agent tokens.
+    pub fn managed_tokens(&self) -> bool {
+        !self.insecure
+    }
+
+    /// The SSM path under which `up` keeps the secrets it owns,
+    /// `/ecsmesh/<cluster>` (the cluster name is valid in an SSM path).
+    pub fn managed_prefix(&self) -> String {
+        format!("/ecsmesh/{}", self.cluster)
     }
 
     /// The controller address agents dial: with TLS, an `http://` address
@@ -297,6 +337,27 @@ pub const DEFAULT_CONTROLLER_ADDRESS: &str = "http://127.0.0.1:4321";
 /// read-only into the agent and the controller.
 pub const TLS_DIR: &str = "/etc/ecsmesh/tls";
 
+/// Where each instance keeps the agent token ([`AGENT_TOKEN_PARAMETER`]),
+/// mounted read-only into the agent and the controller.
+pub const AGENT_TOKEN_DIR: &str = "/etc/ecsmesh/tokens/agent";
+
+/// Where each instance keeps the admin token ([`ADMIN_TOKEN_PARAMETER`]),
+/// mounted read-only into the controller only.
+pub const ADMIN_TOKEN_DIR: &str = "/etc/ecsmesh/tokens/admin";
+
+/// The token that lets a client write dtabs (the controller's
+/// `admin_token_file`): a SecureString under the managed prefix, and a file
+/// of the same name in [`ADMIN_TOKEN_DIR`] and the operator's directory.
+pub const ADMIN_TOKEN_PARAMETER: &str = "admin-token";
+
+/// The token agents present on the mesh stream (the controller's
+/// `agent_token_file`, the agent's `controller_token_file`): a
+/// SecureString under the managed prefix, a file in [`AGENT_TOKEN_DIR`].
+pub const AGENT_TOKEN_PARAMETER: &str = "agent-token";
+
+/// The ecsmeshctl settings file `up` writes into the operator's directory.
+pub const CTL_SETTINGS_FILE: &str = "ecsmeshctl.yaml";
+
 /// The SecureString parameters under `--tls-ssm-prefix`, each copied to
 /// the file of the same name in [`TLS_DIR`]. Every instance gets the
 /// controller's pair too: ECS may place the controller on any of them.
@@ -346,6 +407,7 @@ mod tests {
     #[test]
     fn tls_prefix_is_checked_and_makes_the_controller_https() {
         let mut cfg = DeployConfig::new("c", "r");
+        cfg.insecure = true;
         assert!(!cfg.tls());
         assert_eq!(cfg.agent_controller_address(), "http://127.0.0.1:4321");
         for good in ["/ecsmesh/c/tls", "/a", "/my.team/ecsmesh_c/tls-1"] {
@@ -368,6 +430,25 @@ mod tests {
             cfg.tls_ssm_prefix = Some(bad.to_owned());
             assert!(cfg.validate().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn secrets_are_managed_unless_insecure() {
+        let mut cfg = DeployConfig::new("c-1", "r");
+        // The default: TLS and tokens, both under the managed prefix.
+        assert!(cfg.tls() && cfg.managed_tls() && cfg.managed_tokens());
+        assert_eq!(cfg.tls_prefix().as_deref(), Some("/ecsmesh/c-1/tls"));
+        assert!(check_tls_prefix(&cfg.tls_prefix().unwrap()).is_ok());
+        assert_eq!(cfg.agent_controller_address(), "https://127.0.0.1:4321");
+        // The user's own TLS: still tokens.
+        cfg.tls_ssm_prefix = Some("/mine/tls".to_owned());
+        assert!(cfg.tls() && !cfg.managed_tls() && cfg.managed_tokens());
+        assert_eq!(cfg.tls_prefix().as_deref(), Some("/mine/tls"));
+        // --insecure with the user's TLS: TLS only; without: nothing.
+        cfg.insecure = true;
+        assert!(cfg.tls() && !cfg.managed_tokens());
+        cfg.tls_ssm_prefix = None;
+        assert!(!cfg.tls() && !cfg.managed_tls() && cfg.tls_prefix().is_none());
     }
 
     #[test]

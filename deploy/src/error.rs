@@ -26,9 +26,26 @@ pub enum DeployError {
     /// The account is not in a state `up` can use (e.g. no subnet).
     #[error("{0}")]
     State(String),
+    /// The operator's local secrets directory could not be read or written.
+    #[error("{path}: {source}")]
+    Local {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// Generating the mesh certificates (or writing them) failed.
+    #[error(transparent)]
+    Certificates(#[from] ecsmesh_tls::generate::GenerateError),
+    /// The operating system's random number generator failed.
+    #[error("no random bytes for a token: {0}")]
+    Random(String),
 }
 
 impl DeployError {
+    pub(crate) fn local(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_owned();
+        move |source| Self::Local { path, source }
+    }
+
     pub(crate) fn aws<E>(operation: &'static str, resource: impl Into<String>, err: &E) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error,

@@ -21,20 +21,30 @@
 //! [`Deployer::controller_endpoints`] finds the controller's running tasks,
 //! for `status` to ask each for its health and its agents.
 //!
-//! With [`DeployConfig::tls_ssm_prefix`] every hop uses TLS: the user data
-//! copies the SecureString parameters [`TLS_PARAMETERS`] into [`TLS_DIR`]
-//! at boot and every 15 minutes after (a systemd timer), the agent and the
-//! controller mount that directory read-only and are given its files, and
-//! agents dial the controller over `https://`.
+//! Secure by default: unless [`DeployConfig::insecure`], `up` creates (when
+//! missing) the mesh's secrets as SecureString parameters under
+//! `/ecsmesh/<cluster>`, tagged as its own: the TLS material, generated as
+//! `ecsmeshctl certs init` makes it (unless the user brings their own with
+//! [`DeployConfig::tls_ssm_prefix`]), and an admin and an agent token. The
+//! operator's half (the CA and its key, the admin certificate and token, an
+//! ecsmeshctl settings file) goes to [`DeployConfig::secrets_dir`]. The
+//! user data copies the parameters to files at boot and every 15 minutes
+//! after (a systemd timer): [`TLS_PARAMETERS`] into [`TLS_DIR`], the tokens
+//! into [`AGENT_TOKEN_DIR`] and [`ADMIN_TOKEN_DIR`]; the agent and the
+//! controller mount what each needs read-only (the admin token: the
+//! controller only) and agents dial the controller over `https://`. `down`
+//! deletes the parameters tagged as its own.
 
 pub mod config;
 pub mod error;
 mod ops;
 pub mod render;
+mod secrets;
 pub mod taskdef;
 
 pub use config::{
-    AgentPlacement, DEFAULT_CONTROLLER_ADDRESS, DeployConfig, OWNER_TAG, TLS_ADMIN_IDENTITY,
+    ADMIN_TOKEN_DIR, ADMIN_TOKEN_PARAMETER, AGENT_TOKEN_DIR, AGENT_TOKEN_PARAMETER, AgentPlacement,
+    CTL_SETTINGS_FILE, DEFAULT_CONTROLLER_ADDRESS, DeployConfig, OWNER_TAG, TLS_ADMIN_IDENTITY,
     TLS_CONTROLLER_SERVER_NAME, TLS_DIR, TLS_PARAMETERS,
 };
 pub use error::{DeployError, Result};

@@ -17,8 +17,9 @@ use ec2::types::{
 };
 
 use crate::config::{
-    AgentPlacement, DeployConfig, OWNER_TAG, TLS_ADMIN_IDENTITY, TLS_CONTROLLER_SERVER_NAME,
-    TLS_DIR, TLS_PARAMETERS,
+    ADMIN_TOKEN_DIR, ADMIN_TOKEN_PARAMETER, AGENT_TOKEN_DIR, AGENT_TOKEN_PARAMETER, AgentPlacement,
+    DeployConfig, OWNER_TAG, TLS_ADMIN_IDENTITY, TLS_CONTROLLER_SERVER_NAME, TLS_DIR,
+    TLS_PARAMETERS,
 };
 use crate::error::{DeployError, Result};
 use crate::render;
@@ -48,10 +49,11 @@ type Progress = Box<dyn Fn(&Step) + Send + Sync>;
 
 /// Runs `up`, `status` and `down` for one [`DeployConfig`].
 pub struct Deployer {
-    cfg: DeployConfig,
+    pub(crate) cfg: DeployConfig,
     ec2: ec2::Client,
     ecs: ecs::Client,
     asg: asg::Client,
+    pub(crate) ssm: aws_sdk_ssm::Client,
     progress: Option<Progress>,
 }
 
@@ -88,6 +90,7 @@ impl Deployer {
             ec2: ec2::Client::new(sdk),
             ecs: ecs::Client::new(sdk),
             asg: asg::Client::new(sdk),
+            ssm: aws_sdk_ssm::Client::new(sdk),
             progress: None,
         })
     }
@@ -115,7 +118,7 @@ impl Deployer {
         }
     }
 
-    fn push(
+    pub(crate) fn push(
         &self,
         steps: &mut Vec<Step>,
         kind: &'static str,
@@ -162,6 +165,9 @@ impl Deployer {
             format!("{} subnets {}", net.vpc_cidr, net.subnets.join(",")),
         );
         let ami = self.ami().await?;
+
+        // 1b. The mesh's secrets, before anything that boots and reads them.
+        self.up_secrets(dry_run, &mut steps).await?;
 
         // 2. Security group and ingress.
         let sg = self.find_security_group(&net.vpc_id).await?;
@@ -595,6 +601,9 @@ impl Deployer {
             self.push(&mut steps, "security-group", &base, Action::Delete, id);
         }
 
+        // The secrets last: nothing that reads them is left.
+        self.down_secrets(dry_run, &mut steps).await?;
+
         Ok(Report {
             operation: "down",
             cluster: cfg.cluster.clone(),
@@ -921,6 +930,22 @@ impl Deployer {
     fn vars(&self) -> BTreeMap<&'static str, String> {
         let cfg = &self.cfg;
         let tls = |on: String| if cfg.tls() { on } else { String::new() };
+        let tokens = |on: String| {
+            if cfg.managed_tokens() {
+                on
+            } else {
+                String::new()
+            }
+        };
+        // Neither TLS (admin identities, agent certificates) nor tokens:
+        // the controller listens on 0.0.0.0 for other instances' agents
+        // with nothing authenticating writes or the mesh stream, and
+        // refuses to start unless told explicitly (`--insecure` only).
+        let open = if cfg.tls() || cfg.managed_tokens() {
+            ""
+        } else {
+            "true"
+        };
         BTreeMap::from([
             ("CLUSTER", cfg.cluster.clone()),
             ("REGION", cfg.region.clone()),
@@ -963,23 +988,19 @@ impl Deployer {
                 tls(TLS_CONTROLLER_SERVER_NAME.to_owned()),
             ),
             ("TLS_ADMIN_IDENTITIES", tls(TLS_ADMIN_IDENTITY.to_owned())),
-            // Without TLS the controller has neither admin identities nor a
-            // token, and listens on 0.0.0.0 for other instances' agents: it
-            // refuses to start unless told explicitly, for writes and for
-            // the mesh stream (issue #16). Said here until deploy provisions
-            // the tokens; with TLS, empty (dropped).
+            // Tokens: likewise, values only when managed.
+            ("ADMIN_TOKEN_DIR", tokens(ADMIN_TOKEN_DIR.to_owned())),
+            ("AGENT_TOKEN_DIR", tokens(AGENT_TOKEN_DIR.to_owned())),
             (
-                "ALLOW_UNAUTHENTICATED_WRITES",
-                if cfg.tls() { "" } else { "true" }.to_owned(),
+                "ADMIN_TOKEN_FILE",
+                tokens(format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_PARAMETER}")),
             ),
             (
-                "ALLOW_UNAUTHENTICATED_AGENTS",
-                if cfg.tls() { "" } else { "true" }.to_owned(),
+                "AGENT_TOKEN_FILE",
+                tokens(format!("{AGENT_TOKEN_DIR}/{AGENT_TOKEN_PARAMETER}")),
             ),
-            (
-                "TLS_SSM_PREFIX",
-                cfg.tls_ssm_prefix.clone().unwrap_or_default(),
-            ),
+            ("ALLOW_UNAUTHENTICATED_WRITES", open.to_owned()),
+            ("ALLOW_UNAUTHENTICATED_AGENTS", open.to_owned()),
         ])
     }
 
@@ -989,24 +1010,48 @@ impl Deployer {
 
     /// The instance user data, rendered (not yet base64-encoded).
     pub fn user_data(&self) -> Result<String> {
+        let cfg = &self.cfg;
         let mut vars = self.vars();
+        // Values validated (SSM names, fixed paths): safe in single quotes.
+        let (mut dirs, mut calls) = (Vec::new(), Vec::new());
+        if let Some(prefix) = cfg.tls_prefix() {
+            dirs.push(TLS_DIR);
+            for name in TLS_PARAMETERS {
+                // Keys for their owner only; the rest group-readable.
+                let mode = if name.ends_with("-key.pem") {
+                    "0600"
+                } else {
+                    "0640"
+                };
+                calls.push(format!("fetch '{prefix}/{name}' '{TLS_DIR}/{name}' {mode}"));
+            }
+        }
+        if cfg.managed_tokens() {
+            let prefix = cfg.managed_prefix();
+            for (dir, name) in [
+                (AGENT_TOKEN_DIR, AGENT_TOKEN_PARAMETER),
+                (ADMIN_TOKEN_DIR, ADMIN_TOKEN_PARAMETER),
+            ] {
+                dirs.push(dir);
+                calls.push(format!("fetch '{prefix}/{name}' '{dir}/{name}' 0600"));
+            }
+        }
         let (mut fetch, mut agent_args) = (String::new(), String::new());
-        if self.cfg.tls() {
-            let calls: Vec<String> = TLS_PARAMETERS
+        if !calls.is_empty() {
+            let mut mkdirs: Vec<String> = dirs
                 .iter()
-                .map(|name| {
-                    // Keys for their owner only; the rest group-readable.
-                    let mode = if name.ends_with("-key.pem") {
-                        "0600"
-                    } else {
-                        "0640"
-                    };
-                    format!("fetch {name} {mode}")
-                })
+                .map(|d| format!("install -d -m 0750 -o 65532 -g 65532 '{d}'"))
                 .collect();
-            vars.insert("TLS_FETCH_CALLS", calls.join("\n"));
-            fetch = render::render("user-data-tls.sh", render::USER_DATA_TLS, &vars)?;
-            // Each a continued line of the agent's `docker run`.
+            // The token directories' parent, root's own.
+            if cfg.managed_tokens() {
+                mkdirs.insert(0, "install -d -m 0755 /etc/ecsmesh/tokens".to_owned());
+            }
+            vars.insert("SECRETS_DIRS", mkdirs.join("\n"));
+            vars.insert("SECRETS_FETCH_CALLS", calls.join("\n"));
+            fetch = render::render("user-data-secrets.sh", render::USER_DATA_SECRETS, &vars)?;
+        }
+        // Each a continued line of the agent's `docker run`.
+        if cfg.tls() {
             agent_args = format!("    -v {TLS_DIR}:{TLS_DIR}:ro \\\n");
             for (env, var) in [
                 ("ECSMESH_TLS_CA", "TLS_CA"),
@@ -1021,8 +1066,20 @@ impl Deployer {
                 let _ = writeln!(agent_args, "    -e {env}='{value}' \\");
             }
         }
-        vars.insert("TLS_FETCH", fetch);
-        vars.insert("AGENT_TLS_ARGS", agent_args);
+        if cfg.managed_tokens() {
+            // The agent token only: the admin token stays off the agent.
+            let _ = writeln!(
+                agent_args,
+                "    -v {AGENT_TOKEN_DIR}:{AGENT_TOKEN_DIR}:ro \\"
+            );
+            let file = vars.get("AGENT_TOKEN_FILE").map_or("", String::as_str);
+            let _ = writeln!(
+                agent_args,
+                "    -e ECSMESH_CONTROLLER_TOKEN_FILE='{file}' \\"
+            );
+        }
+        vars.insert("SECRETS_FETCH", fetch);
+        vars.insert("AGENT_SECRET_ARGS", agent_args);
         render::render("user-data.sh", render::USER_DATA, &vars)
     }
 

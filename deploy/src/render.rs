@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use crate::error::{DeployError, Result};
 
 pub const USER_DATA: &str = include_str!("../templates/user-data.sh");
-/// The user data's TLS step (`--tls-ssm-prefix`), inserted as `${TLS_FETCH}`
-/// (and the agent's mount and settings as `${AGENT_TLS_ARGS}`); without TLS
-/// both are empty, so the user data says nothing of TLS.
-pub const USER_DATA_TLS: &str = include_str!("../templates/user-data-tls.sh");
+/// The user data's step that fetches the mesh's secrets (TLS material,
+/// tokens) from SSM, inserted as `${SECRETS_FETCH}` (and the agent's mounts
+/// and settings as `${AGENT_SECRET_ARGS}`); with neither TLS nor tokens
+/// (`--insecure`) both are empty, so the user data says nothing of them.
+pub const USER_DATA_SECRETS: &str = include_str!("../templates/user-data-secrets.sh");
 pub const CONTROLLER: &str = include_str!("../ecs/controller.json");
 pub const AGENT: &str = include_str!("../ecs/agent.json");
 pub const HELLO: &str = include_str!("../ecs/hello.json");

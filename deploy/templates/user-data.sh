@@ -21,7 +21,7 @@ TOKEN=$(curl -fsS -X PUT http://169.254.169.254/latest/api/token \
 INSTANCE_ID=$(curl -fsS -H "X-aws-ec2-metadata-token: $TOKEN" \
   http://169.254.169.254/latest/meta-data/instance-id)
 echo "ecsmesh: instance $INSTANCE_ID joins cluster ${CLUSTER}"
-${TLS_FETCH}
+${SECRETS_FETCH}
 # 4. Start the agent before any application task (skipped when the agent runs
 #    as an ECS DAEMON service instead).
 if [ "${START_AGENT}" = "true" ]; then
@@ -42,7 +42,7 @@ if [ "${START_AGENT}" = "true" ]; then
   esac
   docker run -d --name ecsmesh-agent --restart=always --network host \
     -v /var/lib/ecsmesh/agent:/var/lib/ecsmesh/agent \
-${AGENT_TLS_ARGS}    -e ECSMESH_CONTROLLER='${CONTROLLER_ADDRESS}' \
+${AGENT_SECRET_ARGS}    -e ECSMESH_CONTROLLER='${CONTROLLER_ADDRESS}' \
     -e ECSMESH_CLUSTER='${CLUSTER}' \
     -e ECSMESH_INSTANCE_ID="$INSTANCE_ID" \
     '${AGENT_IMAGE}'

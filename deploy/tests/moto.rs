@@ -9,10 +9,14 @@
     clippy::assigning_clones
 )]
 
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+
 use aws_config::SdkConfig;
 use aws_sdk_autoscaling as asg;
 use aws_sdk_ec2 as ec2;
 use aws_sdk_ecs as ecs;
+use aws_sdk_ssm as ssm;
 use base64::Engine as _;
 use ecsmesh_deploy::{Action, AgentPlacement, DeployConfig, Deployer, OWNER_TAG, Report};
 use ecsmesh_test_support::ecs::{AMI, sdk_config};
@@ -45,9 +49,12 @@ async fn setup(region: &str, net: u8) -> (SdkConfig, String) {
 const TARGET_GROUP: &str =
     "arn:aws:elasticloadbalancing:eu-west-2:123456789012:targetgroup/ecsmesh-beta/0123456789abcdef";
 
-fn config(cluster: &str, region: &str, subnet: &str) -> DeployConfig {
+/// `secrets`: where the operator's material goes (a test's temporary
+/// directory: it does not exist yet).
+fn config(cluster: &str, region: &str, subnet: &str, secrets: &Path) -> DeployConfig {
     let mut cfg = DeployConfig::new(cluster, region);
     cfg.subnets = vec![subnet.to_owned()];
+    cfg.secrets_dir = Some(secrets.join(cluster));
     cfg.ami = Some(AMI.to_owned());
     cfg.image_repo = "registry.example/ecsmesh".to_owned();
     cfg.image_tag = "v1".to_owned();
@@ -161,7 +168,8 @@ async fn owned(conf: &SdkConfig, cluster: &str) -> Vec<String> {
 async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
     let region = "eu-west-1";
     let (conf, subnet) = setup(region, 11).await;
-    let mut cfg = config("alpha", region, &subnet);
+    let secrets = tempfile::tempdir().unwrap();
+    let mut cfg = config("alpha", region, &subnet, secrets.path());
     cfg.with_demo = true;
     cfg.key_pair = Some("ops".to_owned());
     let deployer = Deployer::new(&conf, cfg).unwrap();
@@ -195,17 +203,13 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
     assert!(user_data.starts_with("#!/bin/bash"));
     assert!(user_data.contains("ECS_CLUSTER=alpha\n"));
     assert!(user_data.contains("'registry.example/ecsmesh/ecsmesh-agent:v1'"));
-    assert!(user_data.contains("ECSMESH_CONTROLLER='http://127.0.0.1:4321'"));
+    // TLS and tokens by default: agents dial the controller over https.
+    assert!(user_data.contains("ECSMESH_CONTROLLER='https://127.0.0.1:4321'"));
     assert!(user_data.contains("if [ \"true\" = \"true\" ]"));
     assert!(user_data.contains("X-aws-ec2-metadata-token-ttl-seconds"));
     assert!(
         !user_data.contains("${"),
         "unrendered variable in\n{user_data}"
-    );
-    // Without --tls-ssm-prefix nothing of TLS.
-    assert!(
-        !user_data.to_lowercase().contains("tls") && !user_data.contains("ssm"),
-        "{user_data}"
     );
     let md = data.metadata_options().unwrap();
     assert_eq!(
@@ -291,38 +295,17 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
             (Some(9990), Some(9990))
         ]
     );
-    for family in ["agent", "controller"] {
-        let td = task_definition(&ecsc, &format!("ecsmesh-alpha-{family}")).await;
-        let c = &td.container_definitions()[0];
-        assert!(
-            td.volumes().iter().all(|v| v.name() != Some("tls"))
-                && c.mount_points()
-                    .iter()
-                    .all(|m| m.source_volume() != Some("tls"))
-                && c.environment()
-                    .iter()
-                    .all(|e| !e.name().unwrap().contains("TLS")),
-            "TLS in {family} without --tls-ssm-prefix: {td:#?}"
-        );
-    }
-    // Without TLS nothing authenticates dtab writes: the controller must be
-    // told explicitly, or it would refuse to start on 0.0.0.0.
+    // Secure by default: the controller authenticates writes and the mesh
+    // stream, with no opt-out (the secure-default test checks the rest).
     let controller = task_definition(&ecsc, "ecsmesh-alpha-controller").await;
     assert!(
         controller.container_definitions()[0]
             .environment()
             .iter()
-            .any(|e| e.name() == Some("ECSMESH_ALLOW_UNAUTHENTICATED_WRITES")
-                && e.value() == Some("true")),
-        "{controller:#?}"
-    );
-    // Nor the mesh stream, which hands out every endpoint and dtab.
-    assert!(
-        controller.container_definitions()[0]
-            .environment()
-            .iter()
-            .any(|e| e.name() == Some("ECSMESH_ALLOW_UNAUTHENTICATED_AGENTS")
-                && e.value() == Some("true")),
+            .all(|e| !e
+                .name()
+                .unwrap()
+                .starts_with("ECSMESH_ALLOW_UNAUTHENTICATED")),
         "{controller:#?}"
     );
     let hello = task_definition(&ecsc, "ecsmesh-alpha-hello").await;
@@ -408,7 +391,8 @@ async fn up_creates_everything_with_the_right_settings_and_is_idempotent() {
 async fn changed_settings_update_in_place_and_down_removes_only_ours() {
     let region = "eu-west-2";
     let (conf, subnet) = setup(region, 12).await;
-    let cfg = config("beta", region, &subnet);
+    let secrets = tempfile::tempdir().unwrap();
+    let cfg = config("beta", region, &subnet, secrets.path());
     Deployer::new(&conf, cfg.clone())
         .unwrap()
         .up(false)
@@ -490,7 +474,8 @@ async fn changed_settings_update_in_place_and_down_removes_only_ours() {
     );
     let ud = launch_template_user_data(&conf, "ecsmesh-beta").await;
     assert!(ud.contains("if [ \"false\" = \"true\" ]"));
-    assert!(ud.contains("ECSMESH_CONTROLLER='http://ecsmesh-beta-ctl.elb.internal:4321'"));
+    // TLS (the default): an http:// address is dialed as https://.
+    assert!(ud.contains("ECSMESH_CONTROLLER='https://ecsmesh-beta-ctl.elb.internal:4321'"));
     assert!(!d2.up(false).await.unwrap().changed());
 
     // down: dry run first (nothing changes), then for real, then again (idempotent).
@@ -535,7 +520,8 @@ async fn changed_settings_update_in_place_and_down_removes_only_ours() {
 async fn dry_run_mutates_nothing() {
     let region = "eu-central-1";
     let (conf, subnet) = setup(region, 13).await;
-    let mut cfg = config("gamma", region, &subnet);
+    let secrets = tempfile::tempdir().unwrap();
+    let mut cfg = config("gamma", region, &subnet, secrets.path());
     cfg.with_demo = true;
     // Progress: one line per step, as each is decided.
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -564,6 +550,15 @@ async fn dry_run_mutates_nothing() {
         before,
         "a dry run created something"
     );
+    // No parameter, no local file: the secrets are only planned.
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| s.kind == "ssm-parameter" && s.name == "/ecsmesh/gamma/admin-token"),
+        "{plan:#?}"
+    );
+    assert!(parameters(&conf, "/ecsmesh/gamma").await.is_empty());
+    assert!(!secrets.path().join("gamma").exists());
     // Nothing at all in the region either (the SG listing is unfiltered here).
     let sgs = ec2::Client::new(&conf)
         .describe_security_groups()
@@ -581,7 +576,8 @@ async fn dry_run_mutates_nothing() {
 async fn legacy_launch_configuration() {
     let region = "ap-south-1";
     let (conf, subnet) = setup(region, 14).await;
-    let mut cfg = config("delta", region, &subnet);
+    let secrets = tempfile::tempdir().unwrap();
+    let mut cfg = config("delta", region, &subnet, secrets.path());
     cfg.launch_configuration = true;
     let d = Deployer::new(&conf, cfg.clone()).unwrap();
     d.up(false).await.unwrap();
@@ -698,7 +694,8 @@ async fn aws_errors_name_operation_and_resource() {
 async fn status_finds_the_controller_tasks_and_down_deregisters_instances() {
     let region = "us-east-2";
     let (conf, subnet) = setup(region, 15).await;
-    let d = Deployer::new(&conf, config("zeta", region, &subnet)).unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let d = Deployer::new(&conf, config("zeta", region, &subnet, secrets.path())).unwrap();
     assert!(
         d.controller_endpoints().await.unwrap().is_empty(),
         "no cluster yet"
@@ -718,11 +715,11 @@ async fn status_finds_the_controller_tasks_and_down_deregisters_instances() {
         .await
         .unwrap();
 
-    // The controller's host port on that instance's private IP.
+    // The controller's host port on that instance's private IP (TLS: https).
     let endpoints = d.controller_endpoints().await.unwrap();
     assert_eq!(endpoints.len(), 1, "{endpoints:?}");
     assert!(
-        endpoints[0].starts_with("http://127.0.15.") && endpoints[0].ends_with(":4321"),
+        endpoints[0].starts_with("https://127.0.15.") && endpoints[0].ends_with(":4321"),
         "{endpoints:?}"
     );
     let status = d.status().await.unwrap();
@@ -852,7 +849,19 @@ async fn launch_template_user_data(conf: &SdkConfig, name: &str) -> String {
 async fn tls_from_ssm_is_fetched_mounted_and_configured() {
     let region = "ca-central-1";
     let (conf, subnet) = setup(region, 16).await;
-    let mut cfg = config("kappa", region, &subnet);
+    let secrets = tempfile::tempdir().unwrap();
+    let mut cfg = config("kappa", region, &subnet, secrets.path());
+    // The user's own certificates, put by hand (untagged).
+    let ssmc = ssm::Client::new(&conf);
+    for name in ecsmesh_deploy::TLS_PARAMETERS {
+        ssmc.put_parameter()
+            .name(format!("/ecsmesh/kappa/tls/{name}"))
+            .value(format!("the user's {name}"))
+            .r#type(ssm::types::ParameterType::SecureString)
+            .send()
+            .await
+            .unwrap();
+    }
     cfg.tls_ssm_prefix = Some("/ecsmesh/kappa/tls".to_owned());
     let deployer = Deployer::new(&conf, cfg).unwrap();
 
@@ -866,7 +875,32 @@ async fn tls_from_ssm_is_fetched_mounted_and_configured() {
         "a dry run created something"
     );
 
-    deployer.up(false).await.unwrap();
+    let first = deployer.up(false).await.unwrap();
+    // Their TLS parameters are used as they are; the tokens are still managed.
+    let created = changes(&first);
+    assert!(
+        created.contains(&"create ssm-parameter /ecsmesh/kappa/admin-token".to_owned())
+            && created.contains(&"create ssm-parameter /ecsmesh/kappa/agent-token".to_owned())
+            && !created.iter().any(|c| c.contains("/tls/")),
+        "{created:#?}"
+    );
+    for name in ecsmesh_deploy::TLS_PARAMETERS {
+        let p = parameter(&conf, &format!("/ecsmesh/kappa/tls/{name}")).await;
+        assert_eq!(p.value(), Some(format!("the user's {name}").as_str()));
+    }
+    // The operator's directory: the token, their CA (from SSM) and settings.
+    let dir = secrets.path().join("kappa");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+        "the user's ca.pem"
+    );
+    let settings = std::fs::read_to_string(dir.join("ecsmeshctl.yaml")).unwrap();
+    assert!(
+        settings.contains("token_file: admin-token")
+            && settings.contains("ca: ca.pem")
+            && !settings.contains("admin.pem"),
+        "{settings}"
+    );
 
     // User data: each parameter fetched (decrypted, the key owner-only)
     // before the agent starts, a timer to refresh them, and the agent's
@@ -882,18 +916,20 @@ async fn tls_from_ssm_is_fetched_mounted_and_configured() {
         ("controller-key.pem", "0600"),
     ] {
         assert!(
-            ud.contains(&format!("\nfetch {name} {mode}\n")),
+            ud.contains(&format!(
+                "\nfetch '/ecsmesh/kappa/tls/{name}' '/etc/ecsmesh/tls/{name}' {mode}\n"
+            )),
             "{name}: {ud}"
         );
     }
     for want in [
         "aws ssm get-parameter --region 'ca-central-1' --with-decryption",
-        "--name '/ecsmesh/kappa/tls/'\"$1\"",
+        "--name \"$1\"",
         "install -d -m 0750 -o 65532 -g 65532 '/etc/ecsmesh/tls'",
         "chown 65532:65532",
-        "mv -f \"$tmp\" '/etc/ecsmesh/tls/'\"$1\"",
+        "mv -f \"$tmp\" \"$2\"",
         "OnUnitActiveSec=15min",
-        "systemctl enable --now ecsmesh-fetch-tls.timer",
+        "systemctl enable --now ecsmesh-fetch-secrets.timer",
         "    -v /etc/ecsmesh/tls:/etc/ecsmesh/tls:ro \\\n",
         "    -e ECSMESH_TLS_CA='/etc/ecsmesh/tls/ca.pem' \\\n",
         "    -e ECSMESH_TLS_CERT='/etc/ecsmesh/tls/agent.pem' \\\n",
@@ -903,7 +939,9 @@ async fn tls_from_ssm_is_fetched_mounted_and_configured() {
     ] {
         assert!(ud.contains(want), "{want:?} missing from\n{ud}");
     }
-    let first_fetch = ud.find("\n/usr/local/sbin/ecsmesh-fetch-tls\n").unwrap();
+    let first_fetch = ud
+        .find("\n/usr/local/sbin/ecsmesh-fetch-secrets\n")
+        .unwrap();
     assert!(first_fetch < ud.find("docker run").unwrap());
     assert_bash_parses(&ud);
 
@@ -965,11 +1003,12 @@ async fn tls_from_ssm_is_fetched_mounted_and_configured() {
         );
     }
 
-    // Idempotent with TLS too; then turning it off is an update that
-    // removes all of it.
+    // Idempotent with TLS too; then turning it off (--insecure, no prefix)
+    // is an update that removes all of it.
     assert!(!deployer.up(false).await.unwrap().changed());
-    let mut off = config("kappa", region, &subnet);
+    let mut off = config("kappa", region, &subnet, secrets.path());
     off.tls_ssm_prefix = None;
+    off.insecure = true;
     let plain = Deployer::new(&conf, off).unwrap().plan().await.unwrap();
     let planned = changes(&plain);
     for want in [
@@ -982,5 +1021,439 @@ async fn tls_from_ssm_is_fetched_mounted_and_configured() {
             "{want} not in {planned:#?}"
         );
     }
+    // down: the tokens go; the user's parameters stay.
+    let down = deployer.down(false).await.unwrap();
+    assert!(
+        down.steps
+            .iter()
+            .any(|s| s.name == "/ecsmesh/kappa/tls/ca.pem"
+                && s.action == Action::Unchanged
+                && s.detail.contains("not owned")),
+        "{down:#?}"
+    );
+    let left = parameters(&conf, "/ecsmesh/kappa").await;
+    assert_eq!(left.len(), 5, "{left:?}");
+    assert!(left.iter().all(|n| n.starts_with("/ecsmesh/kappa/tls/")));
+}
+
+/// The names of the parameters under `path`, sorted.
+async fn parameters(conf: &SdkConfig, path: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut pages = ssm::Client::new(conf)
+        .get_parameters_by_path()
+        .path(path)
+        .recursive(true)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        names.extend(
+            page.unwrap()
+                .parameters()
+                .iter()
+                .map(|p| p.name().unwrap().to_owned()),
+        );
+    }
+    names.sort();
+    names
+}
+
+/// One parameter, decrypted.
+async fn parameter(conf: &SdkConfig, name: &str) -> ssm::types::Parameter {
+    ssm::Client::new(conf)
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .unwrap()
+        .parameter()
+        .unwrap()
+        .clone()
+}
+
+/// A parameter's value, decrypted.
+async fn value(conf: &SdkConfig, name: &str) -> String {
+    parameter(conf, name).await.value().unwrap().to_owned()
+}
+
+/// `cert` chains to `ca` and is valid now: as a server certificate for
+/// `server_name`, or else as a client certificate.
+fn assert_chains(ca: &str, cert: &str, server_name: Option<&str>) {
+    use rustls::client::danger::ServerCertVerifier as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let roots = std::sync::Arc::new(roots);
+    let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    match server_name {
+        Some(name) => {
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .unwrap()
+                .verify_server_cert(
+                    &cert,
+                    &[],
+                    &ServerName::try_from(name).unwrap(),
+                    &[],
+                    UnixTime::now(),
+                )
+                .unwrap();
+        }
+        None => {
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                .build()
+                .unwrap()
+                .verify_client_cert(&cert, &[], UnixTime::now())
+                .unwrap();
+        }
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn is_token(t: &str) -> bool {
+    t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The environment of a task definition's only container.
+async fn environment(ecsc: &ecs::Client, family: &str) -> Vec<(String, String)> {
+    task_definition(ecsc, family).await.container_definitions()[0]
+        .environment()
+        .iter()
+        .map(|e| (e.name().unwrap().to_owned(), e.value().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn up_manages_the_secrets_by_default() {
+    let region = "us-west-1";
+    let (conf, subnet) = setup(region, 17).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let deployer = Deployer::new(&conf, config("lambda", region, &subnet, secrets.path())).unwrap();
+    let first = deployer.up(false).await.unwrap();
+
+    // Seven SecureString parameters under the managed prefix, tagged ours.
+    let names = parameters(&conf, "/ecsmesh/lambda").await;
+    let mut want: Vec<String> = ecsmesh_deploy::TLS_PARAMETERS
+        .iter()
+        .map(|n| format!("/ecsmesh/lambda/tls/{n}"))
+        .chain(["admin-token", "agent-token"].map(|n| format!("/ecsmesh/lambda/{n}")))
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+    let ssmc = ssm::Client::new(&conf);
+    for name in &names {
+        assert!(
+            changes(&first).contains(&format!("create ssm-parameter {name}")),
+            "{name}: {:#?}",
+            changes(&first)
+        );
+        assert_eq!(
+            parameter(&conf, name).await.r#type(),
+            Some(&ssm::types::ParameterType::SecureString),
+            "{name}"
+        );
+        let tags = ssmc
+            .list_tags_for_resource()
+            .resource_type(ssm::types::ResourceTypeForTagging::Parameter)
+            .resource_id(name)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            tags.tag_list()
+                .iter()
+                .any(|t| t.key() == OWNER_TAG && t.value() == "lambda"),
+            "{name}: {tags:?}"
+        );
+    }
+
+    // The certificates chain to the CA and carry the names agents verify.
+    let ca = value(&conf, "/ecsmesh/lambda/tls/ca.pem").await;
+    assert_chains(
+        &ca,
+        &value(&conf, "/ecsmesh/lambda/tls/controller.pem").await,
+        Some("ecsmesh-controller"),
+    );
+    assert_chains(
+        &ca,
+        &value(&conf, "/ecsmesh/lambda/tls/agent.pem").await,
+        Some("ecsmesh-agent"),
+    );
+    for key in ["agent-key.pem", "controller-key.pem"] {
+        let k = value(&conf, &format!("/ecsmesh/lambda/tls/{key}")).await;
+        assert!(k.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+    }
+    let admin_token = value(&conf, "/ecsmesh/lambda/admin-token").await;
+    let agent_token = value(&conf, "/ecsmesh/lambda/agent-token").await;
+    assert!(is_token(&admin_token) && is_token(&agent_token));
+    assert_ne!(admin_token, agent_token);
+
+    // The operator's material: private, the same CA, the admin certificate,
+    // the token, and a settings file ecsmeshctl reads.
+    let dir = secrets.path().join("lambda");
+    assert_eq!(mode(&dir), 0o700);
+    for file in [
+        "ca.pem",
+        "ca-key.pem",
+        "admin.pem",
+        "admin-key.pem",
+        "admin-token",
+        "ecsmeshctl.yaml",
+    ] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(std::fs::read_to_string(dir.join("ca.pem")).unwrap(), ca);
+    assert_chains(
+        &ca,
+        &std::fs::read_to_string(dir.join("admin.pem")).unwrap(),
+        None,
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("admin-token")).unwrap(),
+        admin_token
+    );
+    let settings = std::fs::read_to_string(dir.join("ecsmeshctl.yaml")).unwrap();
+    for line in [
+        "controller: \"https://127.0.0.1:4321\"",
+        "token_file: admin-token",
+        "  ca: ca.pem",
+        "  cert: admin.pem",
+        "  key: admin-key.pem",
+        "  server_name: ecsmesh-controller",
+    ] {
+        assert!(settings.lines().any(|l| l == line), "{line:?}: {settings}");
+    }
+
+    // The controller: both token files, TLS, no opt-out; the admin token's
+    // directory for it alone.
+    let ecsc = ecs::Client::new(&conf);
+    let env = environment(&ecsc, "ecsmesh-lambda-controller").await;
+    for (name, value) in [
+        (
+            "ECSMESH_ADMIN_TOKEN_FILE",
+            "/etc/ecsmesh/tokens/admin/admin-token",
+        ),
+        (
+            "ECSMESH_AGENT_TOKEN_FILE",
+            "/etc/ecsmesh/tokens/agent/agent-token",
+        ),
+        ("ECSMESH_TLS_CERT", "/etc/ecsmesh/tls/controller.pem"),
+        ("ECSMESH_ADMIN_IDENTITIES", "ecsmesh-admin"),
+    ] {
+        assert!(
+            env.contains(&(name.to_owned(), value.to_owned())),
+            "{name} not in {env:?}"
+        );
+    }
+    assert!(
+        env.iter()
+            .all(|(n, _)| !n.starts_with("ECSMESH_ALLOW_UNAUTHENTICATED")),
+        "{env:?}"
+    );
+    let env = environment(&ecsc, "ecsmesh-lambda-agent").await;
+    assert!(env.contains(&(
+        "ECSMESH_CONTROLLER_TOKEN_FILE".to_owned(),
+        "/etc/ecsmesh/tokens/agent/agent-token".to_owned()
+    )));
+    for (family, volumes) in [
+        ("controller", vec!["admin-token", "agent-token"]),
+        ("agent", vec!["agent-token"]),
+    ] {
+        let td = task_definition(&ecsc, &format!("ecsmesh-lambda-{family}")).await;
+        let c = &td.container_definitions()[0];
+        let mounted: Vec<_> = c
+            .mount_points()
+            .iter()
+            .filter(|m| m.source_volume().unwrap().ends_with("-token"))
+            .map(|m| {
+                assert_eq!(m.read_only(), Some(true), "{family}: {m:?}");
+                m.source_volume().unwrap()
+            })
+            .collect();
+        assert_eq!(mounted, volumes, "{family}");
+    }
+
+    // User data: the tokens fetched (owner-only) beside the TLS files, the
+    // agent given its token and not the admin's.
+    let ud = launch_template_user_data(&conf, "ecsmesh-lambda").await;
+    assert_eq!(ud, deployer.user_data().unwrap());
+    for want in [
+        "\nfetch '/ecsmesh/lambda/tls/ca.pem' '/etc/ecsmesh/tls/ca.pem' 0640\n",
+        "\nfetch '/ecsmesh/lambda/agent-token' '/etc/ecsmesh/tokens/agent/agent-token' 0600\n",
+        "\nfetch '/ecsmesh/lambda/admin-token' '/etc/ecsmesh/tokens/admin/admin-token' 0600\n",
+        "install -d -m 0750 -o 65532 -g 65532 '/etc/ecsmesh/tokens/admin'",
+        "    -v /etc/ecsmesh/tokens/agent:/etc/ecsmesh/tokens/agent:ro \\\n",
+        "    -e ECSMESH_CONTROLLER_TOKEN_FILE='/etc/ecsmesh/tokens/agent/agent-token' \\\n",
+        "ECSMESH_CONTROLLER='https://127.0.0.1:4321'",
+    ] {
+        assert!(ud.contains(want), "{want:?} missing from\n{ud}");
+    }
+    let docker_run = &ud[ud.find("docker run").unwrap()..];
+    assert!(!docker_run.contains("tokens/admin"), "{docker_run}");
+    assert_bash_parses(&ud);
+
+    // A second up changes nothing: the same tokens, the files untouched.
+    let settings_before = std::fs::metadata(dir.join("ecsmeshctl.yaml"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let second = deployer.up(false).await.unwrap();
+    assert!(!second.changed(), "{:#?}", changes(&second));
+    assert!(
+        second
+            .steps
+            .iter()
+            .filter(|s| s.kind == "ssm-parameter")
+            .all(|s| s.action == Action::Unchanged && s.detail == "kept"),
+        "{second:#?}"
+    );
+    assert_eq!(
+        value(&conf, "/ecsmesh/lambda/admin-token").await,
+        admin_token
+    );
+    assert_eq!(
+        value(&conf, "/ecsmesh/lambda/agent-token").await,
+        agent_token
+    );
+    assert_eq!(value(&conf, "/ecsmesh/lambda/tls/ca.pem").await, ca);
+    assert_eq!(
+        std::fs::metadata(dir.join("ecsmeshctl.yaml"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        settings_before
+    );
+
+    // down: a dry run lists every parameter and deletes none; then all go.
+    let dry = deployer.down(true).await.unwrap();
+    for name in &names {
+        assert!(
+            changes(&dry).contains(&format!("delete ssm-parameter {name}")),
+            "{name}"
+        );
+    }
+    assert_eq!(parameters(&conf, "/ecsmesh/lambda").await, names);
     deployer.down(false).await.unwrap();
+    assert!(parameters(&conf, "/ecsmesh/lambda").await.is_empty());
+    // The operator's copy stays (it holds the CA's key).
+    assert!(dir.join("ca-key.pem").exists());
+}
+
+#[tokio::test]
+async fn insecure_creates_no_parameters_and_keeps_the_opt_outs() {
+    let region = "ap-northeast-1";
+    let (conf, subnet) = setup(region, 18).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let mut cfg = config("mu", region, &subnet, secrets.path());
+    cfg.insecure = true;
+    let deployer = Deployer::new(&conf, cfg).unwrap();
+    let report = deployer.up(false).await.unwrap();
+    assert!(
+        report.steps.iter().all(|s| s.kind != "ssm-parameter"),
+        "{report:#?}"
+    );
+    assert!(parameters(&conf, "/ecsmesh/mu").await.is_empty());
+    assert!(!secrets.path().join("mu").exists());
+
+    // Today's opt-outs, and nothing of TLS or tokens anywhere.
+    let ecsc = ecs::Client::new(&conf);
+    let env = environment(&ecsc, "ecsmesh-mu-controller").await;
+    for name in [
+        "ECSMESH_ALLOW_UNAUTHENTICATED_WRITES",
+        "ECSMESH_ALLOW_UNAUTHENTICATED_AGENTS",
+    ] {
+        assert!(
+            env.contains(&(name.to_owned(), "true".to_owned())),
+            "{env:?}"
+        );
+    }
+    for family in ["controller", "agent"] {
+        let td = task_definition(&ecsc, &format!("ecsmesh-mu-{family}")).await;
+        let c = &td.container_definitions()[0];
+        assert!(
+            td.volumes().len() == 1
+                && c.mount_points().len() == 1
+                && c.environment().iter().all(|e| {
+                    let n = e.name().unwrap();
+                    !n.contains("TLS") && !n.contains("TOKEN")
+                }),
+            "{family}: {td:#?}"
+        );
+    }
+    let ud = launch_template_user_data(&conf, "ecsmesh-mu").await;
+    assert!(
+        !ud.to_lowercase().contains("tls") && !ud.contains("ssm") && !ud.contains("token/"),
+        "{ud}"
+    );
+    assert!(ud.contains("ECSMESH_CONTROLLER='http://127.0.0.1:4321'"));
+    assert!(!deployer.up(false).await.unwrap().changed());
+    deployer.down(false).await.unwrap();
+}
+
+#[tokio::test]
+async fn existing_secrets_are_never_regenerated() {
+    let region = "eu-west-3";
+    let (conf, subnet) = setup(region, 19).await;
+    let (first_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = config("nu", region, &subnet, first_dir.path());
+    let deployer = Deployer::new(&conf, cfg.clone()).unwrap();
+    deployer.up(false).await.unwrap();
+    let admin_token = value(&conf, "/ecsmesh/nu/admin-token").await;
+    let agent_pem = value(&conf, "/ecsmesh/nu/tls/agent.pem").await;
+
+    // From another machine (no operator directory there): the parameters
+    // are kept, and what is missing locally is reported, not made.
+    let elsewhere = Deployer::new(&conf, config("nu", region, &subnet, other_dir.path())).unwrap();
+    let report = elsewhere.up(false).await.unwrap();
+    assert!(!report.changed(), "{:#?}", changes(&report));
+    let step = report
+        .steps
+        .iter()
+        .find(|s| s.kind == "operator-secrets")
+        .unwrap();
+    assert_eq!(step.action, Action::Absent);
+    for file in ["admin-token", "ca.pem", "ca-key.pem", "admin.pem"] {
+        assert!(step.detail.contains(file), "{file}: {}", step.detail);
+    }
+    assert!(!other_dir.path().join("nu").exists());
+    assert_eq!(value(&conf, "/ecsmesh/nu/admin-token").await, admin_token);
+
+    // An up cut short (two parameters missing): the certificate comes back
+    // from the operator's files, the token is made anew (and saved there).
+    let ssmc = ssm::Client::new(&conf);
+    for name in ["/ecsmesh/nu/tls/agent.pem", "/ecsmesh/nu/admin-token"] {
+        ssmc.delete_parameter().name(name).send().await.unwrap();
+    }
+    // Not from a directory that does not hold them.
+    let err = elsewhere.up(false).await.unwrap_err().to_string();
+    assert!(
+        err.contains("only some of the mesh's TLS parameters"),
+        "{err}"
+    );
+    let report = deployer.up(false).await.unwrap();
+    let dir = first_dir.path().join("nu");
+    assert_eq!(
+        changes(&report),
+        [
+            "create ssm-parameter /ecsmesh/nu/tls/agent.pem".to_owned(),
+            "create ssm-parameter /ecsmesh/nu/admin-token".to_owned(),
+            format!("create operator-secrets {}", dir.display()),
+        ]
+    );
+    assert_eq!(value(&conf, "/ecsmesh/nu/tls/agent.pem").await, agent_pem);
+    let new_token = value(&conf, "/ecsmesh/nu/admin-token").await;
+    assert!(is_token(&new_token) && new_token != admin_token);
+    assert_eq!(
+        std::fs::read_to_string(first_dir.path().join("nu/admin-token")).unwrap(),
+        new_token
+    );
+    deployer.down(false).await.unwrap();
+    assert!(parameters(&conf, "/ecsmesh/nu").await.is_empty());
 }

@@ -15,12 +15,15 @@ scheduler runs synchronously inside the API calls that change what a service
 needs (create/update/delete_service, stop_task, (de)register_container_instance,
 update_container_instances_state); there is no background tick, so results are
 deterministic. All requests are serialized by one lock (moto is not
-thread-safe).
+thread-safe), except that an SQS long poll waits outside it, as SQS's does:
+it is answered from short polls, so a consumer waiting 20 s for events does
+not hold up every other API.
 """
 import argparse
 import collections
 import functools
 import inspect
+import io
 import ipaddress
 import json
 import logging
@@ -504,6 +507,8 @@ class Gateway:
         self.app, self.lock, self.tokens = app, threading.RLock(), {}
 
     def __call__(self, environ, start_response):
+        if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
+            return self.receive_message(environ, start_response)
         with self.lock:
             if environ.get("PATH_INFO", "").startswith("/imds/"):
                 status, headers, body = self.imds(environ)
@@ -514,6 +519,41 @@ class Gateway:
                 return [b"".join(it)]
             finally:
                 getattr(it, "close", lambda: None)()
+
+    def receive_message(self, environ, start_response):
+        """SQS ReceiveMessage (JSON protocol): a long poll becomes short polls
+        under the lock, 50 ms apart, until a message or the wait's end."""
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        try:
+            body = json.loads(raw or b"{}")
+            wait = float(body.get("WaitTimeSeconds") or 0)
+        except (ValueError, TypeError, AttributeError):
+            body, wait = None, 0.0
+        if body is not None:
+            body["WaitTimeSeconds"] = 0
+            raw = json.dumps(body).encode()
+        deadline = time.monotonic() + min(wait, 20.0)
+        while True:
+            answer = {}
+
+            def capture(status, headers, exc_info=None):
+                answer["status"], answer["headers"] = status, headers
+
+            env = dict(environ, **{"wsgi.input": io.BytesIO(raw), "CONTENT_LENGTH": str(len(raw))})
+            with self.lock:
+                it = self.app(env, capture)
+                try:
+                    out = b"".join(it)
+                finally:
+                    getattr(it, "close", lambda: None)()
+            try:
+                got = bool(json.loads(out or b"{}").get("Messages"))
+            except (ValueError, AttributeError):
+                got = True
+            if got or not answer["status"].startswith("200") or time.monotonic() >= deadline:
+                start_response(answer["status"], answer["headers"])
+                return [out]
+            time.sleep(0.05)
 
     @staticmethod
     def find_instance(iid):

@@ -450,3 +450,31 @@ def test_describe_tasks_shape_matches_api(moto, topo, tds):
                 assert isinstance(b["hostPort"], int) and isinstance(b["containerPort"], int)
             for ni in c.get("networkInterfaces", []):
                 assert set(ni) <= members["NetworkInterface"] and "privateIpv4Address" in ni
+
+
+def test_an_sqs_long_poll_holds_up_no_other_call(moto, topo):
+    """Requests are serialized, but an SQS long poll waits outside the lock,
+    as SQS's own does: other APIs answer while it waits, and a message sent
+    meanwhile ends it."""
+    import threading
+    import time
+
+    sqs = fixtures.client(moto.endpoint, "sqs")
+    url = sqs.create_queue(QueueName="long-poll")["QueueUrl"]
+    got = {}
+
+    def poll():
+        started = time.monotonic()
+        got["messages"] = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5).get("Messages", [])
+        got["after"] = time.monotonic() - started
+
+    waiter = threading.Thread(target=poll)
+    waiter.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    topo.ecs.list_clusters()
+    assert time.monotonic() - started < 1.0
+    sqs.send_message(QueueUrl=url, MessageBody="hello")
+    waiter.join(timeout=10)
+    assert [m["Body"] for m in got["messages"]] == ["hello"]
+    assert got["after"] < 4.0

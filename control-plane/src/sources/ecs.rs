@@ -28,7 +28,10 @@ use crate::admission::Instances;
 use crate::config::EcsSettings;
 use crate::metrics::Metrics;
 use crate::sources::budget::{BudgetSettings, CallBudget};
+use crate::sources::ecs_events::{Applied, Batch, Change, Event};
 use crate::sources::{Observed, SourceSets};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// The AWS limit on ARNs per DescribeTasks / DescribeContainerInstances call.
 const BATCH: usize = 100;
@@ -79,7 +82,7 @@ impl EcsError {
 
 /// Builds the SDK clients: region and credentials from the standard chain,
 /// with the configured overrides (an endpoint URL for emulators).
-pub async fn clients(settings: &EcsSettings) -> (ecs::Client, ec2::Client) {
+pub async fn clients(settings: &EcsSettings) -> (ecs::Client, ec2::Client, aws_sdk_sqs::Client) {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = &settings.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -88,7 +91,11 @@ pub async fn clients(settings: &EcsSettings) -> (ecs::Client, ec2::Client) {
         loader = loader.endpoint_url(url.clone());
     }
     let conf = loader.load().await;
-    (ecs::Client::new(&conf), ec2::Client::new(&conf))
+    (
+        ecs::Client::new(&conf),
+        ec2::Client::new(&conf),
+        aws_sdk_sqs::Client::new(&conf),
+    )
 }
 
 /// Runs one resync loop per configured cluster; reports to `observed` as
@@ -99,10 +106,11 @@ pub async fn run(
     metrics: Arc<Metrics>,
     instances: Option<Arc<Instances>>,
 ) {
-    let (ecs, ec2) = clients(&settings).await;
+    let (ecs, ec2, sqs) = clients(&settings).await;
     let budget = Arc::new(CallBudget::new(settings.api_budget));
     metrics.set_api_budget_rate(budget.rate());
     let mut loops = tokio::task::JoinSet::new();
+    let mut routes = BTreeMap::new();
     for cluster in &settings.clusters {
         let mut source = EcsSource::new(
             ecs.clone(),
@@ -112,8 +120,29 @@ pub async fn run(
         );
         source.instances.clone_from(&instances);
         source.budget = Arc::clone(&budget);
-        let (observed, interval) = (Arc::clone(&observed), settings.resync_interval);
+        if settings.events_queue_url.is_some() {
+            let (tx, rx) = mpsc::channel(16);
+            routes.insert(cluster.clone(), tx);
+            source.events = Some(rx);
+        }
+        // With events the resync is the backstop, at its own interval.
+        let interval = if settings.events_queue_url.is_some() {
+            settings.full_resync_interval
+        } else {
+            settings.resync_interval
+        };
+        let observed = Arc::clone(&observed);
         loops.spawn(async move { source.run(&observed, interval).await });
+    }
+    if let Some(url) = settings.events_queue_url.clone() {
+        tracing::info!(queue = %url, clusters = ?settings.clusters,
+            full_resync = ?settings.full_resync_interval, "following ECS events");
+        loops.spawn(crate::sources::ecs_events::run(
+            sqs,
+            url,
+            routes,
+            Arc::clone(&metrics),
+        ));
     }
     while loops.join_next().await.is_some() {}
 }
@@ -150,6 +179,37 @@ pub struct EcsSource {
     listed: HashSet<String>,
     /// Shared by every cluster's source: the controller's ECS/EC2 calls.
     pub budget: Arc<CallBudget>,
+    /// This cluster's ECS events from the queue, when one is configured.
+    pub events: Option<mpsc::Receiver<Batch>>,
+    /// The highest event version applied per task, and when.
+    versions: HashMap<String, (i64, Instant)>,
+}
+
+/// How long a task an event reported stays in the view while a resync
+/// does not list it yet.
+const EVENT_GRACE: Duration = Duration::from_secs(30);
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn changed_some(
+    rx: &mut Option<tokio::sync::watch::Receiver<u64>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_some(rx: &mut Option<mpsc::Receiver<Batch>>) -> Option<Batch> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The shortest time between two listings of container instances asked for
@@ -170,22 +230,31 @@ impl EcsSource {
             instances: None,
             listed: HashSet::new(),
             budget: Arc::new(CallBudget::new(BudgetSettings::default())),
+            events: None,
+            versions: HashMap::new(),
         }
     }
 
     /// Resyncs forever: on success the view is replaced; on failure it is
     /// kept and the next attempt backs off (exponentially, with jitter).
+    /// Between resyncs it applies the queue's ECS events (when
+    /// [`Self::events`] is set) and lists container instances an agent's
+    /// Hello asked for (rate-limited).
     pub async fn run(&mut self, observed: &Observed, interval: Duration) {
         let id = source_id(&self.cluster);
         let mut failures = 0u32;
         let mut wanted = self.instances.as_ref().map(|i| i.wanted());
-        let mut last_listing: Option<tokio::time::Instant> = None;
+        let mut events = self.events.take();
+        let mut last_listing: Option<Instant> = None;
+        let mut listing_due: Option<Instant> = None;
+        let mut synced = false;
         loop {
-            let started = tokio::time::Instant::now();
+            let started = Instant::now();
             let wait = match self.resync().await {
                 Ok(sets) => {
                     last_listing = Some(started);
                     failures = 0;
+                    synced = true;
                     tracing::debug!(cluster = %self.cluster, sets = sets.len(), "ECS resync");
                     observed.replace(&id, sets);
                     interval
@@ -198,30 +267,117 @@ impl EcsSource {
                     backoff
                 }
             };
-            let next = tokio::time::Instant::now() + wait;
-            // Between resyncs, list the instances again when an agent
-            // claims one not listed (a new instance), rate-limited.
-            while let Some(wanted) = wanted.as_mut() {
+            let next = Instant::now() + wait;
+            loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(next) => break,
-                    changed = wanted.changed() => {
-                        if changed.is_err() {
-                            break;
+                    () = sleep_until_some(listing_due) => {
+                        listing_due = None;
+                        last_listing = Some(Instant::now());
+                        if let Err(e) = self.refresh_instances().await {
+                            tracing::warn!(cluster = %self.cluster, error = %e, "listing container instances failed");
                         }
                     }
-                }
-                let earliest = last_listing.map_or(started, |t| t + MIN_LISTING_INTERVAL);
-                tokio::time::sleep_until(earliest.min(next)).await;
-                if tokio::time::Instant::now() >= next {
-                    break;
-                }
-                last_listing = Some(tokio::time::Instant::now());
-                if let Err(e) = self.refresh_instances().await {
-                    tracing::warn!(cluster = %self.cluster, error = %e, "listing container instances failed");
+                    changed = changed_some(&mut wanted) => {
+                        if changed.is_err() {
+                            wanted = None;
+                        } else if listing_due.is_none() {
+                            let earliest = last_listing.map_or(started, |t| t + MIN_LISTING_INTERVAL);
+                            listing_due = Some(earliest.max(Instant::now()));
+                        }
+                    }
+                    batch = recv_some(&mut events) => {
+                        let Some(batch) = batch else {
+                            events = None;
+                            continue;
+                        };
+                        // Nothing is published from events before a full
+                        // view exists: the messages come back later.
+                        let ok = synced && match self.apply_events(batch.events).await {
+                            Ok(true) => {
+                                observed.replace(&id, self.sets());
+                                true
+                            }
+                            Ok(false) => true,
+                            Err(e) => {
+                                tracing::warn!(cluster = %self.cluster, error = %e,
+                                    "applying ECS events failed; they stay queued");
+                                false
+                            }
+                        };
+                        let _ = batch.done.send(Applied { ok });
+                    }
                 }
             }
-            tokio::time::sleep_until(next).await;
         }
+    }
+
+    /// Applies one batch of the queue's events; whether the view changed.
+    async fn apply_events(&mut self, events: Vec<Event>) -> Result<bool, EcsError> {
+        let mut changed = false;
+        for event in events {
+            match event.change {
+                Change::Task { task, version } => {
+                    changed |= self.apply_task(*task, version).await?;
+                }
+                Change::Instance { arn, status } => {
+                    tracing::debug!(cluster = %self.cluster, %arn, %status, "container instance changed");
+                    self.metrics.ecs_event("applied");
+                    if self.instances.is_some() {
+                        self.refresh_instances().await?;
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// One task's change: its endpoints now, unless an equal or newer
+    /// version was applied already (SQS redelivers and reorders).
+    async fn apply_task(&mut self, task: Task, version: i64) -> Result<bool, EcsError> {
+        let Some(arn) = task.task_arn().map(str::to_owned) else {
+            return Ok(false);
+        };
+        if self.versions.get(&arn).is_some_and(|(v, _)| *v >= version) {
+            self.metrics.ecs_event("stale");
+            return Ok(false);
+        }
+        if let Some(ci) = task.container_instance_arn() {
+            self.learn_hosts(&HashSet::from([ci.to_owned()])).await?;
+        }
+        self.learn_task_definitions(std::slice::from_ref(&task))
+            .await?;
+        let def = task
+            .task_definition_arn()
+            .and_then(|a| self.task_definitions.get(a));
+        let host = task
+            .container_instance_arn()
+            .and_then(|a| self.hosts.get(a));
+        let endpoints = match def {
+            Some(def) => task_endpoints(&self.cluster, &task, def, host),
+            None => Vec::new(),
+        };
+        self.versions.insert(arn.clone(), (version, Instant::now()));
+        self.metrics.ecs_event("applied");
+        Ok(if endpoints.is_empty() {
+            self.last_by_task.remove(&arn).is_some()
+        } else if self.last_by_task.get(&arn) == Some(&endpoints) {
+            false
+        } else {
+            self.last_by_task.insert(arn, endpoints);
+            true
+        })
+    }
+
+    /// The view: every task's endpoints, by concrete name.
+    fn sets(&self) -> SourceSets {
+        let mut sets: BTreeMap<Path, EndpointSet> = BTreeMap::new();
+        for (name, endpoint) in self.last_by_task.values().flatten() {
+            sets.entry(name.clone())
+                .or_default()
+                .insert(endpoint.clone());
+        }
+        sets.into_iter().map(|(n, s)| (n, Arc::new(s))).collect()
     }
 
     fn count(&self, api: &'static str, operation: &'static str, ok: bool) {
@@ -317,6 +473,17 @@ impl EcsSource {
         let mut by_task: HashMap<String, Vec<(Path, Endpoint)>> = HashMap::new();
         for task in &tasks {
             let Some(arn) = task.task_arn() else { continue };
+            if self
+                .versions
+                .get(arn)
+                .is_some_and(|(v, _)| *v > task.version())
+            {
+                // An event told of a newer state than this listing: keep it.
+                if let Some(previous) = self.last_by_task.get(arn) {
+                    by_task.insert(arn.to_owned(), previous.clone());
+                }
+                continue;
+            }
             let def = task
                 .task_definition_arn()
                 .and_then(|a| self.task_definitions.get(a));
@@ -334,15 +501,23 @@ impl EcsSource {
                 by_task.insert(arn, previous.clone());
             }
         }
-        let mut sets: BTreeMap<Path, EndpointSet> = BTreeMap::new();
-        for (name, endpoint) in by_task.values().flatten() {
-            sets.entry(name.clone())
-                .or_default()
-                .insert(endpoint.clone());
+        // A task an event just reported running may not be listed yet
+        // (ECS's reads are eventually consistent): kept for a while.
+        let listed: HashSet<&str> = tasks.iter().filter_map(Task::task_arn).collect();
+        for (arn, (_, applied)) in &self.versions {
+            if !listed.contains(arn.as_str())
+                && applied.elapsed() < EVENT_GRACE
+                && let Some(previous) = self.last_by_task.get(arn)
+            {
+                by_task.insert(arn.clone(), previous.clone());
+            }
         }
+        self.versions.retain(|arn, (_, applied)| {
+            listed.contains(arn.as_str()) || applied.elapsed() < EVENT_GRACE
+        });
         self.last_by_task = by_task;
         self.hosts.retain(|arn, _| on_hosts.contains(arn));
-        Ok(sets.into_iter().map(|(n, s)| (n, Arc::new(s))).collect())
+        Ok(self.sets())
     }
 
     async fn list_tasks(&self) -> Result<Vec<String>, EcsError> {

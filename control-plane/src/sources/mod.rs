@@ -6,6 +6,7 @@
 pub mod budget;
 pub mod consul;
 pub mod ecs;
+pub mod ecs_events;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

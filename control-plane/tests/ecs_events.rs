@@ -1,0 +1,246 @@
+//! ECS events as the fast path: EventBridge-shaped "ECS Task State Change"
+//! messages on an SQS queue (moto) change the ECS source's view between
+//! full resyncs (here 5 minutes apart, so only events can explain a
+//! change); duplicates and older versions are dropped; every message is
+//! deleted once handled, and what is not an ECS event is deleted and
+//! counted, never applied.
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ecs::types::{NetworkMode, Task};
+use ecsmesh_controller::metrics::Metrics;
+use ecsmesh_controller::sources::ecs::EcsSource;
+use ecsmesh_controller::sources::{Observed, ObservedState};
+use ecsmesh_dtab::Path;
+use ecsmesh_test_support::ecs::{Topology, sdk_config};
+use ecsmesh_test_support::moto::MotoServer;
+use serde_json::json;
+use tokio::sync::watch;
+
+/// The event EventBridge would deliver for `task` at `version`, `status`.
+fn event(task: &Task, version: i64, status: &str) -> String {
+    let containers: Vec<_> = task
+        .containers()
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name(),
+                "networkBindings": c.network_bindings().iter().map(|b| json!({
+                    "containerPort": b.container_port(),
+                    "hostPort": b.host_port(),
+                    "bindIP": b.bind_ip(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "version": "0",
+        "id": uuid(),
+        "detail-type": "ECS Task State Change",
+        "source": "aws.ecs",
+        "account": "123456789012",
+        "region": "ap-northeast-2",
+        "resources": [task.task_arn()],
+        "detail": {
+            "clusterArn": task.cluster_arn(),
+            "taskArn": task.task_arn(),
+            "lastStatus": status,
+            "desiredStatus": if status == "STOPPED" { "STOPPED" } else { "RUNNING" },
+            "group": task.group(),
+            "containerInstanceArn": task.container_instance_arn(),
+            "taskDefinitionArn": task.task_definition_arn(),
+            "version": version,
+            "containers": containers,
+        }
+    })
+    .to_string()
+}
+
+fn uuid() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+fn world(state: &ObservedState) -> usize {
+    let name = Path::read("/#/ecs/events/world").unwrap();
+    state.merged().get(&name).map_or(0, |s| s.len())
+}
+
+async fn until(
+    rx: &mut watch::Receiver<ObservedState>,
+    what: &str,
+    done: impl Fn(&ObservedState) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done(&rx.borrow_and_update()) {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "timed out waiting for {what}: {:?}",
+            rx.borrow().by_source.keys().collect::<Vec<_>>()
+        )
+    });
+}
+
+fn counted(metrics: &Metrics, result: &str) -> u64 {
+    let needle = format!("ecsmesh_controller_ecs_events_total{{result=\"{result}\"}} ");
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_change_routing_between_full_resyncs() {
+    let moto = MotoServer::shared();
+    let region = "ap-northeast-2";
+    let conf = sdk_config(&moto.endpoint(), region).await;
+    let topology = Topology::create(&conf, "events", 48, &["127.0.48.1"]).await;
+    let web = topology
+        .task_definition(
+            "world",
+            NetworkMode::Bridge,
+            "world",
+            &[(8080, 0)],
+            &[],
+            &[],
+        )
+        .await;
+    topology.create_service("world", &web, 1).await;
+    let sqs = aws_sdk_sqs::Client::new(&conf);
+    let queue = sqs
+        .create_queue()
+        .queue_name("ecsmesh-events")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+
+    let metrics = Arc::new(Metrics::new());
+    let mut source = EcsSource::new(
+        aws_sdk_ecs::Client::new(&conf),
+        aws_sdk_ec2::Client::new(&conf),
+        "events".to_owned(),
+        Arc::clone(&metrics),
+    );
+    let (tx, events) = tokio::sync::mpsc::channel(16);
+    source.events = Some(events);
+    let observed = Arc::new(Observed::new(["ecs:events".to_owned()]));
+    let mut rx = observed.subscribe();
+    let run = {
+        let observed = Arc::clone(&observed);
+        tokio::spawn(async move { source.run(&observed, Duration::from_mins(5)).await })
+    };
+    let consumer = tokio::spawn(ecsmesh_controller::sources::ecs_events::run(
+        sqs.clone(),
+        queue.clone(),
+        BTreeMap::from([("events".to_owned(), tx)]),
+        Arc::clone(&metrics),
+    ));
+    until(&mut rx, "the first resync", |s| world(s) == 1).await;
+    let first = topology.service_tasks("world").await;
+
+    // A task starts: only its event can tell before the next full resync.
+    topology.scale_service("world", 2).await;
+    let tasks = topology.service_tasks("world").await;
+    let described = topology
+        .ecs
+        .describe_tasks()
+        .cluster("events")
+        .set_tasks(Some(tasks.clone()))
+        .send()
+        .await
+        .unwrap();
+    let new = described
+        .tasks()
+        .iter()
+        .find(|t| !first.iter().any(|a| Some(a.as_str()) == t.task_arn()))
+        .unwrap()
+        .clone();
+    let old = described
+        .tasks()
+        .iter()
+        .find(|t| first.iter().any(|a| Some(a.as_str()) == t.task_arn()))
+        .unwrap()
+        .clone();
+    let send = |body: String| {
+        let (sqs, queue) = (sqs.clone(), queue.clone());
+        async move {
+            sqs.send_message()
+                .queue_url(queue)
+                .message_body(body)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    send(event(&new, 3, "RUNNING")).await;
+    until(&mut rx, "the started task's event", |s| world(s) == 2).await;
+
+    // Redelivered, and an older version: both dropped.
+    send(event(&new, 3, "RUNNING")).await;
+    send(event(&new, 2, "PENDING")).await;
+    // Not ECS events at all: deleted and counted, nothing applied.
+    send("{not json".to_owned()).await;
+    send(json!({"source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification", "detail": {}}).to_string()).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while counted(&metrics, "stale") < 2
+            || counted(&metrics, "malformed") < 1
+            || counted(&metrics, "ignored") < 1
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{}", metrics.encode()));
+    assert_eq!(world(&rx.borrow()), 2);
+
+    // The first task stops: its event removes it; an older RUNNING event
+    // for it arriving late does not bring it back.
+    topology.stop_task(first[0].as_str()).await;
+    send(event(&old, 10, "STOPPED")).await;
+    until(&mut rx, "the stopped task's event", |s| world(s) == 1).await;
+    send(event(&old, 9, "RUNNING")).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while counted(&metrics, "stale") < 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(world(&rx.borrow()), 1);
+    assert_eq!(counted(&metrics, "applied"), 2);
+
+    // Everything handled was deleted.
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let count = |name: aws_sdk_sqs::types::QueueAttributeName| {
+        attrs
+            .attributes()
+            .and_then(|a| a.get(&name))
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    assert_eq!(
+        count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages),
+        0
+    );
+    assert_eq!(
+        count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        0
+    );
+    run.abort();
+    consumer.abort();
+}
