@@ -88,6 +88,7 @@ async fn dtab(State(s): State<AdminState>) -> impl IntoResponse {
         "version": table.version,
         "epoch": table.epoch,
         "connected": status.connected,
+        "controller": status.controller,
         "from_disk": status.from_disk,
         "dtab": table.dtab.to_string(),
         "dentries": json::dtab(&table.dtab),

@@ -47,6 +47,8 @@ pub struct Summaries {
 #[derive(Clone, Debug, Default)]
 pub struct ControlStatus {
     pub connected: bool,
+    /// The controller replica followed now (or last).
+    pub controller: Option<String>,
     /// The installed version, 0 before the first.
     pub version: u64,
     pub epoch: String,
@@ -131,9 +133,11 @@ pub fn restore(
     }
 }
 
-/// Follows the controller forever.
+/// Follows the controller forever. With several replicas, a stream that
+/// ends or cannot start moves on to the next one at once; only a whole
+/// round of failures backs off.
 pub async fn run(
-    controller: ControllerEndpoint,
+    controllers: Vec<ControllerEndpoint>,
     info: AgentInfo,
     routes: Arc<Routes>,
     file: SnapshotFile,
@@ -141,9 +145,10 @@ pub async fn run(
     summaries: Summaries,
 ) {
     let mut failures = 0u32;
-    loop {
+    let replicas = u32::try_from(controllers.len().max(1)).unwrap_or(u32::MAX);
+    for controller in controllers.iter().cycle() {
         let started = Instant::now();
-        let result = follow(&controller, &info, &routes, &file, &status, &summaries).await;
+        let result = follow(controller, &info, &routes, &file, &status, &summaries).await;
         status.send_modify(|s| s.connected = false);
         if let Err(e) = &result {
             tracing::warn!(%controller, error = %e, "controller stream ended; routing on the last state");
@@ -155,8 +160,12 @@ pub async fn run(
         } else {
             failures.saturating_add(1)
         };
+        if failures == 0 || !failures.is_multiple_of(replicas) {
+            continue;
+        }
+        let rounds = failures / replicas;
         let backoff = BACKOFF_MIN
-            .saturating_mul(1 << failures.min(8))
+            .saturating_mul(1 << rounds.min(8))
             .min(BACKOFF_MAX);
         tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
     }
@@ -216,6 +225,7 @@ async fn follow(
         .into_inner();
     status.send_modify(|s| {
         s.connected = true;
+        s.controller = Some(controller.to_string());
         s.last_error = None;
     });
     tracing::info!(%controller, "following the controller");

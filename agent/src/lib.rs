@@ -95,7 +95,7 @@ impl Agent {
             i64::try_from(tokio::runtime::Handle::current().metrics().num_workers())
                 .unwrap_or(i64::MAX),
         );
-        let (controller, l2l_tls) = tls::setup(&config, &metrics)?;
+        let (controllers, l2l_tls) = tls::setup(&config, &metrics)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (mut listeners, mut background) = (JoinSet::new(), JoinSet::new());
         let info = AgentInfo {
@@ -106,7 +106,7 @@ impl Agent {
             cluster: config.cluster.clone(),
         };
         background.spawn(control::run(
-            controller,
+            controllers,
             info,
             Arc::clone(&routes),
             file,

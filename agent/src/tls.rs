@@ -28,14 +28,16 @@ use crate::metrics::{Metrics, TlsFailureLabels};
 pub fn setup(
     config: &Config,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<(ControllerEndpoint, Option<Arc<L2lTls>>)> {
+) -> anyhow::Result<(Vec<ControllerEndpoint>, Option<Arc<L2lTls>>)> {
     use anyhow::Context as _;
-    let controller = ControllerEndpoint::new(config).context("TLS to the controller")?;
+    let controllers = ControllerEndpoint::all(config).context("TLS to the controller")?;
     // A token that cannot be read stops the start; later reads are retried.
-    controller.bearer()?;
+    if let Some(first) = controllers.first() {
+        first.bearer()?;
+    }
     let l2l =
         L2lTls::new(config, Arc::clone(metrics)).context("TLS on the linker-to-linker hop")?;
-    Ok((controller, l2l.map(Arc::new)))
+    Ok((controllers, l2l.map(Arc::new)))
 }
 
 /// The linker-to-linker hop's TLS: the incoming port's acceptor, and the
@@ -147,11 +149,32 @@ pub enum TokenError {
 }
 
 impl ControllerEndpoint {
-    pub fn new(config: &Config) -> Result<Self, TlsError> {
-        let url = if config.controller.contains("://") {
-            config.controller.clone()
+    /// Every controller replica `config.controller` names (a comma-separated
+    /// list; each may be a DNS name, resolved again at every connection).
+    ///
+    /// # Errors
+    /// A certificate problem, or no address at all.
+    pub fn all(config: &Config) -> Result<Vec<Self>, TlsError> {
+        let all = config
+            .controller
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|address| Self::new(config, address))
+            .collect::<Result<Vec<_>, _>>()?;
+        if all.is_empty() {
+            return Err(TlsError::Missing(
+                "no controller address (--controller)".to_owned(),
+            ));
+        }
+        Ok(all)
+    }
+
+    fn new(config: &Config, address: &str) -> Result<Self, TlsError> {
+        let url = if address.contains("://") {
+            address.to_owned()
         } else {
-            format!("http://{}", config.controller)
+            format!("http://{address}")
         };
         let token_file = config.controller_token_file.clone();
         if !url.starts_with("https://") {
@@ -215,9 +238,13 @@ impl ControllerEndpoint {
     /// Opens a channel (the controller stream's keepalives included).
     pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
         let endpoint = Endpoint::from_shared(self.url.clone())?
-            .connect_timeout(Duration::from_secs(3))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20));
+            .connect_timeout(Duration::from_secs(2))
+            // A replica that goes silent (its instance gone, a partition)
+            // is noticed within 5 s; one that exits closes the connection
+            // and is noticed at once. Either way the next replica is next.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true);
         match &self.tls {
             Some((client, name)) => {
                 endpoint

@@ -517,3 +517,129 @@ async fn shutdown_finishes_requests_in_flight() {
     // And the listener is closed.
     assert!(tokio::net::TcpStream::connect(proxy).await.is_err());
 }
+
+#[tokio::test]
+async fn fails_over_between_controller_replicas_without_failed_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dead, grpc_a, grpc_b) = (
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+    );
+    let world = Upstream::start("127.0.61.11", "world").await;
+    let world2 = Upstream::start("127.0.61.12", "world").await;
+    let one = sets(&[("/#/ecs/demo/world", &[(world.addr, "127.0.61.11")])]);
+    let ctl_a = Replica::start(dir.path().join("a"), grpc_a, one.clone());
+    let ctl_b = controller(&dir.path().join("b"), grpc_b).await;
+    ctl_b.observed.replace(SOURCE, one);
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    // The first replica listed is down: the agent goes on to the next.
+    let replicas = format!("{},{}, {}", url(dead), url(grpc_a), url(grpc_b));
+    let started = std::time::Instant::now();
+    let a = agent_with(
+        "127.0.61.1",
+        0,
+        free_port("127.0.61.1"),
+        Mode::Direct,
+        &dir.path().join("agent"),
+        |c| c.controller = replicas,
+    )
+    .await;
+    let mut status = a.status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| s.connected && s.version > 0),
+    )
+    .await
+    .expect("following a live replica within 5 s")
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        a.status.borrow().controller.as_deref(),
+        Some(url(grpc_a).as_str())
+    );
+
+    // Replica A dies while clients send requests; replica B has news.
+    let client = {
+        let addr = a.outgoing_addr;
+        tokio::spawn(async move {
+            let mut failed = 0;
+            for _ in 0..300 {
+                let (code, _, _) = get_via(addr, "world", "/", &[]).await;
+                failed += usize::from(code != 200);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            failed
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let died = std::time::Instant::now();
+    ctl_a.kill();
+    ctl_b.observed.replace(
+        SOURCE,
+        sets(&[(
+            "/#/ecs/demo/world",
+            &[(world.addr, "127.0.61.11"), (world2.addr, "127.0.61.12")],
+        )]),
+    );
+    let routes = &a.routes;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let table = routes.load();
+            let name = ecsmesh_dtab::Path::read("/#/ecs/demo/world").unwrap();
+            if a.status.borrow().controller.as_deref() == Some(url(grpc_b).as_str())
+                && table.mesh.sets.get(&name).is_some_and(|s| s.len() == 2)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("replica B's state within 5 s of A's death");
+    assert!(died.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        client.await.unwrap(),
+        0,
+        "requests failed during the failover"
+    );
+}
+
+/// A controller on a runtime of its own: killing it drops the runtime, and
+/// with it every connection, as a dead process would (an in-process
+/// controller dropped in the test's runtime leaves its streams running).
+struct Replica {
+    die: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Replica {
+    fn start(
+        dir: std::path::PathBuf,
+        grpc: u16,
+        endpoints: std::collections::BTreeMap<ecsmesh_dtab::Path, Arc<ecsmesh_state::EndpointSet>>,
+    ) -> Self {
+        let (die, died) = std::sync::mpsc::channel();
+        let (ready, started) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let ctl = rt.block_on(controller(&dir, grpc));
+            ctl.observed.replace(SOURCE, endpoints);
+            ready.send(()).unwrap();
+            let _ = died.recv();
+            drop(ctl);
+            rt.shutdown_background();
+        });
+        started.recv().unwrap();
+        Self { die, thread }
+    }
+
+    fn kill(self) {
+        self.die.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
+}
