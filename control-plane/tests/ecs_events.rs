@@ -7,15 +7,20 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ecs::types::{NetworkMode, Task};
+use common::{Running, TestAgent, emulator_env, free_port};
 use ecsmesh_controller::metrics::Metrics;
 use ecsmesh_controller::sources::ecs::EcsSource;
 use ecsmesh_controller::sources::{Observed, ObservedState};
 use ecsmesh_dtab::Path;
+use ecsmesh_proto::v1::controller_message::Kind;
+use ecsmesh_state::MeshState;
 use ecsmesh_test_support::ecs::{Topology, sdk_config};
 use ecsmesh_test_support::moto::MotoServer;
 use serde_json::json;
@@ -243,4 +248,170 @@ async fn events_change_routing_between_full_resyncs() {
     );
     run.abort();
     consumer.abort();
+}
+
+/// The real binary, following the events the (patched) moto puts on its
+/// event bus as ECS would, through a rule and a queue as `deploy up` sets
+/// them up: a scale-out and a stop reach a subscribed agent as deltas with
+/// no resync in between (one ListTasks in all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_follows_the_events_an_account_sends() {
+    let moto = MotoServer::shared();
+    let region = "ap-northeast-3";
+    let conf = sdk_config(&moto.endpoint(), region).await;
+    let topology = Topology::create(&conf, "evbin", 50, &["127.0.50.1"]).await;
+    let web = topology
+        .task_definition(
+            "world",
+            NetworkMode::Bridge,
+            "world",
+            &[(8080, 0)],
+            &[],
+            &[],
+        )
+        .await;
+    topology.create_service("world", &web, 1).await;
+    let sqs = aws_sdk_sqs::Client::new(&conf);
+    let queue = sqs
+        .create_queue()
+        .queue_name("evbin-events")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .cloned()
+        .unwrap();
+    let events = aws_sdk_eventbridge::Client::new(&conf);
+    events
+        .put_rule()
+        .name("evbin-ecs")
+        .event_pattern(
+            json!({"source": ["aws.ecs"], "detail-type": ["ECS Task State Change", "ECS Container Instance State Change"]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule("evbin-ecs")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(&queue_arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // Events from before the controller starts: its first resync covers them.
+    let _ = sqs.purge_queue().queue_url(&queue).send().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, admin) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let store = dir.path().join("store").display().to_string();
+    let _controller = Running::start(
+        &[
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+            "--store-dir",
+            &store,
+            "--cluster",
+            "evbin",
+            "--ecs-events-queue-url",
+            &queue,
+            "--full-resync-interval",
+            "5m",
+        ],
+        &emulator_env(&moto.endpoint(), region),
+    );
+    let node = &topology.nodes[0];
+    let channel = async {
+        let addr = format!("127.0.0.1:{grpc}").parse().unwrap();
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return common::channel(addr).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the controller did not listen");
+    }
+    .await;
+    let mut agent = TestAgent::connect_as(channel, &node.instance_id, &node.private_ip).await;
+    let Kind::Snapshot(s) = agent.next().await else {
+        panic!("a snapshot first")
+    };
+    agent.ack(s.version).await;
+    let mut state = MeshState::from_snapshot(&s).unwrap();
+    let name = Path::read("/#/ecs/evbin/world").unwrap();
+    assert_eq!(state.sets[&name].len(), 1);
+    let first = topology.service_tasks("world").await;
+
+    let started = std::time::Instant::now();
+    topology.scale_service("world", 2).await;
+    state = next_state(&mut agent, state).await;
+    assert_eq!(state.sets[&name].len(), 2);
+    topology.stop_task(first[0].as_str()).await;
+    state = next_state(&mut agent, state).await;
+    // The scheduler replaces the stopped task (another event) if it has
+    // not yet: either way the stopped one is gone.
+    let gone = |st: &MeshState| {
+        st.sets[&name]
+            .iter()
+            .all(|e| e.meta.get("task_arn") != Some(&first[0]))
+    };
+    while !gone(&state) {
+        state = next_state(&mut agent, state).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let metrics = metrics_text(admin).await;
+    let list_tasks = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "ecsmesh_controller_api_calls_total{api=\"ecs\",operation=\"ListTasks\"} ",
+            )
+        })
+        .unwrap();
+    assert_eq!(list_tasks.trim(), "1", "no resync ran: the events did it");
+    assert!(
+        metrics.contains("ecsmesh_controller_ecs_events_total{result=\"applied\"}"),
+        "{metrics}"
+    );
+}
+
+/// The agent's next message, a delta, applied to `state` and ACKed.
+async fn next_state(agent: &mut TestAgent, state: MeshState) -> MeshState {
+    let Kind::Delta(d) = agent.next().await else {
+        panic!("a delta")
+    };
+    agent.ack(d.version).await;
+    state.apply(&d).unwrap()
+}
+
+async fn metrics_text(admin: u16) -> String {
+    let url = format!("http://127.0.0.1:{admin}/metrics");
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--noproxy", "*", "--max-time", "5", &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap()
 }

@@ -486,10 +486,98 @@ def patch_service_scheduler():
         after(name, cluster_arg)
 
 
+def _emit(backend, detail_type, detail, resources):
+    """Puts an ECS event on the default event bus of the backend's account and region, as ECS
+    does on every task and container instance state change; moto's EventBridge then delivers it
+    to the targets of the matching rules (an SQS queue, for the controller)."""
+    from moto.events.models import events_backends
+
+    bus = events_backends[backend.account_id][backend.region_name]
+    bus.put_events([{"Source": "aws.ecs", "DetailType": detail_type, "Resources": resources,
+                     "Detail": json.dumps(detail, default=str)}])
+
+
+def _task_event(backend, task):
+    """An "ECS Task State Change" event for the task as it is now."""
+    containers = [{
+        "containerArn": getattr(c, "container_arn", None), "name": c.name, "lastStatus": c.last_status,
+        "healthStatus": getattr(c, "health_status", None),
+        "networkBindings": getattr(c, "network_bindings", None) or [],
+        "networkInterfaces": getattr(c, "network_interfaces", None) or [],
+    } for c in task.containers]
+    _emit(backend, "ECS Task State Change", {
+        "clusterArn": task.cluster_arn, "taskArn": task.task_arn, "lastStatus": task.last_status,
+        "desiredStatus": task.desired_status, "group": task.group,
+        "containerInstanceArn": task.container_instance_arn, "taskDefinitionArn": task.task_definition_arn,
+        "availabilityZone": getattr(task, "availability_zone", None),
+        "healthStatus": getattr(task, "health_status", None), "launchType": task.launch_type,
+        "version": getattr(task, "version", 1), "stoppedReason": task.stopped_reason or None,
+        "containers": containers, "attachments": task.attachments,
+    }, [task.task_arn])
+
+
+def _instance_event(backend, ci):
+    """An "ECS Container Instance State Change" event for the instance as it is now."""
+    cluster = ci.container_instance_arn.split("/")[-2]
+    _emit(backend, "ECS Container Instance State Change", {
+        "clusterArn": backend._get_cluster(cluster).arn, "containerInstanceArn": ci.container_instance_arn,
+        "ec2InstanceId": ci.ec2_instance_id, "status": ci.status, "agentConnected": True,
+        "version": getattr(ci, "_event_version", 1),
+    }, [ci.container_instance_arn])
+
+
+def patch_state_change_events():
+    """ECS events, as EventBridge receives them from ECS: a task change when a task starts
+    (Task.__init__, patched above: tasks start RUNNING) and when it stops (`_stop`), each with the
+    task's `version`; a container instance change on register, deregister and state updates.
+    Wraps the methods patch_service_scheduler set up, so the scheduler's own starts and stops
+    emit too."""
+    from moto.ecs import models as m
+    from moto.ecs.models import EC2ContainerServiceBackend as B
+
+    task_init = m.Task.__init__
+
+    @functools.wraps(task_init)
+    def __init__(self, *args, **kwargs):
+        task_init(self, *args, **kwargs)
+        _task_event(self._backend, self)
+
+    m.Task.__init__ = __init__
+
+    global _stop
+    stop = _stop
+
+    def stop_and_emit(backend, task, reason, code):
+        was = task.last_status
+        stop(backend, task, reason, code)
+        if was != "STOPPED":
+            _task_event(backend, task)
+
+    _stop = stop_and_emit
+
+    def instance_events(name, instances_of):
+        orig = getattr(B, name)
+
+        @functools.wraps(orig)
+        def wrapped(self, *args, **kwargs):
+            result = orig(self, *args, **kwargs)
+            for ci in instances_of(result):
+                ci._event_version = getattr(ci, "_event_version", 0) + 1
+                _instance_event(self, ci)
+            return result
+
+        setattr(B, name, wrapped)
+
+    instance_events("register_container_instance", lambda r: [r])
+    instance_events("deregister_container_instance", lambda r: [r])
+    instance_events("update_container_instances_state", lambda r: r[0])
+
+
 def apply_patches():
     check_moto_version()
     for patch in (patch_task_lifecycle, patch_port_reservations, patch_awsvpc_ip, patch_task_fields,
-                  patch_stop_task, patch_list_tasks, patch_describe_tasks, patch_service_scheduler):
+                  patch_stop_task, patch_list_tasks, patch_describe_tasks, patch_service_scheduler,
+                  patch_state_change_events):
         patch()
 
 

@@ -478,3 +478,43 @@ def test_an_sqs_long_poll_holds_up_no_other_call(moto, topo):
     waiter.join(timeout=10)
     assert [m["Body"] for m in got["messages"]] == ["hello"]
     assert got["after"] < 4.0
+
+
+def test_state_changes_reach_eventbridge_rules_as_ecs_events(moto, topo, tds):
+    """A task starting and stopping, and an instance draining, put the events ECS puts on the
+    default bus; a rule for source aws.ecs delivers them to its SQS queue."""
+    sqs, events = fixtures.client(moto.endpoint, "sqs"), fixtures.client(moto.endpoint, "events")
+    url = sqs.create_queue(QueueName="ecs-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="ecs", EventPattern=json.dumps({"source": ["aws.ecs"]}))
+    events.put_targets(Rule="ecs", Targets=[{"Id": "queue", "Arn": arn}])
+
+    def drain():
+        got = []
+        while True:
+            msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+            if not msgs:
+                return got
+            for m in msgs:
+                got.append(json.loads(m["Body"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+    task = topo.ecs.run_task(cluster=topo.cluster, taskDefinition="dyn", count=1)["tasks"][0]
+    started = [e for e in drain() if e["detail-type"] == "ECS Task State Change"]
+    assert len(started) == 1, started
+    d = started[0]["detail"]
+    assert started[0]["source"] == "aws.ecs" and started[0]["resources"] == [task["taskArn"]]
+    assert (d["taskArn"], d["lastStatus"], d["desiredStatus"], d["version"]) == (task["taskArn"], "RUNNING", "RUNNING", 1)
+    assert d["clusterArn"].endswith(f":cluster/{topo.cluster}")
+    assert d["containers"][0]["networkBindings"][0]["hostPort"] in EPHEMERAL
+
+    topo.ecs.stop_task(cluster=topo.cluster, task=task["taskArn"])
+    stopped = [e["detail"] for e in drain()]
+    assert [(s["lastStatus"], s["version"]) for s in stopped] == [("STOPPED", 2)], stopped
+
+    node = topo.nodes[0]
+    topo.ecs.update_container_instances_state(cluster=topo.cluster, containerInstances=[node.container_instance_arn],
+                                              status="DRAINING")
+    changes = [e for e in drain() if e["detail-type"] == "ECS Container Instance State Change"]
+    assert [(c["detail"]["containerInstanceArn"], c["detail"]["status"]) for c in changes] == [
+        (node.container_instance_arn, "DRAINING")]
