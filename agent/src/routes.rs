@@ -453,7 +453,15 @@ fn set_target(
     let mut hosts = HashMap::with_capacity(set.len());
     let mut all = Vec::with_capacity(set.len());
     let mut local = Vec::new();
-    for e in set.iter() {
+    // Endpoints on draining hosts serve only when nothing else can.
+    let draining = |e: &ecsmesh_state::Endpoint| {
+        e.meta
+            .get(ecsmesh_state::meta::DRAINING)
+            .map(String::as_str)
+            == Some("true")
+    };
+    let others_serve = set.iter().any(|e| !draining(e));
+    for e in set.iter().filter(|e| !(others_serve && draining(e))) {
         let host = e
             .meta
             .get(HOST_IP_META)
@@ -666,6 +674,47 @@ mod tests {
             &plain,
             &table.decide(&name, None, None, &settings)
         ));
+    }
+
+    #[test]
+    fn draining_endpoints_serve_only_when_nothing_else_can() {
+        let settings = TableSettings::new("default".into(), "127.0.1.1".parse().unwrap());
+        let endpoint = |addr: &str, draining: bool| {
+            let e = ecsmesh_state::Endpoint::new(addr.parse().unwrap());
+            if draining {
+                e.with_meta(ecsmesh_state::meta::DRAINING, "true")
+            } else {
+                e
+            }
+        };
+        let total = |eps: Vec<ecsmesh_state::Endpoint>| {
+            let mesh = MeshState {
+                dtabs: std::collections::BTreeMap::new(),
+                sets: [(
+                    Path::read("/#/ecs/demo/world").unwrap(),
+                    Arc::new(eps.into_iter().collect::<EndpointSet>()),
+                )]
+                .into(),
+            };
+            let table = RouteTable::build(1, "e".into(), Arc::new(mesh), &settings, None);
+            table.clients()[0].total
+        };
+        assert_eq!(
+            total(vec![
+                endpoint("127.0.1.2:80", true),
+                endpoint("127.0.1.3:80", false),
+                endpoint("127.0.1.4:80", true),
+            ]),
+            1
+        );
+        assert_eq!(
+            total(vec![
+                endpoint("127.0.1.2:80", true),
+                endpoint("127.0.1.4:80", true)
+            ]),
+            2,
+            "all draining: they still serve"
+        );
     }
 
     #[test]

@@ -306,3 +306,76 @@ async fn the_call_budget_paces_calls_and_throttling_shrinks_it() {
     let rate = gauge(&metrics, "ecsmesh_controller_api_budget_rate");
     assert!(rate > 1.0 && rate < 4.0, "{rate}");
 }
+
+#[tokio::test]
+async fn tasks_on_a_draining_instance_are_marked_until_it_is_active_again() {
+    use aws_sdk_ecs::types::ContainerInstanceStatus;
+    let moto = MotoServer::shared();
+    let region = "eu-west-3";
+    let conf = sdk_config(&moto.endpoint(), region).await;
+    let topology = Topology::create(&conf, "drainmark", 52, &["127.0.52.1", "127.0.52.2"]).await;
+    let web = topology
+        .task_definition("web", NetworkMode::Bridge, "web", &[(8080, 0)], &[], &[])
+        .await;
+    // Standalone tasks, one per instance: ECS does not move those on a drain.
+    for node in &topology.nodes {
+        topology
+            .ecs
+            .start_task()
+            .cluster("drainmark")
+            .task_definition(&web)
+            .container_instances(&node.container_instance_arn)
+            .send()
+            .await
+            .unwrap();
+    }
+    let (mut source, _) = source_for(&topology, &moto.endpoint(), region).await;
+    let draining = |sets: &SourceSets| -> Vec<(String, bool)> {
+        let path = Path::read("/#/ecs/drainmark/web").unwrap();
+        let mut v: Vec<(String, bool)> = sets[&path]
+            .iter()
+            .map(|e| {
+                (
+                    e.meta["host_ip"].clone(),
+                    e.meta
+                        .get(ecsmesh_state::meta::DRAINING)
+                        .map(String::as_str)
+                        == Some("true"),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let set_state = |status: ContainerInstanceStatus| {
+        let ecs = topology.ecs.clone();
+        let arn = topology.nodes[0].container_instance_arn.clone();
+        async move {
+            ecs.update_container_instances_state()
+                .cluster("drainmark")
+                .container_instances(arn)
+                .status(status)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    let before = source.resync().await.unwrap();
+    assert_eq!(
+        draining(&before),
+        [
+            ("127.0.52.1".to_owned(), false),
+            ("127.0.52.2".to_owned(), false)
+        ]
+    );
+    set_state(ContainerInstanceStatus::Draining).await;
+    assert_eq!(
+        draining(&source.resync().await.unwrap()),
+        [
+            ("127.0.52.1".to_owned(), true),
+            ("127.0.52.2".to_owned(), false)
+        ]
+    );
+    set_state(ContainerInstanceStatus::Active).await;
+    assert_eq!(draining(&source.resync().await.unwrap()), draining(&before));
+}

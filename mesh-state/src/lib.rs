@@ -9,6 +9,7 @@
 
 #[cfg(feature = "json")]
 pub mod json;
+pub mod meta;
 mod namer;
 pub mod names;
 mod state;

@@ -19,7 +19,8 @@ use aws_sdk_ec2 as ec2;
 use aws_sdk_ecs as ecs;
 use aws_sdk_ecs::error::ProvideErrorMetadata as _;
 use aws_sdk_ecs::types::{
-    ContainerDefinition, DesiredStatus, HealthStatus, NetworkMode, Task, TaskDefinition,
+    ContainerDefinition, ContainerInstanceStatus, DesiredStatus, HealthStatus, NetworkMode, Task,
+    TaskDefinition,
 };
 use ecsmesh_dtab::Path;
 use ecsmesh_state::{Endpoint, EndpointSet, names};
@@ -177,6 +178,9 @@ pub struct EcsSource {
     pub instances: Option<Arc<Instances>>,
     /// Container instance ARNs at the last listing.
     listed: HashSet<String>,
+    /// Container instances in `DRAINING`: their tasks' endpoints are
+    /// marked, and agents use them only when nothing else serves.
+    draining: HashSet<String>,
     /// Shared by every cluster's source: the controller's ECS/EC2 calls.
     pub budget: Arc<CallBudget>,
     /// This cluster's ECS events from the queue, when one is configured.
@@ -229,6 +233,7 @@ impl EcsSource {
             last_by_task: HashMap::new(),
             instances: None,
             listed: HashSet::new(),
+            draining: HashSet::new(),
             budget: Arc::new(CallBudget::new(BudgetSettings::default())),
             events: None,
             versions: HashMap::new(),
@@ -323,6 +328,16 @@ impl EcsSource {
                 Change::Instance { arn, status } => {
                     tracing::debug!(cluster = %self.cluster, %arn, %status, "container instance changed");
                     self.metrics.ecs_event("applied");
+                    let draining = status == "DRAINING";
+                    let was = if draining {
+                        !self.draining.insert(arn.clone())
+                    } else {
+                        self.draining.remove(&arn)
+                    };
+                    if was != draining {
+                        self.remark_draining(&arn);
+                        changed = true;
+                    }
                     if self.instances.is_some() {
                         self.refresh_instances().await?;
                     }
@@ -353,10 +368,11 @@ impl EcsSource {
         let host = task
             .container_instance_arn()
             .and_then(|a| self.hosts.get(a));
-        let endpoints = match def {
+        let mut endpoints = match def {
             Some(def) => task_endpoints(&self.cluster, &task, def, host),
             None => Vec::new(),
         };
+        self.mark_draining(&task, &mut endpoints);
         self.versions.insert(arn.clone(), (version, Instant::now()));
         self.metrics.ecs_event("applied");
         Ok(if endpoints.is_empty() {
@@ -436,6 +452,7 @@ impl EcsSource {
     /// One full read of the cluster.
     pub async fn resync(&mut self) -> Result<SourceSets, EcsError> {
         let arns = self.list_tasks().await?;
+        self.draining = self.list_draining_instances().await?;
         if self.instances.is_some() {
             self.listed = self.list_container_instances().await?;
         }
@@ -490,10 +507,11 @@ impl EcsSource {
             let host = task
                 .container_instance_arn()
                 .and_then(|a| self.hosts.get(a));
-            let endpoints = match def {
+            let mut endpoints = match def {
                 Some(def) => task_endpoints(&self.cluster, task, def, host),
                 None => Vec::new(),
             };
+            self.mark_draining(task, &mut endpoints);
             by_task.insert(arn.to_owned(), endpoints);
         }
         for arn in undescribed {
@@ -552,6 +570,57 @@ impl EcsSource {
             arns.extend(page.container_instance_arns.unwrap_or_default());
         }
         Ok(arns)
+    }
+
+    /// The cluster's container instances in `DRAINING` (one call per 100).
+    async fn list_draining_instances(&self) -> Result<HashSet<String>, EcsError> {
+        let mut pages = self
+            .ecs
+            .list_container_instances()
+            .cluster(&self.cluster)
+            .status(ContainerInstanceStatus::Draining)
+            .into_paginator()
+            .send();
+        let mut arns = HashSet::new();
+        while let Some(page) = self
+            .call_paged("ecs", "ListContainerInstances", pages.next())
+            .await?
+        {
+            arns.extend(page.container_instance_arns.unwrap_or_default());
+        }
+        Ok(arns)
+    }
+
+    /// Marks a task's endpoints when its container instance is draining.
+    fn mark_draining(&self, task: &Task, endpoints: &mut [(Path, Endpoint)]) {
+        if task
+            .container_instance_arn()
+            .is_some_and(|a| self.draining.contains(a))
+        {
+            for (_, e) in endpoints {
+                e.meta
+                    .insert(ecsmesh_state::meta::DRAINING.to_owned(), "true".to_owned());
+            }
+        }
+    }
+
+    /// After an instance's state event: its tasks' endpoints marked (or
+    /// not) as its state now says.
+    fn remark_draining(&mut self, instance: &str) {
+        let draining = self.draining.contains(instance);
+        for endpoints in self.last_by_task.values_mut() {
+            for (_, e) in endpoints.iter_mut() {
+                if e.meta.get(meta::CONTAINER_INSTANCE).map(String::as_str) != Some(instance) {
+                    continue;
+                }
+                if draining {
+                    e.meta
+                        .insert(ecsmesh_state::meta::DRAINING.to_owned(), "true".to_owned());
+                } else {
+                    e.meta.remove(ecsmesh_state::meta::DRAINING);
+                }
+            }
+        }
     }
 
     /// Lists the container instances again (between resyncs) and reports them.
