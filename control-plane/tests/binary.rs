@@ -148,3 +148,64 @@ async fn stored_dtabs_survive_kill_9() {
         .collect();
     assert_eq!(files, ["dtabs.json"]);
 }
+
+#[tokio::test]
+async fn two_clusters_in_one_mesh() {
+    let moto = MotoServer::shared();
+    let region = "us-east-2";
+    let conf = sdk_config(&moto.endpoint(), region).await;
+    let blue = Topology::create(&conf, "blue", 54, &["127.0.54.1"]).await;
+    let green = Topology::create(&conf, "green", 56, &["127.0.56.1"]).await;
+    for (topology, replicas) in [(&blue, 1), (&green, 2)] {
+        let web = topology
+            .task_definition(
+                "world",
+                NetworkMode::Bridge,
+                "world",
+                &[(8080, 0)],
+                &[],
+                &[],
+            )
+            .await;
+        topology.create_service("world", &web, replicas).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port("127.0.0.1");
+    let grpc = format!("127.0.0.1:{port}");
+    let store = dir.path().display().to_string();
+    let _controller = Running::start(
+        &[
+            "--grpc-addr",
+            &grpc,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--store-dir",
+            &store,
+            "--cluster",
+            "blue",
+            "--cluster",
+            "green",
+            // Failover between the clusters, as a user would write it.
+            "--base-dtab",
+            "/svc=>/#/ecs/green|/#/ecs/blue",
+            "--resync-interval",
+            "300ms",
+        ],
+        &emulator_env(&moto.endpoint(), region),
+    );
+    // An agent of either cluster is admitted: here, green's instance.
+    let node = &green.nodes[0];
+    let mut agent =
+        TestAgent::connect_as(connect(port).await, &node.instance_id, &node.private_ip).await;
+    let Kind::Snapshot(s) = agent.next().await else {
+        panic!("expected a snapshot")
+    };
+    let state = MeshState::from_snapshot(&s).unwrap();
+    let set = |name: &str| state.sets[&ecsmesh_dtab::Path::read(name).unwrap()].len();
+    assert_eq!(set("/#/ecs/blue/world"), 1);
+    assert_eq!(set("/#/ecs/green/world"), 2);
+    assert_eq!(
+        state.dtabs["default"].to_string(),
+        "/svc=>/#/ecs/green | /#/ecs/blue"
+    );
+}

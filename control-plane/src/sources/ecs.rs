@@ -912,3 +912,89 @@ fn container_healthy(status: Option<&HealthStatus>, def: &ContainerDefinition) -
         _ => def.health_check().is_none(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ecs::types::{
+        Container, ContainerDefinition, HealthCheck, NetworkBinding, PortMapping,
+    };
+
+    fn task(task_health: Option<HealthStatus>, container_health: Option<HealthStatus>) -> Task {
+        Task::builder()
+            .task_arn("arn:aws:ecs:us-east-1:1:task/c/t1")
+            .last_status("RUNNING")
+            .desired_status("RUNNING")
+            .group("service:web")
+            .set_health_status(task_health)
+            .containers(
+                Container::builder()
+                    .name("web")
+                    .set_health_status(container_health)
+                    .network_bindings(
+                        NetworkBinding::builder()
+                            .container_port(8080)
+                            .host_port(49153)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    }
+
+    fn definition(checked: bool) -> TaskDefinition {
+        let mut c = ContainerDefinition::builder()
+            .name("web")
+            .port_mappings(PortMapping::builder().container_port(8080).build());
+        if checked {
+            c = c.health_check(
+                HealthCheck::builder()
+                    .command("CMD-SHELL")
+                    .command("true")
+                    .build()
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        TaskDefinition::builder()
+            .family("web")
+            .network_mode(NetworkMode::Bridge)
+            .container_definitions(c.build())
+            .build()
+    }
+
+    fn routed(task: &Task, def: &TaskDefinition) -> usize {
+        let host = Host {
+            instance_id: "i-1".into(),
+            availability_zone: None,
+            ip: "10.0.0.1".parse().ok(),
+        };
+        task_endpoints("c", task, def, Some(&host)).len()
+    }
+
+    #[test]
+    fn unhealthy_tasks_and_containers_are_not_routed() {
+        use HealthStatus::{Healthy, Unhealthy};
+        let unknown = || HealthStatus::from("UNKNOWN");
+        // A task ECS reports UNHEALTHY: never.
+        assert_eq!(
+            routed(&task(Some(Unhealthy), Some(Healthy)), &definition(true)),
+            0
+        );
+        // A container that is UNHEALTHY: never, checked or not.
+        assert_eq!(routed(&task(None, Some(Unhealthy)), &definition(false)), 0);
+        // With a health check, only HEALTHY routes (UNKNOWN: not yet checked).
+        assert_eq!(
+            routed(&task(Some(unknown()), Some(unknown())), &definition(true)),
+            0
+        );
+        assert_eq!(
+            routed(&task(Some(Healthy), Some(Healthy)), &definition(true)),
+            1
+        );
+        // Without one, UNKNOWN is all ECS can say: it routes.
+        assert_eq!(
+            routed(&task(Some(unknown()), Some(unknown())), &definition(false)),
+            1
+        );
+    }
+}
