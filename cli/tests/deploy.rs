@@ -359,6 +359,7 @@ async fn up_by_default_leaves_a_settings_file_that_ecsmeshctl_uses() {
         ecs: None,
         consul: None,
         consul_store: None,
+        dynamodb_store: None,
         security: Security {
             tls: Some(ServerTlsSettings {
                 files: TlsFiles {

@@ -31,6 +31,7 @@ async fn controller(dir: &std::path::Path, token: Option<&str>) -> Controller {
         ecs: None,
         consul: None,
         consul_store: None,
+        dynamodb_store: None,
         security: ecsmesh_controller::config::Security::default(),
     };
     let c = Controller::start(config, &["test"]).await.unwrap();

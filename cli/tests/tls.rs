@@ -54,6 +54,7 @@ async fn tls_controller(store: &Path, certs: &Path) -> Controller {
         ecs: None,
         consul: None,
         consul_store: None,
+        dynamodb_store: None,
         security: Security {
             tls: Some(ServerTlsSettings {
                 files: TlsFiles {

@@ -60,6 +60,15 @@ pub struct FileConfig {
     pub tls: Option<TlsFileConfig>,
     /// Bounds on what clients send (see [`crate::limits`]).
     pub limits: Option<LimitsFileConfig>,
+    /// The DynamoDB dtab store (`store: dynamodb`).
+    pub dynamodb: Option<DynamoFileConfig>,
+}
+
+/// The `dynamodb:` section of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoFileConfig {
+    pub table: Option<String>,
 }
 
 /// The `limits:` section of the file (defaults in [`crate::limits`]).
@@ -148,6 +157,8 @@ pub enum StoreKind {
     File,
     /// Consul KV (several controller replicas share it).
     Consul,
+    /// A DynamoDB table (durable across controller moves; replicas share it).
+    Dynamodb,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,7 +286,7 @@ pub struct Args {
     /// File holding the Consul ACL token.
     #[arg(long, env = "ECSMESH_CONSUL_TOKEN_FILE")]
     pub consul_token_file: Option<PathBuf>,
-    /// Where dtab overrides are stored: file (default) or consul.
+    /// Where dtab overrides are stored: file (default), consul or dynamodb.
     #[arg(long, env = "ECSMESH_STORE", value_enum)]
     pub store: Option<StoreKind>,
     /// Read Consul with ?stale (any server answers) [default: false].
@@ -284,6 +295,10 @@ pub struct Args {
     /// Route to Consul instances whose worst check is warning [default: false].
     #[arg(long, env = "ECSMESH_CONSUL_INCLUDE_WARNING")]
     pub consul_include_warning: Option<bool>,
+    /// The DynamoDB table of the dtab store (`--store dynamodb`; region and
+    /// endpoint as for ECS) [default: ecsmesh].
+    #[arg(long, env = "ECSMESH_DYNAMODB_TABLE")]
+    pub dynamodb_table: Option<String>,
     /// KV prefix of the Consul dtab store [default: ecsmesh/dtabs].
     #[arg(long, env = "ECSMESH_CONSUL_KV_PREFIX")]
     pub consul_kv_prefix: Option<String>,
@@ -376,6 +391,8 @@ pub struct Config {
     pub consul: Option<crate::sources::consul::ConsulSettings>,
     /// The Consul KV dtab store, when `store: consul`; else the file store.
     pub consul_store: Option<crate::store::consul_kv::ConsulStoreSettings>,
+    /// The DynamoDB dtab store, when `store: dynamodb`.
+    pub dynamodb_store: Option<crate::store::dynamodb::DynamoStoreSettings>,
     /// TLS on the gRPC port, and who may subscribe, read and write.
     pub security: Security,
 }
@@ -393,6 +410,9 @@ impl Config {
     /// Flags and environment over the file, then defaults.
     pub fn resolve(args: &Args, file: FileConfig) -> Result<Self, InvalidConfig> {
         let file_ecs = file.ecs.unwrap_or_default();
+        // The DynamoDB store talks to the same AWS region and endpoint.
+        let (file_ecs_region, file_ecs_endpoint) =
+            (file_ecs.region.clone(), file_ecs.endpoint_url.clone());
         let clusters = if args.clusters.is_empty() {
             file_ecs.clusters.clone()
         } else {
@@ -443,6 +463,18 @@ impl Config {
         let store_kind = args.store.or(file.store).unwrap_or_default();
         let (consul, consul_store) =
             consul_settings(args, file.consul.unwrap_or_default(), store_kind)?;
+        let dynamodb_store = (store_kind == StoreKind::Dynamodb).then(|| {
+            crate::store::dynamodb::DynamoStoreSettings {
+                table: args
+                    .dynamodb_table
+                    .clone()
+                    .or(file.dynamodb.unwrap_or_default().table)
+                    .unwrap_or_else(|| crate::store::dynamodb::DEFAULT_TABLE.to_owned()),
+                region: args.aws_region.clone().or(file_ecs_region.clone()),
+                endpoint_url: args.aws_endpoint_url.clone().or(file_ecs_endpoint.clone()),
+                ..crate::store::dynamodb::DynamoStoreSettings::default()
+            }
+        });
         let ecs = if clusters.is_empty() {
             None
         } else {
@@ -467,6 +499,7 @@ impl Config {
             ecs,
             consul,
             consul_store,
+            dynamodb_store,
             security,
         })
     }
@@ -686,7 +719,7 @@ fn consul_settings(
         }
     });
     let consul_store = match store_kind {
-        StoreKind::File => None,
+        StoreKind::File | StoreKind::Dynamodb => None,
         StoreKind::Consul => {
             let defaults = crate::store::consul_kv::ConsulStoreSettings::default();
             Some(crate::store::consul_kv::ConsulStoreSettings {

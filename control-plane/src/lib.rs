@@ -213,8 +213,20 @@ fn expected_sources(config: &Config, extra_sources: &[&str]) -> Vec<String> {
     expected
 }
 
-/// The configured dtab store: the file store, or Consul KV.
+/// The configured dtab store: the file store, Consul KV or DynamoDB.
 async fn open_store(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<DtabStore> {
+    if let Some(settings) = &config.dynamodb_store {
+        return Ok(DtabStore::Dynamo(
+            crate::store::dynamodb::DynamoStore::open(settings.clone(), Arc::clone(metrics))
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening the dtab store in DynamoDB table {}",
+                        settings.table
+                    )
+                })?,
+        ));
+    }
     Ok(match &config.consul_store {
         None => {
             DtabStore::File(FileStore::open(&config.store_dir).context("opening the dtab store")?)

@@ -59,6 +59,7 @@ pub fn controller_config(
         ecs: None,
         consul: None,
         consul_store: None,
+        dynamodb_store: None,
         security: ecsmesh_controller::config::Security::default(),
     }
 }

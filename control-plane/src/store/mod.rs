@@ -7,6 +7,7 @@
 //! `WatchDtab` API see every change.
 
 pub mod consul_kv;
+pub mod dynamodb;
 pub mod file;
 
 use std::collections::BTreeMap;
@@ -93,6 +94,7 @@ pub enum DtabStore {
     File(file::FileStore),
     /// Consul KV, shared by several controller replicas.
     Consul(consul_kv::ConsulStore),
+    Dynamo(dynamodb::DynamoStore),
 }
 
 impl DtabStore {
@@ -106,6 +108,7 @@ impl DtabStore {
         match self {
             Self::File(s) => s.subscribe(),
             Self::Consul(s) => s.subscribe(),
+            Self::Dynamo(s) => s.subscribe(),
         }
     }
 
@@ -120,6 +123,7 @@ impl DtabStore {
         match self {
             Self::File(s) => s.create(namespace, dtab, max_namespaces).await,
             Self::Consul(s) => s.create(namespace, dtab, max_namespaces).await,
+            Self::Dynamo(s) => s.create(namespace, dtab, max_namespaces).await,
         }
     }
 
@@ -134,6 +138,7 @@ impl DtabStore {
         match self {
             Self::File(s) => s.update(namespace, dtab, expected).await,
             Self::Consul(s) => s.update(namespace, dtab, expected).await,
+            Self::Dynamo(s) => s.update(namespace, dtab, expected).await,
         }
     }
 
@@ -143,6 +148,7 @@ impl DtabStore {
         match self {
             Self::File(s) => s.delete(namespace, expected).await,
             Self::Consul(s) => s.delete(namespace, expected).await,
+            Self::Dynamo(s) => s.delete(namespace, expected).await,
         }
     }
 }

@@ -35,6 +35,7 @@ pub fn config(store_dir: &std::path::Path, token: Option<&str>) -> Config {
         ecs: None,
         consul: None,
         consul_store: None,
+        dynamodb_store: None,
         security: ecsmesh_controller::config::Security::default(),
     }
 }
