@@ -54,10 +54,15 @@ impl Dest {
 
 #[derive(Clone, Debug)]
 pub enum Target {
-    /// A published endpoint set: every endpoint, and those on this host.
+    /// A published endpoint set: every endpoint (but those on draining
+    /// hosts while others serve), and those on this host.
     Set {
         all: Arc<Balancer>,
         local: Arc<Balancer>,
+        /// The endpoints on draining hosts left out of `all`: picked only
+        /// when `all` has nothing left to try (every endpoint tried or
+        /// ejected), so that a drain never turns into an outage.
+        draining: Arc<Balancer>,
         /// Endpoint address → the host it runs on (for linker-to-linker).
         hosts: Arc<HashMap<SocketAddr, IpAddr>>,
     },
@@ -277,7 +282,12 @@ impl RouteTable {
         let mut balancers = HashMap::with_capacity(mesh.sets.len());
         for (name, set) in &mesh.sets {
             let previous = previous.and_then(|p| match p.balancers.get(name) {
-                Some(Target::Set { all, local, .. }) => Some((all, local)),
+                Some(Target::Set {
+                    all,
+                    local,
+                    draining,
+                    ..
+                }) => Some((all, local, draining)),
                 _ => None,
             });
             balancers.insert(name.clone(), set_target(set, settings, previous));
@@ -448,12 +458,15 @@ impl RouteTable {
 fn set_target(
     set: &EndpointSet,
     settings: &TableSettings,
-    previous: Option<(&Arc<Balancer>, &Arc<Balancer>)>,
+    previous: Option<(&Arc<Balancer>, &Arc<Balancer>, &Arc<Balancer>)>,
 ) -> Target {
     let mut hosts = HashMap::with_capacity(set.len());
     let mut all = Vec::with_capacity(set.len());
     let mut local = Vec::new();
-    // Endpoints on draining hosts serve only when nothing else can.
+    let mut fallback = Vec::new();
+    // Endpoints on draining hosts serve only when nothing else can. This
+    // host's own endpoints all stay in `local`: a request that reaches the
+    // incoming side was routed here on purpose.
     let draining = |e: &ecsmesh_state::Endpoint| {
         e.meta
             .get(ecsmesh_state::meta::DRAINING)
@@ -461,7 +474,7 @@ fn set_target(
             == Some("true")
     };
     let others_serve = set.iter().any(|e| !draining(e));
-    for e in set.iter().filter(|e| !(others_serve && draining(e))) {
+    for e in set.iter() {
         let host = e
             .meta
             .get(HOST_IP_META)
@@ -476,7 +489,11 @@ fn set_target(
         if host == settings.host_ip {
             local.push(balanced);
         }
-        all.push(balanced);
+        if others_serve && draining(e) {
+            fallback.push(balanced);
+        } else {
+            all.push(balanced);
+        }
     }
     Target::Set {
         all: Arc::new(Balancer::new(
@@ -488,6 +505,11 @@ fn set_target(
             &local,
             &settings.balancer,
             previous.map(|p| &**p.1),
+        )),
+        draining: Arc::new(Balancer::new(
+            &fallback,
+            &settings.balancer,
+            previous.map(|p| &**p.2),
         )),
         hosts: Arc::new(hosts),
     }

@@ -363,3 +363,148 @@ async fn a_controller_killed_and_restarted_loses_nothing() {
             >= 500
     );
 }
+
+/// Requests in a loop through `proxy` until `stop`; counts successes and
+/// failures.
+fn clients(
+    proxy: SocketAddr,
+    stop: &Arc<AtomicBool>,
+    ok: &Arc<AtomicU64>,
+    failed: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..2)
+        .map(|_| {
+            let (stop, ok, failed) = (Arc::clone(stop), Arc::clone(ok), Arc::clone(failed));
+            tokio::spawn(async move {
+                let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .build_http::<Full<Bytes>>();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && n < 50_000 {
+                    n += 1;
+                    let req = http::Request::get(format!("http://{proxy}/"))
+                        .header("host", "world")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    match client.request(req).await {
+                        Ok(resp) if resp.status().is_success() => {
+                            let _ = resp.into_body().collect().await;
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => {
+                            eprintln!("failed: {:?}", other.map(|r| r.status()));
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_instance_serves_only_when_nothing_else_can() {
+    use aws_sdk_ecs::types::ContainerInstanceStatus;
+    let moto = MotoServer::shared();
+    let region = "ap-southeast-1";
+    let conf = sdk_config(&moto.endpoint(), region).await;
+    let topology = Topology::create(&conf, "drain", 58, &["127.0.58.1", "127.0.58.2"]).await;
+    let web = topology
+        .task_definition(
+            "world",
+            NetworkMode::Bridge,
+            "world",
+            &[(8080, 0)],
+            &[],
+            &[],
+        )
+        .await;
+    // Standalone tasks, one per instance: a drain does not move them, so
+    // they keep running there until someone stops them.
+    let mut arns = Vec::new();
+    for node in &topology.nodes {
+        let out = topology
+            .ecs
+            .start_task()
+            .cluster("drain")
+            .task_definition(&web)
+            .container_instances(&node.container_instance_arn)
+            .send()
+            .await
+            .unwrap();
+        arns.extend(
+            out.tasks()
+                .iter()
+                .filter_map(|t| t.task_arn().map(str::to_owned)),
+        );
+    }
+    let mut upstreams: HashMap<String, Upstream> = HashMap::new();
+    for (arn, addr) in topology.task_addresses(&arns).await {
+        upstreams.insert(arn, upstream(addr).await);
+    }
+    let on_first = arns[0].clone();
+    let on_second = arns[1].clone();
+
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port("127.0.0.1");
+    let _controller = controller(grpc, &dir.path().join("store"), moto, region, "drain");
+    let agent = Arc::new(agent(&topology.nodes[1], grpc, dir.path().join("agent")).await);
+    until("the agent to see both tasks", async || {
+        endpoints(&agent) == 2
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let running = clients(agent.outgoing_addr, &stop, &ok, &failed);
+    until("both tasks to get traffic", async || {
+        upstreams
+            .values()
+            .all(|u| u.hits.load(Ordering::SeqCst) > 20)
+    })
+    .await;
+
+    // The first instance drains: its task keeps running, but gets no new
+    // traffic once the agent knows.
+    topology
+        .ecs
+        .update_container_instances_state()
+        .cluster("drain")
+        .container_instances(&topology.nodes[0].container_instance_arn)
+        .status(ContainerInstanceStatus::Draining)
+        .send()
+        .await
+        .unwrap();
+    until("the agent to see the drain", async || {
+        let table = agent.routes.load();
+        table.clients().iter().any(|c| c.total == 1)
+    })
+    .await;
+    let frozen = upstreams[&on_first].hits.load(Ordering::SeqCst);
+    let before = ok.load(Ordering::SeqCst);
+    until("more traffic", async || {
+        ok.load(Ordering::SeqCst) > before + 300
+    })
+    .await;
+    // A request already on its way may land; no new ones do.
+    assert!(upstreams[&on_first].hits.load(Ordering::SeqCst) <= frozen + 2);
+
+    // The only other task stops: the draining one is all that is left, and
+    // it serves again rather than nothing serving.
+    topology.stop_task(&on_second).await;
+    upstreams[&on_second].exit().await;
+    let revived = upstreams[&on_first].hits.load(Ordering::SeqCst);
+    until("the draining task to serve again", async || {
+        upstreams[&on_first].hits.load(Ordering::SeqCst) > revived + 50
+    })
+    .await;
+
+    stop.store(true, Ordering::SeqCst);
+    for c in running {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during the drain"
+    );
+}

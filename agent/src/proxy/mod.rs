@@ -806,9 +806,18 @@ impl Proxy {
     ) -> Result<Option<(SocketAddr, SocketAddr, Option<ecsmesh_agent_balance::Pick>)>, RouteError>
     {
         match &dest.target {
-            Target::Set { all, local, hosts } => {
-                let balancer = if side == Side::Incoming { local } else { all };
-                let Some(pick) = balancer.pick(tried) else {
+            Target::Set {
+                all,
+                local,
+                draining,
+                hosts,
+            } => {
+                let pick = if side == Side::Incoming {
+                    local.pick(tried)
+                } else {
+                    all.pick(tried).or_else(|| draining.pick(tried))
+                };
+                let Some(pick) = pick else {
                     return Ok(None);
                 };
                 let addr = pick.addr();
