@@ -14,7 +14,11 @@
 //! - DynamoDB has no watch: every `poll_interval` the follower reads the
 //!   counter (one consistent `GetItem`) and only when it moved scans the
 //!   namespaces again, so an idle mesh costs one small read a second. A
-//!   replica sees its own writes at once (they update its view directly).
+//!   write moves the counter once more after it landed: a replica that read
+//!   the counter between the two, and scanned before the write landed,
+//!   sees it move again and rescans. A full rescan every
+//!   [`RESCAN_INTERVAL`] is the backstop. A replica sees its own writes at
+//!   once (they update its view directly).
 //! - An item that is not a valid dtab (written by hand) is logged and
 //!   skipped, as in the Consul store; DynamoDB errors are `StoreError::Io`.
 
@@ -36,6 +40,8 @@ pub const DEFAULT_TABLE: &str = "ecsmesh";
 const PK: &str = "pk";
 const COUNTER: &str = "meta#version";
 const DTAB_PREFIX: &str = "dtab#";
+/// Followers rescan this often even when the counter did not move.
+pub const RESCAN_INTERVAL: Duration = Duration::from_mins(1);
 
 /// DynamoDB store settings.
 #[derive(Clone, Debug)]
@@ -231,6 +237,7 @@ impl DynamoStore {
                 io(&self.table, ddb::error::DisplayErrorContext(e))
             });
         }
+        self.landed().await;
         let stored = StoredDtab {
             dtab: Arc::new(dtab),
             version,
@@ -291,12 +298,21 @@ impl DynamoStore {
                 io(&self.table, ddb::error::DisplayErrorContext(e))
             });
         }
+        self.landed().await;
         self.tx.send_modify(|all| {
             let mut next = (**all).clone();
             next.remove(namespace);
             *all = Arc::new(next);
         });
         Ok(())
+    }
+
+    /// Moves the counter after a write landed (see the module doc); the
+    /// write stands either way, so a failure here is only logged.
+    async fn landed(&self) {
+        if let Err(e) = self.next_version().await {
+            tracing::warn!(error = %e, "marking a dtab write in the store failed; replicas see it at their next rescan");
+        }
     }
 }
 
@@ -386,6 +402,7 @@ async fn follow(
     tx: watch::Sender<Arc<Namespaces>>,
     metrics: Arc<Metrics>,
 ) {
+    let mut rescanned = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(interval).await;
         let counter = match read_counter(&client, &table, &metrics).await {
@@ -395,12 +412,13 @@ async fn follow(
                 continue;
             }
         };
-        if counter == seen {
+        if counter == seen && rescanned.elapsed() < RESCAN_INTERVAL {
             continue;
         }
         match scan(&client, &table, &metrics).await {
             Ok(namespaces) => {
                 seen = counter;
+                rescanned = tokio::time::Instant::now();
                 tx.send_if_modified(|all| {
                     if **all == namespaces {
                         return false;
