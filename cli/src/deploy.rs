@@ -131,6 +131,12 @@ pub struct DeployArgs {
     /// ~/.config/ecsmesh/<cluster>].
     #[arg(long, value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+    /// Do not set up ECS events for the controller (the SQS queue
+    /// ecsmesh-<cluster>-events, its dead-letter queue and the EventBridge rule
+    /// ecsmesh-<cluster>-ecs-events), e.g. where EventBridge or SQS is not
+    /// allowed: the controller then only re-reads ECS every 10 s.
+    #[arg(long)]
+    no_events: bool,
     /// Print the plan (create/update/unchanged per resource); call no mutating API.
     #[arg(long)]
     dry_run: bool,
@@ -205,6 +211,7 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
     cfg.launch_configuration = args.launch_configuration;
     cfg.tls_ssm_prefix.clone_from(&args.tls_ssm_prefix);
     cfg.insecure = args.insecure;
+    cfg.ecs_events = !args.no_events;
     cfg.secrets_dir = args.secrets_dir.clone().or_else(|| {
         let env = |k: &str| std::env::var(k).ok();
         default_secrets_dir(&env, &args.cluster)

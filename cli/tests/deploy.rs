@@ -433,3 +433,60 @@ async fn up_by_default_leaves_a_settings_file_that_ecsmeshctl_uses() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn no_events_plans_no_queue_and_no_rule() {
+    let conf = sdk_config(&MotoServer::shared().endpoint(), REGION).await;
+    let net = Topology::create(&conf, "network-only-rho", 44, &[]).await;
+    let subnet = net.node_subnet.clone();
+    let kinds = |out: &str| -> Vec<String> {
+        let plan: Value = serde_json::from_str(out).unwrap();
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    s["kind"].as_str().unwrap(),
+                    s["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let dry = ["--dry-run", "-o", "json"];
+    let (code, out, err) = ctl(deploy_cluster(
+        "rho",
+        "up",
+        &subnet,
+        &[&dry[..], &["--insecure"]].concat(),
+    ))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let with = kinds(&out);
+    for want in [
+        "sqs-queue ecsmesh-rho-events",
+        "sqs-queue ecsmesh-rho-events-dlq",
+        "event-rule ecsmesh-rho-ecs-events",
+        "event-target ecsmesh-rho-ecs-events",
+        "sqs-queue-policy ecsmesh-rho-events",
+    ] {
+        assert!(with.contains(&want.to_owned()), "{want} not in {with:#?}");
+    }
+    let (code, out, err) = ctl(deploy_cluster(
+        "rho",
+        "up",
+        &subnet,
+        &[&dry[..], &["--insecure", "--no-events"]].concat(),
+    ))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let without = kinds(&out);
+    assert!(
+        without
+            .iter()
+            .all(|k| !k.starts_with("sqs-") && !k.starts_with("event-")),
+        "{without:#?}"
+    );
+    assert_eq!(without.len() + 5, with.len(), "{without:#?}");
+}

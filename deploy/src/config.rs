@@ -16,6 +16,8 @@ pub enum AgentPlacement {
 }
 
 /// The settings of one deployment. `cluster` names everything.
+// Independent switches (as on the command line): no state machine.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug)]
 pub struct DeployConfig {
     pub cluster: String,
@@ -65,6 +67,13 @@ pub struct DeployConfig {
     /// secrets (the CA and its key, the admin certificate and token, an
     /// ecsmeshctl settings file). Needed only when something is generated.
     pub secrets_dir: Option<PathBuf>,
+    /// ECS events as the controller's fast path: an SQS queue (with a
+    /// dead-letter queue) fed by an EventBridge rule for the cluster's task
+    /// and container instance changes, its URL given to the controller
+    /// (`ECSMESH_ECS_EVENTS_QUEUE_URL`). Off (`--no-events`, for accounts
+    /// where EventBridge or SQS is not allowed): nothing is created and the
+    /// controller re-reads ECS every resync interval, as before.
+    pub ecs_events: bool,
     /// The region the controller reads (the tool's own region).
     pub region: String,
 }
@@ -95,6 +104,7 @@ impl DeployConfig {
             tls_ssm_prefix: None,
             insecure: false,
             secrets_dir: None,
+            ecs_events: true,
             region: region.into(),
         }
     }
@@ -168,6 +178,7 @@ impl DeployConfig {
         if let Some(p) = &self.tls_ssm_prefix {
             check_tls_prefix(p)?;
         }
+        self.check_events_names()?;
         if !(0 <= self.min_size
             && self.min_size <= self.desired_capacity
             && self.desired_capacity <= self.max_size)
@@ -194,6 +205,24 @@ impl DeployConfig {
             });
         }
         self.check_controller_reach()
+    }
+
+    /// With ECS events, the names made from the cluster's must fit AWS's
+    /// limits (the rule's is the longest that carries it).
+    fn check_events_names(&self) -> Result<()> {
+        if self.ecs_events && self.events_rule_name().len() > EVENTS_RULE_NAME_MAX {
+            return Err(DeployError::Config {
+                name: "cluster",
+                reason: format!(
+                    "{:?} is too long for the ECS events' EventBridge rule ({} characters at \
+                     most, so the cluster's name at most {}): use a shorter name or --no-events",
+                    self.cluster,
+                    EVENTS_RULE_NAME_MAX,
+                    EVENTS_RULE_NAME_MAX - (self.events_rule_name().len() - self.cluster.len())
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// A loopback address is the controller only for agents on its own
@@ -289,6 +318,23 @@ impl DeployConfig {
         format!("ecsmesh-{}", self.cluster)
     }
 
+    /// The SQS queue EventBridge delivers the cluster's ECS events to.
+    pub fn events_queue_name(&self) -> String {
+        format!("{}-events", self.base_name())
+    }
+
+    /// The events queue's dead-letter queue (messages the controller
+    /// failed to apply [`EVENTS_MAX_RECEIVE_COUNT`] times).
+    pub fn events_dlq_name(&self) -> String {
+        format!("{}-events-dlq", self.base_name())
+    }
+
+    /// The EventBridge rule (default bus) that sends the cluster's ECS
+    /// events to the queue.
+    pub fn events_rule_name(&self) -> String {
+        format!("{}-ecs-events", self.base_name())
+    }
+
     pub fn agent_image(&self) -> String {
         format!("{}/ecsmesh-agent:{}", self.image_repo, self.image_tag)
     }
@@ -377,6 +423,14 @@ pub const TLS_CONTROLLER_SERVER_NAME: &str = "ecsmesh-controller";
 /// certificate of `certs init`); without it TLS writes would be open.
 pub const TLS_ADMIN_IDENTITY: &str = "ecsmesh-admin";
 
+/// EventBridge's limit on a rule's name (SQS allows 80 for a queue's, so
+/// the rule's is the binding one).
+const EVENTS_RULE_NAME_MAX: usize = 64;
+
+/// Receives of one events message before SQS moves it to the dead-letter
+/// queue: a few visibility timeouts for a transient failure to clear.
+pub const EVENTS_MAX_RECEIVE_COUNT: u32 = 5;
+
 /// The tag key on everything ecsmesh owns.
 pub const OWNER_TAG: &str = "ecsmesh:owner";
 
@@ -449,6 +503,25 @@ mod tests {
         assert!(cfg.tls() && !cfg.managed_tokens());
         cfg.tls_ssm_prefix = None;
         assert!(!cfg.tls() && !cfg.managed_tls() && cfg.tls_prefix().is_none());
+    }
+
+    #[test]
+    fn event_names_fit_aws_limits_or_the_cluster_is_refused() {
+        let mut cfg = DeployConfig::new("c-1", "r");
+        assert_eq!(cfg.events_queue_name(), "ecsmesh-c-1-events");
+        assert_eq!(cfg.events_dlq_name(), "ecsmesh-c-1-events-dlq");
+        assert_eq!(cfg.events_rule_name(), "ecsmesh-c-1-ecs-events");
+        cfg.cluster = "x".repeat(45);
+        assert!(cfg.validate().is_ok());
+        assert!(cfg.events_dlq_name().len() <= 80);
+        cfg.cluster = "x".repeat(46);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("at most 45") && err.contains("--no-events"),
+            "{err}"
+        );
+        cfg.ecs_events = false;
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]

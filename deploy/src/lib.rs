@@ -1,7 +1,8 @@
 //! `ecsmeshctl deploy`: from an AWS account to a running ecsmesh, and back.
 //!
 //! [`Deployer::up`] creates or updates, in order: the security group and its
-//! ingress rules, the ECS cluster, the task definitions (a new revision only
+//! ingress rules, the ECS cluster, the ECS events queues and rule (unless
+//! `--no-events`), the task definitions (a new revision only
 //! when the rendered definition differs from the latest), the launch
 //! template (base64 user data, IMDSv2 required, hop limit 2) or a legacy
 //! launch configuration, the auto scaling group, and the ECS services
@@ -34,9 +35,18 @@
 //! controller mount what each needs read-only (the admin token: the
 //! controller only) and agents dial the controller over `https://`. `down`
 //! deletes the parameters tagged as its own.
+//!
+//! ECS events as the controller's fast path: unless
+//! [`DeployConfig::ecs_events`] is off (`--no-events`), `up` creates an SQS
+//! queue with a dead-letter queue, an EventBridge rule sending the
+//! cluster's task and container instance changes to it, and a queue policy
+//! that admits only that rule; the controller's task definition gets the
+//! queue's URL (`ECSMESH_ECS_EVENTS_QUEUE_URL`). `down` deletes them when
+//! tagged as its own.
 
 pub mod config;
 pub mod error;
+mod events;
 mod ops;
 pub mod render;
 mod secrets;
@@ -44,10 +54,11 @@ pub mod taskdef;
 
 pub use config::{
     ADMIN_TOKEN_DIR, ADMIN_TOKEN_PARAMETER, AGENT_TOKEN_DIR, AGENT_TOKEN_PARAMETER, AgentPlacement,
-    CTL_SETTINGS_FILE, DEFAULT_CONTROLLER_ADDRESS, DeployConfig, OWNER_TAG, TLS_ADMIN_IDENTITY,
-    TLS_CONTROLLER_SERVER_NAME, TLS_DIR, TLS_PARAMETERS,
+    CTL_SETTINGS_FILE, DEFAULT_CONTROLLER_ADDRESS, DeployConfig, EVENTS_MAX_RECEIVE_COUNT,
+    OWNER_TAG, TLS_ADMIN_IDENTITY, TLS_CONTROLLER_SERVER_NAME, TLS_DIR, TLS_PARAMETERS,
 };
 pub use error::{DeployError, Result};
+pub use events::EVENT_DETAIL_TYPES;
 pub use ops::{CONTROLLER_GRPC_PORT, Deployer};
 
 use serde::Serialize;

@@ -54,6 +54,8 @@ pub struct Deployer {
     ecs: ecs::Client,
     asg: asg::Client,
     pub(crate) ssm: aws_sdk_ssm::Client,
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) events: aws_sdk_eventbridge::Client,
     progress: Option<Progress>,
 }
 
@@ -91,6 +93,8 @@ impl Deployer {
             ecs: ecs::Client::new(sdk),
             asg: asg::Client::new(sdk),
             ssm: aws_sdk_ssm::Client::new(sdk),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            events: aws_sdk_eventbridge::Client::new(sdk),
             progress: None,
         })
     }
@@ -107,7 +111,13 @@ impl Deployer {
     }
 
     /// A progress line for a long step that is not itself a report line.
-    fn progress_only(&self, kind: &'static str, name: &str, action: Action, detail: &str) {
+    pub(crate) fn progress_only(
+        &self,
+        kind: &'static str,
+        name: &str,
+        action: Action,
+        detail: &str,
+    ) {
         if let Some(p) = &self.progress {
             p(&Step {
                 kind,
@@ -139,7 +149,12 @@ impl Deployer {
     }
 
     /// A resource that exists but lacks our owner tag: `down` leaves it.
-    fn push_kept(&self, steps: &mut Vec<Step>, kind: &'static str, name: impl Into<String>) {
+    pub(crate) fn push_kept(
+        &self,
+        steps: &mut Vec<Step>,
+        kind: &'static str,
+        name: impl Into<String>,
+    ) {
         self.push(steps, kind, name, Action::Unchanged, NOT_OWNED_KEPT);
     }
 
@@ -267,10 +282,16 @@ impl Deployer {
             self.push(&mut steps, "cluster", &cfg.cluster, Action::Create, "");
         }
 
+        // 3b. ECS events (queue, rule), before the controller's task
+        // definition, which carries the queue's URL.
+        let events_queue_url = self.up_events(dry_run, &mut steps).await?;
+
         // 4. Task definitions.
         let mut td_arns = BTreeMap::new();
         for (role, template) in self.task_templates() {
-            let state = self.task_def_state(role, template).await?;
+            let state = self
+                .task_def_state(role, template, events_queue_url.as_deref())
+                .await?;
             let family = state.spec.family.clone();
             let arn = if state.same {
                 let arn = state.latest_arn.clone().unwrap_or_default();
@@ -514,7 +535,7 @@ impl Deployer {
 
         // Task definitions: every ACTIVE revision of our families.
         for (_, template) in Self::all_task_templates() {
-            let family = TaskDefSpec::parse(&self.render_task(template)?)
+            let family = TaskDefSpec::parse(&self.render_task(template, None)?)
                 .map_err(|e| DeployError::Template {
                     template: "task definition",
                     reason: e.to_string(),
@@ -540,6 +561,9 @@ impl Deployer {
                 self.push(&mut steps, "task-definition", arn, Action::Delete, "");
             }
         }
+
+        // ECS events: nothing sends to the queue or reads it any more.
+        self.down_events(dry_run, &mut steps).await?;
 
         // Cluster: ECS refuses to delete one with registered instances, and
         // terminated instances leave theirs behind for a while.
@@ -1004,8 +1028,19 @@ impl Deployer {
         ])
     }
 
-    fn render_task(&self, template: &'static str) -> Result<String> {
-        render::render("task definition", template, &self.vars())
+    /// A task definition; `events_queue_url`: the controller's events
+    /// queue (none: the controller polls ECS only, the entry is dropped).
+    fn render_task(
+        &self,
+        template: &'static str,
+        events_queue_url: Option<&str>,
+    ) -> Result<String> {
+        let mut vars = self.vars();
+        vars.insert(
+            "ECS_EVENTS_QUEUE_URL",
+            events_queue_url.unwrap_or_default().to_owned(),
+        );
+        render::render("task definition", template, &vars)
     }
 
     /// The instance user data, rendered (not yet base64-encoded).
@@ -1087,13 +1122,15 @@ impl Deployer {
         &self,
         role: &'static str,
         template: &'static str,
+        events_queue_url: Option<&str>,
     ) -> Result<TaskDefState> {
-        let spec = TaskDefSpec::parse(&self.render_task(template)?).map_err(|e| {
-            DeployError::Template {
-                template: role,
-                reason: e.to_string(),
-            }
-        })?;
+        let spec =
+            TaskDefSpec::parse(&self.render_task(template, events_queue_url)?).map_err(|e| {
+                DeployError::Template {
+                    template: role,
+                    reason: e.to_string(),
+                }
+            })?;
         if self.active_revisions(&spec.family).await?.is_empty() {
             return Ok(TaskDefState {
                 spec,

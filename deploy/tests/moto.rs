@@ -16,6 +16,8 @@ use aws_config::SdkConfig;
 use aws_sdk_autoscaling as asg;
 use aws_sdk_ec2 as ec2;
 use aws_sdk_ecs as ecs;
+use aws_sdk_eventbridge as eventbridge;
+use aws_sdk_sqs as sqs;
 use aws_sdk_ssm as ssm;
 use base64::Engine as _;
 use ecsmesh_deploy::{Action, AgentPlacement, DeployConfig, Deployer, OWNER_TAG, Report};
@@ -70,7 +72,8 @@ fn changes(r: &Report) -> Vec<String> {
 }
 
 /// Everything in the region that carries the owner tag (or, for launch
-/// configurations, our name), as a sorted list of descriptions.
+/// configurations, our name), as a sorted list of descriptions. Queues and
+/// rules: those named for the cluster and tagged.
 async fn owned(conf: &SdkConfig, cluster: &str) -> Vec<String> {
     let (ec2c, ecsc, asgc) = (
         ec2::Client::new(conf),
@@ -160,6 +163,42 @@ async fn owned(conf: &SdkConfig, cluster: &str) -> Vec<String> {
         .await
         .unwrap();
     out.extend(tds.task_definition_arns().iter().map(|a| format!("td {a}")));
+    let prefix = format!("ecsmesh-{cluster}");
+    let sqsc = sqs::Client::new(conf);
+    let queues = sqsc
+        .list_queues()
+        .queue_name_prefix(&prefix)
+        .send()
+        .await
+        .unwrap();
+    for url in queues.queue_urls() {
+        let tags = sqsc.list_queue_tags().queue_url(url).send().await.unwrap();
+        if tags
+            .tags()
+            .and_then(|t| t.get(OWNER_TAG))
+            .map(String::as_str)
+            == Some(cluster)
+        {
+            out.push(format!("queue {}", url.rsplit('/').next().unwrap()));
+        }
+    }
+    let evc = eventbridge::Client::new(conf);
+    let rules = evc.list_rules().name_prefix(&prefix).send().await.unwrap();
+    for r in rules.rules() {
+        let tags = evc
+            .list_tags_for_resource()
+            .resource_arn(r.arn().unwrap())
+            .send()
+            .await
+            .unwrap();
+        if tags
+            .tags()
+            .iter()
+            .any(|t| t.key() == OWNER_TAG && t.value() == cluster)
+        {
+            out.push(format!("rule {}", r.name().unwrap()));
+        }
+    }
     out.sort();
     out
 }
@@ -559,6 +598,12 @@ async fn dry_run_mutates_nothing() {
     );
     assert!(parameters(&conf, "/ecsmesh/gamma").await.is_empty());
     assert!(!secrets.path().join("gamma").exists());
+    // The events plumbing is planned, not made (`owned` lists queues and rules).
+    assert!(
+        changes(&plan).contains(&"create sqs-queue ecsmesh-gamma-events".to_owned()),
+        "{plan:#?}"
+    );
+    assert!(!queue_exists(&conf, "ecsmesh-gamma-events").await);
     // Nothing at all in the region either (the SG listing is unfiltered here).
     let sgs = ec2::Client::new(&conf)
         .describe_security_groups()
@@ -1456,4 +1501,391 @@ async fn existing_secrets_are_never_regenerated() {
     );
     deployer.down(false).await.unwrap();
     assert!(parameters(&conf, "/ecsmesh/nu").await.is_empty());
+}
+
+/// A queue's URL and attributes (all of them).
+async fn queue(
+    conf: &SdkConfig,
+    name: &str,
+) -> (String, std::collections::HashMap<String, String>) {
+    let sqsc = sqs::Client::new(conf);
+    let url = sqsc
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let attrs = sqsc
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+        .collect();
+    (url, attrs)
+}
+
+/// Whether a queue of that name exists.
+async fn queue_exists(conf: &SdkConfig, name: &str) -> bool {
+    sqs::Client::new(conf)
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .is_ok()
+}
+
+/// The changes of a report that concern the events plumbing.
+fn event_changes(r: &Report) -> Vec<String> {
+    changes(r)
+        .into_iter()
+        .filter(|c| c.contains(" sqs-") || c.contains(" event-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn up_makes_the_ecs_events_queue_rule_and_policy_and_down_removes_them() {
+    let region = "ap-southeast-1";
+    let (conf, subnet) = setup(region, 20).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let deployer = Deployer::new(&conf, config("xi", region, &subnet, secrets.path())).unwrap();
+    let first = deployer.up(false).await.unwrap();
+    assert_eq!(
+        event_changes(&first),
+        [
+            "create sqs-queue ecsmesh-xi-events-dlq",
+            "create sqs-queue ecsmesh-xi-events",
+            "create event-rule ecsmesh-xi-ecs-events",
+            "create event-target ecsmesh-xi-ecs-events",
+            "create sqs-queue-policy ecsmesh-xi-events",
+        ]
+    );
+
+    // The queues: SSE, retention, visibility, redrive to the DLQ after 5.
+    let (dlq_url, dlq) = queue(&conf, "ecsmesh-xi-events-dlq").await;
+    assert_eq!(dlq["SqsManagedSseEnabled"], "true");
+    assert_eq!(dlq["MessageRetentionPeriod"], "1209600");
+    let (url, q) = queue(&conf, "ecsmesh-xi-events").await;
+    assert_eq!(q["SqsManagedSseEnabled"], "true");
+    assert_eq!(q["MessageRetentionPeriod"], "86400");
+    assert_eq!(q["VisibilityTimeout"], "60");
+    let redrive: serde_json::Value = serde_json::from_str(&q["RedrivePolicy"]).unwrap();
+    assert_eq!(redrive["deadLetterTargetArn"], dlq["QueueArn"].as_str());
+    assert_eq!(redrive["maxReceiveCount"], 5);
+    let sqsc = sqs::Client::new(&conf);
+    for u in [&url, &dlq_url] {
+        let tags = sqsc.list_queue_tags().queue_url(u).send().await.unwrap();
+        assert_eq!(
+            tags.tags().unwrap().get(OWNER_TAG).map(String::as_str),
+            Some("xi"),
+            "{u}"
+        );
+    }
+
+    // The rule: this cluster's (its ARN as ECS gives it) two kinds of change.
+    let cluster_arn = ecs::Client::new(&conf)
+        .describe_clusters()
+        .clusters("xi")
+        .send()
+        .await
+        .unwrap()
+        .clusters()[0]
+        .cluster_arn()
+        .unwrap()
+        .to_owned();
+    let evc = eventbridge::Client::new(&conf);
+    let rule = evc
+        .describe_rule()
+        .name("ecsmesh-xi-ecs-events")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rule.state(), Some(&eventbridge::types::RuleState::Enabled));
+    let pattern: serde_json::Value = serde_json::from_str(rule.event_pattern().unwrap()).unwrap();
+    assert_eq!(
+        pattern,
+        serde_json::json!({
+            "source": ["aws.ecs"],
+            "detail-type": ["ECS Task State Change", "ECS Container Instance State Change"],
+            "detail": {"clusterArn": [cluster_arn]},
+        })
+    );
+    let rule_arn = rule.arn().unwrap();
+    let tags = evc
+        .list_tags_for_resource()
+        .resource_arn(rule_arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tags.tags()
+            .iter()
+            .any(|t| t.key() == OWNER_TAG && t.value() == "xi"),
+        "{tags:?}"
+    );
+    let targets = evc
+        .list_targets_by_rule()
+        .rule("ecsmesh-xi-ecs-events")
+        .send()
+        .await
+        .unwrap();
+    let arns: Vec<&str> = targets
+        .targets()
+        .iter()
+        .map(eventbridge::types::Target::arn)
+        .collect();
+    assert_eq!(arns, [q["QueueArn"].as_str()]);
+
+    // The policy: EventBridge may send, for this rule only.
+    let policy: serde_json::Value = serde_json::from_str(&q["Policy"]).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    assert_eq!(statements.len(), 1, "{policy:#}");
+    let st = &statements[0];
+    assert_eq!(st["Effect"], "Allow");
+    assert_eq!(st["Principal"]["Service"], "events.amazonaws.com");
+    assert_eq!(st["Action"], "sqs:SendMessage");
+    assert_eq!(st["Resource"], q["QueueArn"].as_str());
+    assert_eq!(st["Condition"]["ArnEquals"]["aws:SourceArn"], rule_arn);
+
+    // The controller follows the queue.
+    let ecsc = ecs::Client::new(&conf);
+    let env = environment(&ecsc, "ecsmesh-xi-controller").await;
+    assert!(
+        env.contains(&("ECSMESH_ECS_EVENTS_QUEUE_URL".to_owned(), url.clone())),
+        "{env:?}"
+    );
+
+    // Events flow: an instance joining this cluster reaches the queue, one
+    // joining another cluster does not.
+    let g = auto_scaling_group(&asg::Client::new(&conf), "ecsmesh-xi").await;
+    let iid = g.instances()[0].instance_id().unwrap().to_owned();
+    ecsc.create_cluster()
+        .cluster_name("xi-other")
+        .send()
+        .await
+        .unwrap();
+    for cluster in ["xi-other", "xi"] {
+        ecsc.register_container_instance()
+            .cluster(cluster)
+            .instance_identity_document(format!(r#"{{"instanceId": "{iid}"}}"#))
+            .send()
+            .await
+            .unwrap();
+    }
+    let got = sqsc
+        .receive_message()
+        .queue_url(&url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap();
+    let kinds: Vec<String> = got
+        .messages()
+        .iter()
+        .map(|m| {
+            let event: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            assert_eq!(
+                event["detail"]["clusterArn"],
+                cluster_arn.as_str(),
+                "{event:#}"
+            );
+            event["detail-type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k == "ECS Container Instance State Change"),
+        "{kinds:?}"
+    );
+
+    // A second up changes nothing and says so.
+    let second = deployer.up(false).await.unwrap();
+    assert!(!second.changed(), "{:#?}", changes(&second));
+    let kept: Vec<_> = second
+        .steps
+        .iter()
+        .filter(|s| s.kind.starts_with("sqs-") || s.kind.starts_with("event-"))
+        .collect();
+    assert_eq!(kept.len(), 5, "{kept:#?}");
+    assert!(kept.iter().all(|s| s.action == Action::Unchanged));
+    assert!(!deployer.status().await.unwrap().changed());
+
+    // down: a dry run lists them and deletes nothing; then they all go.
+    let dry = deployer.down(true).await.unwrap();
+    let planned = event_changes(&dry);
+    assert_eq!(
+        planned,
+        [
+            "delete event-target ecsmesh-xi-ecs-events",
+            "delete event-rule ecsmesh-xi-ecs-events",
+            "delete sqs-queue ecsmesh-xi-events",
+            "delete sqs-queue ecsmesh-xi-events-dlq",
+        ]
+    );
+    assert!(queue_exists(&conf, "ecsmesh-xi-events").await);
+    let down = deployer.down(false).await.unwrap();
+    assert_eq!(event_changes(&down), planned);
+    assert!(!queue_exists(&conf, "ecsmesh-xi-events").await);
+    assert!(!queue_exists(&conf, "ecsmesh-xi-events-dlq").await);
+    assert!(
+        evc.describe_rule()
+            .name("ecsmesh-xi-ecs-events")
+            .send()
+            .await
+            .is_err()
+    );
+    let left = owned(&conf, "xi").await;
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    let again = deployer.down(false).await.unwrap();
+    assert!(event_changes(&again).is_empty(), "{again:#?}");
+}
+
+#[tokio::test]
+async fn up_puts_drifted_events_plumbing_right() {
+    let region = "ap-southeast-2";
+    let (conf, subnet) = setup(region, 21).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let deployer =
+        Deployer::new(&conf, config("omicron", region, &subnet, secrets.path())).unwrap();
+    deployer.up(false).await.unwrap();
+    let (url, before) = queue(&conf, "ecsmesh-omicron-events").await;
+    let evc = eventbridge::Client::new(&conf);
+    let rule = "ecsmesh-omicron-ecs-events";
+    let pattern = evc
+        .describe_rule()
+        .name(rule)
+        .send()
+        .await
+        .unwrap()
+        .event_pattern()
+        .unwrap()
+        .to_owned();
+
+    // Someone widens the pattern, removes the target, shortens the
+    // visibility timeout and drops the policy.
+    evc.put_rule()
+        .name(rule)
+        .event_pattern(r#"{"source": ["aws.ecs"]}"#)
+        .send()
+        .await
+        .unwrap();
+    evc.remove_targets()
+        .rule(rule)
+        .ids("ecsmesh-events-queue")
+        .send()
+        .await
+        .unwrap();
+    sqs::Client::new(&conf)
+        .set_queue_attributes()
+        .queue_url(&url)
+        .attributes(sqs::types::QueueAttributeName::VisibilityTimeout, "30")
+        .attributes(sqs::types::QueueAttributeName::Policy, "")
+        .send()
+        .await
+        .unwrap();
+
+    let plan = deployer.plan().await.unwrap();
+    assert_eq!(
+        event_changes(&plan),
+        [
+            "update sqs-queue ecsmesh-omicron-events",
+            "update event-rule ecsmesh-omicron-ecs-events",
+            "create event-target ecsmesh-omicron-ecs-events",
+            "create sqs-queue-policy ecsmesh-omicron-events",
+        ]
+    );
+    let step = |r: &Report, kind: &str| {
+        r.steps
+            .iter()
+            .find(|s| s.kind == kind && s.action == Action::Update)
+            .unwrap()
+            .detail
+            .clone()
+    };
+    assert_eq!(step(&plan, "sqs-queue"), "VisibilityTimeout");
+    assert_eq!(step(&plan, "event-rule"), "event pattern");
+    let up = deployer.up(false).await.unwrap();
+    assert_eq!(changes(&up), changes(&plan), "the plan is what up does");
+
+    // Back as it was, and stable.
+    let (_, after) = queue(&conf, "ecsmesh-omicron-events").await;
+    for attr in [
+        "VisibilityTimeout",
+        "Policy",
+        "RedrivePolicy",
+        "SqsManagedSseEnabled",
+    ] {
+        assert_eq!(after.get(attr), before.get(attr), "{attr}");
+    }
+    let now = evc.describe_rule().name(rule).send().await.unwrap();
+    assert_eq!(now.event_pattern(), Some(pattern.as_str()));
+    let targets = evc.list_targets_by_rule().rule(rule).send().await.unwrap();
+    assert_eq!(targets.targets()[0].arn(), before["QueueArn"].as_str());
+    let again = deployer.up(false).await.unwrap();
+    assert!(!again.changed(), "{:#?}", changes(&again));
+    deployer.down(false).await.unwrap();
+}
+
+#[tokio::test]
+async fn no_events_creates_no_queue_or_rule_and_the_controller_polls() {
+    let region = "ap-northeast-2";
+    let (conf, subnet) = setup(region, 22).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let mut cfg = config("pi", region, &subnet, secrets.path());
+    cfg.ecs_events = false;
+    let deployer = Deployer::new(&conf, cfg.clone()).unwrap();
+    let plan = deployer.plan().await.unwrap();
+    let report = deployer.up(false).await.unwrap();
+    for r in [&plan, &report] {
+        assert!(
+            r.steps
+                .iter()
+                .all(|s| !s.kind.starts_with("sqs-") && !s.kind.starts_with("event-")),
+            "{r:#?}"
+        );
+    }
+    assert!(!queue_exists(&conf, "ecsmesh-pi-events").await);
+    assert!(!queue_exists(&conf, "ecsmesh-pi-events-dlq").await);
+    let rules = eventbridge::Client::new(&conf)
+        .list_rules()
+        .name_prefix("ecsmesh-pi")
+        .send()
+        .await
+        .unwrap();
+    assert!(rules.rules().is_empty(), "{rules:?}");
+    let env = environment(&ecs::Client::new(&conf), "ecsmesh-pi-controller").await;
+    assert!(
+        env.iter().all(|(n, _)| n != "ECSMESH_ECS_EVENTS_QUEUE_URL"),
+        "{env:?}"
+    );
+    assert!(!deployer.up(false).await.unwrap().changed());
+
+    // Turned on later: the queue appears and the controller gets a new
+    // revision; `down` removes it whatever its own flag says.
+    cfg.ecs_events = true;
+    let on = Deployer::new(&conf, cfg).unwrap().up(false).await.unwrap();
+    assert!(
+        changes(&on).contains(&"update task-definition ecsmesh-pi-controller".to_owned()),
+        "{:#?}",
+        changes(&on)
+    );
+    assert!(queue_exists(&conf, "ecsmesh-pi-events").await);
+    let down = deployer.down(false).await.unwrap();
+    assert!(
+        changes(&down).contains(&"delete sqs-queue ecsmesh-pi-events".to_owned()),
+        "{:#?}",
+        changes(&down)
+    );
+    let left = owned(&conf, "pi").await;
+    assert!(left.is_empty(), "left behind: {left:#?}");
 }
