@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/ecsmesh/venv
 export ECSMESH_VENV := $(VENV)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test lint deny fmt bench bench-dtab bench-proxy bench-control bench-profile bench-ab fuzz demo demo-down clean-venv
+.PHONY: all deps test lint deny images fmt bench bench-dtab bench-proxy bench-control bench-profile bench-ab fuzz demo demo-down clean-venv
 
 all: test
 
@@ -28,11 +28,17 @@ test: deps
 	ECSMESH_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(VENV)/bin/python -m pytest tests/grpc -q
 	ECSMESH_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(VENV)/bin/python -m pytest tests/protocols -q
 	DEMO_PROFILE=debug $(VENV)/bin/python -m pytest tests/e2e -q
+	IMAGES_PROFILE=dev IMAGES_DIR=$(CARGO_TARGET_DIR)/images-dev bash scripts/images.sh
+	IMAGES_DIR=$(CARGO_TARGET_DIR)/images-dev $(VENV)/bin/python -m pytest tests/images -q
 
 ## lint: formatting check and clippy with warnings as errors.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## images: the agent, controller and helloworld OCI images without Docker (scripts/images.sh; push with `bash scripts/images.sh push REGISTRY`).
+images: deps
+	bash scripts/images.sh
 
 ## deny: cargo-deny's supply-chain checks (deny.toml): licenses, duplicate versions, sources, advisories.
 deny:
