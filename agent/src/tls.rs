@@ -139,13 +139,10 @@ pub struct ControllerEndpoint {
 /// The controller token file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("reading the controller token {file}: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
-    #[error("the controller token file {0} is empty or not one line of visible ASCII")]
-    Invalid(String),
+    #[error("the controller token: {0}")]
+    File(#[from] ecsmesh_config::ConfigError),
+    #[error("the controller token file {0} is not one line of visible ASCII")]
+    NotAscii(String),
 }
 
 impl ControllerEndpoint {
@@ -155,12 +152,15 @@ impl ControllerEndpoint {
     /// # Errors
     /// A certificate problem, or no address at all.
     pub fn all(config: &Config) -> Result<Vec<Self>, TlsError> {
+        // One client certificate (and one watcher of its files) for every
+        // https replica.
+        let mut client = None;
         let all = config
             .controller
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
-            .map(|address| Self::new(config, address))
+            .map(|address| Self::new(config, address, &mut client))
             .collect::<Result<Vec<_>, _>>()?;
         if all.is_empty() {
             return Err(TlsError::Missing(
@@ -170,7 +170,11 @@ impl ControllerEndpoint {
         Ok(all)
     }
 
-    fn new(config: &Config, address: &str) -> Result<Self, TlsError> {
+    fn new(
+        config: &Config,
+        address: &str,
+        client: &mut Option<ClientTls>,
+    ) -> Result<Self, TlsError> {
         let url = if address.contains("://") {
             address.to_owned()
         } else {
@@ -190,8 +194,13 @@ impl ControllerEndpoint {
                 "the controller at {url} needs --tls-ca to verify its certificate"
             )));
         }
-        let client = ClientTls::new(files, ecsmesh_tls::ALPN_H2)?;
-        client.watch(config.tls.reload_interval);
+        let client = if let Some(c) = client {
+            c.clone()
+        } else {
+            let c = ClientTls::new(files, ecsmesh_tls::ALPN_H2)?;
+            c.watch(config.tls.reload_interval);
+            client.insert(c).clone()
+        };
         let name = match &config.tls.controller_server_name {
             Some(name) => name.clone(),
             None => url
@@ -220,19 +229,11 @@ impl ControllerEndpoint {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(TokenError::Invalid(file));
-        }
+        let token = ecsmesh_config::read_token(path)?;
         format!("Bearer {token}")
             .parse()
             .map(Some)
-            .map_err(|_| TokenError::Invalid(file))
+            .map_err(|_| TokenError::NotAscii(path.display().to_string()))
     }
 
     /// Opens a channel (the controller stream's keepalives included).

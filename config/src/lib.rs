@@ -36,6 +36,26 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A bearer token from its file, surrounding whitespace dropped. An empty
+/// one is refused: it would let an empty `Bearer ` through.
+///
+/// # Errors
+/// The file cannot be read, or holds nothing but whitespace.
+pub fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "the token file {file} is empty"
+        )));
+    }
+    Ok(token.to_owned())
+}
+
 /// Replaces `${VAR}` and `${VAR:-default}` using `lookup`. A variable that
 /// is unset and has no default is an error naming it. `$` not followed by
 /// `{` is left alone (dtabs use `$`).

@@ -653,21 +653,9 @@ fn ecs_settings(
     })
 }
 
-/// A bearer token from its file (surrounding whitespace dropped); an
-/// empty one is refused, as it would let an empty `Bearer ` through.
+/// A bearer token from its file ([`ecsmesh_config::read_token`]).
 fn read_token(path: &std::path::Path) -> Result<Arc<str>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: path.display().to_string(),
-        source,
-    })?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(ConfigError::Invalid(format!(
-            "the token file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(Arc::from(token))
+    ecsmesh_config::read_token(path).map(Arc::from)
 }
 
 /// The Consul source (when an address is configured) and the Consul KV

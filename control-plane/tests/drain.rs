@@ -130,41 +130,7 @@ async fn scaling_reaches_the_data_plane_without_failed_requests() {
     // Four clients in a loop for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failed, proxy) = (
-            Arc::clone(&stop),
-            Arc::clone(&ok),
-            Arc::clone(&failed),
-            agent.outgoing_addr,
-        );
-        clients.push(tokio::spawn(async move {
-            let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .build_http::<Full<Bytes>>();
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) && n < 50_000 {
-                n += 1;
-                let req = http::Request::get(format!("http://{proxy}/"))
-                    .header("host", "world")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                match client.request(req).await {
-                    Ok(resp) if resp.status().is_success() => {
-                        let _ = resp.into_body().collect().await;
-                        ok.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(resp) => {
-                        eprintln!("failed: {}", resp.status());
-                        failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) => {
-                        eprintln!("failed: {e}");
-                        failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
-        }));
-    }
+    let clients = clients(4, agent.outgoing_addr, &stop, &ok, &failed);
 
     // A new task joins: its server starts, and it receives traffic.
     topology.scale_service("world", 3).await;
@@ -367,12 +333,13 @@ async fn a_controller_killed_and_restarted_loses_nothing() {
 /// Requests in a loop through `proxy` until `stop`; counts successes and
 /// failures.
 fn clients(
+    n: usize,
     proxy: SocketAddr,
     stop: &Arc<AtomicBool>,
     ok: &Arc<AtomicU64>,
     failed: &Arc<AtomicU64>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..2)
+    (0..n)
         .map(|_| {
             let (stop, ok, failed) = (Arc::clone(stop), Arc::clone(ok), Arc::clone(failed));
             tokio::spawn(async move {
@@ -455,7 +422,7 @@ async fn a_drained_instance_serves_only_when_nothing_else_can() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let running = clients(agent.outgoing_addr, &stop, &ok, &failed);
+    let running = clients(2, agent.outgoing_addr, &stop, &ok, &failed);
     until("both tasks to get traffic", async || {
         upstreams
             .values()

@@ -102,12 +102,16 @@ fn counted(metrics: &Metrics, result: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_change_routing_between_full_resyncs() {
-    let moto = MotoServer::shared();
-    let region = "ap-northeast-2";
+/// A cluster `cluster` on one node `127.0.<net>.1` running the service
+/// `world` (one task), and an empty SQS queue `<cluster>-events`.
+async fn service_and_queue(
+    moto: &MotoServer,
+    region: &str,
+    cluster: &str,
+    net: u8,
+) -> (aws_config::SdkConfig, Topology, aws_sdk_sqs::Client, String) {
     let conf = sdk_config(&moto.endpoint(), region).await;
-    let topology = Topology::create(&conf, "events", 48, &["127.0.48.1"]).await;
+    let topology = Topology::create(&conf, cluster, net, &[&format!("127.0.{net}.1")]).await;
     let web = topology
         .task_definition(
             "world",
@@ -122,12 +126,20 @@ async fn events_change_routing_between_full_resyncs() {
     let sqs = aws_sdk_sqs::Client::new(&conf);
     let queue = sqs
         .create_queue()
-        .queue_name("ecsmesh-events")
+        .queue_name(format!("{cluster}-events"))
         .send()
         .await
         .unwrap()
         .queue_url
         .unwrap();
+    (conf, topology, sqs, queue)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_change_routing_between_full_resyncs() {
+    let moto = MotoServer::shared();
+    let region = "ap-northeast-2";
+    let (conf, topology, sqs, queue) = service_and_queue(moto, region, "events", 48).await;
 
     let metrics = Arc::new(Metrics::new());
     let mut source = EcsSource::new(
@@ -258,28 +270,7 @@ async fn events_change_routing_between_full_resyncs() {
 async fn the_binary_follows_the_events_an_account_sends() {
     let moto = MotoServer::shared();
     let region = "ap-northeast-3";
-    let conf = sdk_config(&moto.endpoint(), region).await;
-    let topology = Topology::create(&conf, "evbin", 50, &["127.0.50.1"]).await;
-    let web = topology
-        .task_definition(
-            "world",
-            NetworkMode::Bridge,
-            "world",
-            &[(8080, 0)],
-            &[],
-            &[],
-        )
-        .await;
-    topology.create_service("world", &web, 1).await;
-    let sqs = aws_sdk_sqs::Client::new(&conf);
-    let queue = sqs
-        .create_queue()
-        .queue_name("evbin-events")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let (conf, topology, sqs, queue) = service_and_queue(moto, region, "evbin", 50).await;
     let queue_arn = sqs
         .get_queue_attributes()
         .queue_url(&queue)
@@ -392,6 +383,33 @@ async fn the_binary_follows_the_events_an_account_sends() {
         metrics.contains("ecsmesh_controller_ecs_events_total{result=\"applied\"}"),
         "{metrics}"
     );
+
+    // Whoever can write to the queue can send anything: the binary drops
+    // and counts it, and keeps following.
+    for body in [
+        "{not json",
+        "{\"source\":\"aws.ecs\",\"detail-type\":\"ECS Task State Change\",\"detail\":{\"clusterArn\":\"x/evbin\"}}",
+    ] {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let malformed = "ecsmesh_controller_ecs_events_total{result=\"malformed\"} 2";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !metrics_text(admin).await.contains(malformed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            metrics_text(admin).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    topology.scale_service("world", 3).await;
+    let grown = next_state(&mut agent, state).await;
+    assert!(grown.sets[&name].len() >= 2);
 }
 
 /// The agent's next message, a delta, applied to `state` and ACKed.

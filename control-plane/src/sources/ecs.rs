@@ -362,17 +362,7 @@ impl EcsSource {
         }
         self.learn_task_definitions(std::slice::from_ref(&task))
             .await?;
-        let def = task
-            .task_definition_arn()
-            .and_then(|a| self.task_definitions.get(a));
-        let host = task
-            .container_instance_arn()
-            .and_then(|a| self.hosts.get(a));
-        let mut endpoints = match def {
-            Some(def) => task_endpoints(&self.cluster, &task, def, host),
-            None => Vec::new(),
-        };
-        self.mark_draining(&task, &mut endpoints);
+        let endpoints = self.endpoints_of(&task);
         self.versions.insert(arn.clone(), (version, Instant::now()));
         self.metrics.ecs_event("applied");
         Ok(if endpoints.is_empty() {
@@ -452,9 +442,11 @@ impl EcsSource {
     /// One full read of the cluster.
     pub async fn resync(&mut self) -> Result<SourceSets, EcsError> {
         let arns = self.list_tasks().await?;
-        self.draining = self.list_draining_instances().await?;
+        self.draining = self
+            .list_container_instances(Some(ContainerInstanceStatus::Draining))
+            .await?;
         if self.instances.is_some() {
-            self.listed = self.list_container_instances().await?;
+            self.listed = self.list_container_instances(None).await?;
         }
         let mut tasks = Vec::with_capacity(arns.len());
         let mut undescribed = Vec::new();
@@ -501,18 +493,7 @@ impl EcsSource {
                 }
                 continue;
             }
-            let def = task
-                .task_definition_arn()
-                .and_then(|a| self.task_definitions.get(a));
-            let host = task
-                .container_instance_arn()
-                .and_then(|a| self.hosts.get(a));
-            let mut endpoints = match def {
-                Some(def) => task_endpoints(&self.cluster, task, def, host),
-                None => Vec::new(),
-            };
-            self.mark_draining(task, &mut endpoints);
-            by_task.insert(arn.to_owned(), endpoints);
+            by_task.insert(arn.to_owned(), self.endpoints_of(task));
         }
         for arn in undescribed {
             if let Some(previous) = self.last_by_task.get(&arn) {
@@ -553,13 +534,18 @@ impl EcsSource {
         Ok(arns)
     }
 
-    /// The cluster's container instances in every state but `INACTIVE`
-    /// (ECS's default), `DRAINING` included: their agents still serve.
-    async fn list_container_instances(&self) -> Result<HashSet<String>, EcsError> {
+    /// The cluster's container instances in `status`; `None`: every state
+    /// but `INACTIVE` (ECS's default), `DRAINING` included, as their agents
+    /// still serve.
+    async fn list_container_instances(
+        &self,
+        status: Option<ContainerInstanceStatus>,
+    ) -> Result<HashSet<String>, EcsError> {
         let mut pages = self
             .ecs
             .list_container_instances()
             .cluster(&self.cluster)
+            .set_status(status)
             .into_paginator()
             .send();
         let mut arns = HashSet::new();
@@ -572,60 +558,42 @@ impl EcsSource {
         Ok(arns)
     }
 
-    /// The cluster's container instances in `DRAINING` (one call per 100).
-    async fn list_draining_instances(&self) -> Result<HashSet<String>, EcsError> {
-        let mut pages = self
-            .ecs
-            .list_container_instances()
-            .cluster(&self.cluster)
-            .status(ContainerInstanceStatus::Draining)
-            .into_paginator()
-            .send();
-        let mut arns = HashSet::new();
-        while let Some(page) = self
-            .call_paged("ecs", "ListContainerInstances", pages.next())
-            .await?
-        {
-            arns.extend(page.container_instance_arns.unwrap_or_default());
-        }
-        Ok(arns)
-    }
-
-    /// Marks a task's endpoints when its container instance is draining.
-    fn mark_draining(&self, task: &Task, endpoints: &mut [(Path, Endpoint)]) {
-        if task
+    /// A task's endpoints now: its definition's ports at its host (see
+    /// [`task_endpoints`]), marked when its container instance drains.
+    fn endpoints_of(&self, task: &Task) -> Vec<(Path, Endpoint)> {
+        let def = task
+            .task_definition_arn()
+            .and_then(|a| self.task_definitions.get(a));
+        let host = task
             .container_instance_arn()
-            .is_some_and(|a| self.draining.contains(a))
-        {
-            for (_, e) in endpoints {
-                e.meta
-                    .insert(ecsmesh_state::meta::DRAINING.to_owned(), "true".to_owned());
-            }
+            .and_then(|a| self.hosts.get(a));
+        let mut endpoints = match def {
+            Some(def) => task_endpoints(&self.cluster, task, def, host),
+            None => Vec::new(),
+        };
+        let draining = task
+            .container_instance_arn()
+            .is_some_and(|a| self.draining.contains(a));
+        for (_, e) in &mut endpoints {
+            mark_draining(e, draining);
         }
+        endpoints
     }
 
     /// After an instance's state event: its tasks' endpoints marked (or
     /// not) as its state now says.
     fn remark_draining(&mut self, instance: &str) {
         let draining = self.draining.contains(instance);
-        for endpoints in self.last_by_task.values_mut() {
-            for (_, e) in endpoints.iter_mut() {
-                if e.meta.get(meta::CONTAINER_INSTANCE).map(String::as_str) != Some(instance) {
-                    continue;
-                }
-                if draining {
-                    e.meta
-                        .insert(ecsmesh_state::meta::DRAINING.to_owned(), "true".to_owned());
-                } else {
-                    e.meta.remove(ecsmesh_state::meta::DRAINING);
-                }
+        for (_, e) in self.last_by_task.values_mut().flatten() {
+            if e.meta.get(meta::CONTAINER_INSTANCE).map(String::as_str) == Some(instance) {
+                mark_draining(e, draining);
             }
         }
     }
 
     /// Lists the container instances again (between resyncs) and reports them.
     async fn refresh_instances(&mut self) -> Result<(), EcsError> {
-        self.listed = self.list_container_instances().await?;
+        self.listed = self.list_container_instances(None).await?;
         let listed = self.listed.clone();
         self.learn_hosts(&listed).await?;
         self.report_instances();
@@ -752,6 +720,16 @@ impl EcsSource {
             }
         }
         Ok(())
+    }
+}
+
+/// Sets or clears an endpoint's draining mark.
+fn mark_draining(e: &mut Endpoint, draining: bool) {
+    if draining {
+        e.meta
+            .insert(ecsmesh_state::meta::DRAINING.to_owned(), "true".to_owned());
+    } else {
+        e.meta.remove(ecsmesh_state::meta::DRAINING);
     }
 }
 
