@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use ecsmesh_deploy::{Action, AgentPlacement, DeployConfig, Deployer, Report};
+use ecsmesh_deploy::{Action, AgentPlacement, DeployConfig, Deployer, ImagesConfig, Report};
 use ecsmesh_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -137,6 +137,25 @@ pub struct DeployArgs {
     /// allowed: the controller then only re-reads ECS every 10 s.
     #[arg(long)]
     no_events: bool,
+    /// Build the agent, controller and helloworld images (scripts/images.sh,
+    /// run from the ecsmesh source tree: static binaries, umoci, no Docker),
+    /// push them to ECR repositories ecsmesh-<cluster>/<image> (created, with
+    /// scan on push and immutable tags) with ECR's token, and point the task
+    /// definitions and the user data at their digests. Needs skopeo and umoci
+    /// (make deps).
+    #[arg(long)]
+    build_images: bool,
+    /// Where the images are (already built by `make images`: push them
+    /// without building), or where --build-images builds them [default:
+    /// $CARGO_TARGET_DIR/images, else ~/.cache/ecsmesh/target/images].
+    #[arg(long, value_name = "DIR")]
+    images_dir: Option<PathBuf>,
+    /// Push the images here instead of the account's ECR registry, still
+    /// with ECR's token (http(s)://host[:port]): for a mirror in front of
+    /// ECR, or for tests (ECR emulators serve the API, not the registry). The
+    /// task definitions name the ECR repositories either way.
+    #[arg(long, value_name = "URL", env = "ECSMESH_REGISTRY_ENDPOINT")]
+    registry_endpoint: Option<String>,
     /// Print the plan (create/update/unchanged per resource); call no mutating API.
     #[arg(long)]
     dry_run: bool,
@@ -216,6 +235,29 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
         let env = |k: &str| std::env::var(k).ok();
         default_secrets_dir(&env, &args.cluster)
     });
+    if args.build_images || args.images_dir.is_some() {
+        cfg.images = Some(ImagesConfig {
+            dir: args
+                .images_dir
+                .clone()
+                .unwrap_or_else(ecsmesh_deploy::ecr::default_images_dir),
+            registry_endpoint: args.registry_endpoint.clone(),
+            build: args.build_images,
+        });
+    } else if args.registry_endpoint.is_some() {
+        anyhow::bail!("--registry-endpoint needs --build-images or --images-dir");
+    }
+    // Checked before a build of several minutes.
+    cfg.validate()?;
+    if let (DeployCommand::Up(_), Some(images)) = (cmd, &cfg.images)
+        && images.build
+        && !args.dry_run
+    {
+        let root = source_root()?;
+        let dir = images.dir.clone();
+        tokio::task::spawn_blocking(move || ecsmesh_deploy::ecr::build_images(&root, &dir))
+            .await??;
+    }
 
     let mut deployer = Deployer::new(&sdk, cfg)?;
     let text = matches!(args.output, Output::Text);
@@ -338,6 +380,23 @@ async fn ask_controllers(
 /// (beside ecsmeshctl's own settings file).
 fn default_secrets_dir(env: &crate::config::Env, cluster: &str) -> Option<PathBuf> {
     crate::config::default_path(env).and_then(|p| p.parent().map(|dir| dir.join(cluster)))
+}
+
+/// The ecsmesh source tree `--build-images` builds from: the current
+/// directory or the nearest parent with `scripts/images.sh`.
+fn source_root() -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().context("the current directory")?;
+    cwd.ancestors()
+        .find(|d| d.join("scripts/images.sh").is_file())
+        .map(Path::to_path_buf)
+        .with_context(|| {
+            format!(
+                "--build-images builds from the ecsmesh source tree, and neither {} nor a parent \
+                 has scripts/images.sh: run it from a clone, or pass --images-dir with images \
+                 built there by `make images`",
+                cwd.display()
+            )
+        })
 }
 
 /// Ready once the first mesh state is published, as the controller's `/ready` says.

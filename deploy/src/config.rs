@@ -76,6 +76,25 @@ pub struct DeployConfig {
     pub ecs_events: bool,
     /// The region the controller reads (the tool's own region).
     pub region: String,
+    /// The mesh's own images, pushed to ECR by `up` (`--build-images`,
+    /// `--images-dir`); unset: the task definitions name
+    /// [`image_repo`](Self::image_repo)`/ecsmesh-*:`[`image_tag`](Self::image_tag).
+    pub images: Option<ImagesConfig>,
+}
+
+/// Where `up` takes the images it pushes to ECR from, and where it pushes.
+#[derive(Clone, Debug)]
+pub struct ImagesConfig {
+    /// What `scripts/images.sh` wrote (`images.txt` and the OCI layout `oci/`).
+    pub dir: PathBuf,
+    /// Push here instead of the account's ECR registry (`http(s)://host[:port]`),
+    /// still with ECR's token: a mirror that fronts ECR, or a test registry
+    /// (ECR emulators serve the API but not the registry protocol). The task
+    /// definitions name the ECR repositories either way.
+    pub registry_endpoint: Option<String>,
+    /// `--build-images`: `dir` is (re)built before `up`, so a dry run
+    /// before the first build plans the pushes without digests.
+    pub build: bool,
 }
 
 impl DeployConfig {
@@ -106,6 +125,7 @@ impl DeployConfig {
             secrets_dir: None,
             ecs_events: true,
             region: region.into(),
+            images: None,
         }
     }
 
@@ -179,6 +199,7 @@ impl DeployConfig {
             check_tls_prefix(p)?;
         }
         self.check_events_names()?;
+        self.check_images()?;
         if !(0 <= self.min_size
             && self.min_size <= self.desired_capacity
             && self.desired_capacity <= self.max_size)
@@ -221,6 +242,32 @@ impl DeployConfig {
                     EVENTS_RULE_NAME_MAX - (self.events_rule_name().len() - self.cluster.len())
                 ),
             });
+        }
+        Ok(())
+    }
+
+    /// With images to push: repository names ECR accepts, a registry
+    /// override that parses.
+    fn check_images(&self) -> Result<()> {
+        let Some(images) = &self.images else {
+            return Ok(());
+        };
+        for image in IMAGE_NAMES {
+            let name = self.ecr_repository(image);
+            check(
+                "cluster",
+                &name,
+                ecr_name_ok(&name),
+                "usable in an ECR repository name (lowercase letters and digits, single separators -, _ or .)",
+            )?;
+        }
+        if let Some(url) = &images.registry_endpoint {
+            check(
+                "registry-endpoint",
+                url,
+                crate::ecr::parse_endpoint(url).is_some(),
+                "http(s)://host[:port]",
+            )?;
         }
         Ok(())
     }
@@ -338,6 +385,27 @@ impl DeployConfig {
     pub fn agent_image(&self) -> String {
         format!("{}/ecsmesh-agent:{}", self.image_repo, self.image_tag)
     }
+
+    /// The ECR repository `up` pushes `image` ([`IMAGE_NAMES`]) to:
+    /// `ecsmesh-<cluster>/<image>`, the cluster lowercased (ECR's names are).
+    pub fn ecr_repository(&self, image: &str) -> String {
+        format!("{}/{image}", self.base_name().to_ascii_lowercase())
+    }
+}
+
+/// ECR's repository name grammar: lowercase alphanumeric runs joined by
+/// one `.`, `_` or `-`, in `/`-separated parts; 2-256 characters.
+fn ecr_name_ok(name: &str) -> bool {
+    (2..=256).contains(&name.len())
+        && name.split('/').all(|part| {
+            !part.is_empty()
+                && part.split(['.', '_', '-']).all(|run| {
+                    !run.is_empty()
+                        && run
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                })
+        })
 }
 
 /// An SSM parameter path: SSM's name alphabet (also safe inside the
@@ -431,6 +499,9 @@ const EVENTS_RULE_NAME_MAX: usize = 64;
 /// queue: a few visibility timeouts for a transient failure to clear.
 pub const EVENTS_MAX_RECEIVE_COUNT: u32 = 5;
 
+/// The images `scripts/images.sh` builds, as it names them.
+pub const IMAGE_NAMES: [&str; 3] = ["agent", "controller", "helloworld"];
+
 /// The tag key on everything ecsmesh owns.
 pub const OWNER_TAG: &str = "ecsmesh:owner";
 
@@ -521,6 +592,30 @@ mod tests {
             "{err}"
         );
         cfg.ecs_events = false;
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn ecr_names_follow_the_cluster_or_it_is_refused() {
+        let mut cfg = DeployConfig::new("Prod_1", "r");
+        cfg.images = Some(ImagesConfig {
+            dir: PathBuf::from("/x"),
+            registry_endpoint: Some("http://127.0.0.1:5000".to_owned()),
+            build: false,
+        });
+        assert_eq!(cfg.ecr_repository("agent"), "ecsmesh-prod_1/agent");
+        assert!(cfg.validate().is_ok());
+        for bad in ["a--b", "a_", "x-_y"] {
+            cfg.cluster = bad.to_owned();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("ECR"), "{bad}: {err}");
+        }
+        cfg.cluster = "ok".to_owned();
+        cfg.images.as_mut().unwrap().registry_endpoint = Some("ftp://x".to_owned());
+        assert!(cfg.validate().is_err());
+        // Without images the names do not matter.
+        cfg.images = None;
+        cfg.cluster = "a--b".to_owned();
         assert!(cfg.validate().is_ok());
     }
 

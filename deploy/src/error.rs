@@ -35,6 +35,9 @@ pub enum DeployError {
     /// Generating the mesh certificates (or writing them) failed.
     #[error(transparent)]
     Certificates(#[from] ecsmesh_tls::generate::GenerateError),
+    /// The local images to push are missing or inconsistent, or pushing failed.
+    #[error("images: {0}")]
+    Images(String),
     /// The operating system's random number generator failed.
     #[error("no random bytes for a token: {0}")]
     Random(String),

@@ -45,6 +45,7 @@
 //! tagged as its own.
 
 pub mod config;
+pub mod ecr;
 pub mod error;
 mod events;
 mod ops;
@@ -55,7 +56,8 @@ pub mod taskdef;
 pub use config::{
     ADMIN_TOKEN_DIR, ADMIN_TOKEN_PARAMETER, AGENT_TOKEN_DIR, AGENT_TOKEN_PARAMETER, AgentPlacement,
     CTL_SETTINGS_FILE, DEFAULT_CONTROLLER_ADDRESS, DeployConfig, EVENTS_MAX_RECEIVE_COUNT,
-    OWNER_TAG, TLS_ADMIN_IDENTITY, TLS_CONTROLLER_SERVER_NAME, TLS_DIR, TLS_PARAMETERS,
+    IMAGE_NAMES, ImagesConfig, OWNER_TAG, TLS_ADMIN_IDENTITY, TLS_CONTROLLER_SERVER_NAME, TLS_DIR,
+    TLS_PARAMETERS,
 };
 pub use error::{DeployError, Result};
 pub use events::EVENT_DETAIL_TYPES;

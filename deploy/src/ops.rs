@@ -21,6 +21,7 @@ use crate::config::{
     DeployConfig, OWNER_TAG, TLS_ADMIN_IDENTITY, TLS_CONTROLLER_SERVER_NAME, TLS_DIR,
     TLS_PARAMETERS,
 };
+use crate::ecr::ImageRefs;
 use crate::error::{DeployError, Result};
 use crate::render;
 use crate::taskdef::TaskDefSpec;
@@ -56,6 +57,7 @@ pub struct Deployer {
     pub(crate) ssm: aws_sdk_ssm::Client,
     pub(crate) sqs: aws_sdk_sqs::Client,
     pub(crate) events: aws_sdk_eventbridge::Client,
+    pub(crate) ecr: aws_sdk_ecr::Client,
     progress: Option<Progress>,
 }
 
@@ -95,6 +97,7 @@ impl Deployer {
             ssm: aws_sdk_ssm::Client::new(sdk),
             sqs: aws_sdk_sqs::Client::new(sdk),
             events: aws_sdk_eventbridge::Client::new(sdk),
+            ecr: aws_sdk_ecr::Client::new(sdk),
             progress: None,
         })
     }
@@ -286,11 +289,15 @@ impl Deployer {
         // definition, which carries the queue's URL.
         let events_queue_url = self.up_events(dry_run, &mut steps).await?;
 
+        // 3c. The images (ECR repositories, pushes), before everything that
+        // names them.
+        let images = self.up_images(dry_run, &mut steps).await?;
+
         // 4. Task definitions.
         let mut td_arns = BTreeMap::new();
         for (role, template) in self.task_templates() {
             let state = self
-                .task_def_state(role, template, events_queue_url.as_deref())
+                .task_def_state(role, template, events_queue_url.as_deref(), &images)
                 .await?;
             let family = state.spec.family.clone();
             let arn = if state.same {
@@ -327,7 +334,7 @@ impl Deployer {
         }
 
         // 5. Launch template or configuration.
-        let user_data = self.user_data()?;
+        let user_data = self.user_data_with(&images)?;
         let user_data_b64 = base64::engine::general_purpose::STANDARD.encode(&user_data);
         let launch = if cfg.launch_configuration {
             self.up_launch_configuration(
@@ -533,9 +540,11 @@ impl Deployer {
             self.push(&mut steps, "launch-configuration", name, Action::Delete, "");
         }
 
-        // Task definitions: every ACTIVE revision of our families.
+        // Task definitions: every ACTIVE revision of our families (the
+        // family names do not depend on the images).
+        let repo_images = ImageRefs::from_repo(cfg);
         for (_, template) in Self::all_task_templates() {
-            let family = TaskDefSpec::parse(&self.render_task(template, None)?)
+            let family = TaskDefSpec::parse(&self.render_task(template, None, &repo_images)?)
                 .map_err(|e| DeployError::Template {
                     template: "task definition",
                     reason: e.to_string(),
@@ -561,6 +570,9 @@ impl Deployer {
                 self.push(&mut steps, "task-definition", arn, Action::Delete, "");
             }
         }
+
+        // The images: no task definition names them any more.
+        self.down_images(dry_run, &mut steps).await?;
 
         // ECS events: nothing sends to the queue or reads it any more.
         self.down_events(dry_run, &mut steps).await?;
@@ -951,7 +963,7 @@ impl Deployer {
         ]
     }
 
-    fn vars(&self) -> BTreeMap<&'static str, String> {
+    fn vars(&self, images: &ImageRefs) -> BTreeMap<&'static str, String> {
         let cfg = &self.cfg;
         let tls = |on: String| if cfg.tls() { on } else { String::new() };
         let tokens = |on: String| {
@@ -989,7 +1001,9 @@ impl Deployer {
                 "CONSUL_ADDRESS",
                 cfg.consul_address.clone().unwrap_or_default(),
             ),
-            ("AGENT_IMAGE", cfg.agent_image()),
+            ("AGENT_IMAGE", images.get("agent")),
+            ("CONTROLLER_IMAGE", images.get("controller")),
+            ("HELLO_IMAGE", images.get("helloworld")),
             (
                 "START_AGENT",
                 (cfg.agent == AgentPlacement::UserData).to_string(),
@@ -1034,8 +1048,9 @@ impl Deployer {
         &self,
         template: &'static str,
         events_queue_url: Option<&str>,
+        images: &ImageRefs,
     ) -> Result<String> {
-        let mut vars = self.vars();
+        let mut vars = self.vars(images);
         vars.insert(
             "ECS_EVENTS_QUEUE_URL",
             events_queue_url.unwrap_or_default().to_owned(),
@@ -1043,10 +1058,16 @@ impl Deployer {
         render::render("task definition", template, &vars)
     }
 
-    /// The instance user data, rendered (not yet base64-encoded).
+    /// The instance user data, rendered (not yet base64-encoded), for the
+    /// `--image-repo` agent image.
     pub fn user_data(&self) -> Result<String> {
+        self.user_data_with(&ImageRefs::from_repo(&self.cfg))
+    }
+
+    /// The user data for the agent image in `images`.
+    fn user_data_with(&self, images: &ImageRefs) -> Result<String> {
         let cfg = &self.cfg;
-        let mut vars = self.vars();
+        let mut vars = self.vars(images);
         // Values validated (SSM names, fixed paths): safe in single quotes.
         let (mut dirs, mut calls) = (Vec::new(), Vec::new());
         if let Some(prefix) = cfg.tls_prefix() {
@@ -1123,13 +1144,12 @@ impl Deployer {
         role: &'static str,
         template: &'static str,
         events_queue_url: Option<&str>,
+        images: &ImageRefs,
     ) -> Result<TaskDefState> {
-        let spec =
-            TaskDefSpec::parse(&self.render_task(template, events_queue_url)?).map_err(|e| {
-                DeployError::Template {
-                    template: role,
-                    reason: e.to_string(),
-                }
+        let spec = TaskDefSpec::parse(&self.render_task(template, events_queue_url, images)?)
+            .map_err(|e| DeployError::Template {
+                template: role,
+                reason: e.to_string(),
             })?;
         if self.active_revisions(&spec.family).await?.is_empty() {
             return Ok(TaskDefState {
