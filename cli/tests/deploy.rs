@@ -360,6 +360,7 @@ async fn up_by_default_leaves_a_settings_file_that_ecsmeshctl_uses() {
         consul: None,
         consul_store: None,
         dynamodb_store: None,
+        replicas: ecsmesh_controller::config::ReplicaSettings::default(),
         security: Security {
             tls: Some(ServerTlsSettings {
                 files: TlsFiles {

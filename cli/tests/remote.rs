@@ -32,6 +32,7 @@ async fn controller(dir: &std::path::Path, token: Option<&str>) -> Controller {
         consul: None,
         consul_store: None,
         dynamodb_store: None,
+        replicas: ecsmesh_controller::config::ReplicaSettings::default(),
         security: ecsmesh_controller::config::Security::default(),
     };
     let c = Controller::start(config, &["test"]).await.unwrap();

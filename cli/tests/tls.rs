@@ -55,6 +55,7 @@ async fn tls_controller(store: &Path, certs: &Path) -> Controller {
         consul: None,
         consul_store: None,
         dynamodb_store: None,
+        replicas: ecsmesh_controller::config::ReplicaSettings::default(),
         security: Security {
             tls: Some(ServerTlsSettings {
                 files: TlsFiles {

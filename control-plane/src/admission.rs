@@ -289,6 +289,12 @@ impl Instances {
         });
     }
 
+    /// Every cluster's latest listing, as it changes (a leader sends them
+    /// to its followers, which admit agents by them).
+    pub fn listed(&self) -> watch::Receiver<HashMap<String, Arc<ClusterInstances>>> {
+        self.listed.subscribe()
+    }
+
     /// For the sources: changes when a fresh listing is wanted.
     pub fn wanted(&self) -> watch::Receiver<u64> {
         self.wanted.subscribe()

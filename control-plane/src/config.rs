@@ -62,6 +62,16 @@ pub struct FileConfig {
     pub limits: Option<LimitsFileConfig>,
     /// The DynamoDB dtab store (`store: dynamodb`).
     pub dynamodb: Option<DynamoFileConfig>,
+    /// Replicas sharing a store elect a leader ([`crate::leader`]).
+    pub replicas: Option<ReplicasFileConfig>,
+}
+
+/// The `replicas:` section of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasFileConfig {
+    pub advertise_address: Option<String>,
+    pub lease_ttl: Option<String>,
 }
 
 /// The `dynamodb:` section of the file.
@@ -299,6 +309,16 @@ pub struct Args {
     /// endpoint as for ECS) [default: ecsmesh].
     #[arg(long, env = "ECSMESH_DYNAMODB_TABLE")]
     pub dynamodb_table: Option<String>,
+    /// Where the other replicas reach this one's gRPC port (host:port), kept
+    /// in the leader lease [default: the gRPC address when it names an IP,
+    /// else this host's IP (IMDSv2, ECS task metadata, an interface) and
+    /// the gRPC port].
+    #[arg(long, env = "ECSMESH_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+    /// A leader silent this long is replaced (DynamoDB or Consul store;
+    /// Consul's session floor is 10s) [default: 10s].
+    #[arg(long, env = "ECSMESH_LEASE_TTL")]
+    pub lease_ttl: Option<String>,
     /// KV prefix of the Consul dtab store [default: ecsmesh/dtabs].
     #[arg(long, env = "ECSMESH_CONSUL_KV_PREFIX")]
     pub consul_kv_prefix: Option<String>,
@@ -395,6 +415,62 @@ pub struct Config {
     pub dynamodb_store: Option<crate::store::dynamodb::DynamoStoreSettings>,
     /// TLS on the gRPC port, and who may subscribe, read and write.
     pub security: Security,
+    /// The leader election of replicas sharing a store.
+    pub replicas: ReplicaSettings,
+}
+
+/// The leader election's settings ([`crate::leader`]); it runs when the
+/// store is shared (DynamoDB or Consul).
+#[derive(Clone, Debug)]
+pub struct ReplicaSettings {
+    pub advertise_address: Option<String>,
+    pub lease_ttl: Duration,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        Self {
+            advertise_address: None,
+            lease_ttl: crate::leader::DEFAULT_TTL,
+        }
+    }
+}
+
+/// Flags over the file's `replicas:` section.
+fn replica_settings(
+    args: &Args,
+    file: ReplicasFileConfig,
+) -> Result<ReplicaSettings, InvalidConfig> {
+    let lease_ttl = match args.lease_ttl.clone().or(file.lease_ttl) {
+        Some(text) => {
+            let ttl = parse_duration(&text)?;
+            if ttl < Duration::from_millis(500) {
+                return Err(ConfigError::Invalid(format!(
+                    "lease_ttl {text:?} is below 500ms: renewals would not keep up"
+                ))
+                .into());
+            }
+            ttl
+        }
+        None => crate::leader::DEFAULT_TTL,
+    };
+    let advertise_address = args.advertise_address.clone().or(file.advertise_address);
+    if let Some(address) = &advertise_address {
+        let ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(ConfigError::Invalid(format!(
+                "advertise_address {:?}: write host:port",
+                crate::limits::echo(address)
+            ))
+            .into());
+        }
+    }
+    Ok(ReplicaSettings {
+        advertise_address,
+        lease_ttl,
+    })
 }
 
 impl Config {
@@ -480,6 +556,7 @@ impl Config {
         } else {
             Some(ecs_settings(args, file_ecs, clusters)?)
         };
+        let replicas = replica_settings(args, file.replicas.unwrap_or_default())?;
         Ok(Self {
             grpc_addr: args
                 .grpc_addr
@@ -501,6 +578,7 @@ impl Config {
             consul_store,
             dynamodb_store,
             security,
+            replicas,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The admin HTTP server (default :9991): the dashboard (`/`, with its
 //! `/api/*` data), `/metrics`, `/ready`, `/live`, `/agents`.
 //!
-//! `/api/*` and `/agents` show dtabs, endpoints and agents, as the gRPC
+//! `/api/*`, `/agents` and `/leader` show dtabs, endpoints and agents, as the gRPC
 //! reads do, so they follow `admin_reads` ([`read_gate`]); the page itself,
 //! the metrics and the probes stay open.
 
@@ -27,6 +27,9 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The dtab admin API (the playground's delegation).
     pub admin: AdminService,
+    pub role: tokio::sync::watch::Receiver<crate::leader::Role>,
+    /// This replica's lease identity, when replicas elect a leader.
+    pub me: Option<crate::leader::Holder>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -34,6 +37,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/overview", get(dashboard::overview))
         .route("/api/delegate", get(dashboard::delegate))
         .route("/agents", get(agents))
+        .route("/leader", get(leader))
         .route_layer(middleware::from_fn_with_state(state.clone(), read_gate));
     Router::new()
         .route("/", get(dashboard::page))
@@ -107,5 +111,24 @@ async fn agents(State(s): State<AdminState>) -> impl IntoResponse {
         "version": current.version,
         "epoch": s.publisher.epoch(),
         "agents": s.agents.list(),
+    }))
+}
+
+/// This replica's part in the leader election.
+async fn leader(State(s): State<AdminState>) -> impl IntoResponse {
+    use crate::leader::Role;
+    let holder =
+        |h: &crate::leader::Holder| serde_json::json!({ "id": h.id, "address": h.address });
+    let role = s.role.borrow().clone();
+    let (name, leader) = match &role {
+        Role::Candidate => ("candidate", None),
+        Role::Leader => ("leader", s.me.as_ref().map(holder)),
+        Role::Follower { leader } => ("follower", Some(holder(leader))),
+    };
+    Json(serde_json::json!({
+        "role": name,
+        "elected": s.me.is_some(),
+        "me": s.me.as_ref().map(holder),
+        "leader": leader,
     }))
 }

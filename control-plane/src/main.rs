@@ -15,12 +15,18 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let config = Config::load(&args)?;
-    let controller = Controller::start(config, &[]).await?;
-    tokio::select! {
-        r = controller.wait() => r,
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("shutting down");
-            Ok(())
-        }
+    let mut controller = Controller::start(config, &[]).await?;
+    // ECS stops a task with SIGTERM: a leader hands its lease over first.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let done = tokio::select! {
+        r = controller.wait_running() => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+        _ = terminate.recv() => None,
+    };
+    if let Some(r) = done {
+        return r;
     }
+    tracing::info!("shutting down");
+    controller.stop().await;
+    Ok(())
 }

@@ -59,6 +59,9 @@ pub struct Metrics {
     ecs_events: Family<EventOutcome, Counter>,
     api_budget_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     api_budget_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    leader: Gauge,
+    leader_changes: Counter,
+    following: Gauge,
 }
 
 impl Default for Metrics {
@@ -90,6 +93,9 @@ impl Metrics {
             api_budget_rate: Gauge::default(),
             api_budget_wait_seconds: Counter::default(),
             traffic_services: Gauge::default(),
+            leader: Gauge::default(),
+            leader_changes: Counter::default(),
+            following: Gauge::default(),
         };
         {
             let mut root = m.registry();
@@ -186,6 +192,21 @@ impl Metrics {
             self.api_budget_wait_seconds.clone(),
         );
         r.register(
+            "leader",
+            "1 while this replica holds the leader lease (watches ECS and Consul), else 0",
+            self.leader.clone(),
+        );
+        r.register(
+            "leader_changes",
+            "Times this replica took or lost the leader lease",
+            self.leader_changes.clone(),
+        );
+        r.register(
+            "following_leader",
+            "1 while a follower receives the leader's mesh stream, else 0",
+            self.following.clone(),
+        );
+        r.register(
             "traffic_services",
             "Distinct service names kept from the agents' traffic summaries",
             self.traffic_services.clone(),
@@ -269,6 +290,18 @@ impl Metrics {
     }
 
     /// Sets the distinct service names kept (at scrape time).
+    /// Whether this replica leads; counts changes.
+    pub fn set_leader(&self, leading: bool) {
+        let now = i64::from(leading);
+        if self.leader.set(now) != now {
+            self.leader_changes.inc();
+        }
+    }
+
+    pub fn set_following(&self, following: bool) {
+        self.following.set(i64::from(following));
+    }
+
     pub fn set_traffic_services(&self, services: usize) {
         self.traffic_services
             .set(i64::try_from(services).unwrap_or(i64::MAX));

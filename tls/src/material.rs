@@ -58,6 +58,16 @@ impl TlsFiles {
         })
     }
 
+    /// The files' own certificate, read and checked as a handshake would:
+    /// `None` without a certificate file. Controller replicas verify each
+    /// other by the names on the certificate they share.
+    ///
+    /// # Errors
+    /// A file cannot be read, or the certificate or key is unusable.
+    pub fn certificate_info(&self) -> Result<Option<CertInfo>, TlsError> {
+        Ok(self.parse(&self.read()?)?.cert_info)
+    }
+
     /// Parses `contents` (read from these files). A certificate that is
     /// not valid now is refused: peers would refuse it anyway, and a
     /// clear error here beats handshake failures everywhere.

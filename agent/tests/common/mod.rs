@@ -60,6 +60,7 @@ pub fn controller_config(
         consul: None,
         consul_store: None,
         dynamodb_store: None,
+        replicas: ecsmesh_controller::config::ReplicaSettings::default(),
         security: ecsmesh_controller::config::Security::default(),
     }
 }

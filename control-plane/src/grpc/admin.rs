@@ -185,7 +185,7 @@ impl AdminService {
         status_of(e)
     }
 
-    fn authorize_write<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    pub(crate) fn authorize_write<T>(&self, request: &Request<T>) -> Result<(), Status> {
         if self.write_token.is_none() && self.access.identities.is_empty() {
             return Ok(());
         }

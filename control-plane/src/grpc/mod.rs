@@ -1,4 +1,6 @@
-//! The controller's gRPC services: the agent stream and the dtab admin API.
+//! The controller's gRPC services: the agent stream, the dtab admin API and
+//! the replicas' follow stream.
 
 pub mod admin;
 pub mod mesh;
+pub mod replica;

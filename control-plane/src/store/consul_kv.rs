@@ -83,6 +83,12 @@ impl Drop for ConsulStore {
 }
 
 impl ConsulStore {
+    /// The client and the key prefix, for the leader lease kept beside
+    /// the dtabs.
+    pub fn client(&self) -> (Client, &str) {
+        (Client::clone(&self.client), &self.prefix)
+    }
+
     /// Reads the prefix once (so the store starts with what Consul holds,
     /// and fails if Consul cannot be read), then follows it. Needs a Tokio
     /// runtime.

@@ -153,6 +153,11 @@ impl DynamoStore {
         self.tx.subscribe()
     }
 
+    /// The client and table, for the leader lease kept beside the dtabs.
+    pub fn table(&self) -> (ddb::Client, String) {
+        (self.client.clone(), self.table.clone())
+    }
+
     fn count(&self, operation: &'static str, ok: bool) {
         self.metrics.api_call("dynamodb", operation, ok);
     }
@@ -316,7 +321,7 @@ impl DynamoStore {
     }
 }
 
-fn is_condition_failed<R>(
+pub(crate) fn is_condition_failed<R>(
     e: &ddb::error::SdkError<impl ddb::error::ProvideErrorMetadata, R>,
 ) -> bool {
     use ddb::error::ProvideErrorMetadata as _;

@@ -37,6 +37,7 @@ pub fn config(store_dir: &std::path::Path, token: Option<&str>) -> Config {
         consul_store: None,
         dynamodb_store: None,
         security: ecsmesh_controller::config::Security::default(),
+        replicas: ecsmesh_controller::config::ReplicaSettings::default(),
     }
 }
 
@@ -169,6 +170,16 @@ impl Running {
 
     pub fn kill(mut self) {
         self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// SIGTERM (as ECS stops a task), then waits for the exit.
+    pub fn terminate(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
         self.0.wait().unwrap();
     }
 }

@@ -1,0 +1,431 @@
+//! Controller replicas sharing a store elect one leader (issue #17): the
+//! real binaries over moto's DynamoDB and ECS, and over the Consul double.
+//! Only the leader calls ECS; the followers serve agents the leader's
+//! endpoint sets (and admit agents by the container instances it lists);
+//! a killed leader is replaced within 15 s while requests through an agent
+//! keep succeeding, and an ECS change made at the kill reaches the agent
+//! within the lease time; a stopped leader (SIGTERM) hands over at once.
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use aws_sdk_ecs::types::NetworkMode;
+use bytes::Bytes;
+use common::{Running, emulator_env, free_port};
+use ecsmesh_agent::Agent;
+use ecsmesh_agent::config::{Args, Config, FileConfig, Mode};
+use ecsmesh_test_support::ecs::{Node, Topology, sdk_config};
+use ecsmesh_test_support::moto::MotoServer;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+async fn create_table(conf: &aws_config::SdkConfig, name: &str) {
+    aws_sdk_dynamodb::Client::new(conf)
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// One replica: the binary and its ports.
+struct Replica {
+    process: Option<Running>,
+    grpc: u16,
+    admin: u16,
+}
+
+impl Replica {
+    fn start(extra: &[&str], env: &[(&str, String)]) -> Self {
+        let (grpc, admin) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+        let (g, a) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{admin}"));
+        let mut args = vec!["--grpc-addr", &g, "--admin-addr", &a];
+        args.extend_from_slice(extra);
+        Self {
+            process: Some(Running::start(&args, env)),
+            grpc,
+            admin,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Option<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin))
+            .await
+            .ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    }
+
+    /// `leader`, `follower`, `candidate`, or `None` while it does not answer.
+    async fn role(&self) -> Option<String> {
+        let body = self.get("/leader").await?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["role"].as_str().map(str::to_owned)
+    }
+
+    /// Calls this replica made to `api` (its `/metrics`).
+    async fn calls(&self, api: &str) -> f64 {
+        let metrics = self.get("/metrics").await.unwrap_or_default();
+        let prefix = format!("ecsmesh_controller_api_calls_total{{api=\"{api}\"");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    }
+}
+
+async fn until(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+/// The index of the one leader, once exactly one leads and the others follow.
+async fn one_leader(replicas: &[&Replica], within: Duration) -> usize {
+    let mut leader = None;
+    until("one leader and the rest following", within, async || {
+        let mut roles = Vec::new();
+        for r in replicas {
+            roles.push(r.role().await);
+        }
+        let leaders: Vec<usize> = (0..roles.len())
+            .filter(|&i| roles[i].as_deref() == Some("leader"))
+            .collect();
+        let followers = roles
+            .iter()
+            .filter(|r| r.as_deref() == Some("follower"))
+            .count();
+        leader = leaders.first().copied();
+        leaders.len() == 1 && followers + 1 == replicas.len()
+    })
+    .await;
+    leader.unwrap()
+}
+
+async fn upstream(addr: SocketAddr) -> Arc<AtomicU64> {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&hits);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async {
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                                "world",
+                            ))))
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    hits
+}
+
+/// An agent on `node` following the replicas in `controllers`' order.
+async fn agent(node: &Node, controllers: &[u16], state_dir: std::path::PathBuf) -> Agent {
+    let host_ip = node.private_ip.as_str();
+    let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
+    config.host_ip = Some(host_ip.parse().unwrap());
+    config.instance_id = Some(node.instance_id.clone());
+    config.availability_zone = Some("zone-a".into());
+    config.controller = controllers
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    config.state_dir = state_dir;
+    config.mode = Mode::Direct;
+    config.outgoing_port = 0;
+    config.incoming_port = free_port(host_ip);
+    config.admin_port = 0;
+    config.imds_endpoint = Some("http://127.0.0.1:1".into());
+    Agent::start(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_watches_ecs_and_a_killed_one_is_replaced_under_load() {
+    let moto = MotoServer::shared();
+    let region = "me-south-1";
+    let conf = sdk_config(&moto.endpoint(), region).await;
+    let topology = Topology::create(&conf, "lead", 62, &["127.0.62.1", "127.0.62.2"]).await;
+    create_table(&conf, "ecsmesh-lead").await;
+    let web = topology
+        .task_definition(
+            "world",
+            NetworkMode::Bridge,
+            "world",
+            &[(8080, 0)],
+            &[],
+            &[],
+        )
+        .await;
+    topology.create_service("world", &web, 3).await;
+    let mut hits = Vec::new();
+    for (_, addr) in topology
+        .task_addresses(&topology.service_tasks("world").await)
+        .await
+    {
+        hits.push(upstream(addr).await);
+    }
+    let env = emulator_env(&moto.endpoint(), region);
+    let args = [
+        "--store",
+        "dynamodb",
+        "--dynamodb-table",
+        "ecsmesh-lead",
+        "--cluster",
+        "lead",
+        "--resync-interval",
+        "500ms",
+    ];
+    let mut replicas: Vec<Replica> = (0..3).map(|_| Replica::start(&args, &env)).collect();
+    let leader = one_leader(
+        &replicas.iter().collect::<Vec<_>>(),
+        Duration::from_secs(20),
+    )
+    .await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+
+    // The agent follows a follower (the leader last in its list): it is
+    // admitted by the instances the leader listed, and routes on the
+    // leader's endpoint sets.
+    let dir = tempfile::tempdir().unwrap();
+    let order = [
+        replicas[followers[0]].grpc,
+        replicas[followers[1]].grpc,
+        replicas[leader].grpc,
+    ];
+    let agent = agent(&topology.nodes[0], &order, dir.path().join("agent")).await;
+    let set = ecsmesh_dtab::Path::read("/#/ecs/lead/world").unwrap();
+    let seen = |agent: &Agent| {
+        agent
+            .routes
+            .load()
+            .mesh
+            .sets
+            .get(&set)
+            .map_or(0, |s| s.len())
+    };
+    until(
+        "the agent to route on 3 tasks",
+        Duration::from_secs(20),
+        async || seen(&agent) == 3,
+    )
+    .await;
+
+    // Only the leader talks to ECS (and EC2).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(replicas[leader].calls("ecs").await > 0.0);
+    for &f in &followers {
+        assert!(
+            replicas[f].calls("ecs").await == 0.0,
+            "follower {f} called ECS"
+        );
+        assert!(
+            replicas[f].calls("ec2").await == 0.0,
+            "follower {f} called EC2"
+        );
+    }
+
+    // Under load, the leader is killed and ECS changes at that moment.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            let proxy = agent.outgoing_addr;
+            tokio::spawn(async move {
+                let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .build_http::<Full<Bytes>>();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && n < 100_000 {
+                    n += 1;
+                    let req = http::Request::get(format!("http://{proxy}/"))
+                        .header("host", "world")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    match client.request(req).await {
+                        Ok(resp) if resp.status().is_success() => {
+                            let _ = resp.into_body().collect().await;
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => {
+                            eprintln!("failed: {:?}", other.map(|r| r.status()));
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    replicas[leader].process.take().unwrap().kill();
+    // Scaled out, not in: the old tasks keep serving whatever routes the
+    // agent holds; the new one must appear once a new leader watches.
+    topology.scale_service("world", 4).await;
+    for (_, addr) in topology
+        .task_addresses(&topology.service_tasks("world").await)
+        .await
+        .into_iter()
+        .skip(3)
+    {
+        hits.push(upstream(addr).await);
+    }
+    let survivors: Vec<&Replica> = followers.iter().map(|&f| &replicas[f]).collect();
+    let took = Instant::now();
+    let new_leader = one_leader(&survivors, Duration::from_secs(15)).await;
+    let failover = took.elapsed();
+    until(
+        "the agent to see the task started at the kill",
+        Duration::from_secs(15),
+        async || seen(&agent) == 4,
+    )
+    .await;
+    // From the kill: the lease's TTL, a look, and the new leader's first sync.
+    let stale = took.elapsed();
+    eprintln!(
+        "failover {failover:?}; the change made at the kill reached the agent after {stale:?}"
+    );
+    assert!(
+        stale <= Duration::from_secs(15),
+        "routes stale for {stale:?}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed while the leader changed"
+    );
+    assert!(ok.load(Ordering::SeqCst) > 200);
+
+    // A stopping leader hands over at once (it releases the lease).
+    let new_leader = followers[new_leader];
+    let last = followers
+        .iter()
+        .copied()
+        .find(|&f| f != new_leader)
+        .unwrap();
+    let stopped = Instant::now();
+    replicas[new_leader].process.take().unwrap().terminate();
+    until(
+        "the last replica to lead",
+        Duration::from_secs(5),
+        async || replicas[last].role().await.as_deref() == Some("leader"),
+    )
+    .await;
+    eprintln!("handover after SIGTERM: {:?}", stopped.elapsed());
+    replicas.clear();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_replicas_elect_through_a_session_lock() {
+    let consul = ecsmesh_consul_double::ConsulDouble::start().await.unwrap();
+    let address = format!("http://{}", consul.addr());
+    consul
+        .catalog_register(&serde_json::json!({
+            "Datacenter": "dc1", "Node": "n1", "Address": "127.0.63.1",
+            "Service": {"ID": "web-1", "Service": "web", "Port": 8080},
+            "Check": {"CheckID": "web-1", "ServiceID": "web-1", "Status": "passing"},
+        }))
+        .unwrap();
+    let args = [
+        "--store",
+        "consul",
+        "--consul-address",
+        &address,
+        "--consul-datacenter",
+        "dc1",
+    ];
+    let a = Replica::start(&args, &[]);
+    let b = Replica::start(&args, &[]);
+    let replicas = [&a, &b];
+    let leader = one_leader(&replicas, Duration::from_secs(20)).await;
+    let follower = 1 - leader;
+    // The follower publishes the leader's view of the catalog without
+    // reading the catalog itself.
+    let addr: SocketAddr = format!("127.0.0.1:{}", replicas[follower].grpc)
+        .parse()
+        .unwrap();
+    let mut watcher = common::TestAgent::connect(common::channel(addr).await, "i-watcher").await;
+    let ecsmesh_proto::v1::controller_message::Kind::Snapshot(s) = watcher.next().await else {
+        panic!("expected a snapshot")
+    };
+    let state = ecsmesh_state::MeshState::from_snapshot(&s).unwrap();
+    let set = &state.sets[&ecsmesh_dtab::Path::read("/#/consul/dc1/web").unwrap()];
+    let addrs: Vec<String> = set.iter().map(|e| e.addr.to_string()).collect();
+    assert_eq!(addrs, ["127.0.63.1:8080"]);
+    let catalog_reads = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("ecsmesh_controller_api_calls_total{api=\"consul\"")
+                    && (l.contains("health") || l.contains("catalog"))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let leader_metrics = replicas[leader].get("/metrics").await.unwrap();
+    let follower_metrics = replicas[follower].get("/metrics").await.unwrap();
+    assert!(catalog_reads(&leader_metrics) > 0.0, "{leader_metrics}");
+    assert!(
+        catalog_reads(&follower_metrics) == 0.0,
+        "the follower read the catalog"
+    );
+    // SIGTERM: the lock is released and the follower takes it at its next look.
+    let (a, b) = (a, b);
+    let (stopping, staying) = if leader == 0 { (a, b) } else { (b, a) };
+    stopping.process.unwrap().terminate();
+    let took = until("the follower to lead", Duration::from_secs(5), async || {
+        staying.role().await.as_deref() == Some("leader")
+    })
+    .await;
+    eprintln!("Consul handover after SIGTERM: {took:?}");
+}
