@@ -4,7 +4,8 @@
 //! endpoint sets (and admit agents by the container instances it lists);
 //! a killed leader is replaced within 15 s while requests through an agent
 //! keep succeeding, and an ECS change made at the kill reaches the agent
-//! within the lease time; a stopped leader (SIGTERM) hands over at once.
+//! within the lease time; a stopped leader (SIGTERM) hands over at once;
+//! with the store unreachable nobody steps down and agents are still served.
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
@@ -419,6 +420,20 @@ async fn consul_replicas_elect_through_a_session_lock() {
         catalog_reads(&follower_metrics) == 0.0,
         "the follower read the catalog"
     );
+    // Consul unreachable: nobody steps down or takes over (the leader keeps
+    // the routes fresh; the follower keeps following it), and the follower
+    // still serves agents.
+    consul.fail_all(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas[leader].role().await.as_deref(), Some("leader"));
+    assert_eq!(replicas[follower].role().await.as_deref(), Some("follower"));
+    let mut late = common::TestAgent::connect(common::channel(addr).await, "i-late").await;
+    assert!(matches!(
+        late.next().await,
+        ecsmesh_proto::v1::controller_message::Kind::Snapshot(_)
+    ));
+    consul.fail_all(false);
+
     // SIGTERM: the lock is released and the follower takes it at its next look.
     let (a, b) = (a, b);
     let (stopping, staying) = if leader == 0 { (a, b) } else { (b, a) };
