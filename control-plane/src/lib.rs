@@ -9,7 +9,10 @@
 //!   **publisher** ([`publish`]), which versions it;
 //! - the **servers** ([`grpc`], [`http`]) stream it to every agent (a
 //!   snapshot, then deltas, with ACKs) and serve the dtab admin API, the
-//!   metrics and the agents' convergence.
+//!   metrics and the agents' convergence;
+//! - with a shared store, replicas elect a **leader** ([`leader`]): only it
+//!   runs the sources; the others take its endpoint sets from its
+//!   `Replication.Follow` stream ([`sources::leader`]) and serve as above.
 
 pub mod admission;
 pub mod agents;
