@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use ecsmesh_deploy::{Action, AgentPlacement, DeployConfig, Deployer, ImagesConfig, Report};
+use ecsmesh_deploy::{
+    Action, AgentPlacement, DeployConfig, Deployer, ImagesConfig, Report, StoreKind,
+};
 use ecsmesh_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -36,6 +38,13 @@ pub enum DeployCommand {
 pub enum Output {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Store {
+    File,
+    Dynamodb,
+    Consul,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -98,9 +107,16 @@ pub struct DeployArgs {
     /// --controller-address. See deploy/README.md.
     #[arg(long, value_name = "ARN")]
     controller_target_group: Option<String>,
-    /// Controller replicas; more than one needs --consul-address.
+    /// Controller replicas; more than one needs a shared store (dynamodb or
+    /// consul) and a --controller-address every instance reaches.
     #[arg(long, default_value_t = 1)]
     controller_replicas: i32,
+    /// The controller's dtab store: dynamodb (a table ecsmesh-<cluster>-dtabs
+    /// that up creates: durable, shared by replicas), consul (with
+    /// --consul-address) or file (on the controller's instance: lost when the
+    /// task moves) [default: consul with --consul-address, else dynamodb].
+    #[arg(long, value_enum)]
+    store: Option<Store>,
     /// Consul agent for the controller's Consul store.
     #[arg(long)]
     consul_address: Option<String>,
@@ -207,46 +223,7 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
         .region()
         .map(ToString::to_string)
         .context("no AWS region: pass --region or set AWS_REGION")?;
-    let mut cfg = DeployConfig::new(&args.cluster, region);
-    cfg.subnets.clone_from(&args.subnets);
-    cfg.key_pair.clone_from(&args.key_pair);
-    cfg.ssh_cidr.clone_from(&args.ssh_cidr);
-    cfg.instance_type.clone_from(&args.instance_type);
-    (cfg.min_size, cfg.max_size, cfg.desired_capacity) = (args.min, args.max, args.desired);
-    cfg.instance_profile.clone_from(&args.instance_profile);
-    cfg.ami.clone_from(&args.ami);
-    cfg.image_repo.clone_from(&args.image_repo);
-    cfg.image_tag.clone_from(&args.image_tag);
-    cfg.agent = match args.agent {
-        Agent::UserData => AgentPlacement::UserData,
-        Agent::Daemon => AgentPlacement::Daemon,
-    };
-    cfg.controller_address.clone_from(&args.controller_address);
-    cfg.controller_target_group
-        .clone_from(&args.controller_target_group);
-    cfg.controller_replicas = args.controller_replicas;
-    cfg.consul_address.clone_from(&args.consul_address);
-    cfg.with_demo = args.with_demo;
-    cfg.launch_configuration = args.launch_configuration;
-    cfg.tls_ssm_prefix.clone_from(&args.tls_ssm_prefix);
-    cfg.insecure = args.insecure;
-    cfg.ecs_events = !args.no_events;
-    cfg.secrets_dir = args.secrets_dir.clone().or_else(|| {
-        let env = |k: &str| std::env::var(k).ok();
-        default_secrets_dir(&env, &args.cluster)
-    });
-    if args.build_images || args.images_dir.is_some() {
-        cfg.images = Some(ImagesConfig {
-            dir: args
-                .images_dir
-                .clone()
-                .unwrap_or_else(ecsmesh_deploy::ecr::default_images_dir),
-            registry_endpoint: args.registry_endpoint.clone(),
-            build: args.build_images,
-        });
-    } else if args.registry_endpoint.is_some() {
-        anyhow::bail!("--registry-endpoint needs --build-images or --images-dir");
-    }
+    let cfg = deploy_config(args, region)?;
     // Checked before a build of several minutes.
     cfg.validate()?;
     if let (DeployCommand::Up(_), Some(images)) = (cmd, &cfg.images)
@@ -380,6 +357,56 @@ async fn ask_controllers(
 /// (beside ecsmeshctl's own settings file).
 fn default_secrets_dir(env: &crate::config::Env, cluster: &str) -> Option<PathBuf> {
     crate::config::default_path(env).and_then(|p| p.parent().map(|dir| dir.join(cluster)))
+}
+
+/// The library's settings from the command line's.
+fn deploy_config(args: &DeployArgs, region: String) -> anyhow::Result<DeployConfig> {
+    let mut cfg = DeployConfig::new(&args.cluster, region);
+    cfg.subnets.clone_from(&args.subnets);
+    cfg.key_pair.clone_from(&args.key_pair);
+    cfg.ssh_cidr.clone_from(&args.ssh_cidr);
+    cfg.instance_type.clone_from(&args.instance_type);
+    (cfg.min_size, cfg.max_size, cfg.desired_capacity) = (args.min, args.max, args.desired);
+    cfg.instance_profile.clone_from(&args.instance_profile);
+    cfg.ami.clone_from(&args.ami);
+    cfg.image_repo.clone_from(&args.image_repo);
+    cfg.image_tag.clone_from(&args.image_tag);
+    cfg.agent = match args.agent {
+        Agent::UserData => AgentPlacement::UserData,
+        Agent::Daemon => AgentPlacement::Daemon,
+    };
+    cfg.controller_address.clone_from(&args.controller_address);
+    cfg.controller_target_group
+        .clone_from(&args.controller_target_group);
+    cfg.controller_replicas = args.controller_replicas;
+    cfg.consul_address.clone_from(&args.consul_address);
+    cfg.store = match (args.store, &args.consul_address) {
+        (Some(Store::File), _) => StoreKind::File,
+        (Some(Store::Consul), _) | (None, Some(_)) => StoreKind::Consul,
+        (Some(Store::Dynamodb), _) | (None, None) => StoreKind::Dynamodb,
+    };
+    cfg.with_demo = args.with_demo;
+    cfg.launch_configuration = args.launch_configuration;
+    cfg.tls_ssm_prefix.clone_from(&args.tls_ssm_prefix);
+    cfg.insecure = args.insecure;
+    cfg.ecs_events = !args.no_events;
+    cfg.secrets_dir = args.secrets_dir.clone().or_else(|| {
+        let env = |k: &str| std::env::var(k).ok();
+        default_secrets_dir(&env, &args.cluster)
+    });
+    if args.build_images || args.images_dir.is_some() {
+        cfg.images = Some(ImagesConfig {
+            dir: args
+                .images_dir
+                .clone()
+                .unwrap_or_else(ecsmesh_deploy::ecr::default_images_dir),
+            registry_endpoint: args.registry_endpoint.clone(),
+            build: args.build_images,
+        });
+    } else if args.registry_endpoint.is_some() {
+        anyhow::bail!("--registry-endpoint needs --build-images or --images-dir");
+    }
+    Ok(cfg)
 }
 
 /// The ecsmesh source tree `--build-images` builds from: the current

@@ -15,6 +15,30 @@ pub enum AgentPlacement {
     Daemon,
 }
 
+/// Where the controller keeps dtab overrides (its `ECSMESH_STORE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A file on the controller's instance: one replica, and the overrides
+    /// are lost when ECS moves the task.
+    File,
+    /// The DynamoDB table `up` creates ([`DeployConfig::dynamodb_table`]):
+    /// durable, shared by every replica, which elect a leader through it.
+    Dynamodb,
+    /// A Consul KV store ([`DeployConfig::consul_address`]).
+    Consul,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Dynamodb => "dynamodb",
+            Self::Consul => "consul",
+        }
+    }
+}
+
 /// The settings of one deployment. `cluster` names everything.
 // Independent switches (as on the command line): no state machine.
 #[allow(clippy::struct_excessive_bools)]
@@ -49,7 +73,10 @@ pub struct DeployConfig {
     /// tasks move. Created by the user (deploy/README.md), never by `up`.
     pub controller_target_group: Option<String>,
     pub controller_replicas: i32,
-    /// With 2+ replicas the Consul store is required.
+    /// The controller's dtab store; 2+ replicas need a shared one
+    /// (DynamoDB, the default, or Consul).
+    pub store: StoreKind,
+    /// The Consul agent, for [`StoreKind::Consul`].
     pub consul_address: Option<String>,
     pub with_demo: bool,
     pub launch_configuration: bool,
@@ -117,6 +144,7 @@ impl DeployConfig {
             controller_address: DEFAULT_CONTROLLER_ADDRESS.to_owned(),
             controller_target_group: None,
             controller_replicas: 1,
+            store: StoreKind::Dynamodb,
             consul_address: None,
             with_demo: false,
             launch_configuration: false,
@@ -218,14 +246,28 @@ impl DeployConfig {
                 reason: "at least 1".to_owned(),
             });
         }
-        if self.controller_replicas > 1 && self.consul_address.is_none() {
+        self.check_store()?;
+        self.check_controller_reach()
+    }
+
+    /// Replicas share the overrides: a file on one instance cannot; Consul
+    /// needs its address.
+    fn check_store(&self) -> Result<()> {
+        if self.controller_replicas > 1 && self.store == StoreKind::File {
             return Err(DeployError::Config {
                 name: "controller-replicas",
-                reason: "more than one controller needs the Consul store (--consul-address)"
+                reason: "more than one controller needs a shared store (--store dynamodb, the \
+                         default, or --store consul with --consul-address)"
                     .to_owned(),
             });
         }
-        self.check_controller_reach()
+        if self.store == StoreKind::Consul && self.consul_address.is_none() {
+            return Err(DeployError::Config {
+                name: "store",
+                reason: "the Consul store needs --consul-address".to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// With ECS events, the names made from the cluster's must fit AWS's
@@ -384,6 +426,17 @@ impl DeployConfig {
 
     pub fn agent_image(&self) -> String {
         format!("{}/ecsmesh-agent:{}", self.image_repo, self.image_tag)
+    }
+
+    /// Whether `up` makes (and the controller uses) the DynamoDB table.
+    pub fn dynamodb_store(&self) -> bool {
+        self.store == StoreKind::Dynamodb
+    }
+
+    /// The dtab store's DynamoDB table: `ecsmesh-<cluster>-dtabs` (within
+    /// DynamoDB's alphabet and 255 characters for every valid cluster).
+    pub fn dynamodb_table(&self) -> String {
+        format!("{}-dtabs", self.base_name())
     }
 
     /// The ECR repository `up` pushes `image` ([`IMAGE_NAMES`]) to:
@@ -616,6 +669,28 @@ mod tests {
         // Without images the names do not matter.
         cfg.images = None;
         cfg.cluster = "a--b".to_owned();
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn replicas_need_a_shared_store() {
+        let mut cfg = DeployConfig::new("c", "r");
+        cfg.controller_address = "http://ctl.internal:4321".to_owned();
+        cfg.controller_replicas = 2;
+        assert_eq!(cfg.store, StoreKind::Dynamodb);
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.dynamodb_table(), "ecsmesh-c-dtabs");
+        cfg.store = StoreKind::File;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("shared store"), "{err}");
+        cfg.store = StoreKind::Consul;
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--consul-address")
+        );
+        cfg.consul_address = Some("http://consul:8500".to_owned());
         assert!(cfg.validate().is_ok());
     }
 

@@ -8,10 +8,9 @@
 //! definitions and the user data name it by digest,
 //! `<repositoryUri>@sha256:…`, so that what runs is exactly what was built.
 //!
-//! Like every resource module: [`observe`](Deployer::observe_repositories)
-//! reads what exists, [`plan_repository`] compares it with what is wanted
-//! (no I/O), [`apply`](Deployer::up_images) makes it so (or, dry, only
-//! reports), [`destroy`](Deployer::down_images) removes what is ours.
+//! Like every resource module: `observe_repositories` reads what exists,
+//! `plan_repository` compares it with what is wanted (no I/O), `up_images`
+//! makes it so (or, dry, only reports), `down_images` removes what is ours.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

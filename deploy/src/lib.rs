@@ -43,6 +43,14 @@
 //! that admits only that rule; the controller's task definition gets the
 //! queue's URL (`ECSMESH_ECS_EVENTS_QUEUE_URL`). `down` deletes them when
 //! tagged as its own.
+//!
+//! The dtab store (module `table`): with [`StoreKind::Dynamodb`] (the
+//! default) `up` creates the DynamoDB table the controller and its
+//! replicas share ([`DeployConfig::dynamodb_table`]). The mesh's own images
+//! ([`ecr`], with [`DeployConfig::images`]): ECR repositories, the images
+//! pushed with ECR's token, the task definitions pinned to their digests.
+//! Both modules, like `events` and `secrets`, keep one resource kind in one
+//! place: observe what exists, plan (a pure comparison), apply, destroy.
 
 pub mod config;
 pub mod ecr;
@@ -51,13 +59,14 @@ mod events;
 mod ops;
 pub mod render;
 mod secrets;
+mod table;
 pub mod taskdef;
 
 pub use config::{
     ADMIN_TOKEN_DIR, ADMIN_TOKEN_PARAMETER, AGENT_TOKEN_DIR, AGENT_TOKEN_PARAMETER, AgentPlacement,
     CTL_SETTINGS_FILE, DEFAULT_CONTROLLER_ADDRESS, DeployConfig, EVENTS_MAX_RECEIVE_COUNT,
-    IMAGE_NAMES, ImagesConfig, OWNER_TAG, TLS_ADMIN_IDENTITY, TLS_CONTROLLER_SERVER_NAME, TLS_DIR,
-    TLS_PARAMETERS,
+    IMAGE_NAMES, ImagesConfig, OWNER_TAG, StoreKind, TLS_ADMIN_IDENTITY,
+    TLS_CONTROLLER_SERVER_NAME, TLS_DIR, TLS_PARAMETERS,
 };
 pub use error::{DeployError, Result};
 pub use events::EVENT_DETAIL_TYPES;

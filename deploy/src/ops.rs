@@ -58,6 +58,7 @@ pub struct Deployer {
     pub(crate) sqs: aws_sdk_sqs::Client,
     pub(crate) events: aws_sdk_eventbridge::Client,
     pub(crate) ecr: aws_sdk_ecr::Client,
+    pub(crate) ddb: aws_sdk_dynamodb::Client,
     progress: Option<Progress>,
 }
 
@@ -98,6 +99,7 @@ impl Deployer {
             sqs: aws_sdk_sqs::Client::new(sdk),
             events: aws_sdk_eventbridge::Client::new(sdk),
             ecr: aws_sdk_ecr::Client::new(sdk),
+            ddb: aws_sdk_dynamodb::Client::new(sdk),
             progress: None,
         })
     }
@@ -289,7 +291,10 @@ impl Deployer {
         // definition, which carries the queue's URL.
         let events_queue_url = self.up_events(dry_run, &mut steps).await?;
 
-        // 3c. The images (ECR repositories, pushes), before everything that
+        // 3c. The dtab store's table, before the controller that uses it.
+        self.up_table(dry_run, &mut steps).await?;
+
+        // 3d. The images (ECR repositories, pushes), before everything that
         // names them.
         let images = self.up_images(dry_run, &mut steps).await?;
 
@@ -573,6 +578,9 @@ impl Deployer {
 
         // The images: no task definition names them any more.
         self.down_images(dry_run, &mut steps).await?;
+
+        // The dtab store's table: no controller uses it any more.
+        self.down_table(dry_run, &mut steps).await?;
 
         // ECS events: nothing sends to the queue or reads it any more.
         self.down_events(dry_run, &mut steps).await?;
@@ -988,14 +996,14 @@ impl Deployer {
             ("IMAGE_REPO", cfg.image_repo.clone()),
             ("IMAGE_TAG", cfg.image_tag.clone()),
             ("CONTROLLER_ADDRESS", cfg.agent_controller_address()),
+            ("CONTROLLER_STORE", cfg.store.as_str().to_owned()),
             (
-                "CONTROLLER_STORE",
-                if cfg.consul_address.is_some() {
-                    "consul"
+                "DYNAMODB_TABLE",
+                if cfg.dynamodb_store() {
+                    cfg.dynamodb_table()
                 } else {
-                    "file"
-                }
-                .to_owned(),
+                    String::new()
+                },
             ),
             (
                 "CONSUL_ADDRESS",

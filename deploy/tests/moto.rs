@@ -20,7 +20,9 @@ use aws_sdk_eventbridge as eventbridge;
 use aws_sdk_sqs as sqs;
 use aws_sdk_ssm as ssm;
 use base64::Engine as _;
-use ecsmesh_deploy::{Action, AgentPlacement, DeployConfig, Deployer, OWNER_TAG, Report};
+use ecsmesh_deploy::{
+    Action, AgentPlacement, DeployConfig, Deployer, OWNER_TAG, Report, StoreKind,
+};
 use ecsmesh_test_support::ecs::{AMI, sdk_config};
 use ecsmesh_test_support::moto::MotoServer;
 
@@ -680,12 +682,13 @@ async fn bad_settings_are_typed_errors() {
     );
     cfg.cluster = "ok".to_owned();
     cfg.controller_replicas = 2;
-    assert!(
-        Deployer::new(&conf, cfg.clone())
-            .unwrap_err()
-            .to_string()
-            .contains("Consul")
-    );
+    // Two replicas need a shared store: not a file.
+    cfg.store = StoreKind::File;
+    let err = Deployer::new(&conf, cfg.clone()).unwrap_err().to_string();
+    assert!(err.contains("shared store"), "{err}");
+    cfg.store = StoreKind::Consul;
+    let err = Deployer::new(&conf, cfg.clone()).unwrap_err().to_string();
+    assert!(err.contains("--consul-address"), "{err}");
     // Two replicas with Consul, but agents told to use loopback.
     cfg.consul_address = Some("http://127.0.0.1:8500".to_owned());
     let err = Deployer::new(&conf, cfg.clone()).unwrap_err().to_string();
@@ -1888,4 +1891,146 @@ async fn no_events_creates_no_queue_or_rule_and_the_controller_polls() {
     );
     let left = owned(&conf, "pi").await;
     assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// Issue #17: the dtab store's table (on-demand, `pk` S, point-in-time
+/// recovery, tagged), the controller told to use it, two replicas allowed
+/// with it; drift put right, another key schema refused, `down` deletes it.
+#[tokio::test]
+async fn up_makes_the_dynamodb_table_and_the_controller_uses_it() {
+    use aws_sdk_dynamodb as ddb;
+    let region = "eu-south-1";
+    let (conf, subnet) = setup(region, 23).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let mut cfg = config("xi", region, &subnet, secrets.path());
+    cfg.controller_replicas = 2;
+    cfg.controller_address = "http://controller.internal:4321".to_owned();
+    let d = Deployer::new(&conf, cfg.clone()).unwrap();
+    let first = d.up(false).await.unwrap();
+    assert!(
+        changes(&first).contains(&"create dynamodb-table ecsmesh-xi-dtabs".to_owned()),
+        "{:?}",
+        changes(&first)
+    );
+    let ddbc = ddb::Client::new(&conf);
+    let table = ddbc
+        .describe_table()
+        .table_name("ecsmesh-xi-dtabs")
+        .send()
+        .await
+        .unwrap()
+        .table()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        table.billing_mode_summary().unwrap().billing_mode(),
+        Some(&ddb::types::BillingMode::PayPerRequest)
+    );
+    let key = table.key_schema();
+    assert_eq!(key.len(), 1);
+    assert_eq!(
+        (key[0].attribute_name(), key[0].key_type()),
+        ("pk", &ddb::types::KeyType::Hash)
+    );
+    let pitr = |ddbc: ddb::Client| async move {
+        ddbc.describe_continuous_backups()
+            .table_name("ecsmesh-xi-dtabs")
+            .send()
+            .await
+            .unwrap()
+            .continuous_backups_description()
+            .unwrap()
+            .point_in_time_recovery_description()
+            .unwrap()
+            .point_in_time_recovery_status()
+            .cloned()
+    };
+    assert_eq!(
+        pitr(ddbc.clone()).await,
+        Some(ddb::types::PointInTimeRecoveryStatus::Enabled)
+    );
+    let tags = ddbc
+        .list_tags_of_resource()
+        .resource_arn(table.table_arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tags.tags()
+            .iter()
+            .any(|t| t.key() == OWNER_TAG && t.value() == "xi")
+    );
+    let ecsc = ecs::Client::new(&conf);
+    let env = environment(&ecsc, "ecsmesh-xi-controller").await;
+    assert!(env.contains(&("ECSMESH_STORE".to_owned(), "dynamodb".to_owned())));
+    assert!(env.contains(&(
+        "ECSMESH_DYNAMODB_TABLE".to_owned(),
+        "ecsmesh-xi-dtabs".to_owned()
+    )));
+    assert_eq!(
+        service(&ecsc, "xi", "ecsmesh-controller")
+            .await
+            .desired_count(),
+        2
+    );
+    assert!(changes(&d.up(false).await.unwrap()).is_empty());
+
+    // Drift: recovery turned off is turned on again.
+    ddbc.update_continuous_backups()
+        .table_name("ecsmesh-xi-dtabs")
+        .point_in_time_recovery_specification(
+            ddb::types::PointInTimeRecoverySpecification::builder()
+                .point_in_time_recovery_enabled(false)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let fixed = d.up(false).await.unwrap();
+    assert_eq!(
+        changes(&fixed),
+        ["update dynamodb-table ecsmesh-xi-dtabs"],
+        "{fixed:?}"
+    );
+    assert_eq!(
+        pitr(ddbc.clone()).await,
+        Some(ddb::types::PointInTimeRecoveryStatus::Enabled)
+    );
+
+    // down deletes it with the rest; with another key schema up refuses.
+    let down = d.down(false).await.unwrap();
+    assert!(changes(&down).contains(&"delete dynamodb-table ecsmesh-xi-dtabs".to_owned()));
+    assert!(
+        ddbc.describe_table()
+            .table_name("ecsmesh-xi-dtabs")
+            .send()
+            .await
+            .is_err()
+    );
+    ddbc.create_table()
+        .table_name("ecsmesh-xi-dtabs")
+        .billing_mode(ddb::types::BillingMode::PayPerRequest)
+        .attribute_definitions(
+            ddb::types::AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ddb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            ddb::types::KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(ddb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let err = d.up(true).await.unwrap_err().to_string();
+    assert!(err.contains("key schema"), "{err}");
+    // Not ours: down leaves it.
+    let down = d.down(false).await.unwrap();
+    assert!(!changes(&down).iter().any(|c| c.contains("dynamodb-table")));
 }
