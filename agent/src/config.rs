@@ -82,6 +82,7 @@ pub struct FileConfig {
     pub identifier: Option<Identifier>,
     pub allow_inet_override: Option<bool>,
     pub allow_local_inet_override: Option<bool>,
+    pub zone_aware_balancing: Option<bool>,
     pub max_dtab_header_bytes: Option<usize>,
     pub decision_cache_bytes: Option<usize>,
     pub worker_threads: Option<usize>,
@@ -164,6 +165,11 @@ pub struct Args {
     /// unspecified addresses [default: false].
     #[arg(long, env = "ECSMESH_ALLOW_LOCAL_INET_OVERRIDE")]
     pub allow_local_inet_override: Option<bool>,
+    /// Prefer endpoints in this agent's availability zone, spilling to other
+    /// zones to keep uneven zones balanced and when this zone's endpoints
+    /// fail or are busy [default: true].
+    #[arg(long, env = "ECSMESH_ZONE_AWARE_BALANCING")]
+    pub zone_aware_balancing: Option<bool>,
     /// Largest l5d-dtab or l5d-ctx-dtab a request may carry, in bytes (all
     /// values of the header together); larger ones get 431 [default: 16384].
     #[arg(long, env = "ECSMESH_MAX_DTAB_HEADER_BYTES")]
@@ -302,6 +308,8 @@ pub fn parse_identifier(s: &str) -> Result<Identifier, ConfigError> {
 pub const DEFAULT_MAX_DTAB_HEADER_BYTES: usize = 16 << 10;
 
 /// The resolved configuration (before the host identity is discovered).
+// Each switch is one flag of its own; enums would only rename them.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug)]
 pub struct Config {
     pub controller: String,
@@ -319,6 +327,7 @@ pub struct Config {
     pub identifier: Identifier,
     pub allow_inet_override: bool,
     pub allow_local_inet_override: bool,
+    pub zone_aware_balancing: bool,
     /// Bytes of one dtab header (all its values together) a request may carry.
     pub max_dtab_header_bytes: usize,
     pub decision_cache_bytes: usize,
@@ -552,6 +561,10 @@ impl Config {
                 .allow_local_inet_override
                 .or(f.allow_local_inet_override)
                 .unwrap_or(false),
+            zone_aware_balancing: args
+                .zone_aware_balancing
+                .or(f.zone_aware_balancing)
+                .unwrap_or(true),
             max_dtab_header_bytes: not_zero(
                 "max_dtab_header_bytes",
                 args.max_dtab_header_bytes.or(f.max_dtab_header_bytes),

@@ -62,10 +62,14 @@ impl Agent {
     pub async fn start(mut config: Config) -> anyhow::Result<Self> {
         let identity = host_identity(&config).await?;
         fd_limits(&mut config);
+        let metrics = Arc::new(Metrics::new());
         let settings = TableSettings {
             allow_inet_override: config.allow_inet_override,
             allow_local_inet_override: config.allow_local_inet_override,
             decision_cache_bytes: config.decision_cache_bytes,
+            availability_zone: identity.availability_zone.as_deref().map(Arc::from),
+            zone_aware: config.zone_aware_balancing,
+            zone_counters: metrics.zone_requests.clone(),
             ..TableSettings::new(config.namespace.clone(), identity.host_ip)
         };
         let routes = Arc::new(Routes::new(settings));
@@ -90,7 +94,6 @@ impl Agent {
             admin.local_addr()?,
         );
 
-        let metrics = Arc::new(Metrics::new());
         metrics.worker_threads.set(
             i64::try_from(tokio::runtime::Handle::current().metrics().num_workers())
                 .unwrap_or(i64::MAX),

@@ -111,6 +111,29 @@ struct ServiceLabel {
     service: String,
 }
 
+/// Requests by the caller's and the endpoint's availability zones.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ZoneLabels {
+    src_zone: String,
+    dst_zone: String,
+}
+
+/// The requests-by-zone counters, resolved into each route table's zone
+/// split once per update, so a request only increments one.
+#[derive(Clone, Debug, Default)]
+pub struct ZoneCounters(Family<ZoneLabels, Counter>);
+
+impl ZoneCounters {
+    pub fn counter(&self, here: &str, there: &str) -> Counter {
+        self.0
+            .get_or_create(&ZoneLabels {
+                src_zone: here.to_owned(),
+                dst_zone: there.to_owned(),
+            })
+            .clone()
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClientLabel {
     client: String,
@@ -341,6 +364,7 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<TlsFailureLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     downgrades: Family<ClientLabel, Counter>,
+    pub zone_requests: ZoneCounters,
     limit_counters: [Arc<LimitCounters>; 2],
     /// Each listener's configured limits, so alerts can compare usage to them.
     listener_limits: Family<ListenerLimitLabels, Gauge<f64, AtomicU64>>,
@@ -390,6 +414,7 @@ impl Metrics {
             tls_handshake_failures: Family::default(),
             refused: Family::default(),
             downgrades: Family::default(),
+            zone_requests: ZoneCounters::default(),
             limit_counters: [Side::Outgoing, Side::Incoming].map(|side| limits.counters(side)),
             listener_limits: Family::default(),
             worker_threads: Gauge::default(),
@@ -481,6 +506,11 @@ impl Metrics {
                 "refused_requests",
                 "Requests refused before they were sent, by reason (dtab_header_too_large, fixed_address_override, local_address_override)",
                 m.refused.clone(),
+            );
+            r.register(
+                "zone_requests",
+                "Attempts sent by zone-aware balancing, by this agent's zone and the endpoint's (src_zone, dst_zone)",
+                m.zone_requests.0.clone(),
             );
             r.register(
                 "protocol_downgrades",

@@ -16,6 +16,7 @@ use ecsmesh_agent_balance::{Balancer, BalancerConfig, Endpoint as BalancedEndpoi
 use ecsmesh_dtab::{Dentry, Dtab, NameTree, Path, Traced, bind_traced};
 use ecsmesh_state::{Bound, EndpointSet, MeshNamer, MeshState};
 use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
 
 /// The decision cache's default size in bytes (both halves together).
 pub const DEFAULT_DECISION_CACHE_BYTES: usize = 8 << 20;
@@ -65,6 +66,9 @@ pub enum Target {
         draining: Arc<Balancer>,
         /// Endpoint address → the host it runs on (for linker-to-linker).
         hosts: Arc<HashMap<SocketAddr, IpAddr>>,
+        /// This agent's zone's endpoints and the others', when the set
+        /// spans zones and the agent knows its own ([`Zones`]).
+        zones: Option<Arc<Zones>>,
     },
     /// A fixed address (`/$/inet/<host>/<port>`): from the base dtab, or
     /// from a request's dtab header where the operator allows it.
@@ -75,6 +79,66 @@ pub enum Target {
         /// are checked against [`is_local`] before connecting.
         from_header: bool,
     },
+}
+
+/// Zone-aware balancing of a set that spans availability zones (issue #18):
+/// a request's first attempt goes to this agent's zone with probability
+/// [`near_share`](Self::near_share), else to the other zones. Retries use
+/// the whole set, so a failing zone costs an idempotent request one retry.
+///
+/// The share keeps the load even when zones are uneven, assuming agents
+/// (the callers) are spread evenly over the set's zones, as Envoy's
+/// zone-aware rule does with the caller's zone counts: with `n` of `N`
+/// endpoints here and `Z` zones, `min(1, Z·n/N)`. Two zones of two endpoints
+/// keep every first attempt in the zone; one endpoint here and nine in the
+/// other zone send it 20 % of this zone's traffic, i.e. its fair tenth.
+///
+/// A zone that cannot take the request spills: nothing here is eligible
+/// (all ejected), or the endpoint picked here is busy and costs more than
+/// [`SPILL_FACTOR`] times one picked elsewhere (peak-EWMA × pending).
+#[derive(Debug)]
+pub struct Zones {
+    /// This agent's zone.
+    pub here: Arc<str>,
+    pub near: Balancer,
+    pub far: Balancer,
+    pub near_share: f64,
+    /// Endpoint address → its zone and the requests-by-zone counter
+    /// (this zone → that one).
+    pub of: HashMap<SocketAddr, (Arc<str>, Counter)>,
+}
+
+/// How much dearer than a far endpoint a busy near one may be before a
+/// request leaves the zone.
+pub const SPILL_FACTOR: f64 = 2.0;
+
+impl Zones {
+    /// The first attempt's endpoint.
+    pub fn pick(&self) -> Option<ecsmesh_agent_balance::Pick> {
+        if fastrand::f64() >= self.near_share {
+            return self.far.pick(&[]).or_else(|| self.near.pick(&[]));
+        }
+        match self.near.pick(&[]) {
+            Some(near) if near.queued() > 0 => match self.far.pick(&[]) {
+                Some(far) if far.cost() * SPILL_FACTOR < near.cost() => Some(far),
+                _ => Some(near),
+            },
+            Some(near) => Some(near),
+            None => self.far.pick(&[]),
+        }
+    }
+
+    /// The zone of `addr` (`""` when it published none).
+    pub fn zone_of(&self, addr: &SocketAddr) -> &str {
+        self.of.get(addr).map_or("", |(z, _)| z)
+    }
+
+    /// Counts an attempt to `addr` in the requests-by-zone metric.
+    pub fn count(&self, addr: &SocketAddr) {
+        if let Some((_, counter)) = self.of.get(addr) {
+            counter.inc();
+        }
+    }
 }
 
 /// Why a request cannot be routed; each maps to a status and `l5d-err`.
@@ -197,6 +261,11 @@ pub struct TableSettings {
     /// The decision cache's bound in bytes (approximate: see
     /// [`Decision::approx_bytes`]).
     pub decision_cache_bytes: usize,
+    /// This agent's availability zone, when known.
+    pub availability_zone: Option<Arc<str>>,
+    /// Prefer endpoints in this agent's zone ([`Zones`]).
+    pub zone_aware: bool,
+    pub zone_counters: crate::metrics::ZoneCounters,
 }
 
 impl TableSettings {
@@ -209,6 +278,9 @@ impl TableSettings {
             allow_inet_override: false,
             allow_local_inet_override: false,
             decision_cache_bytes: DEFAULT_DECISION_CACHE_BYTES,
+            availability_zone: None,
+            zone_aware: true,
+            zone_counters: crate::metrics::ZoneCounters::default(),
         }
     }
 }
@@ -281,15 +353,7 @@ impl RouteTable {
             .unwrap_or_else(|| Arc::new(Dtab::empty()));
         let mut balancers = HashMap::with_capacity(mesh.sets.len());
         for (name, set) in &mesh.sets {
-            let previous = previous.and_then(|p| match p.balancers.get(name) {
-                Some(Target::Set {
-                    all,
-                    local,
-                    draining,
-                    ..
-                }) => Some((all, local, draining)),
-                _ => None,
-            });
+            let previous = previous.and_then(|p| p.balancers.get(name));
             balancers.insert(name.clone(), set_target(set, settings, previous));
         }
         Self {
@@ -455,11 +519,16 @@ impl RouteTable {
     }
 }
 
-fn set_target(
-    set: &EndpointSet,
-    settings: &TableSettings,
-    previous: Option<(&Arc<Balancer>, &Arc<Balancer>, &Arc<Balancer>)>,
-) -> Target {
+fn set_target(set: &EndpointSet, settings: &TableSettings, previous: Option<&Target>) -> Target {
+    let previous = match previous {
+        Some(Target::Set {
+            all,
+            local,
+            draining,
+            ..
+        }) => Some((all, local, draining)),
+        _ => None,
+    };
     let mut hosts = HashMap::with_capacity(set.len());
     let mut all = Vec::with_capacity(set.len());
     let mut local = Vec::new();
@@ -495,12 +564,10 @@ fn set_target(
             all.push(balanced);
         }
     }
+    let all = Balancer::new(&all, &settings.balancer, previous.map(|p| &**p.0));
+    let zones = zones(set, &all, settings).map(Arc::new);
     Target::Set {
-        all: Arc::new(Balancer::new(
-            &all,
-            &settings.balancer,
-            previous.map(|p| &**p.0),
-        )),
+        all: Arc::new(all),
         local: Arc::new(Balancer::new(
             &local,
             &settings.balancer,
@@ -512,7 +579,67 @@ fn set_target(
             previous.map(|p| &**p.2),
         )),
         hosts: Arc::new(hosts),
+        zones,
     }
+}
+
+/// The zone split of `all`'s endpoints ([`Zones`]), when zone-aware
+/// balancing is on, this agent knows its zone, the set has endpoints there
+/// and spans two zones or more. The near and far balancers share `all`'s
+/// per-endpoint state (latency, accrual), so a failure seen by one counts
+/// in all.
+fn zones(set: &EndpointSet, all: &Balancer, settings: &TableSettings) -> Option<Zones> {
+    let here = settings
+        .availability_zone
+        .as_ref()
+        .filter(|_| settings.zone_aware)?;
+    let serving: std::collections::HashSet<SocketAddr> = all.addresses().into_iter().collect();
+    let mut of = HashMap::new();
+    let (mut near, mut far) = (Vec::new(), Vec::new());
+    let mut zones = std::collections::HashSet::new();
+    for e in set.iter().filter(|e| serving.contains(&e.addr)) {
+        let zone = e
+            .meta
+            .get(ecsmesh_state::meta::AVAILABILITY_ZONE)
+            .map(String::as_str)
+            .unwrap_or_default();
+        zones.insert(zone);
+        let balanced = BalancedEndpoint {
+            addr: e.addr,
+            weight: e.weight,
+            generation: generation(e),
+        };
+        if zone == &**here {
+            near.push(balanced);
+        } else {
+            far.push(balanced);
+        }
+        let counter = settings.zone_counters.counter(here, zone);
+        of.insert(e.addr, (Arc::from(zone), counter));
+    }
+    if near.is_empty() || far.is_empty() {
+        return None;
+    }
+    let weight = |eps: &[BalancedEndpoint]| -> f64 {
+        eps.iter()
+            .map(|e| {
+                if e.weight.is_finite() && e.weight > 0.0 {
+                    e.weight
+                } else {
+                    1.0
+                }
+            })
+            .sum()
+    };
+    let zone_count = u32::try_from(zones.len()).map_or(f64::MAX, f64::from);
+    let near_share = (zone_count * weight(&near) / (weight(&near) + weight(&far))).min(1.0);
+    Some(Zones {
+        here: Arc::clone(here),
+        near: Balancer::new(&near, &settings.balancer, Some(all)),
+        far: Balancer::new(&far, &settings.balancer, Some(all)),
+        near_share,
+        of,
+    })
 }
 
 /// What runs at an endpoint's address (its task): a replacement that
@@ -696,6 +823,69 @@ mod tests {
             &plain,
             &table.decide(&name, None, None, &settings)
         ));
+    }
+
+    #[test]
+    fn zones_split_a_set_by_the_agents_zone_with_a_fair_share() {
+        let mut settings = TableSettings::new("default".into(), "127.0.1.1".parse().unwrap());
+        settings.availability_zone = Some(Arc::from("a"));
+        let zones_of = |settings: &TableSettings, zones: &[&str]| {
+            let set: EndpointSet = zones
+                .iter()
+                .enumerate()
+                .map(|(i, z)| {
+                    let addr = SocketAddr::from(([127, 0, 9, 1], 8000 + u16::try_from(i).unwrap()));
+                    let e = ecsmesh_state::Endpoint::new(addr);
+                    if z.is_empty() {
+                        e
+                    } else {
+                        e.with_meta(ecsmesh_state::meta::AVAILABILITY_ZONE, *z)
+                    }
+                })
+                .collect();
+            let mesh = MeshState {
+                dtabs: std::collections::BTreeMap::new(),
+                sets: [(Path::read("/#/ecs/demo/world").unwrap(), Arc::new(set))].into(),
+            };
+            let table = RouteTable::build(1, "e".into(), Arc::new(mesh), settings, None);
+            match table.balancers.values().next() {
+                Some(Target::Set { zones, .. }) => zones
+                    .as_ref()
+                    .map(|z| (z.near.len(), z.far.len(), z.near_share)),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            zones_of(&settings, &["a", "a", "b", "b"]),
+            Some((2, 2, 1.0))
+        );
+        // One of ten here, two zones: a fifth of this zone's first attempts.
+        let (near, far, share) = zones_of(
+            &settings,
+            &["a", "b", "b", "b", "b", "b", "b", "b", "b", "b"],
+        )
+        .unwrap();
+        assert_eq!((near, far), (1, 9));
+        assert!((share - 0.2).abs() < 1e-9, "{share}");
+        // Three zones, even: all of it stays.
+        assert_eq!(
+            zones_of(&settings, &["a", "b", "c"]).map(|z| z.2),
+            Some(1.0)
+        );
+        // No split: one zone, none here, or the agent's zone unknown or off.
+        assert_eq!(zones_of(&settings, &["a", "a"]), None);
+        assert_eq!(zones_of(&settings, &["b", "c"]), None);
+        // Endpoints without a zone count as elsewhere.
+        assert_eq!(
+            zones_of(&settings, &["a", ""]).map(|z| (z.0, z.1)),
+            Some((1, 1))
+        );
+        let mut off = TableSettings::new("default".into(), "127.0.1.1".parse().unwrap());
+        off.availability_zone = Some(Arc::from("a"));
+        off.zone_aware = false;
+        assert_eq!(zones_of(&off, &["a", "b"]), None);
+        let unknown = TableSettings::new("default".into(), "127.0.1.1".parse().unwrap());
+        assert_eq!(zones_of(&unknown, &["a", "b"]), None);
     }
 
     #[test]

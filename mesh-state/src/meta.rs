@@ -5,3 +5,7 @@
 /// instance in `DRAINING`): agents send it traffic only when every endpoint
 /// of its set is draining.
 pub const DRAINING: &str = "draining";
+
+/// The availability zone an endpoint runs in (its container instance's or
+/// its task's): agents prefer endpoints in their own zone.
+pub const AVAILABILITY_ZONE: &str = "availability_zone";

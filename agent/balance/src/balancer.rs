@@ -515,7 +515,7 @@ impl Balancer {
             }
             stats.state = EndpointState::Probing;
         }
-        node.outstanding.fetch_add(1, Ordering::Relaxed);
+        let queued = node.outstanding.fetch_add(1, Ordering::Relaxed);
         Some(Pick {
             node: Arc::clone(node),
             settings: self.settings,
@@ -523,6 +523,8 @@ impl Balancer {
             probe: c.probe,
             jitter: rng.f64(),
             finished: false,
+            cost: c.cost,
+            queued,
         })
     }
 
@@ -618,11 +620,26 @@ pub struct Pick {
     /// Uniform draw in [0, 1) for the backoff, should this pick remove the endpoint.
     jitter: f64,
     finished: bool,
+    /// The cost the pick compared: latency estimate × (outstanding + 1).
+    cost: f64,
+    /// Requests outstanding on the endpoint before this one.
+    queued: u32,
 }
 
 impl Pick {
     pub fn addr(&self) -> SocketAddr {
         self.node.addr
+    }
+
+    /// The cost it was picked at (peak-EWMA seconds × (outstanding + 1)):
+    /// comparable across balancers sharing a configuration.
+    pub fn cost(&self) -> f64 {
+        self.cost
+    }
+
+    /// Requests the endpoint had outstanding when this one was picked.
+    pub fn queued(&self) -> u32 {
+        self.queued
     }
 
     /// Whether this request is the probe of an endpoint removed by failure

@@ -811,16 +811,28 @@ impl Proxy {
                 local,
                 draining,
                 hosts,
+                zones,
             } => {
                 let pick = if side == Side::Incoming {
                     local.pick(tried)
                 } else {
-                    all.pick(tried).or_else(|| draining.pick(tried))
+                    // The zone preference is for first attempts: a retry
+                    // goes wherever the whole set says.
+                    let zoned = zones.as_ref().filter(|_| tried.is_empty());
+                    zoned
+                        .and_then(|z| z.pick())
+                        .or_else(|| all.pick(tried))
+                        .or_else(|| draining.pick(tried))
                 };
                 let Some(pick) = pick else {
                     return Ok(None);
                 };
                 let addr = pick.addr();
+                if side == Side::Outgoing
+                    && let Some(z) = zones
+                {
+                    z.count(&addr);
+                }
                 let connect_to = match (side, self.config.mode) {
                     (Side::Outgoing, Mode::LinkerToLinker) => SocketAddr::new(
                         hosts.get(&addr).copied().unwrap_or(addr.ip()),

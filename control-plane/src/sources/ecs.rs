@@ -46,7 +46,7 @@ pub mod meta {
     pub const CONTAINER_INSTANCE: &str = "container_instance";
     pub const INSTANCE_ID: &str = "instance_id";
     pub const HOST_IP: &str = "host_ip";
-    pub const AVAILABILITY_ZONE: &str = "availability_zone";
+    pub const AVAILABILITY_ZONE: &str = ecsmesh_state::meta::AVAILABILITY_ZONE;
     pub const TASK_DEFINITION: &str = "task_definition";
 }
 
