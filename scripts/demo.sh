@@ -131,8 +131,8 @@ for hp in "$HOST_A:4140" "$HOST_A:4141" "$HOST_A:9990" "$HOST_B:4140" "$HOST_B:4
   fi
 done
 
-log "dependencies (scripts/deps.sh)"
-bash scripts/deps.sh
+log "dependencies (scripts/deps.sh: the demo's only)"
+DEPS_PYTHON_LIST=deps/demo-python.txt bash scripts/deps.sh deps/demo-apt.txt
 
 log "building $PROFILE binaries"
 t0=$(date +%s)
