@@ -444,3 +444,73 @@ async fn consul_replicas_elect_through_a_session_lock() {
     .await;
     eprintln!("Consul handover after SIGTERM: {took:?}");
 }
+
+/// The lease's store semantics on DynamoDB, through the library: one of two
+/// racing replicas wins; the other takes over only after a TTL of the same
+/// heartbeat (never while it moves); the old holder then learns it lost;
+/// a release hands over at the next look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dynamodb_lease_is_taken_once_and_over_only_after_a_silent_ttl() {
+    use ecsmesh_controller::leader::dynamodb::DynamoLease;
+    use ecsmesh_controller::leader::{Attempt, Holder, Lease, LeaseSettings};
+    let moto = MotoServer::shared();
+    let conf = sdk_config(&moto.endpoint(), "eu-central-1").await;
+    create_table(&conf, "lease").await;
+    let ttl = Duration::from_millis(600);
+    let lease = |id: &str| {
+        Lease::Dynamo(DynamoLease::new(
+            aws_sdk_dynamodb::Client::new(&conf),
+            "lease".to_owned(),
+            LeaseSettings {
+                me: Holder {
+                    id: id.to_owned(),
+                    address: format!("{id}:4321"),
+                },
+                ttl,
+            },
+            Arc::new(ecsmesh_controller::metrics::Metrics::new()),
+        ))
+    };
+    let (mut a, mut b) = (lease("a"), lease("b"));
+    let (ra, rb) = tokio::join!(a.try_acquire(), b.try_acquire());
+    let won = [&ra, &rb]
+        .iter()
+        .filter(|r| matches!(r, Ok(Attempt::Acquired)))
+        .count();
+    assert_eq!(won, 1, "{ra:?} {rb:?}");
+    let (mut leader, mut other) = if matches!(ra, Ok(Attempt::Acquired)) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    // While the leader renews, the other never takes over.
+    let mut renewed = Instant::now();
+    for _ in 0..8 {
+        assert!(leader.renew().await.unwrap());
+        renewed = Instant::now();
+        match other.try_acquire().await.unwrap() {
+            Attempt::HeldBy(h) => assert!(h.address.ends_with(":4321")),
+            Attempt::Acquired => panic!("took a lease whose heartbeat moves"),
+        }
+        tokio::time::sleep(ttl / 4).await;
+    }
+    // Silent for a TTL: taken over; the old holder learns it at its renewal.
+    loop {
+        if other.try_acquire().await.unwrap() == Attempt::Acquired {
+            break;
+        }
+        assert!(renewed.elapsed() < ttl * 5, "never taken over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        renewed.elapsed() >= ttl,
+        "taken over before a TTL of silence"
+    );
+    assert!(
+        !leader.renew().await.unwrap(),
+        "the old holder still renews"
+    );
+    // A release lets the other in at once.
+    other.release().await.unwrap();
+    assert_eq!(leader.try_acquire().await.unwrap(), Attempt::Acquired);
+}

@@ -103,7 +103,10 @@ pub enum Lease {
 
 impl Lease {
     /// Takes the lease when it is free or its holder has stopped renewing.
-    async fn try_acquire(&mut self) -> Result<Attempt, LeaseError> {
+    ///
+    /// # Errors
+    /// The store did not answer.
+    pub async fn try_acquire(&mut self) -> Result<Attempt, LeaseError> {
         match self {
             Self::Dynamo(l) => l.try_acquire().await,
             Self::Consul(l) => l.try_acquire().await,
@@ -111,7 +114,10 @@ impl Lease {
     }
 
     /// Renews the held lease: `Ok(false)` when another replica holds it now.
-    async fn renew(&mut self) -> Result<bool, LeaseError> {
+    ///
+    /// # Errors
+    /// The store did not answer.
+    pub async fn renew(&mut self) -> Result<bool, LeaseError> {
         match self {
             Self::Dynamo(l) => l.renew().await,
             Self::Consul(l) => l.renew().await,
@@ -119,7 +125,10 @@ impl Lease {
     }
 
     /// Gives the lease up (a stopping leader).
-    async fn release(&mut self) -> Result<(), LeaseError> {
+    ///
+    /// # Errors
+    /// The store did not answer.
+    pub async fn release(&mut self) -> Result<(), LeaseError> {
         match self {
             Self::Dynamo(l) => l.release().await,
             Self::Consul(l) => l.release().await,
