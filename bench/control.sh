@@ -3,7 +3,9 @@
 # binary against a simulated ECS (the project's patched moto: 10,000 tasks on
 # 500 container instances, ListTasks paged as ECS pages it), with 100 and then
 # 1,000 simulated agents (gRPC stream clients in one process that Hello, apply
-# and ACK like the agent). See bench/README.md for what is measured and how.
+# and ACK like the agent); then with ECS events on an SQS queue: the event
+# path with 1,000 agents, and the steady-state ECS+EC2 calls of 1 and of 3
+# replicas on a DynamoDB store. See bench/README.md for what is measured and how.
 #
 # The controller is pinned to CPU 1 and the emulator to CPU 0; the simulated
 # agents (they stand for other machines) run where the kernel puts them.
@@ -11,7 +13,11 @@
 #
 # Environment: BENCH_AGENTS (default "100,1000"), BENCH_INSTANCES (500),
 # BENCH_SERVICES (200), BENCH_TASKS_PER_SERVICE (50), BENCH_CHANGES (3),
-# BENCH_STEADY_RESYNCS (2), BENCH_DTAB_UPDATES (10), BENCH_RESYNC_INTERVAL (1s).
+# BENCH_STEADY_RESYNCS (2), BENCH_DTAB_UPDATES (10), BENCH_RESYNC_INTERVAL (1s),
+# BENCH_EVENT_AGENTS (1000), BENCH_EVENT_CHANGES (20; 0 skips the event path),
+# BENCH_STEADY_REPLICAS ("1,3"; 0 skips), BENCH_STEADY_WINDOW (330 seconds a
+# replica count; the goal's 10 minutes is 600), BENCH_STEADY_CHURN (30 s
+# between changes in the window; 0: none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ecsmesh/target}"
@@ -51,6 +57,11 @@ before=$(quiet)
   --changes "${BENCH_CHANGES:-3}" \
   --dtab-updates "${BENCH_DTAB_UPDATES:-10}" \
   --resync-interval "${BENCH_RESYNC_INTERVAL:-1s}" \
+  --event-agents "${BENCH_EVENT_AGENTS:-1000}" \
+  --event-changes "${BENCH_EVENT_CHANGES:-20}" \
+  --steady-replicas "${BENCH_STEADY_REPLICAS:-1,3}" \
+  --steady-window-s "${BENCH_STEADY_WINDOW:-330}" \
+  --steady-churn-s "${BENCH_STEADY_CHURN:-30}" \
   "${pin[@]}" \
   --out "$raw"
 after=$(quiet)

@@ -28,13 +28,14 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Controller {
-    /// Starts the binary, pinned to `cpus` with taskset when given.
+    /// Starts the binary, pinned to `cpus` with taskset when given; `extra`
+    /// are further flags (the resync interval, events, the store).
     pub fn start(
         binary: &Path,
         cpus: Option<&str>,
         emulator: &str,
         cluster: &str,
-        resync_interval: &str,
+        extra: &[String],
     ) -> anyhow::Result<Self> {
         let store = scratch("controller")?;
         let (grpc, admin) = (free_port()?, free_port()?);
@@ -43,7 +44,7 @@ impl Controller {
         cmd.args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--cluster", cluster])
-            .args(["--resync-interval", resync_interval])
+            .args(extra)
             // More simulated agents than instances: most claim made-up
             // instance ids, which the default ECS admission would refuse.
             .args(["--agent-admission", "credentials"])
@@ -91,6 +92,23 @@ impl Controller {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// This replica's part in the leader election (`GET /leader`): its role
+    /// ("leader", "follower", "candidate") and the leader's id, if known.
+    pub async fn role(&self) -> anyhow::Result<(String, Option<String>)> {
+        let body = http::get(&format!("{}/leader", self.admin)).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).context("/leader")?;
+        let role = v["role"].as_str().context("/leader without a role")?;
+        Ok((
+            role.to_owned(),
+            v["leader"]["id"].as_str().map(str::to_owned),
+        ))
+    }
+
+    /// Whether `/ready` answers 200 (a state was published).
+    pub async fn ready(&self) -> bool {
+        http::get(&format!("{}/ready", self.admin)).await.is_ok()
     }
 
     /// Every sample of `/metrics`, by name with its labels as printed.

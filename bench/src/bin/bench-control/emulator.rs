@@ -84,6 +84,45 @@ impl Call {
     }
 }
 
+/// One ECS event the emulator emitted: `[detail-type, resource ARN,
+/// detail.version, lastStatus or status, wall-clock time it was queued]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EcsEvent(
+    pub String,
+    pub String,
+    pub Option<i64>,
+    pub Option<String>,
+    pub f64,
+);
+
+impl EcsEvent {
+    pub fn is_task(&self) -> bool {
+        self.0 == "ECS Task State Change"
+    }
+    pub fn queued_at(&self) -> f64 {
+        self.4
+    }
+    /// "task-id lastStatus vN", for the results.
+    pub fn label(&self) -> String {
+        let id = self.1.rsplit('/').next().unwrap_or_default();
+        let status = self.3.as_deref().unwrap_or("?");
+        let version = self.2.map_or_else(|| "?".to_owned(), |v| v.to_string());
+        format!("{id} {status} v{version}")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventLog {
+    total: usize,
+    events: Vec<EcsEvent>,
+}
+
+/// What `moto_bench.py events` set up: queue name → URL.
+#[derive(Debug, Deserialize)]
+pub struct EventSetup {
+    pub queues: std::collections::BTreeMap<String, String>,
+}
+
 #[derive(Debug, Deserialize)]
 struct CallLog {
     in_flight: usize,
@@ -166,6 +205,43 @@ impl Emulator {
             bail!("populate failed: {}", out.status);
         }
         serde_json::from_slice(&out.stdout).context("populate's summary")
+    }
+
+    /// Creates SQS queues that the EventBridge rule feeds the cluster's ECS
+    /// events to from now on (instead of any earlier queue), and DynamoDB
+    /// store tables (a subprocess: boto3).
+    pub fn events_setup(
+        &self,
+        python: &Path,
+        script: &Path,
+        queues: &[&str],
+        tables: &[&str],
+    ) -> anyhow::Result<EventSetup> {
+        let mut cmd = Command::new(python);
+        cmd.arg(script)
+            .args(["events", "--endpoint", &self.endpoint]);
+        for q in queues {
+            cmd.args(["--queue", q]);
+        }
+        for t in tables {
+            cmd.args(["--table", t]);
+        }
+        let out = cmd
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running events")?;
+        if !out.status.success() {
+            bail!("events set-up failed: {}", out.status);
+        }
+        serde_json::from_slice(&out.stdout).context("the events set-up's summary")
+    }
+
+    /// The ECS events the emulator emitted from entry `since`, and how many
+    /// it has emitted in all.
+    pub async fn ecs_events(&self, since: usize) -> anyhow::Result<(Vec<EcsEvent>, usize)> {
+        let body = http::get(&format!("{}/bench/events?since={since}", self.endpoint)).await?;
+        let log: EventLog = serde_json::from_slice(&body).context("the event log")?;
+        Ok((log.events, log.total))
     }
 
     /// The call log from entry `since`, and how many calls are in flight.

@@ -14,11 +14,17 @@
 //! - `--dtab-updates` dtab writes through `DtabAdmin.UpdateDtab`: the time
 //!   from the call to every agent's ACK, and the bytes.
 //!
+//!
+//! Then, with ECS events (`events.rs`): the event path (event on the queue
+//! → every agent ACKed, `--event-agents` agents) and the steady-state
+//! ECS+EC2 calls of `--steady-replicas` controllers on a DynamoDB store.
+//!
 //! Writes one JSON document (`--out`); `bench/report_control.py` renders it.
 //! Loopback only; every wait is bounded.
 
 mod controller;
 mod emulator;
+mod events;
 mod fleet;
 mod http;
 
@@ -75,6 +81,23 @@ struct Args {
     /// CPUs to pin the emulator to (taskset -c), e.g. "0".
     #[arg(long)]
     emulator_cpus: Option<String>,
+    /// Agents following the controller in the event path (0 changes: skip it).
+    #[arg(long, default_value_t = 1000)]
+    event_agents: usize,
+    /// Changes delivered as ECS events (scale up, then back down, in turn).
+    #[arg(long, default_value_t = 20)]
+    event_changes: usize,
+    /// Controller replicas of each steady-state call count (0: skip).
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    steady_replicas: Vec<usize>,
+    /// The steady-state window, seconds: long enough to hold one full
+    /// resync (5 min apart) after the first.
+    #[arg(long, default_value_t = 330)]
+    steady_window_s: u64,
+    /// One change (delivered as an event) every this many seconds of the
+    /// window; 0: none.
+    #[arg(long, default_value_t = 30)]
+    steady_churn_s: u64,
     /// Where to write the JSON results.
     #[arg(long)]
     out: PathBuf,
@@ -264,6 +287,22 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(agents = n, "controller run");
         runs.push(run(&args, &emulator, &pop, &mut desired, n).await?);
     }
+    // After the polling runs, so their changes are not queued.
+    let mut event_path = None;
+    if args.event_changes > 0 {
+        tracing::info!(agents = args.event_agents, "event path");
+        event_path = Some(events::event_path(&args, &emulator, &pop, &mut desired).await?);
+    }
+    let mut steady_runs = Vec::new();
+    for (i, &n) in args
+        .steady_replicas
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+    {
+        tracing::info!(replicas = n, "steady-state calls with events");
+        steady_runs.push(events::steady(&args, &emulator, &pop, &mut desired, (i, n)).await?);
+    }
 
     let doc = json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -276,6 +315,10 @@ async fn main() -> anyhow::Result<()> {
         "emulator_cpus": args.emulator_cpus,
         "wall_s": started.elapsed().as_secs_f64(),
         "runs": runs,
+        "event_path": event_path,
+        "steady_window_s": args.steady_window_s,
+        "steady_churn_s": args.steady_churn_s,
+        "steady": steady_runs,
     });
     std::fs::write(&args.out, serde_json::to_vec_pretty(&doc)?)
         .with_context(|| format!("writing {}", args.out.display()))?;
@@ -320,7 +363,7 @@ async fn run(
         args.controller_cpus.as_deref(),
         &emulator.endpoint,
         &pop.cluster,
-        &args.resync_interval,
+        &["--resync-interval".to_owned(), args.resync_interval.clone()],
     )?;
     ctl.wait_ready(PHASE_TIMEOUT).await?;
     out.first_resync_s = t0.elapsed().as_secs_f64();
@@ -353,10 +396,9 @@ async fn run(
     Ok(out)
 }
 
-/// Connects the simulated agents; identities cycle over the real hosts.
-async fn connect(cx: &Ctx<'_>, agents: usize, out: &mut Run) -> anyhow::Result<Fleet> {
-    let hosts = &cx.pop.hosts;
-    let identities: Vec<Identity> = (0..agents)
+/// `agents` identities cycling over the real hosts.
+fn identities(hosts: &[emulator::Host], agents: usize) -> Vec<Identity> {
+    (0..agents)
         .map(|i| {
             let h = &hosts[i % hosts.len()];
             Identity {
@@ -368,7 +410,12 @@ async fn connect(cx: &Ctx<'_>, agents: usize, out: &mut Run) -> anyhow::Result<F
                 host_ip: h.ip.clone(),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Connects the simulated agents.
+async fn connect(cx: &Ctx<'_>, agents: usize, out: &mut Run) -> anyhow::Result<Fleet> {
+    let identities = identities(&cx.pop.hosts, agents);
     let before = cx.ctl.usage()?;
     let t1 = Instant::now();
     let fleet = Fleet::connect(
