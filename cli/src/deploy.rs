@@ -79,7 +79,9 @@ pub struct DeployArgs {
     max: i32,
     #[arg(long, default_value_t = 1)]
     desired: i32,
-    /// Instance profile (name or ARN) for the instances.
+    /// Instance profile (name or ARN) for the instances [default: up creates
+    /// the role and profile ecsmesh-<cluster>-instance with the ECS agent's
+    /// and the controller's policies, and down removes them].
     #[arg(long)]
     instance_profile: Option<String>,
     /// ECS-optimized AMI (default: the newest al2023-ami-ecs-hvm-*).

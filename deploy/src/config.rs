@@ -228,6 +228,17 @@ impl DeployConfig {
         }
         self.check_events_names()?;
         self.check_images()?;
+        if self.managed_instance_profile() && self.instance_role_name().len() > IAM_NAME_MAX {
+            return Err(DeployError::Config {
+                name: "cluster",
+                reason: format!(
+                    "{:?} is too long for the instances' IAM role {} ({IAM_NAME_MAX} characters \
+                     at most): use a shorter name or pass --instance-profile",
+                    self.cluster,
+                    self.instance_role_name()
+                ),
+            });
+        }
         if !(0 <= self.min_size
             && self.min_size <= self.desired_capacity
             && self.desired_capacity <= self.max_size)
@@ -428,6 +439,25 @@ impl DeployConfig {
         format!("{}/ecsmesh-agent:{}", self.image_repo, self.image_tag)
     }
 
+    /// Whether `up` creates the instances' role and profile (the user named none).
+    pub fn managed_instance_profile(&self) -> bool {
+        self.instance_profile.is_none()
+    }
+
+    /// The role and instance profile `up` creates: `ecsmesh-<cluster>-instance`.
+    pub fn instance_role_name(&self) -> String {
+        format!("{}-instance", self.base_name())
+    }
+
+    /// The profile the instances get: the user's, else the managed one.
+    pub fn effective_instance_profile(&self) -> Option<String> {
+        Some(
+            self.instance_profile
+                .clone()
+                .unwrap_or_else(|| self.instance_role_name()),
+        )
+    }
+
     /// Whether `up` makes (and the controller uses) the DynamoDB table.
     pub fn dynamodb_store(&self) -> bool {
         self.store == StoreKind::Dynamodb
@@ -543,6 +573,9 @@ pub const TLS_CONTROLLER_SERVER_NAME: &str = "ecsmesh-controller";
 /// The client certificate identity allowed to write dtabs (the operator
 /// certificate of `certs init`); without it TLS writes would be open.
 pub const TLS_ADMIN_IDENTITY: &str = "ecsmesh-admin";
+
+/// IAM's limit on a role's name.
+const IAM_NAME_MAX: usize = 64;
 
 /// EventBridge's limit on a rule's name (SQS allows 80 for a queue's, so
 /// the rule's is the binding one).

@@ -56,6 +56,7 @@ pub mod config;
 pub mod ecr;
 pub mod error;
 mod events;
+mod iam;
 mod ops;
 pub mod render;
 mod secrets;

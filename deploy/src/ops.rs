@@ -59,6 +59,7 @@ pub struct Deployer {
     pub(crate) events: aws_sdk_eventbridge::Client,
     pub(crate) ecr: aws_sdk_ecr::Client,
     pub(crate) ddb: aws_sdk_dynamodb::Client,
+    pub(crate) iam: aws_sdk_iam::Client,
     progress: Option<Progress>,
 }
 
@@ -100,6 +101,7 @@ impl Deployer {
             events: aws_sdk_eventbridge::Client::new(sdk),
             ecr: aws_sdk_ecr::Client::new(sdk),
             ddb: aws_sdk_dynamodb::Client::new(sdk),
+            iam: aws_sdk_iam::Client::new(sdk),
             progress: None,
         })
     }
@@ -188,6 +190,10 @@ impl Deployer {
 
         // 1b. The mesh's secrets, before anything that boots and reads them.
         self.up_secrets(dry_run, &mut steps).await?;
+
+        // 1c. The instances' role and profile (unless the user names one),
+        // before the launch template that names it.
+        self.up_iam(dry_run, &mut steps).await?;
 
         // 2. Security group and ingress.
         let sg = self.find_security_group(&net.vpc_id).await?;
@@ -644,6 +650,9 @@ impl Deployer {
             }
             self.push(&mut steps, "security-group", &base, Action::Delete, id);
         }
+
+        // The instances' role: no instance uses it any more.
+        self.down_iam(dry_run, &mut steps).await?;
 
         // The secrets last: nothing that reads them is left.
         self.down_secrets(dry_run, &mut steps).await?;
@@ -1606,7 +1615,7 @@ impl Deployer {
         user_data_b64: &str,
     ) -> RequestLaunchTemplateData {
         let cfg = &self.cfg;
-        let profile = cfg.instance_profile.as_ref().map(|p| {
+        let profile = cfg.effective_instance_profile().map(|p| {
             let b = LaunchTemplateIamInstanceProfileSpecificationRequest::builder();
             if p.starts_with("arn:") {
                 b.arn(p)
@@ -1667,7 +1676,7 @@ impl Deployer {
         let profile = have
             .iam_instance_profile()
             .and_then(|p| p.name().or(p.arn()));
-        if profile != cfg.instance_profile.as_deref() {
+        if profile != cfg.effective_instance_profile().as_deref() {
             d.push("instance profile");
         }
         let md = have.metadata_options();
@@ -1791,7 +1800,10 @@ impl Deployer {
         let cfg = &self.cfg;
         let key = format!(
             "{ami}|{}|{user_data_b64}|{:?}|{:?}|{:?}",
-            cfg.instance_type, cfg.key_pair, sg, cfg.instance_profile
+            cfg.instance_type,
+            cfg.key_pair,
+            sg,
+            cfg.effective_instance_profile()
         );
         // FNV-1a: launch configurations are immutable, so the name carries the content.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1859,7 +1871,7 @@ impl Deployer {
                     .user_data(user_data_b64)
                     .set_key_name(cfg.key_pair.clone())
                     .set_security_groups(sg.map(|s| vec![s.to_owned()]))
-                    .set_iam_instance_profile(cfg.instance_profile.clone())
+                    .set_iam_instance_profile(cfg.effective_instance_profile())
                     .metadata_options(
                         asg::types::InstanceMetadataOptions::builder()
                             .http_endpoint(asg::types::InstanceMetadataEndpointState::Enabled)

@@ -1902,20 +1902,20 @@ async fn up_makes_the_dynamodb_table_and_the_controller_uses_it() {
     let region = "eu-south-1";
     let (conf, subnet) = setup(region, 23).await;
     let secrets = tempfile::tempdir().unwrap();
-    let mut cfg = config("xi", region, &subnet, secrets.path());
+    let mut cfg = config("rho", region, &subnet, secrets.path());
     cfg.controller_replicas = 2;
     cfg.controller_address = "http://controller.internal:4321".to_owned();
     let d = Deployer::new(&conf, cfg.clone()).unwrap();
     let first = d.up(false).await.unwrap();
     assert!(
-        changes(&first).contains(&"create dynamodb-table ecsmesh-xi-dtabs".to_owned()),
+        changes(&first).contains(&"create dynamodb-table ecsmesh-rho-dtabs".to_owned()),
         "{:?}",
         changes(&first)
     );
     let ddbc = ddb::Client::new(&conf);
     let table = ddbc
         .describe_table()
-        .table_name("ecsmesh-xi-dtabs")
+        .table_name("ecsmesh-rho-dtabs")
         .send()
         .await
         .unwrap()
@@ -1934,7 +1934,7 @@ async fn up_makes_the_dynamodb_table_and_the_controller_uses_it() {
     );
     let pitr = |ddbc: ddb::Client| async move {
         ddbc.describe_continuous_backups()
-            .table_name("ecsmesh-xi-dtabs")
+            .table_name("ecsmesh-rho-dtabs")
             .send()
             .await
             .unwrap()
@@ -1958,17 +1958,17 @@ async fn up_makes_the_dynamodb_table_and_the_controller_uses_it() {
     assert!(
         tags.tags()
             .iter()
-            .any(|t| t.key() == OWNER_TAG && t.value() == "xi")
+            .any(|t| t.key() == OWNER_TAG && t.value() == "rho")
     );
     let ecsc = ecs::Client::new(&conf);
-    let env = environment(&ecsc, "ecsmesh-xi-controller").await;
+    let env = environment(&ecsc, "ecsmesh-rho-controller").await;
     assert!(env.contains(&("ECSMESH_STORE".to_owned(), "dynamodb".to_owned())));
     assert!(env.contains(&(
         "ECSMESH_DYNAMODB_TABLE".to_owned(),
-        "ecsmesh-xi-dtabs".to_owned()
+        "ecsmesh-rho-dtabs".to_owned()
     )));
     assert_eq!(
-        service(&ecsc, "xi", "ecsmesh-controller")
+        service(&ecsc, "rho", "ecsmesh-controller")
             .await
             .desired_count(),
         2
@@ -1977,7 +1977,7 @@ async fn up_makes_the_dynamodb_table_and_the_controller_uses_it() {
 
     // Drift: recovery turned off is turned on again.
     ddbc.update_continuous_backups()
-        .table_name("ecsmesh-xi-dtabs")
+        .table_name("ecsmesh-rho-dtabs")
         .point_in_time_recovery_specification(
             ddb::types::PointInTimeRecoverySpecification::builder()
                 .point_in_time_recovery_enabled(false)
@@ -1990,7 +1990,7 @@ async fn up_makes_the_dynamodb_table_and_the_controller_uses_it() {
     let fixed = d.up(false).await.unwrap();
     assert_eq!(
         changes(&fixed),
-        ["update dynamodb-table ecsmesh-xi-dtabs"],
+        ["update dynamodb-table ecsmesh-rho-dtabs"],
         "{fixed:?}"
     );
     assert_eq!(
@@ -2000,16 +2000,16 @@ async fn up_makes_the_dynamodb_table_and_the_controller_uses_it() {
 
     // down deletes it with the rest; with another key schema up refuses.
     let down = d.down(false).await.unwrap();
-    assert!(changes(&down).contains(&"delete dynamodb-table ecsmesh-xi-dtabs".to_owned()));
+    assert!(changes(&down).contains(&"delete dynamodb-table ecsmesh-rho-dtabs".to_owned()));
     assert!(
         ddbc.describe_table()
-            .table_name("ecsmesh-xi-dtabs")
+            .table_name("ecsmesh-rho-dtabs")
             .send()
             .await
             .is_err()
     );
     ddbc.create_table()
-        .table_name("ecsmesh-xi-dtabs")
+        .table_name("ecsmesh-rho-dtabs")
         .billing_mode(ddb::types::BillingMode::PayPerRequest)
         .attribute_definitions(
             ddb::types::AttributeDefinition::builder()
@@ -2033,4 +2033,133 @@ async fn up_makes_the_dynamodb_table_and_the_controller_uses_it() {
     // Not ours: down leaves it.
     let down = d.down(false).await.unwrap();
     assert!(!changes(&down).iter().any(|c| c.contains("dynamodb-table")));
+}
+
+/// Issue #16 (nothing but AWS credentials): without `--instance-profile`,
+/// `up` makes the instances' role (trusted by EC2, the agent's and the
+/// controller's policies) and profile, and the launch template names it; an
+/// edited policy is put back; `down` removes both. With a profile given,
+/// none of it.
+#[tokio::test]
+async fn up_makes_the_instance_role_unless_one_is_given() {
+    use aws_sdk_iam as iam;
+    let region = "ap-east-1";
+    let (conf, subnet) = setup(region, 24).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let cfg = config("sigma", region, &subnet, secrets.path());
+    let d = Deployer::new(&conf, cfg.clone()).unwrap();
+    let first = d.up(false).await.unwrap();
+    for c in [
+        "create iam-role ecsmesh-sigma-instance",
+        "create iam-role-policy ecsmesh-sigma-instance/ecsmesh-instance",
+        "create iam-role-policy ecsmesh-sigma-instance/ecsmesh-controller",
+        "create instance-profile ecsmesh-sigma-instance",
+    ] {
+        assert!(
+            changes(&first).contains(&c.to_owned()),
+            "{c}: {:?}",
+            changes(&first)
+        );
+    }
+    let iamc = iam::Client::new(&conf);
+    let role = iamc
+        .get_role()
+        .role_name("ecsmesh-sigma-instance")
+        .send()
+        .await
+        .unwrap();
+    let role = role.role().unwrap();
+    assert!(
+        role.tags()
+            .iter()
+            .any(|t| t.key() == OWNER_TAG && t.value() == "sigma")
+    );
+    let trust = role.assume_role_policy_document().unwrap();
+    assert!(trust.contains("ec2.amazonaws.com"), "{trust}");
+    let policies = iamc
+        .list_role_policies()
+        .role_name("ecsmesh-sigma-instance")
+        .send()
+        .await
+        .unwrap();
+    let mut names = policies.policy_names().to_vec();
+    names.sort();
+    assert_eq!(names, ["ecsmesh-controller", "ecsmesh-instance"]);
+    let profile = iamc
+        .get_instance_profile()
+        .instance_profile_name("ecsmesh-sigma-instance")
+        .send()
+        .await
+        .unwrap();
+    let roles: Vec<&str> = profile
+        .instance_profile()
+        .unwrap()
+        .roles()
+        .iter()
+        .map(aws_sdk_iam::types::Role::role_name)
+        .collect();
+    assert_eq!(roles, ["ecsmesh-sigma-instance"]);
+    let ec2c = ec2::Client::new(&conf);
+    let versions = ec2c
+        .describe_launch_template_versions()
+        .launch_template_name("ecsmesh-sigma")
+        .versions("$Latest")
+        .send()
+        .await
+        .unwrap();
+    let data = versions.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
+    assert_eq!(
+        data.iam_instance_profile().and_then(|p| p.name()),
+        Some("ecsmesh-sigma-instance")
+    );
+    assert!(changes(&d.up(false).await.unwrap()).is_empty());
+
+    // An edited policy is put back.
+    iamc.put_role_policy()
+        .role_name("ecsmesh-sigma-instance")
+        .policy_name("ecsmesh-controller")
+        .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        changes(&d.up(false).await.unwrap()),
+        ["update iam-role-policy ecsmesh-sigma-instance/ecsmesh-controller"]
+    );
+
+    let down = d.down(false).await.unwrap();
+    assert!(changes(&down).contains(&"delete iam-role ecsmesh-sigma-instance".to_owned()));
+    assert!(
+        iamc.get_role()
+            .role_name("ecsmesh-sigma-instance")
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        iamc.get_instance_profile()
+            .instance_profile_name("ecsmesh-sigma-instance")
+            .send()
+            .await
+            .is_err()
+    );
+
+    // The user's own profile: no role made.
+    let mut own = cfg;
+    own.instance_profile = Some("team-instances".to_owned());
+    let report = Deployer::new(&conf, own).unwrap().up(false).await.unwrap();
+    assert!(
+        !report.steps.iter().any(|s| s.kind.starts_with("iam-")),
+        "{:?}",
+        changes(&report)
+    );
+    assert!(
+        iamc.get_role()
+            .role_name("ecsmesh-sigma-instance")
+            .send()
+            .await
+            .is_err()
+    );
 }
