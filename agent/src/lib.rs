@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod labels;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;

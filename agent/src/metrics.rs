@@ -28,8 +28,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::proxy::Side;
-use crate::proxy::listener::AcceptErrorKind;
+use crate::labels::{AcceptErrorKind, Side};
 
 /// Distinct service label values kept before the rest become `other`.
 pub const MAX_SERVICES: usize = 500;

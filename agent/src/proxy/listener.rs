@@ -32,7 +32,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustix::io::Errno;
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -369,61 +368,7 @@ fn may_tunnel(req: &http::Request<Incoming>) -> bool {
     req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE)
 }
 
-/// What went wrong in `accept`, as counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AcceptErrorKind {
-    /// The process is out of file descriptors.
-    Emfile,
-    /// The system is.
-    Enfile,
-    Enobufs,
-    Enomem,
-    /// One connection failed before it was accepted (aborted, reset):
-    /// nothing to wait for.
-    Connection,
-    Other,
-}
-
-impl AcceptErrorKind {
-    pub const ALL: [Self; 6] = [
-        Self::Emfile,
-        Self::Enfile,
-        Self::Enobufs,
-        Self::Enomem,
-        Self::Connection,
-        Self::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Emfile => "emfile",
-            Self::Enfile => "enfile",
-            Self::Enobufs => "enobufs",
-            Self::Enomem => "enomem",
-            Self::Connection => "connection",
-            Self::Other => "other",
-        }
-    }
-
-    fn of(e: &io::Error) -> Self {
-        match Errno::from_io_error(e) {
-            Some(Errno::MFILE) => Self::Emfile,
-            Some(Errno::NFILE) => Self::Enfile,
-            Some(Errno::NOBUFS) => Self::Enobufs,
-            Some(Errno::NOMEM) => Self::Enomem,
-            Some(Errno::CONNABORTED | Errno::CONNRESET | Errno::PROTO | Errno::PERM) => {
-                Self::Connection
-            }
-            _ => match e.kind() {
-                io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::Interrupted
-                | io::ErrorKind::WouldBlock => Self::Connection,
-                _ => Self::Other,
-            },
-        }
-    }
-}
+pub use crate::labels::AcceptErrorKind;
 
 const MIN_PAUSE: Duration = Duration::from_millis(5);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
@@ -473,6 +418,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::io::Errno;
 
     #[test]
     fn default_connections_follow_the_fd_limit() {

@@ -50,24 +50,10 @@ use headers::{
 };
 use upstream::{Hop, Upstream};
 
+pub use crate::labels::Side;
+
 /// Every body the proxy sends or receives, boxed.
 pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// Which listener a request came in on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Side {
-    Outgoing,
-    Incoming,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Outgoing => "outgoing",
-            Self::Incoming => "incoming",
-        }
-    }
-}
 
 /// What one attempt came to.
 enum Attempt {
