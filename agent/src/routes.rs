@@ -353,8 +353,18 @@ impl RouteTable {
             .unwrap_or_else(|| Arc::new(Dtab::empty()));
         let mut balancers = HashMap::with_capacity(mesh.sets.len());
         for (name, set) in &mesh.sets {
-            let previous = previous.and_then(|p| p.balancers.get(name));
-            balancers.insert(name.clone(), set_target(set, settings, previous));
+            let before = previous.and_then(|p| p.balancers.get(name));
+            // A delta replaces only the sets it changes: the others are the
+            // same allocation and keep their balancers as they are, so a
+            // push costs a rebuild of what changed, not of the whole mesh.
+            let unchanged = previous
+                .and_then(|p| p.mesh.sets.get(name))
+                .is_some_and(|old| Arc::ptr_eq(old, set));
+            let target = match before {
+                Some(target) if unchanged => target.clone(),
+                _ => set_target(set, settings, before),
+            };
+            balancers.insert(name.clone(), target);
         }
         Self {
             version,
@@ -823,6 +833,40 @@ mod tests {
             &plain,
             &table.decide(&name, None, None, &settings)
         ));
+    }
+
+    #[test]
+    fn a_delta_rebuilds_only_the_sets_it_changes() {
+        let settings = TableSettings::new("default".into(), "127.0.1.1".parse().unwrap());
+        let set = |port: u16| {
+            Arc::new(
+                [ecsmesh_state::Endpoint::new(SocketAddr::from((
+                    [127, 0, 9, 2],
+                    port,
+                )))]
+                .into_iter()
+                .collect::<EndpointSet>(),
+            )
+        };
+        let (a, b) = (
+            Path::read("/#/ecs/demo/a").unwrap(),
+            Path::read("/#/ecs/demo/b").unwrap(),
+        );
+        let first = MeshState {
+            dtabs: std::collections::BTreeMap::new(),
+            sets: [(a.clone(), set(1)), (b.clone(), set(2))].into(),
+        };
+        let mut second = first.clone();
+        second.sets.insert(a.clone(), set(3));
+        let t1 = RouteTable::build(1, "e".into(), Arc::new(first), &settings, None);
+        let t2 = RouteTable::build(2, "e".into(), Arc::new(second), &settings, Some(&t1));
+        let all = |t: &RouteTable, name: &Path| match t.balancers.get(name) {
+            Some(Target::Set { all, .. }) => Arc::clone(all),
+            _ => panic!("no set {name}"),
+        };
+        assert!(Arc::ptr_eq(&all(&t1, &b), &all(&t2, &b)), "b was rebuilt");
+        assert!(!Arc::ptr_eq(&all(&t1, &a), &all(&t2, &a)), "a was not");
+        assert_eq!(all(&t2, &a).addresses()[0].port(), 3);
     }
 
     #[test]
