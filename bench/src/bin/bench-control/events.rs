@@ -404,14 +404,9 @@ pub async fn steady(
     let t0 = Instant::now();
     let window = Duration::from_secs(args.steady_window_s);
     let churned = churn_for(args, emulator, pop, desired, window).await?;
-    // A full resync under way at the window's end is counted whole.
-    log.refresh(emulator).await?;
-    if crate::emulator::resyncs(&log.calls[from_entry..])
-        .last()
-        .is_some_and(|r| !r.complete)
-    {
-        log.wait_idle(emulator, QUIET, PHASE_TIMEOUT).await?;
-    }
+    // A full resync under way at the window's end is counted whole (a call
+    // in flight is not in the log yet: wait_idle waits for it too).
+    log.wait_idle(emulator, QUIET, PHASE_TIMEOUT).await?;
     let after = all_calls(&ctls).await?;
     let window_s = t0.elapsed().as_secs_f64();
     log.refresh(emulator).await?;
