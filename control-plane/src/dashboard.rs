@@ -63,6 +63,7 @@ pub async fn overview(State(s): State<AdminState>, Query(q): Query<OverviewQuery
         },
         services,
         agents: &agents,
+        replica: replica(&s),
     })
     .into_response()
 }
@@ -96,6 +97,35 @@ struct Overview<'a> {
     summary: Summary<'a>,
     services: Vec<ServiceView<'a>>,
     agents: &'a [AgentView],
+    /// With replicas: this one's part, and the leader's address. The
+    /// agents and traffic shown are this replica's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<ReplicaView>,
+}
+
+#[derive(Serialize)]
+struct ReplicaView {
+    role: &'static str,
+    leader: Option<String>,
+}
+
+fn replica(s: &AdminState) -> Option<ReplicaView> {
+    use crate::leader::Role;
+    let me = s.me.as_ref()?;
+    Some(match &*s.role.borrow() {
+        Role::Candidate => ReplicaView {
+            role: "candidate",
+            leader: None,
+        },
+        Role::Leader => ReplicaView {
+            role: "leader",
+            leader: Some(me.address.clone()),
+        },
+        Role::Follower { leader } => ReplicaView {
+            role: "follower",
+            leader: Some(leader.address.clone()),
+        },
+    })
 }
 
 /// The mesh totals (the page's cards).

@@ -413,6 +413,9 @@ async fn consul_replicas_elect_through_a_session_lock() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };
+    // The dashboard says which replica it is.
+    let overview = replicas[follower].get("/api/overview").await.unwrap();
+    assert!(overview.contains("\"role\":\"follower\""), "{overview}");
     let leader_metrics = replicas[leader].get("/metrics").await.unwrap();
     let follower_metrics = replicas[follower].get("/metrics").await.unwrap();
     assert!(catalog_reads(&leader_metrics) > 0.0, "{leader_metrics}");
