@@ -73,11 +73,13 @@ pub struct DeployArgs {
     ssh_cidr: Option<String>,
     #[arg(long, default_value = "t3.small")]
     instance_type: String,
-    #[arg(long, default_value_t = 1)]
+    /// Instances (the auto scaling group); at least --controller-replicas,
+    /// which run on distinct instances.
+    #[arg(long, default_value_t = 2)]
     min: i32,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     max: i32,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     desired: i32,
     /// Instance profile (name or ARN) for the instances [default: up creates
     /// the role and profile ecsmesh-<cluster>-instance with the ECS agent's
@@ -98,10 +100,12 @@ pub struct DeployArgs {
     /// Where the agent runs.
     #[arg(long, value_enum, default_value = "user-data")]
     agent: Agent,
-    /// The controller's gRPC address as agents reach it. The default (the
-    /// agent's own instance) only suits one instance and one replica; beyond
-    /// that, give a name that follows the controller's tasks, e.g. an internal
-    /// Network Load Balancer's with --controller-target-group.
+    /// The controller's gRPC address as agents reach it. With the default
+    /// (loopback) and more than one instance or replica, up creates an
+    /// internal Network Load Balancer ecsmesh-<cluster> in front of the
+    /// replicas and agents dial it; with one instance and one replica they
+    /// dial their own instance. Or give your own name (e.g. your balancer's,
+    /// with --controller-target-group).
     #[arg(long, default_value = ecsmesh_deploy::DEFAULT_CONTROLLER_ADDRESS)]
     controller_address: String,
     /// ARN of a target group (instance targets, TCP 4321) the controller's ECS
@@ -109,9 +113,10 @@ pub struct DeployArgs {
     /// --controller-address. See deploy/README.md.
     #[arg(long, value_name = "ARN")]
     controller_target_group: Option<String>,
-    /// Controller replicas; more than one needs a shared store (dynamodb or
-    /// consul) and a --controller-address every instance reaches.
-    #[arg(long, default_value_t = 1)]
+    /// Controller replicas, each on its own instance; more than one needs a
+    /// shared store (dynamodb or consul). They share the dtab overrides and
+    /// elect a leader through the store.
+    #[arg(long, default_value_t = 2)]
     controller_replicas: i32,
     /// The controller's dtab store: dynamodb (a table ecsmesh-<cluster>-dtabs
     /// that up creates: durable, shared by replicas), consul (with

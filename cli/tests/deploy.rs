@@ -64,6 +64,16 @@ fn deploy_cluster(cluster: &str, command: &str, subnet: &str, extra: &[&str]) ->
         AMI,
         "--image-repo",
         "registry.example/ecsmesh",
+        // One instance and one replica (no load balancer): the topology
+        // these tests were written for.
+        "--min",
+        "1",
+        "--desired",
+        "1",
+        "--max",
+        "1",
+        "--controller-replicas",
+        "1",
     ]
     .iter()
     .chain(extra)

@@ -133,9 +133,10 @@ impl DeployConfig {
             key_pair: None,
             ssh_cidr: None,
             instance_type: "t3.small".to_owned(),
-            min_size: 1,
-            max_size: 1,
-            desired_capacity: 1,
+            // Two: the controller's two replicas run on distinct instances.
+            min_size: 2,
+            max_size: 2,
+            desired_capacity: 2,
             instance_profile: None,
             ami: None,
             image_repo: "ghcr.io/ecsmesh".to_owned(),
@@ -143,7 +144,7 @@ impl DeployConfig {
             agent: AgentPlacement::UserData,
             controller_address: DEFAULT_CONTROLLER_ADDRESS.to_owned(),
             controller_target_group: None,
-            controller_replicas: 1,
+            controller_replicas: 2,
             store: StoreKind::Dynamodb,
             consul_address: None,
             with_demo: false,
@@ -327,20 +328,72 @@ impl DeployConfig {
 
     /// A loopback address is the controller only for agents on its own
     /// instance: refuse a deployment where some agent would sit elsewhere.
+    /// With a load balancer `up` makes, its name must fit; replicas on
+    /// distinct instances need as many instances.
     fn check_controller_reach(&self) -> Result<()> {
-        if self.controller_is_local() && (self.max_size > 1 || self.controller_replicas > 1) {
+        if self.controller_is_local()
+            && !self.managed_load_balancer()
+            && (self.max_size > 1 || self.controller_replicas > 1)
+        {
             return Err(DeployError::Config {
                 name: "controller-address",
                 reason: format!(
                     "{} reaches the controller only from its own instance, but up to {} \
-                     instances and {} controller replicas are asked for: pass an address every \
-                     instance reaches, e.g. an internal Network Load Balancer with \
-                     --controller-target-group (see deploy/README.md)",
-                    self.controller_address, self.max_size, self.controller_replicas
+                     instances and {} controller replicas are asked for with the target group \
+                     {}: pass the address of its load balancer (see deploy/README.md)",
+                    self.controller_address,
+                    self.max_size,
+                    self.controller_replicas,
+                    self.controller_target_group.as_deref().unwrap_or_default()
+                ),
+            });
+        }
+        if self.controller_replicas > 1 && self.max_size < self.controller_replicas {
+            return Err(DeployError::Config {
+                name: "controller-replicas",
+                reason: format!(
+                    "{} replicas run on distinct instances, but at most {} instances are asked \
+                     for: raise --max (and --desired) or lower --controller-replicas",
+                    self.controller_replicas, self.max_size
                 ),
             });
         }
         Ok(())
+    }
+
+    /// Whether `up` makes the controller's internal Network Load Balancer:
+    /// agents on several instances need an address every replica is behind,
+    /// and the user gave none (the loopback default, no target group).
+    pub fn managed_load_balancer(&self) -> bool {
+        self.controller_is_local()
+            && self.controller_target_group.is_none()
+            && (self.max_size > 1 || self.controller_replicas > 1)
+    }
+
+    /// Whether the controller's service sits behind a load balancer (ours
+    /// or the user's target group): its ports open to the VPC.
+    pub fn uses_load_balancer(&self) -> bool {
+        self.controller_target_group.is_some() || self.managed_load_balancer()
+    }
+
+    /// The load balancer's and the target group's name:
+    /// `ecsmesh-<cluster>` with `_` as `-` (ELB's alphabet), or when that is
+    /// longer than ELB allows (or ends in `-`), its first characters and a
+    /// hash of the cluster's name, so that every cluster gets its own.
+    pub fn lb_name(&self) -> String {
+        let name = self.base_name().replace('_', "-");
+        if name.len() <= LB_NAME_MAX && !name.ends_with('-') {
+            return name;
+        }
+        // FNV-1a, 24 bits: 6 hex digits after a hyphen.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in self.cluster.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let keep = LB_NAME_MAX - 7;
+        let head: String = name.chars().take(keep).collect();
+        format!("{}-{:06x}", head.trim_end_matches('-'), h & 0x00ff_ffff)
     }
 
     /// Whether agents reach the controller over loopback (same instance only).
@@ -574,6 +627,9 @@ pub const TLS_CONTROLLER_SERVER_NAME: &str = "ecsmesh-controller";
 /// certificate of `certs init`); without it TLS writes would be open.
 pub const TLS_ADMIN_IDENTITY: &str = "ecsmesh-admin";
 
+/// Elastic Load Balancing's limit on a balancer's or target group's name.
+const LB_NAME_MAX: usize = 32;
+
 /// IAM's limit on a role's name.
 const IAM_NAME_MAX: usize = 64;
 
@@ -703,6 +759,28 @@ mod tests {
         cfg.images = None;
         cfg.cluster = "a--b".to_owned();
         assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn load_balancer_names_fit_elb_and_stay_apart() {
+        let mut cfg = DeployConfig::new("prod_eu", "r");
+        assert!(cfg.managed_load_balancer());
+        assert_eq!(cfg.lb_name(), "ecsmesh-prod-eu");
+        cfg.cluster = "x".repeat(40);
+        let long = cfg.lb_name();
+        assert_eq!(long.len(), 32, "{long}");
+        assert!(
+            long.starts_with("ecsmesh-xxxx") && !long.contains("--"),
+            "{long}"
+        );
+        cfg.cluster.push('y');
+        assert_ne!(cfg.lb_name(), long, "two long names, two balancers");
+        cfg.cluster = "ends_".to_owned();
+        assert!(!cfg.lb_name().ends_with('-'), "{}", cfg.lb_name());
+        // One instance and one replica: agents dial their own instance.
+        cfg.controller_replicas = 1;
+        (cfg.min_size, cfg.desired_capacity, cfg.max_size) = (1, 1, 1);
+        assert!(!cfg.managed_load_balancer() && !cfg.uses_load_balancer());
     }
 
     #[test]

@@ -15,10 +15,13 @@
 //! cluster and the security group can go). With `dry_run` no mutating API
 //! is called and the report is the plan.
 //!
-//! Agents reach the controller at [`DeployConfig::controller_address`]: the
-//! same instance by default (one instance), otherwise a stable name such as
-//! an internal Network Load Balancer whose target group the controller's
-//! service registers in ([`DeployConfig::controller_target_group`]).
+//! Agents reach the controller through the internal Network Load Balancer
+//! `up` makes in front of its replicas (module `lb`, by default: two
+//! replicas on distinct instances, see
+//! [`DeployConfig::managed_load_balancer`]), or at the user's
+//! [`DeployConfig::controller_address`] (with their own balancer's
+//! [`DeployConfig::controller_target_group`]), or on their own instance
+//! (one instance, one replica).
 //! [`Deployer::controller_endpoints`] finds the controller's running tasks,
 //! for `status` to ask each for its health and its agents.
 //!
@@ -57,6 +60,7 @@ pub mod ecr;
 pub mod error;
 mod events;
 mod iam;
+mod lb;
 mod ops;
 pub mod render;
 mod secrets;

@@ -60,6 +60,7 @@ pub struct Deployer {
     pub(crate) ecr: aws_sdk_ecr::Client,
     pub(crate) ddb: aws_sdk_dynamodb::Client,
     pub(crate) iam: aws_sdk_iam::Client,
+    pub(crate) elb: aws_sdk_elasticloadbalancingv2::Client,
     progress: Option<Progress>,
 }
 
@@ -102,6 +103,7 @@ impl Deployer {
             ecr: aws_sdk_ecr::Client::new(sdk),
             ddb: aws_sdk_dynamodb::Client::new(sdk),
             iam: aws_sdk_iam::Client::new(sdk),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
             progress: None,
         })
     }
@@ -304,11 +306,29 @@ impl Deployer {
         // names them.
         let images = self.up_images(dry_run, &mut steps).await?;
 
+        // 3e. The controller's load balancer (when `up` makes it), before
+        // the user data and task definitions that carry its address.
+        let reach = self
+            .up_lb(dry_run, &net.vpc_id, &net.subnets, &mut steps)
+            .await?;
+        let render = Rendering {
+            images,
+            controller_address: match reach.address {
+                Some(a) => a,
+                // A dry run before the balancer exists: the plan says so.
+                None if cfg.managed_load_balancer() => "(the new load balancer)".to_owned(),
+                None => cfg.agent_controller_address(),
+            },
+        };
+        let target_group = reach
+            .target_group
+            .or_else(|| cfg.controller_target_group.clone());
+
         // 4. Task definitions.
         let mut td_arns = BTreeMap::new();
         for (role, template) in self.task_templates() {
             let state = self
-                .task_def_state(role, template, events_queue_url.as_deref(), &images)
+                .task_def_state(role, template, events_queue_url.as_deref(), &render)
                 .await?;
             let family = state.spec.family.clone();
             let arn = if state.same {
@@ -345,7 +365,7 @@ impl Deployer {
         }
 
         // 5. Launch template or configuration.
-        let user_data = self.user_data_with(&images)?;
+        let user_data = self.user_data_with(&render)?;
         let user_data_b64 = base64::engine::general_purpose::STANDARD.encode(&user_data);
         let launch = if cfg.launch_configuration {
             self.up_launch_configuration(
@@ -390,7 +410,8 @@ impl Deployer {
         }
         for (name, role, desired) in services {
             let arn = td_arns.get(role).cloned().flatten();
-            self.up_service(dry_run, name, arn.as_deref(), desired, &mut steps)
+            let tg = target_group.as_deref();
+            self.up_service(dry_run, name, arn.as_deref(), desired, tg, &mut steps)
                 .await?;
         }
 
@@ -492,6 +513,9 @@ impl Deployer {
             }
         }
 
+        // The controller's load balancer: no service registers in it.
+        self.down_lb(dry_run, &mut steps).await?;
+
         // Auto scaling group.
         match self.describe_asg().await? {
             Some(g)
@@ -553,7 +577,7 @@ impl Deployer {
 
         // Task definitions: every ACTIVE revision of our families (the
         // family names do not depend on the images).
-        let repo_images = ImageRefs::from_repo(cfg);
+        let repo_images = Rendering::from_config(cfg);
         for (_, template) in Self::all_task_templates() {
             let family = TaskDefSpec::parse(&self.render_task(template, None, &repo_images)?)
                 .map_err(|e| DeployError::Template {
@@ -823,7 +847,7 @@ impl Deployer {
 
     fn ingress_summary(&self) -> String {
         let mut s = format!("tcp {MESH_PORTS:?} from the group");
-        if self.cfg.controller_target_group.is_some() {
+        if self.cfg.uses_load_balancer() {
             let _ = write!(s, "; tcp {CONTROLLER_PORTS:?} from the VPC (load balancer)");
         }
         if self.cfg.key_pair.is_some() {
@@ -873,7 +897,7 @@ impl Deployer {
         }
         // Through a load balancer (client IP preservation off) the controller
         // sees the balancer's own VPC addresses, for traffic and health checks.
-        if self.cfg.controller_target_group.is_some() {
+        if self.cfg.uses_load_balancer() {
             for port in CONTROLLER_PORTS {
                 let cidr = net.vpc_cidr.clone();
                 let c = cidr.clone();
@@ -980,7 +1004,8 @@ impl Deployer {
         ]
     }
 
-    fn vars(&self, images: &ImageRefs) -> BTreeMap<&'static str, String> {
+    fn vars(&self, render: &Rendering) -> BTreeMap<&'static str, String> {
+        let images = &render.images;
         let cfg = &self.cfg;
         let tls = |on: String| if cfg.tls() { on } else { String::new() };
         let tokens = |on: String| {
@@ -1004,7 +1029,7 @@ impl Deployer {
             ("REGION", cfg.region.clone()),
             ("IMAGE_REPO", cfg.image_repo.clone()),
             ("IMAGE_TAG", cfg.image_tag.clone()),
-            ("CONTROLLER_ADDRESS", cfg.agent_controller_address()),
+            ("CONTROLLER_ADDRESS", render.controller_address.clone()),
             ("CONTROLLER_STORE", cfg.store.as_str().to_owned()),
             (
                 "DYNAMODB_TABLE",
@@ -1065,9 +1090,9 @@ impl Deployer {
         &self,
         template: &'static str,
         events_queue_url: Option<&str>,
-        images: &ImageRefs,
+        render: &Rendering,
     ) -> Result<String> {
-        let mut vars = self.vars(images);
+        let mut vars = self.vars(render);
         vars.insert(
             "ECS_EVENTS_QUEUE_URL",
             events_queue_url.unwrap_or_default().to_owned(),
@@ -1078,13 +1103,13 @@ impl Deployer {
     /// The instance user data, rendered (not yet base64-encoded), for the
     /// `--image-repo` agent image.
     pub fn user_data(&self) -> Result<String> {
-        self.user_data_with(&ImageRefs::from_repo(&self.cfg))
+        self.user_data_with(&Rendering::from_config(&self.cfg))
     }
 
-    /// The user data for the agent image in `images`.
-    fn user_data_with(&self, images: &ImageRefs) -> Result<String> {
+    /// The user data for the agent image and controller address in `render`.
+    fn user_data_with(&self, render: &Rendering) -> Result<String> {
         let cfg = &self.cfg;
-        let mut vars = self.vars(images);
+        let mut vars = self.vars(render);
         // Values validated (SSM names, fixed paths): safe in single quotes.
         let (mut dirs, mut calls) = (Vec::new(), Vec::new());
         if let Some(prefix) = cfg.tls_prefix() {
@@ -1161,9 +1186,9 @@ impl Deployer {
         role: &'static str,
         template: &'static str,
         events_queue_url: Option<&str>,
-        images: &ImageRefs,
+        render: &Rendering,
     ) -> Result<TaskDefState> {
-        let spec = TaskDefSpec::parse(&self.render_task(template, events_queue_url, images)?)
+        let spec = TaskDefSpec::parse(&self.render_task(template, events_queue_url, render)?)
             .map_err(|e| DeployError::Template {
                 template: role,
                 reason: e.to_string(),
@@ -1436,8 +1461,11 @@ impl Deployer {
 
     /// The load balancer registration a service should have (the
     /// controller's, when a target group is configured).
-    fn service_load_balancers(&self, name: &str) -> Vec<ecs::types::LoadBalancer> {
-        match &self.cfg.controller_target_group {
+    fn service_load_balancers(
+        name: &str,
+        target_group: Option<&str>,
+    ) -> Vec<ecs::types::LoadBalancer> {
+        match target_group {
             Some(tg) if name == CONTROLLER_SERVICE => vec![
                 ecs::types::LoadBalancer::builder()
                     .target_group_arn(tg)
@@ -1447,6 +1475,20 @@ impl Deployer {
             ],
             _ => Vec::new(),
         }
+    }
+
+    /// The controller's replicas each on its own instance (each holds the
+    /// host's port 4321, and one instance lost must not take two). Set when
+    /// the service is created or updated; not compared (emulators do not
+    /// report it back).
+    fn service_placement(&self, name: &str) -> Option<Vec<ecs::types::PlacementConstraint>> {
+        (name == CONTROLLER_SERVICE && self.cfg.controller_replicas > 1).then(|| {
+            vec![
+                ecs::types::PlacementConstraint::builder()
+                    .r#type(ecs::types::PlacementConstraintType::DistinctInstance)
+                    .build(),
+            ]
+        })
     }
 
     /// The rolling-update bounds of a service whose tasks hold a fixed host
@@ -1467,10 +1509,12 @@ impl Deployer {
         name: &str,
         td_arn: Option<&str>,
         desired: Option<i32>,
+        target_group: Option<&str>,
         steps: &mut Vec<Step>,
     ) -> Result<()> {
         let cluster = &self.cfg.cluster;
-        let load_balancers = self.service_load_balancers(name);
+        let load_balancers = Self::service_load_balancers(name, target_group);
+        let placement = self.service_placement(name);
         let deployment = self.service_deployment(name);
         match self.service(name).await? {
             Some(svc) => {
@@ -1533,7 +1577,8 @@ impl Deployer {
                         .service(name)
                         .set_task_definition(td_arn.map(str::to_owned))
                         .set_desired_count(desired)
-                        .set_deployment_configuration(deployment.clone());
+                        .set_deployment_configuration(deployment.clone())
+                        .set_placement_constraints(placement.clone());
                     // An empty list removes a registration that is no longer wanted.
                     if lb_changed {
                         req = req.set_load_balancers(Some(load_balancers));
@@ -1557,6 +1602,7 @@ impl Deployer {
                         .task_definition(td)
                         .launch_type(ecs::types::LaunchType::Ec2)
                         .set_deployment_configuration(deployment)
+                        .set_placement_constraints(placement.clone())
                         .tags(ecs_tag(OWNER_TAG, cluster));
                     if !load_balancers.is_empty() {
                         req = req.set_load_balancers(Some(load_balancers.clone()));
@@ -2059,6 +2105,25 @@ impl Deployer {
             }
         }
         Ok(())
+    }
+}
+
+/// What the user data and task definitions are rendered with, beyond the
+/// settings: what `up` made or found on the way.
+#[derive(Debug)]
+pub(crate) struct Rendering {
+    images: ImageRefs,
+    /// What agents dial (the load balancer's name when `up` made it).
+    controller_address: String,
+}
+
+impl Rendering {
+    /// From the settings alone (`--image-repo`, `--controller-address`).
+    fn from_config(cfg: &DeployConfig) -> Self {
+        Self {
+            images: ImageRefs::from_repo(cfg),
+            controller_address: cfg.agent_controller_address(),
+        }
     }
 }
 

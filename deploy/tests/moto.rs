@@ -57,6 +57,10 @@ const TARGET_GROUP: &str =
 /// directory: it does not exist yet).
 fn config(cluster: &str, region: &str, subnet: &str, secrets: &Path) -> DeployConfig {
     let mut cfg = DeployConfig::new(cluster, region);
+    // One instance and one replica (no load balancer) unless a test says
+    // otherwise: the topology these tests were written for.
+    (cfg.min_size, cfg.desired_capacity, cfg.max_size) = (1, 1, 1);
+    cfg.controller_replicas = 1;
     cfg.subnets = vec![subnet.to_owned()];
     cfg.secrets_dir = Some(secrets.join(cluster));
     cfg.ami = Some(AMI.to_owned());
@@ -689,31 +693,42 @@ async fn bad_settings_are_typed_errors() {
     cfg.store = StoreKind::Consul;
     let err = Deployer::new(&conf, cfg.clone()).unwrap_err().to_string();
     assert!(err.contains("--consul-address"), "{err}");
-    // Two replicas with Consul, but agents told to use loopback.
+    // Two replicas with Consul and the loopback default: `up` makes the
+    // load balancer agents dial.
     cfg.consul_address = Some("http://127.0.0.1:8500".to_owned());
+    assert!(cfg.managed_load_balancer());
+    assert!(Deployer::new(&conf, cfg.clone()).is_ok());
+    // With the user's target group, the address must be its balancer's.
+    let arn = "arn:aws:elasticloadbalancing:us-west-2:1:targetgroup/ctl/0123";
+    cfg.controller_target_group = Some(arn.to_owned());
+    assert!(!cfg.managed_load_balancer());
     let err = Deployer::new(&conf, cfg.clone()).unwrap_err().to_string();
-    assert!(
-        err.contains("controller-address") && err.contains("--controller-target-group"),
-        "{err}"
-    );
+    assert!(err.contains("controller-address"), "{err}");
     cfg.controller_address = "http://controller.internal:4321".to_owned();
     assert!(Deployer::new(&conf, cfg.clone()).is_ok());
     cfg.controller_target_group = Some("my-target-group".to_owned());
     let err = Deployer::new(&conf, cfg.clone()).unwrap_err().to_string();
     assert!(err.contains("controller-target-group"), "{err}");
     cfg.controller_target_group = None;
-    // More instances than one with a loopback address.
+    // Replicas on distinct instances need as many instances.
+    cfg.controller_replicas = 3;
+    let err = Deployer::new(&conf, cfg.clone()).unwrap_err().to_string();
+    assert!(err.contains("distinct instances"), "{err}");
+    // More instances than one, one replica, a loopback address: the
+    // load balancer too; any other address is the user's.
     let mut one = DeployConfig::new("ok", "us-west-2");
-    one.max_size = 3;
+    (one.max_size, one.controller_replicas) = (3, 1);
     for local in [
         "http://127.0.0.1:4321",
         "http://localhost:4321",
         "http://[::1]:4321",
     ] {
         one.controller_address = local.to_owned();
-        assert!(Deployer::new(&conf, one.clone()).is_err(), "{local}");
+        assert!(one.managed_load_balancer(), "{local}");
+        assert!(Deployer::new(&conf, one.clone()).is_ok(), "{local}");
     }
     one.controller_address = "http://10.0.0.5:4321".to_owned();
+    assert!(!one.managed_load_balancer());
     assert!(Deployer::new(&conf, one).is_ok());
     cfg.controller_replicas = 1;
     cfg.min_size = 3;
@@ -1904,6 +1919,7 @@ async fn up_makes_the_dynamodb_table_and_the_controller_uses_it() {
     let secrets = tempfile::tempdir().unwrap();
     let mut cfg = config("rho", region, &subnet, secrets.path());
     cfg.controller_replicas = 2;
+    (cfg.min_size, cfg.desired_capacity, cfg.max_size) = (2, 2, 2);
     cfg.controller_address = "http://controller.internal:4321".to_owned();
     let d = Deployer::new(&conf, cfg.clone()).unwrap();
     let first = d.up(false).await.unwrap();
@@ -2158,6 +2174,130 @@ async fn up_makes_the_instance_role_unless_one_is_given() {
     assert!(
         iamc.get_role()
             .role_name("ecsmesh-sigma-instance")
+            .send()
+            .await
+            .is_err()
+    );
+}
+
+/// Issue #17: by default two controller replicas on distinct instances,
+/// behind an internal Network Load Balancer `up` makes (target group with
+/// client IP preservation off, cross-zone on, a TCP listener on 4321) that
+/// the service registers in and the agents dial; `down` removes it.
+#[tokio::test]
+async fn two_replicas_by_default_behind_a_load_balancer_up_makes() {
+    use aws_sdk_elasticloadbalancingv2 as elb;
+    let region = "eu-north-1";
+    let (conf, subnet) = setup(region, 25).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let mut cfg = config("tau", region, &subnet, secrets.path());
+    let defaults = DeployConfig::new("tau", region);
+    cfg.controller_replicas = defaults.controller_replicas;
+    (cfg.min_size, cfg.desired_capacity, cfg.max_size) = (
+        defaults.min_size,
+        defaults.desired_capacity,
+        defaults.max_size,
+    );
+    assert_eq!((cfg.controller_replicas, cfg.max_size), (2, 2));
+    let d = Deployer::new(&conf, cfg).unwrap();
+    let plan = d.up(true).await.unwrap();
+    assert!(changes(&plan).contains(&"create load-balancer ecsmesh-tau".to_owned()));
+    let first = d.up(false).await.unwrap();
+    for c in [
+        "create load-balancer ecsmesh-tau",
+        "create target-group ecsmesh-tau",
+        "create lb-listener ecsmesh-tau",
+    ] {
+        assert!(
+            changes(&first).contains(&c.to_owned()),
+            "{c}: {:?}",
+            changes(&first)
+        );
+    }
+    let elbc = elb::Client::new(&conf);
+    let lbs = elbc
+        .describe_load_balancers()
+        .names("ecsmesh-tau")
+        .send()
+        .await
+        .unwrap();
+    let lb = &lbs.load_balancers()[0];
+    assert_eq!(
+        lb.r#type(),
+        Some(&elb::types::LoadBalancerTypeEnum::Network)
+    );
+    assert_eq!(
+        lb.scheme(),
+        Some(&elb::types::LoadBalancerSchemeEnum::Internal)
+    );
+    let lb_arn = lb.load_balancer_arn().unwrap();
+    let dns = lb.dns_name().unwrap().to_owned();
+    let tgs = elbc
+        .describe_target_groups()
+        .names("ecsmesh-tau")
+        .send()
+        .await
+        .unwrap();
+    let tg = &tgs.target_groups()[0];
+    let tg_arn = tg.target_group_arn().unwrap().to_owned();
+    assert_eq!(tg.protocol(), Some(&elb::types::ProtocolEnum::Tcp));
+    assert_eq!(tg.port(), Some(4321));
+    assert_eq!(tg.health_check_path(), Some("/ready"));
+    assert_eq!(tg.health_check_port(), Some("9991"));
+    let attrs = elbc
+        .describe_target_group_attributes()
+        .target_group_arn(&tg_arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        attrs
+            .attributes()
+            .iter()
+            .any(|a| a.key() == Some("preserve_client_ip.enabled") && a.value() == Some("false"))
+    );
+    let listeners = elbc
+        .describe_listeners()
+        .load_balancer_arn(lb_arn)
+        .send()
+        .await
+        .unwrap();
+    let listener = &listeners.listeners()[0];
+    assert_eq!(listener.port(), Some(4321));
+    assert_eq!(
+        listener.default_actions()[0].target_group_arn(),
+        Some(tg_arn.as_str())
+    );
+    // The controller's service: two replicas, registered in the group.
+    let ecsc = ecs::Client::new(&conf);
+    let svc = service(&ecsc, "tau", "ecsmesh-controller").await;
+    assert_eq!(svc.desired_count(), 2);
+    assert_eq!(
+        svc.load_balancers()[0].target_group_arn(),
+        Some(tg_arn.as_str())
+    );
+    // The agents dial the balancer (https: TLS by default).
+    let user_data = launch_template_user_data(&conf, "ecsmesh-tau").await;
+    assert!(
+        user_data.contains(&format!("ECSMESH_CONTROLLER='https://{dns}:4321'")),
+        "{user_data}"
+    );
+    assert!(changes(&d.up(false).await.unwrap()).is_empty());
+
+    let down = d.down(false).await.unwrap();
+    for c in [
+        "delete load-balancer ecsmesh-tau",
+        "delete target-group ecsmesh-tau",
+    ] {
+        assert!(
+            changes(&down).contains(&c.to_owned()),
+            "{c}: {:?}",
+            changes(&down)
+        );
+    }
+    assert!(
+        elbc.describe_load_balancers()
+            .names("ecsmesh-tau")
             .send()
             .await
             .is_err()
