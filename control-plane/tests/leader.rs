@@ -117,8 +117,8 @@ async fn until(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) -
 
 /// The index of the one leader, once exactly one leads and the others follow.
 async fn one_leader(replicas: &[&Replica], within: Duration) -> usize {
-    let mut leader = None;
-    until("one leader and the rest following", within, async || {
+    let start = Instant::now();
+    loop {
         let mut roles = Vec::new();
         for r in replicas {
             roles.push(r.role().await);
@@ -130,11 +130,16 @@ async fn one_leader(replicas: &[&Replica], within: Duration) -> usize {
             .iter()
             .filter(|r| r.as_deref() == Some("follower"))
             .count();
-        leader = leaders.first().copied();
-        leaders.len() == 1 && followers + 1 == replicas.len()
-    })
-    .await;
-    leader.unwrap()
+        if leaders.len() == 1 && followers + 1 == replicas.len() {
+            return leaders[0];
+        }
+        // Says what each replica answered (None: not answering: exited?).
+        assert!(
+            start.elapsed() < within,
+            "no single leader within {within:?}: roles {roles:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn upstream(addr: SocketAddr) -> Arc<AtomicU64> {
