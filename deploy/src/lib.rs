@@ -1,8 +1,11 @@
 //! `ecsmeshctl deploy`: from an AWS account to a running ecsmesh, and back.
 //!
-//! [`Deployer::up`] creates or updates, in order: the security group and its
-//! ingress rules, the ECS cluster, the ECS events queues and rule (unless
-//! `--no-events`), the task definitions (a new revision only
+//! [`Deployer::up`] creates or updates, in order: the mesh's secrets, the
+//! instances' IAM role and profile (unless `--instance-profile`), the
+//! security group and its ingress rules, the ECS cluster, the ECS events
+//! queues and rule (unless `--no-events`), the dtab store's DynamoDB table,
+//! the ECR repositories and image pushes (with images), the controller's
+//! load balancer (when agents need one), the task definitions (a new revision only
 //! when the rendered definition differs from the latest), the launch
 //! template (base64 user data, IMDSv2 required, hop limit 2) or a legacy
 //! launch configuration, the auto scaling group, and the ECS services
@@ -55,17 +58,22 @@
 //! Both modules, like `events` and `secrets`, keep one resource kind in one
 //! place: observe what exists, plan (a pure comparison), apply, destroy.
 
+mod cluster;
 pub mod config;
 pub mod ecr;
 pub mod error;
 mod events;
 mod iam;
+mod instances;
 mod lb;
+mod network;
 mod ops;
 pub mod render;
 mod secrets;
+mod services;
 mod table;
 pub mod taskdef;
+mod taskdefs;
 
 pub use config::{
     ADMIN_TOKEN_DIR, ADMIN_TOKEN_PARAMETER, AGENT_TOKEN_DIR, AGENT_TOKEN_PARAMETER, AgentPlacement,

@@ -1,0 +1,627 @@
+//! The instances: a launch template (IMDSv2 required, hop limit 2, the
+//! rendered user data; a new default version when anything differs) or a
+//! legacy launch configuration (immutable: named by a hash of its content,
+//! replaced ones deleted), and the auto scaling group `ecsmesh-<cluster>`.
+//! Observe (`find_launch_template`, `describe_asg`), plan
+//! (`launch_template_diffs`, the group's size/subnets/launch source
+//! compared), apply (`up_instances`), destroy (`down_instances`, which waits
+//! for the group's instances to end).
+
+use aws_sdk_autoscaling as asg;
+use aws_sdk_ec2 as ec2;
+use base64::Engine as _;
+use ec2::types::{
+    InstanceType, LaunchTemplateHttpTokensState,
+    LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
+    LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType,
+};
+
+use crate::config::OWNER_TAG;
+use crate::error::{DeployError, Result};
+use crate::network::Network;
+use crate::ops::{Deployer, POLL_INTERVAL, asg_tag, ec2_tag, ec2_tags};
+use crate::taskdefs::Rendering;
+use crate::{Action, Step};
+
+/// How long `down` waits for the auto scaling group's instances to end.
+const ASG_DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_mins(15);
+
+/// How the group launches instances.
+#[derive(Debug)]
+enum Launch {
+    Template(String),
+    Configuration(String),
+}
+
+impl Deployer {
+    async fn find_launch_template(&self) -> Result<Option<ec2::types::LaunchTemplate>> {
+        let base = self.cfg.base_name();
+        match self
+            .ec2
+            .describe_launch_templates()
+            .launch_template_names(&base)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.launch_templates().first().cloned()),
+            Err(e) => {
+                let err = DeployError::aws("DescribeLaunchTemplates", &base, &e);
+                if err.aws_code().is_some_and(|c| c.contains("NotFound")) {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    fn launch_template_data(
+        &self,
+        ami: &str,
+        sg: Option<&str>,
+        user_data_b64: &str,
+    ) -> RequestLaunchTemplateData {
+        let cfg = &self.cfg;
+        let profile = cfg.effective_instance_profile().map(|p| {
+            let b = LaunchTemplateIamInstanceProfileSpecificationRequest::builder();
+            if p.starts_with("arn:") {
+                b.arn(p)
+            } else {
+                b.name(p)
+            }
+            .build()
+        });
+        RequestLaunchTemplateData::builder()
+            .image_id(ami)
+            .instance_type(InstanceType::from(cfg.instance_type.as_str()))
+            .user_data(user_data_b64)
+            .set_key_name(cfg.key_pair.clone())
+            .set_security_group_ids(sg.map(|s| vec![s.to_owned()]))
+            .set_iam_instance_profile(profile)
+            .metadata_options(
+                LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(LaunchTemplateInstanceMetadataEndpointState::Enabled)
+                    .http_tokens(LaunchTemplateHttpTokensState::Required)
+                    .http_put_response_hop_limit(2)
+                    .build(),
+            )
+            .tag_specifications(
+                LaunchTemplateTagSpecificationRequest::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(ec2_tag(OWNER_TAG, &cfg.cluster))
+                    .tags(ec2_tag("Name", &cfg.base_name()))
+                    .build(),
+            )
+            .build()
+    }
+
+    /// What differs between the latest version and the wanted data.
+    fn launch_template_diffs(
+        &self,
+        have: &ec2::types::ResponseLaunchTemplateData,
+        ami: &str,
+        sg: Option<&str>,
+        user_data_b64: &str,
+    ) -> Vec<&'static str> {
+        let cfg = &self.cfg;
+        let mut d = Vec::new();
+        if have.image_id() != Some(ami) {
+            d.push("image");
+        }
+        if have.instance_type().map(InstanceType::as_str) != Some(cfg.instance_type.as_str()) {
+            d.push("instance type");
+        }
+        if have.user_data() != Some(user_data_b64) {
+            d.push("user data");
+        }
+        if have.key_name() != cfg.key_pair.as_deref() {
+            d.push("key pair");
+        }
+        if have.security_group_ids().first().map(String::as_str) != sg {
+            d.push("security group");
+        }
+        let profile = have
+            .iam_instance_profile()
+            .and_then(|p| p.name().or(p.arn()));
+        if profile != cfg.effective_instance_profile().as_deref() {
+            d.push("instance profile");
+        }
+        let md = have.metadata_options();
+        if md.and_then(|m| m.http_tokens())
+            != Some(&ec2::types::LaunchTemplateHttpTokensState::Required)
+            || md.and_then(
+                ec2::types::LaunchTemplateInstanceMetadataOptions::http_put_response_hop_limit,
+            ) != Some(2)
+        {
+            d.push("metadata options");
+        }
+        d
+    }
+
+    async fn up_launch_template(
+        &self,
+        dry_run: bool,
+        ami: &str,
+        sg: Option<&str>,
+        user_data_b64: &str,
+        steps: &mut Vec<Step>,
+    ) -> Result<Launch> {
+        let base = self.cfg.base_name();
+        let data = self.launch_template_data(ami, sg, user_data_b64);
+        match self.find_launch_template().await? {
+            None => {
+                if !dry_run {
+                    self.ec2
+                        .create_launch_template()
+                        .launch_template_name(&base)
+                        .launch_template_data(data)
+                        .tag_specifications(ec2_tags(
+                            ResourceType::LaunchTemplate,
+                            &self.cfg,
+                            &base,
+                        ))
+                        .send()
+                        .await
+                        .map_err(|e| DeployError::aws("CreateLaunchTemplate", &base, &e))?;
+                }
+                self.push(
+                    steps,
+                    "launch-template",
+                    &base,
+                    Action::Create,
+                    "IMDSv2 required, hop limit 2",
+                );
+            }
+            Some(lt) => {
+                let id = lt.launch_template_id().unwrap_or_default().to_owned();
+                let latest = lt.latest_version_number().unwrap_or(1);
+                let versions = self
+                    .ec2
+                    .describe_launch_template_versions()
+                    .launch_template_id(&id)
+                    .versions(latest.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| DeployError::aws("DescribeLaunchTemplateVersions", &base, &e))?;
+                let diffs = versions
+                    .launch_template_versions()
+                    .first()
+                    .and_then(|v| v.launch_template_data())
+                    .map_or_else(
+                        || vec!["no data"],
+                        |have| self.launch_template_diffs(have, ami, sg, user_data_b64),
+                    );
+                if diffs.is_empty() {
+                    self.push(
+                        steps,
+                        "launch-template",
+                        &base,
+                        Action::Unchanged,
+                        format!("{id} version {latest}"),
+                    );
+                } else {
+                    if !dry_run {
+                        // A complete new version (no SourceVersion merging), made the default.
+                        let out = self
+                            .ec2
+                            .create_launch_template_version()
+                            .launch_template_id(&id)
+                            .launch_template_data(data)
+                            .send()
+                            .await
+                            .map_err(|e| {
+                                DeployError::aws("CreateLaunchTemplateVersion", &base, &e)
+                            })?;
+                        if let Some(v) = out
+                            .launch_template_version()
+                            .and_then(ec2::types::LaunchTemplateVersion::version_number)
+                        {
+                            self.ec2
+                                .modify_launch_template()
+                                .launch_template_id(&id)
+                                .default_version(v.to_string())
+                                .send()
+                                .await
+                                .map_err(|e| DeployError::aws("ModifyLaunchTemplate", &base, &e))?;
+                        }
+                    }
+                    self.push(
+                        steps,
+                        "launch-template",
+                        &base,
+                        Action::Update,
+                        format!("new version: {}", diffs.join(", ")),
+                    );
+                }
+            }
+        }
+        Ok(Launch::Template(base))
+    }
+
+    fn launch_configuration_name(
+        &self,
+        ami: &str,
+        sg: Option<&str>,
+        user_data_b64: &str,
+    ) -> String {
+        let cfg = &self.cfg;
+        let key = format!(
+            "{ami}|{}|{user_data_b64}|{:?}|{:?}|{:?}",
+            cfg.instance_type,
+            cfg.key_pair,
+            sg,
+            cfg.effective_instance_profile()
+        );
+        // FNV-1a: launch configurations are immutable, so the name carries the content.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{}-{:016x}", cfg.base_name(), h)
+    }
+
+    async fn launch_configurations(&self) -> Result<Vec<String>> {
+        let prefix = format!("{}-", self.cfg.base_name());
+        let mut names = Vec::new();
+        let mut pages = self
+            .asg
+            .describe_launch_configurations()
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| DeployError::aws("DescribeLaunchConfigurations", &prefix, &e))?;
+            for lc in page.launch_configurations() {
+                // Ours: the prefix plus exactly the 16-hex content hash.
+                if let Some(name) = lc.launch_configuration_name()
+                    && let Some(hash) = name.strip_prefix(&prefix)
+                    && hash.len() == 16
+                    && hash.chars().all(|c| c.is_ascii_hexdigit())
+                {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    async fn delete_launch_configuration(&self, name: &str) -> Result<()> {
+        self.asg
+            .delete_launch_configuration()
+            .launch_configuration_name(name)
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("DeleteLaunchConfiguration", name, &e))?;
+        Ok(())
+    }
+
+    async fn up_launch_configuration(
+        &self,
+        dry_run: bool,
+        ami: &str,
+        sg: Option<&str>,
+        user_data_b64: &str,
+        steps: &mut Vec<Step>,
+    ) -> Result<Launch> {
+        let cfg = &self.cfg;
+        let name = self.launch_configuration_name(ami, sg, user_data_b64);
+        if self.launch_configurations().await?.contains(&name) {
+            self.push(steps, "launch-configuration", &name, Action::Unchanged, "");
+        } else {
+            if !dry_run {
+                self.asg
+                    .create_launch_configuration()
+                    .launch_configuration_name(&name)
+                    .image_id(ami)
+                    .instance_type(&cfg.instance_type)
+                    .user_data(user_data_b64)
+                    .set_key_name(cfg.key_pair.clone())
+                    .set_security_groups(sg.map(|s| vec![s.to_owned()]))
+                    .set_iam_instance_profile(cfg.effective_instance_profile())
+                    .metadata_options(
+                        asg::types::InstanceMetadataOptions::builder()
+                            .http_endpoint(asg::types::InstanceMetadataEndpointState::Enabled)
+                            .http_tokens(asg::types::InstanceMetadataHttpTokensState::Required)
+                            .http_put_response_hop_limit(2)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| DeployError::aws("CreateLaunchConfiguration", &name, &e))?;
+            }
+            self.push(
+                steps,
+                "launch-configuration",
+                &name,
+                Action::Create,
+                "legacy; IMDSv2 required, hop limit 2",
+            );
+        }
+        Ok(Launch::Configuration(name))
+    }
+
+    async fn delete_old_launch_configurations(
+        &self,
+        current: &Launch,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        let Launch::Configuration(keep) = current else {
+            return Ok(());
+        };
+        for name in self.launch_configurations().await? {
+            if &name != keep {
+                self.delete_launch_configuration(&name).await?;
+                self.push(
+                    steps,
+                    "launch-configuration",
+                    name,
+                    Action::Delete,
+                    "replaced",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn describe_asg(&self) -> Result<Option<asg::types::AutoScalingGroup>> {
+        let base = self.cfg.base_name();
+        let out = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(&base)
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("DescribeAutoScalingGroups", &base, &e))?;
+        Ok(out.auto_scaling_groups().first().cloned())
+    }
+
+    #[allow(clippy::too_many_lines)]
+    async fn up_asg(
+        &self,
+        dry_run: bool,
+        net: &Network,
+        launch: &Launch,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let base = cfg.base_name();
+        let zones = net.subnets.join(",");
+        let lt_spec = |name: &str| {
+            asg::types::LaunchTemplateSpecification::builder()
+                .launch_template_name(name)
+                .version("$Latest")
+                .build()
+        };
+        match self.describe_asg().await? {
+            None => {
+                if !dry_run {
+                    let mut req = self
+                        .asg
+                        .create_auto_scaling_group()
+                        .auto_scaling_group_name(&base)
+                        .min_size(cfg.min_size)
+                        .max_size(cfg.max_size)
+                        .desired_capacity(cfg.desired_capacity)
+                        .vpc_zone_identifier(&zones)
+                        .tags(asg_tag(&base, OWNER_TAG, &cfg.cluster))
+                        .tags(asg_tag(&base, "Name", &base));
+                    req = match launch {
+                        Launch::Template(n) => req.launch_template(lt_spec(n)),
+                        Launch::Configuration(n) => req.launch_configuration_name(n),
+                    };
+                    req.send()
+                        .await
+                        .map_err(|e| DeployError::aws("CreateAutoScalingGroup", &base, &e))?;
+                }
+                self.push(
+                    steps,
+                    "auto-scaling-group",
+                    &base,
+                    Action::Create,
+                    format!(
+                        "min {} desired {} max {}",
+                        cfg.min_size, cfg.desired_capacity, cfg.max_size
+                    ),
+                );
+            }
+            Some(g) => {
+                let mut diffs = Vec::new();
+                if (g.min_size(), g.max_size(), g.desired_capacity())
+                    != (
+                        Some(cfg.min_size),
+                        Some(cfg.max_size),
+                        Some(cfg.desired_capacity),
+                    )
+                {
+                    diffs.push(format!(
+                        "size {:?}/{:?}/{:?} -> {}/{}/{}",
+                        g.min_size(),
+                        g.desired_capacity(),
+                        g.max_size(),
+                        cfg.min_size,
+                        cfg.desired_capacity,
+                        cfg.max_size
+                    ));
+                }
+                let mut have_zones: Vec<&str> = g
+                    .vpc_zone_identifier()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                have_zones.sort_unstable();
+                if have_zones.join(",") != zones {
+                    diffs.push("subnets".to_owned());
+                }
+                let launch_same = match launch {
+                    Launch::Template(n) => {
+                        g.launch_template().and_then(|t| t.launch_template_name())
+                            == Some(n.as_str())
+                    }
+                    Launch::Configuration(n) => g.launch_configuration_name() == Some(n.as_str()),
+                };
+                if !launch_same {
+                    diffs.push("launch template/configuration".to_owned());
+                }
+                if diffs.is_empty() {
+                    self.push(
+                        steps,
+                        "auto-scaling-group",
+                        &base,
+                        Action::Unchanged,
+                        format!("{} instances", g.instances().len()),
+                    );
+                    return Ok(());
+                }
+                if !dry_run {
+                    let mut req = self
+                        .asg
+                        .update_auto_scaling_group()
+                        .auto_scaling_group_name(&base)
+                        .min_size(cfg.min_size)
+                        .max_size(cfg.max_size)
+                        .desired_capacity(cfg.desired_capacity)
+                        .vpc_zone_identifier(&zones);
+                    // Only a changed launch source is sent (a template at
+                    // `$Latest` already follows new versions).
+                    if !launch_same {
+                        req = match launch {
+                            Launch::Template(n) => req.launch_template(lt_spec(n)),
+                            Launch::Configuration(n) => req.launch_configuration_name(n),
+                        };
+                    }
+                    req.send()
+                        .await
+                        .map_err(|e| DeployError::aws("UpdateAutoScalingGroup", &base, &e))?;
+                }
+                self.push(
+                    steps,
+                    "auto-scaling-group",
+                    &base,
+                    Action::Update,
+                    diffs.join("; "),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until a deleted auto scaling group is gone (its instances
+    /// terminated); AWS takes minutes, an emulator no time.
+    async fn wait_asg_deleted(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + ASG_DELETE_TIMEOUT;
+        while let Some(g) = self.describe_asg().await? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DeployError::State(format!(
+                    "auto scaling group {} still deleting after {} s ({} instances left): \
+                     run down again later",
+                    self.cfg.base_name(),
+                    ASG_DELETE_TIMEOUT.as_secs(),
+                    g.instances().len()
+                )));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        Ok(())
+    }
+
+    /// `up`'s launch template (or legacy launch configuration) with the
+    /// rendered user data, and the auto scaling group that uses it.
+    pub(crate) async fn up_instances(
+        &self,
+        dry_run: bool,
+        ami: &str,
+        group_id: Option<&str>,
+        net: &Network,
+        render: &Rendering,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let user_data = self.user_data_with(render)?;
+        let user_data_b64 = base64::engine::general_purpose::STANDARD.encode(&user_data);
+        let launch = if cfg.launch_configuration {
+            self.up_launch_configuration(dry_run, ami, group_id, &user_data_b64, steps)
+                .await?
+        } else {
+            self.up_launch_template(dry_run, ami, group_id, &user_data_b64, steps)
+                .await?
+        };
+
+        // 6. Auto scaling group.
+        self.up_asg(dry_run, net, &launch, steps).await?;
+        if cfg.launch_configuration && !dry_run {
+            self.delete_old_launch_configurations(&launch, steps)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `down`'s auto scaling group (waiting for its instances to end), the
+    /// launch template and every launch configuration of ours.
+    pub(crate) async fn down_instances(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        let cfg = &self.cfg;
+        let base = cfg.base_name();
+        // Auto scaling group.
+        match self.describe_asg().await? {
+            Some(g)
+                if g.tags()
+                    .iter()
+                    .any(|t| t.key() == Some(OWNER_TAG) && t.value() == Some(cfg.owner())) =>
+            {
+                if !dry_run {
+                    self.asg
+                        .delete_auto_scaling_group()
+                        .auto_scaling_group_name(&base)
+                        .force_delete(true)
+                        .send()
+                        .await
+                        .map_err(|e| DeployError::aws("DeleteAutoScalingGroup", &base, &e))?;
+                    // The instances still use the security group until they
+                    // are terminated, which the group's deletion waits for.
+                    self.progress_only(
+                        "auto-scaling-group",
+                        &base,
+                        Action::Delete,
+                        "waiting for its instances to terminate",
+                    );
+                    self.wait_asg_deleted().await?;
+                }
+                self.push(steps, "auto-scaling-group", &base, Action::Delete, "");
+            }
+            Some(_) => self.push_kept(steps, "auto-scaling-group", &base),
+            None => self.push(steps, "auto-scaling-group", &base, Action::Absent, ""),
+        }
+
+        // Launch template, launch configurations.
+        match self.find_launch_template().await? {
+            Some(lt)
+                if lt
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == Some(OWNER_TAG) && t.value() == Some(cfg.owner())) =>
+            {
+                if !dry_run {
+                    self.ec2
+                        .delete_launch_template()
+                        .set_launch_template_id(lt.launch_template_id().map(str::to_owned))
+                        .send()
+                        .await
+                        .map_err(|e| DeployError::aws("DeleteLaunchTemplate", &base, &e))?;
+                }
+                self.push(steps, "launch-template", &base, Action::Delete, "");
+            }
+            Some(_) => self.push_kept(steps, "launch-template", &base),
+            None => self.push(steps, "launch-template", &base, Action::Absent, ""),
+        }
+        for name in self.launch_configurations().await? {
+            if !dry_run {
+                self.delete_launch_configuration(&name).await?;
+            }
+            self.push(steps, "launch-configuration", name, Action::Delete, "");
+        }
+        Ok(())
+    }
+}

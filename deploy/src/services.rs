@@ -1,0 +1,349 @@
+//! The ECS services: the controller (REPLICA, its rolling-update bounds,
+//! spread on distinct instances, registered in the load balancer's target
+//! group), the agent (DAEMON, with `--agent daemon`) and the demo's.
+//! Observe (`service`), plan (task definition, desired count, load
+//! balancer and deployment bounds compared), apply (`up_services`), destroy
+//! (`down_services`). Also where the controller's running tasks serve
+//! (`controller_endpoints`, for `status`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use aws_sdk_ecs as ecs;
+
+use crate::config::{AgentPlacement, OWNER_TAG};
+use crate::error::{DeployError, Result};
+use crate::ops::{CONTROLLER_GRPC_PORT, Deployer, ecs_tag, owned_ecs};
+use crate::{Action, Step};
+
+/// The services `up` manages, by role.
+pub const CONTROLLER_SERVICE: &str = "ecsmesh-controller";
+pub const AGENT_SERVICE: &str = "ecsmesh-agent";
+pub const DEMO_SERVICES: [&str; 3] = ["hello", "world", "world-v2"];
+
+/// The controller's container in its task definition.
+const CONTROLLER_CONTAINER: &str = "controller";
+
+impl Deployer {
+    pub(crate) async fn service(&self, name: &str) -> Result<Option<ecs::types::Service>> {
+        if self.cluster_active().await?.is_none() {
+            return Ok(None);
+        }
+        let out = self
+            .ecs
+            .describe_services()
+            .cluster(&self.cfg.cluster)
+            .services(name)
+            .include(ecs::types::ServiceField::Tags)
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("DescribeServices", name, &e))?;
+        Ok(out
+            .services()
+            .iter()
+            .find(|s| s.status() == Some("ACTIVE"))
+            .cloned())
+    }
+
+    /// Where the controller's running tasks serve gRPC, as
+    /// `http(s)://<instance private IP>:<host port>`: what `status` asks for
+    /// health and convergence when no address is given. Private addresses:
+    /// reachable from inside the VPC (a bastion, a VPN, an instance).
+    pub async fn controller_endpoints(&self) -> Result<Vec<String>> {
+        if self.cluster_active().await?.is_none() {
+            return Ok(Vec::new());
+        }
+        let cluster = &self.cfg.cluster;
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ecs
+            .list_tasks()
+            .cluster(cluster)
+            .service_name(CONTROLLER_SERVICE)
+            .desired_status(ecs::types::DesiredStatus::Running)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| DeployError::aws("ListTasks", CONTROLLER_SERVICE, &e))?;
+            arns.extend(page.task_arns().iter().cloned());
+        }
+        // (container instance, host port) of each running task.
+        let mut placed = Vec::new();
+        for batch in arns.chunks(100) {
+            let out = self
+                .ecs
+                .describe_tasks()
+                .cluster(cluster)
+                .set_tasks(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| DeployError::aws("DescribeTasks", CONTROLLER_SERVICE, &e))?;
+            for task in out.tasks() {
+                if task.last_status() != Some("RUNNING") {
+                    continue;
+                }
+                let Some(ci) = task.container_instance_arn() else {
+                    continue;
+                };
+                // Host mode binds the container port itself; read it anyway.
+                let port = task
+                    .containers()
+                    .iter()
+                    .flat_map(ecs::types::Container::network_bindings)
+                    .find(|b| b.container_port() == Some(CONTROLLER_GRPC_PORT))
+                    .and_then(ecs::types::NetworkBinding::host_port)
+                    .unwrap_or(CONTROLLER_GRPC_PORT);
+                placed.push((ci.to_owned(), port));
+            }
+        }
+        let instance_ids = self
+            .ec2_instance_ids(placed.iter().map(|(ci, _)| ci.clone()).collect())
+            .await?;
+        let ips = self
+            .private_ips(instance_ids.values().cloned().collect())
+            .await?;
+        let scheme = if self.cfg.tls() { "https" } else { "http" };
+        let mut urls: Vec<String> = placed
+            .iter()
+            .filter_map(|(ci, port)| {
+                let ip = ips.get(instance_ids.get(ci)?)?;
+                Some(format!("{scheme}://{ip}:{port}"))
+            })
+            .collect();
+        urls.sort();
+        urls.dedup();
+        Ok(urls)
+    }
+
+    /// The load balancer registration a service should have (the
+    /// controller's, when a target group is configured).
+    fn service_load_balancers(
+        name: &str,
+        target_group: Option<&str>,
+    ) -> Vec<ecs::types::LoadBalancer> {
+        match target_group {
+            Some(tg) if name == CONTROLLER_SERVICE => vec![
+                ecs::types::LoadBalancer::builder()
+                    .target_group_arn(tg)
+                    .container_name(CONTROLLER_CONTAINER)
+                    .container_port(CONTROLLER_GRPC_PORT)
+                    .build(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The controller's replicas each on its own instance (each holds the
+    /// host's port 4321, and one instance lost must not take two). Set when
+    /// the service is created or updated; not compared (emulators do not
+    /// report it back).
+    fn service_placement(&self, name: &str) -> Option<Vec<ecs::types::PlacementConstraint>> {
+        (name == CONTROLLER_SERVICE && self.cfg.controller_replicas > 1).then(|| {
+            vec![
+                ecs::types::PlacementConstraint::builder()
+                    .r#type(ecs::types::PlacementConstraintType::DistinctInstance)
+                    .build(),
+            ]
+        })
+    }
+
+    /// The rolling-update bounds of a service whose tasks hold a fixed host
+    /// port (the controller); `None` leaves ECS's defaults.
+    fn service_deployment(&self, name: &str) -> Option<ecs::types::DeploymentConfiguration> {
+        (name == CONTROLLER_SERVICE).then(|| {
+            ecs::types::DeploymentConfiguration::builder()
+                .minimum_healthy_percent(self.cfg.controller_minimum_healthy_percent())
+                .maximum_percent(100)
+                .build()
+        })
+    }
+
+    #[allow(clippy::single_match_else, clippy::too_many_lines)]
+    async fn up_service(
+        &self,
+        dry_run: bool,
+        name: &str,
+        td_arn: Option<&str>,
+        desired: Option<i32>,
+        target_group: Option<&str>,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        let cluster = &self.cfg.cluster;
+        let load_balancers = Self::service_load_balancers(name, target_group);
+        let placement = self.service_placement(name);
+        let deployment = self.service_deployment(name);
+        match self.service(name).await? {
+            Some(svc) => {
+                let mut diffs = Vec::new();
+                if td_arn.is_none() || svc.task_definition() != td_arn {
+                    diffs.push(format!(
+                        "task definition {} -> new revision",
+                        svc.task_definition().unwrap_or("?")
+                    ));
+                }
+                if let Some(d) = desired
+                    && svc.desired_count() != d
+                {
+                    diffs.push(format!("desired {} -> {d}", svc.desired_count()));
+                }
+                let lb_key = |lbs: &[ecs::types::LoadBalancer]| {
+                    let mut v: Vec<_> = lbs
+                        .iter()
+                        .map(|l| {
+                            (
+                                l.target_group_arn().unwrap_or_default().to_owned(),
+                                l.container_name().unwrap_or_default().to_owned(),
+                                l.container_port(),
+                            )
+                        })
+                        .collect();
+                    v.sort();
+                    v
+                };
+                let lb_changed = lb_key(svc.load_balancers()) != lb_key(&load_balancers);
+                if lb_changed {
+                    diffs.push("load balancer".to_owned());
+                }
+                // Compared only when ECS reports it (it always does; emulators may not).
+                let deployment_changed = match (svc.deployment_configuration(), &deployment) {
+                    (Some(have), Some(want)) => {
+                        have.minimum_healthy_percent() != want.minimum_healthy_percent()
+                            || have.maximum_percent() != want.maximum_percent()
+                    }
+                    _ => false,
+                };
+                if deployment_changed {
+                    diffs.push("deployment bounds".to_owned());
+                }
+                if diffs.is_empty() {
+                    self.push(
+                        steps,
+                        "service",
+                        name,
+                        Action::Unchanged,
+                        svc.task_definition().unwrap_or_default(),
+                    );
+                    return Ok(());
+                }
+                if !dry_run {
+                    let mut req = self
+                        .ecs
+                        .update_service()
+                        .cluster(cluster)
+                        .service(name)
+                        .set_task_definition(td_arn.map(str::to_owned))
+                        .set_desired_count(desired)
+                        .set_deployment_configuration(deployment.clone())
+                        .set_placement_constraints(placement.clone());
+                    // An empty list removes a registration that is no longer wanted.
+                    if lb_changed {
+                        req = req.set_load_balancers(Some(load_balancers));
+                    }
+                    req.send()
+                        .await
+                        .map_err(|e| DeployError::aws("UpdateService", name, &e))?;
+                }
+                self.push(steps, "service", name, Action::Update, diffs.join("; "));
+            }
+            None => {
+                if !dry_run {
+                    let td = td_arn.ok_or_else(|| {
+                        DeployError::State(format!("service {name}: no task definition"))
+                    })?;
+                    let mut req = self
+                        .ecs
+                        .create_service()
+                        .cluster(cluster)
+                        .service_name(name)
+                        .task_definition(td)
+                        .launch_type(ecs::types::LaunchType::Ec2)
+                        .set_deployment_configuration(deployment)
+                        .set_placement_constraints(placement.clone())
+                        .tags(ecs_tag(OWNER_TAG, cluster));
+                    if !load_balancers.is_empty() {
+                        req = req.set_load_balancers(Some(load_balancers.clone()));
+                    }
+                    req = match desired {
+                        Some(d) => req
+                            .desired_count(d)
+                            .scheduling_strategy(ecs::types::SchedulingStrategy::Replica),
+                        None => req.scheduling_strategy(ecs::types::SchedulingStrategy::Daemon),
+                    };
+                    req.send()
+                        .await
+                        .map_err(|e| DeployError::aws("CreateService", name, &e))?;
+                }
+                let mut detail =
+                    desired.map_or_else(|| "DAEMON".to_owned(), |d| format!("REPLICA desired {d}"));
+                if let Some(tg) = load_balancers
+                    .first()
+                    .and_then(ecs::types::LoadBalancer::target_group_arn)
+                {
+                    let _ = write!(detail, "; registers in {tg}");
+                }
+                self.push(steps, "service", name, Action::Create, detail);
+            }
+        }
+        Ok(())
+    }
+
+    /// `up`'s ECS services: the controller, the agent with `--agent daemon`,
+    /// the demo's with `--with-demo`.
+    pub(crate) async fn up_services(
+        &self,
+        dry_run: bool,
+        td_arns: &BTreeMap<&'static str, Option<String>>,
+        target_group: Option<&str>,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let mut services: Vec<(&str, &str, Option<i32>)> = vec![(
+            CONTROLLER_SERVICE,
+            "controller",
+            Some(cfg.controller_replicas),
+        )];
+        if cfg.agent == AgentPlacement::Daemon {
+            services.push((AGENT_SERVICE, "agent", None));
+        }
+        if cfg.with_demo {
+            for s in DEMO_SERVICES {
+                services.push((s, s, Some(1)));
+            }
+        }
+        for (name, role, desired) in services {
+            let arn = td_arns.get(role).cloned().flatten();
+            let tg = target_group;
+            self.up_service(dry_run, name, arn.as_deref(), desired, tg, steps)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `down`'s services (every role, whatever this run's flags), each only
+    /// when tagged ours.
+    pub(crate) async fn down_services(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        let cfg = &self.cfg;
+        let mut all: Vec<&str> = vec![CONTROLLER_SERVICE, AGENT_SERVICE];
+        all.extend(DEMO_SERVICES);
+        for name in all {
+            match self.service(name).await? {
+                Some(svc) if owned_ecs(svc.tags(), cfg) => {
+                    if !dry_run {
+                        self.ecs
+                            .delete_service()
+                            .cluster(&cfg.cluster)
+                            .service(name)
+                            .force(true)
+                            .send()
+                            .await
+                            .map_err(|e| DeployError::aws("DeleteService", name, &e))?;
+                    }
+                    self.push(steps, "service", name, Action::Delete, "");
+                }
+                Some(_) => self.push_kept(steps, "service", name),
+                None => self.push(steps, "service", name, Action::Absent, ""),
+            }
+        }
+        Ok(())
+    }
+}

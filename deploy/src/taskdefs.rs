@@ -1,0 +1,439 @@
+//! The task definitions (controller, agent, the demo's) and the instance
+//! user data, rendered from `deploy/ecs` and `deploy/templates` with the
+//! settings and what `up` made on the way (images, the controller's
+//! address, the events queue). Observe (`task_def_state`: the family's
+//! latest revision), plan (the rendered definition compared with it), apply
+//! (`up_task_definitions`: a new revision only when it differs), destroy
+//! (`down_task_definitions`: every ACTIVE revision of our families).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use aws_sdk_ecs as ecs;
+
+use crate::config::{
+    ADMIN_TOKEN_DIR, ADMIN_TOKEN_PARAMETER, AGENT_TOKEN_DIR, AGENT_TOKEN_PARAMETER, AgentPlacement,
+    DeployConfig, OWNER_TAG, TLS_ADMIN_IDENTITY, TLS_CONTROLLER_SERVER_NAME, TLS_DIR,
+    TLS_PARAMETERS,
+};
+use crate::ecr::ImageRefs;
+use crate::error::{DeployError, Result};
+use crate::ops::{Deployer, ecs_tag, owned_ecs};
+use crate::render;
+use crate::taskdef::TaskDefSpec;
+use crate::{Action, Step};
+
+/// A rendered task definition and the family's latest revision, if any.
+#[derive(Debug)]
+pub(crate) struct TaskDefState {
+    spec: TaskDefSpec,
+    latest_arn: Option<String>,
+    same: bool,
+}
+
+/// What the user data and task definitions are rendered with, beyond the
+/// settings: what `up` made or found on the way.
+#[derive(Debug)]
+pub(crate) struct Rendering {
+    pub(crate) images: ImageRefs,
+    /// What agents dial (the load balancer's name when `up` made it).
+    pub(crate) controller_address: String,
+}
+
+impl Rendering {
+    /// From the settings alone (`--image-repo`, `--controller-address`).
+    fn from_config(cfg: &DeployConfig) -> Self {
+        Self {
+            images: ImageRefs::from_repo(cfg),
+            controller_address: cfg.agent_controller_address(),
+        }
+    }
+}
+
+impl Deployer {
+    fn task_templates(&self) -> Vec<(&'static str, &'static str)> {
+        let mut v = vec![("controller", render::CONTROLLER), ("agent", render::AGENT)];
+        if self.cfg.with_demo {
+            v.extend([
+                ("hello", render::HELLO),
+                ("world", render::WORLD),
+                ("world-v2", render::WORLD_V2),
+            ]);
+        }
+        v
+    }
+
+    fn all_task_templates() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("controller", render::CONTROLLER),
+            ("agent", render::AGENT),
+            ("hello", render::HELLO),
+            ("world", render::WORLD),
+            ("world-v2", render::WORLD_V2),
+        ]
+    }
+
+    fn vars(&self, render: &Rendering) -> BTreeMap<&'static str, String> {
+        let images = &render.images;
+        let cfg = &self.cfg;
+        let tls = |on: String| if cfg.tls() { on } else { String::new() };
+        let tokens = |on: String| {
+            if cfg.managed_tokens() {
+                on
+            } else {
+                String::new()
+            }
+        };
+        // Neither TLS (admin identities, agent certificates) nor tokens:
+        // the controller listens on 0.0.0.0 for other instances' agents
+        // with nothing authenticating writes or the mesh stream, and
+        // refuses to start unless told explicitly (`--insecure` only).
+        let open = if cfg.tls() || cfg.managed_tokens() {
+            ""
+        } else {
+            "true"
+        };
+        BTreeMap::from([
+            ("CLUSTER", cfg.cluster.clone()),
+            ("REGION", cfg.region.clone()),
+            ("IMAGE_REPO", cfg.image_repo.clone()),
+            ("IMAGE_TAG", cfg.image_tag.clone()),
+            ("CONTROLLER_ADDRESS", render.controller_address.clone()),
+            ("CONTROLLER_STORE", cfg.store.as_str().to_owned()),
+            (
+                "DYNAMODB_TABLE",
+                if cfg.dynamodb_store() {
+                    cfg.dynamodb_table()
+                } else {
+                    String::new()
+                },
+            ),
+            (
+                "CONSUL_ADDRESS",
+                cfg.consul_address.clone().unwrap_or_default(),
+            ),
+            ("AGENT_IMAGE", images.get("agent")),
+            ("CONTROLLER_IMAGE", images.get("controller")),
+            ("HELLO_IMAGE", images.get("helloworld")),
+            (
+                "START_AGENT",
+                (cfg.agent == AgentPlacement::UserData).to_string(),
+            ),
+            // TLS: values when on; empty (entries and volume dropped) when off.
+            ("TLS_DIR", tls(TLS_DIR.to_owned())),
+            ("TLS_CA", tls(format!("{TLS_DIR}/ca.pem"))),
+            ("TLS_AGENT_CERT", tls(format!("{TLS_DIR}/agent.pem"))),
+            ("TLS_AGENT_KEY", tls(format!("{TLS_DIR}/agent-key.pem"))),
+            (
+                "TLS_CONTROLLER_CERT",
+                tls(format!("{TLS_DIR}/controller.pem")),
+            ),
+            (
+                "TLS_CONTROLLER_KEY",
+                tls(format!("{TLS_DIR}/controller-key.pem")),
+            ),
+            (
+                "TLS_CONTROLLER_SERVER_NAME",
+                tls(TLS_CONTROLLER_SERVER_NAME.to_owned()),
+            ),
+            ("TLS_ADMIN_IDENTITIES", tls(TLS_ADMIN_IDENTITY.to_owned())),
+            // Tokens: likewise, values only when managed.
+            ("ADMIN_TOKEN_DIR", tokens(ADMIN_TOKEN_DIR.to_owned())),
+            ("AGENT_TOKEN_DIR", tokens(AGENT_TOKEN_DIR.to_owned())),
+            (
+                "ADMIN_TOKEN_FILE",
+                tokens(format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_PARAMETER}")),
+            ),
+            (
+                "AGENT_TOKEN_FILE",
+                tokens(format!("{AGENT_TOKEN_DIR}/{AGENT_TOKEN_PARAMETER}")),
+            ),
+            ("ALLOW_UNAUTHENTICATED_WRITES", open.to_owned()),
+            ("ALLOW_UNAUTHENTICATED_AGENTS", open.to_owned()),
+        ])
+    }
+
+    /// A task definition; `events_queue_url`: the controller's events
+    /// queue (none: the controller polls ECS only, the entry is dropped).
+    fn render_task(
+        &self,
+        template: &'static str,
+        events_queue_url: Option<&str>,
+        render: &Rendering,
+    ) -> Result<String> {
+        let mut vars = self.vars(render);
+        vars.insert(
+            "ECS_EVENTS_QUEUE_URL",
+            events_queue_url.unwrap_or_default().to_owned(),
+        );
+        render::render("task definition", template, &vars)
+    }
+
+    /// The instance user data, rendered (not yet base64-encoded), for the
+    /// `--image-repo` agent image.
+    pub fn user_data(&self) -> Result<String> {
+        self.user_data_with(&Rendering::from_config(&self.cfg))
+    }
+
+    /// The user data for the agent image and controller address in `render`.
+    pub(crate) fn user_data_with(&self, render: &Rendering) -> Result<String> {
+        let cfg = &self.cfg;
+        let mut vars = self.vars(render);
+        // Values validated (SSM names, fixed paths): safe in single quotes.
+        let (mut dirs, mut calls) = (Vec::new(), Vec::new());
+        if let Some(prefix) = cfg.tls_prefix() {
+            dirs.push(TLS_DIR);
+            for name in TLS_PARAMETERS {
+                // Keys for their owner only; the rest group-readable.
+                let mode = if name.ends_with("-key.pem") {
+                    "0600"
+                } else {
+                    "0640"
+                };
+                calls.push(format!("fetch '{prefix}/{name}' '{TLS_DIR}/{name}' {mode}"));
+            }
+        }
+        if cfg.managed_tokens() {
+            let prefix = cfg.managed_prefix();
+            for (dir, name) in [
+                (AGENT_TOKEN_DIR, AGENT_TOKEN_PARAMETER),
+                (ADMIN_TOKEN_DIR, ADMIN_TOKEN_PARAMETER),
+            ] {
+                dirs.push(dir);
+                calls.push(format!("fetch '{prefix}/{name}' '{dir}/{name}' 0600"));
+            }
+        }
+        let (mut fetch, mut agent_args) = (String::new(), String::new());
+        if !calls.is_empty() {
+            let mut mkdirs: Vec<String> = dirs
+                .iter()
+                .map(|d| format!("install -d -m 0750 -o 65532 -g 65532 '{d}'"))
+                .collect();
+            // The token directories' parent, root's own.
+            if cfg.managed_tokens() {
+                mkdirs.insert(0, "install -d -m 0755 /etc/ecsmesh/tokens".to_owned());
+            }
+            vars.insert("SECRETS_DIRS", mkdirs.join("\n"));
+            vars.insert("SECRETS_FETCH_CALLS", calls.join("\n"));
+            fetch = render::render("user-data-secrets.sh", render::USER_DATA_SECRETS, &vars)?;
+        }
+        // Each a continued line of the agent's `docker run`.
+        if cfg.tls() {
+            agent_args = format!("    -v {TLS_DIR}:{TLS_DIR}:ro \\\n");
+            for (env, var) in [
+                ("ECSMESH_TLS_CA", "TLS_CA"),
+                ("ECSMESH_TLS_CERT", "TLS_AGENT_CERT"),
+                ("ECSMESH_TLS_KEY", "TLS_AGENT_KEY"),
+                (
+                    "ECSMESH_CONTROLLER_SERVER_NAME",
+                    "TLS_CONTROLLER_SERVER_NAME",
+                ),
+            ] {
+                let value = vars.get(var).map_or("", String::as_str);
+                let _ = writeln!(agent_args, "    -e {env}='{value}' \\");
+            }
+        }
+        if cfg.managed_tokens() {
+            // The agent token only: the admin token stays off the agent.
+            let _ = writeln!(
+                agent_args,
+                "    -v {AGENT_TOKEN_DIR}:{AGENT_TOKEN_DIR}:ro \\"
+            );
+            let file = vars.get("AGENT_TOKEN_FILE").map_or("", String::as_str);
+            let _ = writeln!(
+                agent_args,
+                "    -e ECSMESH_CONTROLLER_TOKEN_FILE='{file}' \\"
+            );
+        }
+        vars.insert("SECRETS_FETCH", fetch);
+        vars.insert("AGENT_SECRET_ARGS", agent_args);
+        render::render("user-data.sh", render::USER_DATA, &vars)
+    }
+
+    async fn task_def_state(
+        &self,
+        role: &'static str,
+        template: &'static str,
+        events_queue_url: Option<&str>,
+        render: &Rendering,
+    ) -> Result<TaskDefState> {
+        let spec = TaskDefSpec::parse(&self.render_task(template, events_queue_url, render)?)
+            .map_err(|e| DeployError::Template {
+                template: role,
+                reason: e.to_string(),
+            })?;
+        if self.active_revisions(&spec.family).await?.is_empty() {
+            return Ok(TaskDefState {
+                spec,
+                latest_arn: None,
+                same: false,
+            });
+        }
+        let out = self
+            .ecs
+            .describe_task_definition()
+            .task_definition(&spec.family)
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("DescribeTaskDefinition", &spec.family, &e))?;
+        let Some(td) = out.task_definition() else {
+            return Ok(TaskDefState {
+                spec,
+                latest_arn: None,
+                same: false,
+            });
+        };
+        let same = TaskDefSpec::from_sdk(td) == spec;
+        Ok(TaskDefState {
+            latest_arn: td.task_definition_arn().map(str::to_owned),
+            spec,
+            same,
+        })
+    }
+
+    /// ACTIVE revisions of exactly this family.
+    async fn active_revisions(&self, family: &str) -> Result<Vec<String>> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ecs
+            .list_task_definitions()
+            .family_prefix(family)
+            .status(ecs::types::TaskDefinitionStatus::Active)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| DeployError::aws("ListTaskDefinitions", family, &e))?;
+            arns.extend(
+                page.task_definition_arns()
+                    .iter()
+                    .filter(|a| {
+                        a.rsplit_once(':').is_some_and(|(head, _)| {
+                            head.ends_with(&format!("task-definition/{family}"))
+                        })
+                    })
+                    .cloned(),
+            );
+        }
+        Ok(arns)
+    }
+
+    async fn task_def_owned(&self, arn: &str) -> Result<bool> {
+        let out = self
+            .ecs
+            .describe_task_definition()
+            .task_definition(arn)
+            .include(ecs::types::TaskDefinitionField::Tags)
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("DescribeTaskDefinition", arn, &e))?;
+        Ok(owned_ecs(out.tags(), &self.cfg))
+    }
+
+    async fn register(&self, spec: &TaskDefSpec) -> Result<String> {
+        let out = self
+            .ecs
+            .register_task_definition()
+            .family(&spec.family)
+            .set_network_mode(spec.network_mode_sdk())
+            .set_requires_compatibilities(Some(spec.compatibilities_sdk()))
+            .set_container_definitions(Some(spec.containers_sdk()))
+            .set_volumes(Some(spec.volumes_sdk()))
+            .tags(ecs_tag(OWNER_TAG, &self.cfg.cluster))
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("RegisterTaskDefinition", &spec.family, &e))?;
+        out.task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                DeployError::State(format!(
+                    "RegisterTaskDefinition {}: no ARN in the answer",
+                    spec.family
+                ))
+            })
+    }
+
+    /// `up`'s task definitions: a new revision of each family whose rendered
+    /// definition differs from its latest. Each role's ARN (none in a dry
+    /// run before it is registered).
+    pub(crate) async fn up_task_definitions(
+        &self,
+        dry_run: bool,
+        events_queue_url: Option<&str>,
+        render: &Rendering,
+        steps: &mut Vec<Step>,
+    ) -> Result<BTreeMap<&'static str, Option<String>>> {
+        let mut td_arns = BTreeMap::new();
+        for (role, template) in self.task_templates() {
+            let state = self
+                .task_def_state(role, template, events_queue_url, render)
+                .await?;
+            let family = state.spec.family.clone();
+            let arn = if state.same {
+                let arn = state.latest_arn.clone().unwrap_or_default();
+                self.push(steps, "task-definition", &family, Action::Unchanged, &arn);
+                Some(arn)
+            } else {
+                let action = if state.latest_arn.is_some() {
+                    Action::Update
+                } else {
+                    Action::Create
+                };
+                let arn = if dry_run {
+                    None
+                } else {
+                    Some(self.register(&state.spec).await?)
+                };
+                self.push(
+                    steps,
+                    "task-definition",
+                    &family,
+                    action,
+                    arn.clone().unwrap_or_default(),
+                );
+                arn
+            };
+            td_arns.insert(role, arn);
+        }
+        Ok(td_arns)
+    }
+
+    /// `down`'s task definitions: every ACTIVE revision of our families (the
+    /// family names do not depend on the images), when tagged ours.
+    pub(crate) async fn down_task_definitions(
+        &self,
+        dry_run: bool,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let repo_images = Rendering::from_config(cfg);
+        for (_, template) in Self::all_task_templates() {
+            let family = TaskDefSpec::parse(&self.render_task(template, None, &repo_images)?)
+                .map_err(|e| DeployError::Template {
+                    template: "task definition",
+                    reason: e.to_string(),
+                })?
+                .family;
+            let arns = self.active_revisions(&family).await?;
+            if arns.is_empty() {
+                self.push(steps, "task-definition", &family, Action::Absent, "");
+            }
+            for arn in arns {
+                if !self.task_def_owned(&arn).await? {
+                    self.push_kept(steps, "task-definition", &arn);
+                    continue;
+                }
+                if !dry_run {
+                    self.ecs
+                        .deregister_task_definition()
+                        .task_definition(&arn)
+                        .send()
+                        .await
+                        .map_err(|e| DeployError::aws("DeregisterTaskDefinition", &arn, &e))?;
+                }
+                self.push(steps, "task-definition", arn, Action::Delete, "");
+            }
+        }
+        Ok(())
+    }
+}
