@@ -229,14 +229,15 @@ impl DeployConfig {
         }
         self.check_events_names()?;
         self.check_images()?;
-        if self.managed_instance_profile() && self.instance_role_name().len() > IAM_NAME_MAX {
+        // The longer of the two roles' names.
+        if self.managed_instance_profile() && self.controller_role_name().len() > IAM_NAME_MAX {
             return Err(DeployError::Config {
                 name: "cluster",
                 reason: format!(
-                    "{:?} is too long for the instances' IAM role {} ({IAM_NAME_MAX} characters \
-                     at most): use a shorter name or pass --instance-profile",
+                    "{:?} is too long for the controller's IAM role {} ({IAM_NAME_MAX} \
+                     characters at most): use a shorter name or pass --instance-profile",
                     self.cluster,
-                    self.instance_role_name()
+                    self.controller_role_name()
                 ),
             });
         }
@@ -502,6 +503,12 @@ impl DeployConfig {
         format!("{}-instance", self.base_name())
     }
 
+    /// The controller's task role `up` creates with the instances' role:
+    /// `ecsmesh-<cluster>-controller`.
+    pub fn controller_role_name(&self) -> String {
+        format!("{}-controller", self.base_name())
+    }
+
     /// The profile the instances get: the user's, else the managed one.
     pub fn effective_instance_profile(&self) -> Option<String> {
         Some(
@@ -734,6 +741,10 @@ mod tests {
             "{err}"
         );
         cfg.ecs_events = false;
+        // The controller's IAM role: 64 characters at most.
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("--instance-profile"), "{err}");
+        cfg.instance_profile = Some("team-instances".to_owned());
         assert!(cfg.validate().is_ok());
     }
 

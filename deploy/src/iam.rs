@@ -1,10 +1,14 @@
-//! The instances' IAM role and instance profile, which `up` creates when the
-//! user names none (`--instance-profile`), so that an account with nothing
-//! in it is enough: role and profile [`DeployConfig::instance_role_name`],
-//! trusted by EC2 (`iam/ec2-trust-policy.json`), with two inline policies,
-//! `iam/instance-policy.json` (the ECS container agent, the secret
-//! parameters) and `iam/controller-policy.json` (the controller runs in host
-//! network mode with the instance's credentials). Both tagged as ours.
+//! The IAM roles `up` creates when the user names no instance profile
+//! (`--instance-profile`), so that an account with nothing in it is enough:
+//! the instances' role and instance profile
+//! ([`DeployConfig::instance_role_name`], trusted by EC2,
+//! `iam/ec2-trust-policy.json`, inline policy `iam/instance-policy.json`:
+//! the ECS container agent, the secret parameters), and the controller's
+//! task role ([`DeployConfig::controller_role_name`], trusted by ECS tasks,
+//! `iam/ecs-tasks-trust-policy.json`, inline policy
+//! `iam/controller-policy.json`: ECS/EC2 reads, the events queue, the dtab
+//! table), so that only the controller's task holds the controller's
+//! rights. All tagged as ours.
 //!
 //! The same shape as the other resource modules: observe, a pure plan,
 //! apply, destroy. The policies are compared as JSON documents, so a second
@@ -22,24 +26,56 @@ const ROLE: &str = "iam-role";
 const POLICY: &str = "iam-role-policy";
 const PROFILE: &str = "instance-profile";
 
-const TRUST_POLICY: &str = include_str!("../iam/ec2-trust-policy.json");
-/// The role's inline policies: name and document.
-const POLICIES: [(&str, &str); 2] = [
-    (
-        "ecsmesh-instance",
-        include_str!("../iam/instance-policy.json"),
-    ),
-    (
-        "ecsmesh-controller",
-        include_str!("../iam/controller-policy.json"),
-    ),
-];
+const EC2_TRUST: &str = include_str!("../iam/ec2-trust-policy.json");
+const TASKS_TRUST: &str = include_str!("../iam/ecs-tasks-trust-policy.json");
+/// Each role's inline policy: name and document.
+const INSTANCE_POLICIES: &[(&str, &str)] = &[(
+    "ecsmesh-instance",
+    include_str!("../iam/instance-policy.json"),
+)];
+const CONTROLLER_POLICIES: &[(&str, &str)] = &[(
+    "ecsmesh-controller",
+    include_str!("../iam/controller-policy.json"),
+)];
+
+/// One role `up` makes.
+#[derive(Clone, Debug)]
+pub(crate) struct RoleSpec {
+    name: String,
+    trust: &'static str,
+    /// Who may assume it, for the report.
+    trusted_by: &'static str,
+    policies: &'static [(&'static str, &'static str)],
+    /// With an instance profile of the same name (the instances' role).
+    profile: bool,
+}
+
+/// The instances' role (with its profile) and the controller's task role.
+pub(crate) fn role_specs(cfg: &crate::DeployConfig) -> [RoleSpec; 2] {
+    [
+        RoleSpec {
+            name: cfg.instance_role_name(),
+            trust: EC2_TRUST,
+            trusted_by: "EC2",
+            policies: INSTANCE_POLICIES,
+            profile: true,
+        },
+        RoleSpec {
+            name: cfg.controller_role_name(),
+            trust: TASKS_TRUST,
+            trusted_by: "ECS tasks",
+            policies: CONTROLLER_POLICIES,
+            profile: false,
+        },
+    ]
+}
 
 /// The role and profile as they are.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Observed {
     /// The role exists; tagged ours.
     role: Option<bool>,
+    arn: Option<String>,
     trust_same: bool,
     /// Inline policy name -> whether its document is the one wanted.
     policies: Vec<(String, bool)>,
@@ -59,7 +95,8 @@ pub(crate) enum Change {
 
 /// What `up` does, from what is there (no I/O); a role or profile of that
 /// name that is not ours is an error (it would be used without being known).
-pub(crate) fn plan(name: &str, have: &Observed) -> Result<Vec<Change>> {
+pub(crate) fn plan(spec: &RoleSpec, have: &Observed) -> Result<Vec<Change>> {
+    let name = spec.name.as_str();
     if have.role == Some(false) || have.profile.as_ref().is_some_and(|(owned, _)| !owned) {
         return Err(DeployError::State(format!(
             "IAM role or instance profile {name} exists without the tag {OWNER_TAG}: pass it \
@@ -72,7 +109,7 @@ pub(crate) fn plan(name: &str, have: &Observed) -> Result<Vec<Change>> {
         Some(_) if !have.trust_same => changes.push(Change::UpdateTrust),
         Some(_) => {}
     }
-    for (policy, _) in POLICIES {
+    for (policy, _) in spec.policies {
         match have.policies.iter().find(|(n, _)| n == policy) {
             None => changes.push(Change::PutPolicy(policy, Action::Create)),
             Some((_, false)) => changes.push(Change::PutPolicy(policy, Action::Update)),
@@ -80,6 +117,7 @@ pub(crate) fn plan(name: &str, have: &Observed) -> Result<Vec<Change>> {
         }
     }
     match &have.profile {
+        _ if !spec.profile => {}
         None => changes.extend([Change::CreateProfile, Change::AddRoleToProfile]),
         Some((_, roles)) if !roles.iter().any(|r| r == name) => {
             changes.push(Change::AddRoleToProfile);
@@ -142,26 +180,27 @@ fn no_such_entity<E: iam::error::ProvideErrorMetadata>(e: &E) -> bool {
 }
 
 impl Deployer {
-    /// The role, its inline policies and the profile, as they are.
-    pub(crate) async fn observe_iam(&self) -> Result<Observed> {
-        let name = self.cfg.instance_role_name();
+    /// The role, its inline policies and its profile, as they are.
+    pub(crate) async fn observe_iam(&self, spec: &RoleSpec) -> Result<Observed> {
+        let name = spec.name.as_str();
         let owned = |tags: &[iam::types::Tag]| {
             tags.iter()
                 .any(|t| t.key() == OWNER_TAG && t.value() == self.cfg.owner())
         };
         let mut have = Observed::default();
-        match self.iam.get_role().role_name(&name).send().await {
+        match self.iam.get_role().role_name(name).send().await {
             Ok(out) => {
                 let role = out.role();
                 have.role = Some(role.is_some_and(|r| owned(r.tags())));
+                have.arn = role.map(|r| r.arn().to_owned());
                 have.trust_same = role
                     .and_then(|r| r.assume_role_policy_document())
-                    .is_some_and(|d| same_document(d, TRUST_POLICY));
-                for (policy, want) in POLICIES {
+                    .is_some_and(|d| same_document(d, spec.trust));
+                for &(policy, want) in spec.policies {
                     match self
                         .iam
                         .get_role_policy()
-                        .role_name(&name)
+                        .role_name(name)
                         .policy_name(policy)
                         .send()
                         .await
@@ -170,17 +209,20 @@ impl Deployer {
                             .policies
                             .push((policy.to_owned(), same_document(p.policy_document(), want))),
                         Err(e) if e.as_service_error().is_some_and(no_such_entity) => {}
-                        Err(e) => return Err(DeployError::aws("GetRolePolicy", &name, &e)),
+                        Err(e) => return Err(DeployError::aws("GetRolePolicy", name, &e)),
                     }
                 }
             }
             Err(e) if e.as_service_error().is_some_and(no_such_entity) => {}
-            Err(e) => return Err(DeployError::aws("GetRole", &name, &e)),
+            Err(e) => return Err(DeployError::aws("GetRole", name, &e)),
+        }
+        if !spec.profile {
+            return Ok(have);
         }
         match self
             .iam
             .get_instance_profile()
-            .instance_profile_name(&name)
+            .instance_profile_name(name)
             .send()
             .await
         {
@@ -192,34 +234,63 @@ impl Deployer {
                 have.profile = Some((p.is_some_and(|p| owned(p.tags())), roles));
             }
             Err(e) if e.as_service_error().is_some_and(no_such_entity) => {}
-            Err(e) => return Err(DeployError::aws("GetInstanceProfile", &name, &e)),
+            Err(e) => return Err(DeployError::aws("GetInstanceProfile", name, &e)),
         }
         Ok(have)
     }
 
-    /// `up`'s role and profile, unless the user named a profile.
-    pub(crate) async fn up_iam(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    /// `up`'s roles (and the instances' profile), unless the user named a
+    /// profile. The controller's task role's ARN, for its task definition
+    /// (none then, or in a dry run before the role exists).
+    pub(crate) async fn up_iam(
+        &self,
+        dry_run: bool,
+        steps: &mut Vec<Step>,
+    ) -> Result<Option<String>> {
         if !self.cfg.managed_instance_profile() {
-            return Ok(());
+            return Ok(None);
         }
-        let name = self.cfg.instance_role_name();
-        let changes = plan(&name, &self.observe_iam().await?)?;
-        if changes.is_empty() {
-            let detail = "trusted by EC2; ECS agent and controller policies";
-            self.push(steps, ROLE, &name, Action::Unchanged, detail);
+        let mut controller_role = None;
+        for spec in role_specs(&self.cfg) {
+            let have = self.observe_iam(&spec).await?;
+            let made = self.up_role(dry_run, &spec, &have, steps).await?;
+            if !spec.profile {
+                controller_role = made.or(have.arn);
+            }
+        }
+        Ok(controller_role)
+    }
+
+    /// One role: its changes applied and reported. The ARN of a role made.
+    async fn up_role(
+        &self,
+        dry_run: bool,
+        spec: &RoleSpec,
+        have: &Observed,
+        steps: &mut Vec<Step>,
+    ) -> Result<Option<String>> {
+        let name = spec.name.clone();
+        let changes = plan(spec, have)?;
+        let trusted = format!("trusted by {}", spec.trusted_by);
+        if !changes.contains(&Change::CreateRole) {
+            self.push(steps, ROLE, &name, Action::Unchanged, &trusted);
+        }
+        if spec.profile && !changes.contains(&Change::CreateProfile) {
             self.push(steps, PROFILE, &name, Action::Unchanged, "");
         }
         let new_profile = changes.contains(&Change::CreateProfile);
+        let mut made = None;
         for change in changes {
             if !dry_run {
-                self.apply_iam(&name, &change).await?;
+                let arn = self.apply_iam(spec, &change).await?;
+                made = made.or(arn);
             }
             // A new profile's role is part of making it: one line.
             if new_profile && change == Change::AddRoleToProfile {
                 continue;
             }
             let (kind, item, action, detail) = match change {
-                Change::CreateRole => (ROLE, name.clone(), Action::Create, "trusted by EC2"),
+                Change::CreateRole => (ROLE, name.clone(), Action::Create, trusted.as_str()),
                 Change::UpdateTrust => (ROLE, name.clone(), Action::Update, "trust policy"),
                 Change::PutPolicy(p, action) => (POLICY, format!("{name}/{p}"), action, ""),
                 Change::CreateProfile => (PROFILE, name.clone(), Action::Create, "with the role"),
@@ -227,34 +298,41 @@ impl Deployer {
             };
             self.push(steps, kind, item, action, detail);
         }
-        Ok(())
+        Ok(made)
     }
 
-    async fn apply_iam(&self, name: &str, change: &Change) -> Result<()> {
-        let owner = self.cfg.owner();
+    /// One change; a new role's ARN.
+    async fn apply_iam(&self, spec: &RoleSpec, change: &Change) -> Result<Option<String>> {
+        let (owner, name) = (self.cfg.owner(), spec.name.as_str());
         match change {
             Change::CreateRole => {
-                self.iam
+                let out = self
+                    .iam
                     .create_role()
                     .role_name(name)
-                    .assume_role_policy_document(TRUST_POLICY)
-                    .description(format!("ecsmesh cluster {owner}: its instances"))
+                    .assume_role_policy_document(spec.trust)
+                    .description(format!(
+                        "ecsmesh cluster {owner}: assumed by {}",
+                        spec.trusted_by
+                    ))
                     .tags(tag(owner)?)
                     .send()
                     .await
                     .map_err(|e| DeployError::aws("CreateRole", name, &e))?;
+                return Ok(out.role().map(|r| r.arn().to_owned()));
             }
             Change::UpdateTrust => {
                 self.iam
                     .update_assume_role_policy()
                     .role_name(name)
-                    .policy_document(TRUST_POLICY)
+                    .policy_document(spec.trust)
                     .send()
                     .await
                     .map_err(|e| DeployError::aws("UpdateAssumeRolePolicy", name, &e))?;
             }
             Change::PutPolicy(policy, _) => {
-                let doc = POLICIES
+                let doc = spec
+                    .policies
                     .iter()
                     .find(|(n, _)| n == policy)
                     .map(|(_, d)| *d)
@@ -287,15 +365,22 @@ impl Deployer {
                     .map_err(|e| DeployError::aws("AddRoleToInstanceProfile", name, &e))?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// `down`'s role and profile (whatever this run's `--instance-profile`):
     /// the profile emptied and deleted, the role's inline policies, the role;
     /// each only when tagged ours.
     pub(crate) async fn down_iam(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        let name = self.cfg.instance_role_name();
-        let have = self.observe_iam().await?;
+        for spec in role_specs(&self.cfg) {
+            self.down_role(dry_run, &spec, steps).await?;
+        }
+        Ok(())
+    }
+
+    async fn down_role(&self, dry_run: bool, spec: &RoleSpec, steps: &mut Vec<Step>) -> Result<()> {
+        let name = spec.name.clone();
+        let have = self.observe_iam(spec).await?;
         match &have.profile {
             Some((true, roles)) => {
                 if !dry_run {
@@ -320,7 +405,8 @@ impl Deployer {
                 self.push(steps, PROFILE, &name, Action::Delete, "");
             }
             Some((false, _)) => self.push_kept(steps, PROFILE, &name),
-            None => self.push(steps, PROFILE, &name, Action::Absent, ""),
+            None if spec.profile => self.push(steps, PROFILE, &name, Action::Absent, ""),
+            None => {}
         }
         match have.role {
             Some(true) => {
@@ -360,60 +446,72 @@ impl Deployer {
 mod tests {
     use super::*;
 
-    fn ours() -> Observed {
+    fn specs() -> [RoleSpec; 2] {
+        role_specs(&crate::DeployConfig::new("c", "r"))
+    }
+
+    fn ours(spec: &RoleSpec) -> Observed {
         Observed {
             role: Some(true),
+            arn: Some("arn:aws:iam::1:role/r".to_owned()),
             trust_same: true,
-            policies: POLICIES
+            policies: spec
+                .policies
                 .iter()
                 .map(|(n, _)| ((*n).to_owned(), true))
                 .collect(),
-            profile: Some((true, vec!["r".to_owned()])),
+            profile: spec.profile.then(|| (true, vec![spec.name.clone()])),
         }
     }
 
     #[test]
-    fn the_role_and_profile_are_planned_from_what_exists() {
-        let all = plan("r", &Observed::default()).unwrap();
+    fn the_roles_and_profile_are_planned_from_what_exists() {
+        let [instance, controller] = specs();
+        assert_eq!(instance.name, "ecsmesh-c-instance");
+        assert_eq!(controller.name, "ecsmesh-c-controller");
         assert_eq!(
-            all,
+            plan(&instance, &Observed::default()).unwrap(),
             [
                 Change::CreateRole,
                 Change::PutPolicy("ecsmesh-instance", Action::Create),
-                Change::PutPolicy("ecsmesh-controller", Action::Create),
                 Change::CreateProfile,
                 Change::AddRoleToProfile,
             ]
         );
-        assert!(plan("r", &ours()).unwrap().is_empty());
-        let mut drift = ours();
+        // The task role: no profile.
+        assert_eq!(
+            plan(&controller, &Observed::default()).unwrap(),
+            [
+                Change::CreateRole,
+                Change::PutPolicy("ecsmesh-controller", Action::Create),
+            ]
+        );
+        assert!(plan(&instance, &ours(&instance)).unwrap().is_empty());
+        assert!(plan(&controller, &ours(&controller)).unwrap().is_empty());
+        let mut drift = ours(&instance);
         drift.trust_same = false;
-        drift.policies[1].1 = false;
+        drift.policies[0].1 = false;
         drift.profile = Some((true, Vec::new()));
         assert_eq!(
-            plan("r", &drift).unwrap(),
+            plan(&instance, &drift).unwrap(),
             [
                 Change::UpdateTrust,
-                Change::PutPolicy("ecsmesh-controller", Action::Update),
+                Change::PutPolicy("ecsmesh-instance", Action::Update),
                 Change::AddRoleToProfile,
             ]
         );
-        let mut foreign = ours();
+        let mut foreign = ours(&controller);
         foreign.role = Some(false);
-        assert!(
-            plan("r", &foreign)
-                .unwrap_err()
-                .to_string()
-                .contains("--instance-profile")
-        );
+        let err = plan(&controller, &foreign).unwrap_err().to_string();
+        assert!(err.contains("--instance-profile"), "{err}");
     }
 
     #[test]
     fn documents_compare_as_iam_gives_them_back() {
         let encoded = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Principal%22%3A%7B%22Service%22%3A%5B%22ec2.amazonaws.com%22%5D%7D%2C%22Action%22%3A%22sts%3AAssumeRole%22%7D%5D%7D";
-        assert!(same_document(encoded, TRUST_POLICY));
-        assert!(same_document(TRUST_POLICY, TRUST_POLICY));
-        assert!(!same_document(encoded, POLICIES[0].1));
-        assert!(!same_document("%ZZ", TRUST_POLICY));
+        assert!(same_document(encoded, EC2_TRUST));
+        assert!(!same_document(encoded, TASKS_TRUST));
+        assert!(!same_document(encoded, INSTANCE_POLICIES[0].1));
+        assert!(!same_document("%ZZ", EC2_TRUST));
     }
 }

@@ -162,7 +162,7 @@ impl Deployer {
 
         // 1c. The instances' role and profile (unless the user names one),
         // before the launch template that names it.
-        self.up_iam(dry_run, &mut steps).await?;
+        let controller_task_role = self.up_iam(dry_run, &mut steps).await?;
 
         // 2. Security group and ingress.
         let group_id = self.up_security_group(dry_run, &net, &mut steps).await?;
@@ -194,6 +194,11 @@ impl Deployer {
                 None if cfg.managed_load_balancer() => "(the new load balancer)".to_owned(),
                 None => cfg.agent_controller_address(),
             },
+            controller_task_role: controller_task_role.or_else(|| {
+                // A dry run before the role exists: the plan says so.
+                cfg.managed_instance_profile()
+                    .then(|| "(the new controller role)".to_owned())
+            }),
         };
         let target_group = reach
             .target_group

@@ -21,6 +21,9 @@ pub struct TaskDefSpec {
     pub container_definitions: Vec<ContainerSpec>,
     #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
+    /// The task's own IAM role (the controller's, when `up` makes it).
+    #[serde(default)]
+    pub task_role_arn: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +107,9 @@ impl TaskDefSpec {
             .map(|v| v.name.clone())
             .collect();
         spec.volumes.retain(|v| !unset.contains(&v.name));
+        if spec.task_role_arn.as_deref() == Some("") {
+            spec.task_role_arn = None;
+        }
         for c in &mut spec.container_definitions {
             c.environment.retain(|e| !e.value.is_empty());
             c.mount_points.retain(|m| !unset.contains(&m.source_volume));
@@ -184,6 +190,7 @@ impl TaskDefSpec {
         Self {
             family: td.family().unwrap_or_default().to_owned(),
             network_mode: td.network_mode().map(|m| m.as_str().to_owned()),
+            task_role_arn: td.task_role_arn().map(str::to_owned),
             requires_compatibilities: td
                 .requires_compatibilities()
                 .iter()

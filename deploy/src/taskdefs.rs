@@ -38,6 +38,8 @@ pub(crate) struct Rendering {
     pub(crate) images: ImageRefs,
     /// What agents dial (the load balancer's name when `up` made it).
     pub(crate) controller_address: String,
+    /// The controller's task role (when `up` makes the roles).
+    pub(crate) controller_task_role: Option<String>,
 }
 
 impl Rendering {
@@ -46,6 +48,7 @@ impl Rendering {
         Self {
             images: ImageRefs::from_repo(cfg),
             controller_address: cfg.agent_controller_address(),
+            controller_task_role: None,
         }
     }
 }
@@ -99,6 +102,10 @@ impl Deployer {
             ("IMAGE_REPO", cfg.image_repo.clone()),
             ("IMAGE_TAG", cfg.image_tag.clone()),
             ("CONTROLLER_ADDRESS", render.controller_address.clone()),
+            (
+                "CONTROLLER_TASK_ROLE_ARN",
+                render.controller_task_role.clone().unwrap_or_default(),
+            ),
             ("CONTROLLER_STORE", cfg.store.as_str().to_owned()),
             (
                 "DYNAMODB_TABLE",
@@ -338,6 +345,7 @@ impl Deployer {
             .set_requires_compatibilities(Some(spec.compatibilities_sdk()))
             .set_container_definitions(Some(spec.containers_sdk()))
             .set_volumes(Some(spec.volumes_sdk()))
+            .set_task_role_arn(spec.task_role_arn.clone())
             .tags(ecs_tag(OWNER_TAG, &self.cfg.cluster))
             .send()
             .await

@@ -2068,8 +2068,9 @@ async fn up_makes_the_instance_role_unless_one_is_given() {
     for c in [
         "create iam-role ecsmesh-sigma-instance",
         "create iam-role-policy ecsmesh-sigma-instance/ecsmesh-instance",
-        "create iam-role-policy ecsmesh-sigma-instance/ecsmesh-controller",
         "create instance-profile ecsmesh-sigma-instance",
+        "create iam-role ecsmesh-sigma-controller",
+        "create iam-role-policy ecsmesh-sigma-controller/ecsmesh-controller",
     ] {
         assert!(
             changes(&first).contains(&c.to_owned()),
@@ -2098,9 +2099,40 @@ async fn up_makes_the_instance_role_unless_one_is_given() {
         .send()
         .await
         .unwrap();
-    let mut names = policies.policy_names().to_vec();
-    names.sort();
-    assert_eq!(names, ["ecsmesh-controller", "ecsmesh-instance"]);
+    // The instances get the ECS agent's policy only: the controller's
+    // rights are its task's.
+    assert_eq!(policies.policy_names(), ["ecsmesh-instance"]);
+    let controller = iamc
+        .get_role()
+        .role_name("ecsmesh-sigma-controller")
+        .send()
+        .await
+        .unwrap();
+    let controller = controller.role().unwrap();
+    assert!(
+        controller
+            .assume_role_policy_document()
+            .unwrap()
+            .contains("ecs-tasks.amazonaws.com")
+    );
+    let policies = iamc
+        .list_role_policies()
+        .role_name("ecsmesh-sigma-controller")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(policies.policy_names(), ["ecsmesh-controller"]);
+    let ecsc = ecs::Client::new(&conf);
+    let td = task_definition(&ecsc, "ecsmesh-sigma-controller").await;
+    assert_eq!(td.task_role_arn(), Some(controller.arn()));
+    assert!(
+        task_definition(&ecsc, "ecsmesh-sigma-agent")
+            .await
+            .task_role_arn()
+            .is_none()
+    );
+    let user_data = launch_template_user_data(&conf, "ecsmesh-sigma").await;
+    assert!(user_data.contains("ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=true"));
     let profile = iamc
         .get_instance_profile()
         .instance_profile_name("ecsmesh-sigma-instance")
@@ -2134,7 +2166,7 @@ async fn up_makes_the_instance_role_unless_one_is_given() {
 
     // An edited policy is put back.
     iamc.put_role_policy()
-        .role_name("ecsmesh-sigma-instance")
+        .role_name("ecsmesh-sigma-controller")
         .policy_name("ecsmesh-controller")
         .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#)
         .send()
@@ -2142,11 +2174,19 @@ async fn up_makes_the_instance_role_unless_one_is_given() {
         .unwrap();
     assert_eq!(
         changes(&d.up(false).await.unwrap()),
-        ["update iam-role-policy ecsmesh-sigma-instance/ecsmesh-controller"]
+        ["update iam-role-policy ecsmesh-sigma-controller/ecsmesh-controller"]
     );
 
     let down = d.down(false).await.unwrap();
     assert!(changes(&down).contains(&"delete iam-role ecsmesh-sigma-instance".to_owned()));
+    assert!(changes(&down).contains(&"delete iam-role ecsmesh-sigma-controller".to_owned()));
+    assert!(
+        iamc.get_role()
+            .role_name("ecsmesh-sigma-controller")
+            .send()
+            .await
+            .is_err()
+    );
     assert!(
         iamc.get_role()
             .role_name("ecsmesh-sigma-instance")
