@@ -33,10 +33,39 @@ const INSTANCE_POLICIES: &[(&str, &str)] = &[(
     "ecsmesh-instance",
     include_str!("../iam/instance-policy.json"),
 )];
-const CONTROLLER_POLICIES: &[(&str, &str)] = &[(
-    "ecsmesh-controller",
-    include_str!("../iam/controller-policy.json"),
-)];
+/// The controller's policy as documented (every cluster's queue and table,
+/// for a role the user attaches it to); `up` narrows it to this cluster's
+/// ([`controller_policy`]).
+const CONTROLLER_POLICY: &str = include_str!("../iam/controller-policy.json");
+const CONTROLLER_POLICY_NAME: &str = "ecsmesh-controller";
+
+/// The controller's policy for this cluster: the events queue's and the
+/// dtab table's statements name exactly this cluster's queue and table
+/// (in the tool's region), or are left out when `up` makes neither.
+pub(crate) fn controller_policy(cfg: &crate::DeployConfig) -> String {
+    let Ok(mut doc) = serde_json::from_str::<Value>(CONTROLLER_POLICY) else {
+        return CONTROLLER_POLICY.to_owned();
+    };
+    let region = &cfg.region;
+    if let Some(statements) = doc.get_mut("Statement").and_then(Value::as_array_mut) {
+        statements.retain_mut(|st| {
+            let (keep, resource) = match st.get("Sid").and_then(Value::as_str) {
+                Some("EcsmeshEcsEventsQueue") => (
+                    cfg.ecs_events,
+                    format!("arn:aws:sqs:{region}:*:{}", cfg.events_queue_name()),
+                ),
+                Some("EcsmeshDtabStoreTable") => (
+                    cfg.dynamodb_store(),
+                    format!("arn:aws:dynamodb:{region}:*:table/{}", cfg.dynamodb_table()),
+                ),
+                _ => return true,
+            };
+            st["Resource"] = Value::String(resource);
+            keep
+        });
+    }
+    doc.to_string()
+}
 
 /// One role `up` makes.
 #[derive(Clone, Debug)]
@@ -45,7 +74,7 @@ pub(crate) struct RoleSpec {
     trust: &'static str,
     /// Who may assume it, for the report.
     trusted_by: &'static str,
-    policies: &'static [(&'static str, &'static str)],
+    policies: Vec<(&'static str, String)>,
     /// With an instance profile of the same name (the instances' role).
     profile: bool,
 }
@@ -57,14 +86,17 @@ pub(crate) fn role_specs(cfg: &crate::DeployConfig) -> [RoleSpec; 2] {
             name: cfg.instance_role_name(),
             trust: EC2_TRUST,
             trusted_by: "EC2",
-            policies: INSTANCE_POLICIES,
+            policies: INSTANCE_POLICIES
+                .iter()
+                .map(|(n, d)| (*n, (*d).to_owned()))
+                .collect(),
             profile: true,
         },
         RoleSpec {
             name: cfg.controller_role_name(),
             trust: TASKS_TRUST,
             trusted_by: "ECS tasks",
-            policies: CONTROLLER_POLICIES,
+            policies: vec![(CONTROLLER_POLICY_NAME, controller_policy(cfg))],
             profile: false,
         },
     ]
@@ -109,7 +141,7 @@ pub(crate) fn plan(spec: &RoleSpec, have: &Observed) -> Result<Vec<Change>> {
         Some(_) if !have.trust_same => changes.push(Change::UpdateTrust),
         Some(_) => {}
     }
-    for (policy, _) in spec.policies {
+    for &(policy, _) in &spec.policies {
         match have.policies.iter().find(|(n, _)| n == policy) {
             None => changes.push(Change::PutPolicy(policy, Action::Create)),
             Some((_, false)) => changes.push(Change::PutPolicy(policy, Action::Update)),
@@ -196,18 +228,19 @@ impl Deployer {
                 have.trust_same = role
                     .and_then(|r| r.assume_role_policy_document())
                     .is_some_and(|d| same_document(d, spec.trust));
-                for &(policy, want) in spec.policies {
+                for (policy, want) in &spec.policies {
                     match self
                         .iam
                         .get_role_policy()
                         .role_name(name)
-                        .policy_name(policy)
+                        .policy_name(*policy)
                         .send()
                         .await
                     {
-                        Ok(p) => have
-                            .policies
-                            .push((policy.to_owned(), same_document(p.policy_document(), want))),
+                        Ok(p) => have.policies.push((
+                            (*policy).to_owned(),
+                            same_document(p.policy_document(), want),
+                        )),
                         Err(e) if e.as_service_error().is_some_and(no_such_entity) => {}
                         Err(e) => return Err(DeployError::aws("GetRolePolicy", name, &e)),
                     }
@@ -335,7 +368,7 @@ impl Deployer {
                     .policies
                     .iter()
                     .find(|(n, _)| n == policy)
-                    .map(|(_, d)| *d)
+                    .map(|(_, d)| d.as_str())
                     .unwrap_or_default();
                 self.iam
                     .put_role_policy()
@@ -504,6 +537,32 @@ mod tests {
         foreign.role = Some(false);
         let err = plan(&controller, &foreign).unwrap_err().to_string();
         assert!(err.contains("--instance-profile"), "{err}");
+    }
+
+    /// The task role's policy names this cluster's queue and table only,
+    /// and drops what `up` does not make.
+    #[test]
+    fn the_controller_policy_is_narrowed_to_the_cluster() {
+        let mut cfg = crate::DeployConfig::new("prod", "eu-west-1");
+        let doc: Value = serde_json::from_str(&controller_policy(&cfg)).unwrap();
+        let resources: Vec<String> = doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["Resource"].to_string())
+            .collect();
+        assert_eq!(
+            resources,
+            [
+                r#""*""#,
+                r#""arn:aws:sqs:eu-west-1:*:ecsmesh-prod-events""#,
+                r#""arn:aws:dynamodb:eu-west-1:*:table/ecsmesh-prod-dtabs""#
+            ]
+        );
+        cfg.ecs_events = false;
+        cfg.store = crate::StoreKind::File;
+        let doc: Value = serde_json::from_str(&controller_policy(&cfg)).unwrap();
+        assert_eq!(doc["Statement"].as_array().unwrap().len(), 1, "{doc:#}");
     }
 
     #[test]

@@ -2122,6 +2122,23 @@ async fn up_makes_the_instance_role_unless_one_is_given() {
         .await
         .unwrap();
     assert_eq!(policies.policy_names(), ["ecsmesh-controller"]);
+    let doc = iamc
+        .get_role_policy()
+        .role_name("ecsmesh-sigma-controller")
+        .policy_name("ecsmesh-controller")
+        .send()
+        .await
+        .unwrap();
+    // This cluster's table and queue, no other.
+    let doc = doc
+        .policy_document()
+        .replace("%3A", ":")
+        .replace("%2F", "/");
+    assert!(
+        doc.contains("table/ecsmesh-sigma-dtabs") && doc.contains(":ecsmesh-sigma-events"),
+        "{doc}"
+    );
+    assert!(!doc.contains("ecsmesh-*"), "{doc}");
     let ecsc = ecs::Client::new(&conf);
     let td = task_definition(&ecsc, "ecsmesh-sigma-controller").await;
     assert_eq!(td.task_role_arn(), Some(controller.arn()));
