@@ -145,7 +145,8 @@ pub fn build_images(root: &Path, dir: &Path) -> Result<()> {
     let status = std::process::Command::new("bash")
         .arg(&script)
         .env("IMAGES_DIR", dir)
-        .stdout(std::process::Stdio::inherit())
+        // Its stdout too: ours may be the report (`-o json`).
+        .stdout(std::io::stderr())
         .stderr(std::process::Stdio::inherit())
         .status()
         .map_err(DeployError::local(&script))?;

@@ -109,13 +109,13 @@ def subnet(moto):
                              AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
 
 
-def ctl(moto, subnet, tmp_path, *args):
+def ctl(moto, subnet, tmp_path, *args, cluster=CLUSTER, env=None):
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    out = run(str(BIN_DIR / "ecsmeshctl"), "deploy", *args, "--cluster", CLUSTER, "--region", REGION,
+           "AWS_EC2_METADATA_DISABLED": "true", **(env or {})}
+    out = run(str(BIN_DIR / "ecsmeshctl"), "deploy", *args, "--cluster", cluster, "--region", REGION,
               "--aws-endpoint-url", moto, "--subnet", subnet, "--ami", LINUX_AMI, "--insecure",
               "--no-events", "--agent", "daemon", "--with-demo",
-              "--secrets-dir", str(tmp_path / "secrets"), "-o", "json", env=env)
+              "--secrets-dir", str(tmp_path / "secrets"), "-o", "json", env=env, cwd=ROOT)
     return json.loads(out.stdout)
 
 
@@ -196,3 +196,28 @@ def test_up_pushes_to_ecr_with_its_token_and_pins_the_digests(moto, registry, su
     assert sorted(s["name"] for s in down["steps"]
                   if s["kind"] == "ecr-repository" and s["action"] == "delete") == sorted(repos)
     assert ecr.describe_repositories()["repositories"] == []
+
+
+def test_build_images_builds_then_pushes_what_it_built(moto, registry, subnet, tmp_path):
+    """The flag itself: scripts/images.sh (a dev build, as `make test` has
+    just made: cached) into a fresh directory, then the same push."""
+    fresh = tmp_path / "built"
+    report = ctl(moto, subnet, tmp_path, "up", "--build-images", "--images-dir", str(fresh),
+                 "--registry-endpoint", f"http://{registry}", cluster="built",
+                 env={"IMAGES_PROFILE": "dev"})
+    listing = [line.split() for line in (fresh / "images.txt").read_text().splitlines()]
+    assert sorted(row[0] for row in listing) == ["agent", "controller", "helloworld"]
+    token = client(moto, "ecr").get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    creds = base64.b64decode(token).decode()
+    ecs = client(moto, "ecs")
+    for name, _tag, digest, _size in listing:
+        pinned = [s["name"] for s in report["steps"] if s["kind"] == "image"
+                  and s["name"].endswith(f"/ecsmesh-built/{name}@{digest}")]
+        assert len(pinned) == 1, report
+        got = run("skopeo", "inspect", "--tls-verify=false", "--creds", creds, "--format", "{{.Digest}}",
+                  f"docker://{registry}/ecsmesh-built/{name}@{digest}")
+        assert got.stdout.strip() == digest
+    td = ecs.describe_task_definition(taskDefinition="ecsmesh-built-controller")["taskDefinition"]
+    controller = next(row for row in listing if row[0] == "controller")
+    assert td["containerDefinitions"][0]["image"].endswith(f"/ecsmesh-built/controller@{controller[2]}")
+    ctl(moto, subnet, tmp_path, "down", cluster="built")
