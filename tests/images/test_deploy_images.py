@@ -18,9 +18,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import warnings
 
 import boto3
+import bcrypt
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -36,11 +36,8 @@ CLUSTER = "imgs"
 
 
 def bcrypt_hash(password):
-    # htpasswd entries must be bcrypt; glibc's crypt (libxcrypt) makes them.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
-    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+    # htpasswd entries must be bcrypt (Python's crypt module is gone in 3.13).
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
 
 
 @pytest.fixture(scope="module")
