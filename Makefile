@@ -51,7 +51,7 @@ fmt:
 bench-proxy:
 	bash bench/proxy.sh
 
-## bench-control: the controller with 10,000 ECS tasks (moto) and 100, then 1,000 simulated agents.
+## bench-control: the controller with 10,000 ECS tasks (moto) and 100, then 1,000 simulated agents; then ECS events: event → all ACK, steady ECS+EC2 calls of 1 vs 3 replicas (BENCH_STEADY_WINDOW=600 for the 10-minute window).
 bench-control:
 	bash bench/control.sh
 
