@@ -433,3 +433,86 @@ async fn metrics_text(admin: u16) -> String {
     .await
     .unwrap()
 }
+
+/// `event` with `detail.updatedAt` set to `at`.
+fn event_at(task: &Task, version: i64, status: &str, at: std::time::SystemTime) -> String {
+    use aws_sdk_ecs::primitives::{DateTime, DateTimeFormat};
+    let mut v: serde_json::Value = serde_json::from_str(&event(task, version, status)).unwrap();
+    v["detail"]["updatedAt"] = DateTime::from(at)
+        .fmt(DateTimeFormat::DateTime)
+        .unwrap()
+        .into();
+    v.to_string()
+}
+
+/// A message delivered late (or one a replaced leader read and never
+/// deleted) about a task that stopped before the last resync: older than
+/// that resync, it cannot bring the task back; the same news, recent, is
+/// applied (the task may just have started, not listed yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_older_than_the_resync_does_not_bring_a_stopped_task_back() {
+    let moto = MotoServer::shared();
+    let (conf, topology, sqs, queue) = service_and_queue(moto, "eu-south-1", "events", 68).await;
+    let arns = topology.service_tasks("world").await;
+    let task = topology
+        .ecs
+        .describe_tasks()
+        .cluster("events")
+        .set_tasks(Some(arns))
+        .send()
+        .await
+        .unwrap()
+        .tasks()[0]
+        .clone();
+    topology.scale_service("world", 0).await;
+
+    let metrics = Arc::new(Metrics::new());
+    let mut source = EcsSource::new(
+        aws_sdk_ecs::Client::new(&conf),
+        aws_sdk_ec2::Client::new(&conf),
+        "events".to_owned(),
+        Arc::clone(&metrics),
+    );
+    let (tx, events) = tokio::sync::mpsc::channel(16);
+    source.events = Some(events);
+    let observed = Arc::new(Observed::new(["ecs:events".to_owned()]));
+    let mut rx = observed.subscribe();
+    let run = {
+        let observed = Arc::clone(&observed);
+        tokio::spawn(async move { source.run(&observed, Duration::from_mins(5)).await })
+    };
+    let consumer = tokio::spawn(ecsmesh_controller::sources::ecs_events::run(
+        sqs.clone(),
+        queue.clone(),
+        BTreeMap::from([("events".to_owned(), tx)]),
+        Arc::clone(&metrics),
+    ));
+    until(&mut rx, "the first resync", ObservedState::ready).await;
+    assert_eq!(world(&rx.borrow()), 0);
+    let send = |body: String| {
+        let (sqs, queue) = (sqs.clone(), queue.clone());
+        async move {
+            sqs.send_message()
+                .queue_url(queue)
+                .message_body(body)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    let ten_minutes_ago = std::time::SystemTime::now() - Duration::from_mins(10);
+    send(event_at(&task, 5, "RUNNING", ten_minutes_ago)).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while counted(&metrics, "stale") < 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{}", metrics.encode()));
+    assert_eq!(world(&rx.borrow()), 0, "a stopped task came back");
+
+    send(event_at(&task, 6, "RUNNING", std::time::SystemTime::now())).await;
+    until(&mut rx, "the recent event", |s| world(s) == 1).await;
+    run.abort();
+    consumer.abort();
+}

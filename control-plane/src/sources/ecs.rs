@@ -185,8 +185,12 @@ pub struct EcsSource {
     pub budget: Arc<CallBudget>,
     /// This cluster's ECS events from the queue, when one is configured.
     pub events: Option<mpsc::Receiver<Batch>>,
-    /// The highest event version applied per task, and when.
-    versions: HashMap<String, (i64, Instant)>,
+    /// The highest version known per task: from an applied event (and
+    /// when it was applied) or from a resync's listing (`None`).
+    versions: HashMap<String, (i64, Option<Instant>)>,
+    /// When the last successful resync began (wall clock, to compare with
+    /// events' `updatedAt`).
+    resync_began: Option<std::time::SystemTime>,
 }
 
 /// How long a task an event reported stays in the view while a resync
@@ -237,6 +241,7 @@ impl EcsSource {
             budget: Arc::new(CallBudget::new(BudgetSettings::default())),
             events: None,
             versions: HashMap::new(),
+            resync_began: None,
         }
     }
 
@@ -322,8 +327,12 @@ impl EcsSource {
         let mut changed = false;
         for event in events {
             match event.change {
-                Change::Task { task, version } => {
-                    changed |= self.apply_task(*task, version).await?;
+                Change::Task {
+                    task,
+                    version,
+                    updated_at,
+                } => {
+                    changed |= self.apply_task(*task, version, updated_at).await?;
                 }
                 Change::Instance { arn, status } => {
                     tracing::debug!(cluster = %self.cluster, %arn, %status, "container instance changed");
@@ -348,12 +357,26 @@ impl EcsSource {
     }
 
     /// One task's change: its endpoints now, unless an equal or newer
-    /// version was applied already (SQS redelivers and reorders).
-    async fn apply_task(&mut self, task: Task, version: i64) -> Result<bool, EcsError> {
+    /// version is known already (SQS redelivers and reorders), or the task
+    /// is out of the view and the event is older than the last resync by
+    /// more than [`EVENT_GRACE`]: that resync saw a later state (a message
+    /// delivered late, or one a replaced leader read and never deleted,
+    /// must not bring a stopped task back until the next full resync).
+    async fn apply_task(
+        &mut self,
+        task: Task,
+        version: i64,
+        updated_at: Option<std::time::SystemTime>,
+    ) -> Result<bool, EcsError> {
         let Some(arn) = task.task_arn().map(str::to_owned) else {
             return Ok(false);
         };
-        if self.versions.get(&arn).is_some_and(|(v, _)| *v >= version) {
+        let superseded = updated_at
+            .zip(self.resync_began)
+            .is_some_and(|(at, resync)| at + EVENT_GRACE < resync);
+        if self.versions.get(&arn).is_some_and(|(v, _)| *v >= version)
+            || (superseded && !self.last_by_task.contains_key(&arn))
+        {
             self.metrics.ecs_event("stale");
             return Ok(false);
         }
@@ -363,7 +386,8 @@ impl EcsSource {
         self.learn_task_definitions(std::slice::from_ref(&task))
             .await?;
         let endpoints = self.endpoints_of(&task);
-        self.versions.insert(arn.clone(), (version, Instant::now()));
+        self.versions
+            .insert(arn.clone(), (version, Some(Instant::now())));
         self.metrics.ecs_event("applied");
         Ok(if endpoints.is_empty() {
             self.last_by_task.remove(&arn).is_some()
@@ -441,6 +465,7 @@ impl EcsSource {
 
     /// One full read of the cluster.
     pub async fn resync(&mut self) -> Result<SourceSets, EcsError> {
+        let began = std::time::SystemTime::now();
         let arns = self.list_tasks().await?;
         self.draining = self
             .list_container_instances(Some(ContainerInstanceStatus::Draining))
@@ -503,17 +528,31 @@ impl EcsSource {
         // A task an event just reported running may not be listed yet
         // (ECS's reads are eventually consistent): kept for a while.
         let listed: HashSet<&str> = tasks.iter().filter_map(Task::task_arn).collect();
+        let recent = |applied: &Option<Instant>| applied.is_some_and(|t| t.elapsed() < EVENT_GRACE);
         for (arn, (_, applied)) in &self.versions {
             if !listed.contains(arn.as_str())
-                && applied.elapsed() < EVENT_GRACE
+                && recent(applied)
                 && let Some(previous) = self.last_by_task.get(arn)
             {
                 by_task.insert(arn.clone(), previous.clone());
             }
         }
-        self.versions.retain(|arn, (_, applied)| {
-            listed.contains(arn.as_str()) || applied.elapsed() < EVENT_GRACE
-        });
+        self.versions
+            .retain(|arn, (_, applied)| listed.contains(arn.as_str()) || recent(applied));
+        // What this listing read is known too: an event no newer is stale.
+        for task in &tasks {
+            if let Some(arn) = task.task_arn() {
+                let v = task.version();
+                match self.versions.get_mut(arn) {
+                    Some(known) if known.0 >= v => {}
+                    Some(known) => *known = (v, None),
+                    None => {
+                        self.versions.insert(arn.to_owned(), (v, None));
+                    }
+                }
+            }
+        }
+        self.resync_began = Some(began);
         self.last_by_task = by_task;
         self.hosts.retain(|arn, _| on_hosts.contains(arn));
         Ok(self.sets())

@@ -29,8 +29,13 @@ use crate::metrics::Metrics;
 /// One change the queue delivered, parsed.
 #[derive(Clone, Debug)]
 pub enum Change {
-    /// A task's state: the fields routing needs, as DescribeTasks gives them.
-    Task { task: Box<Task>, version: i64 },
+    /// A task's state: the fields routing needs, as DescribeTasks gives them,
+    /// its version, and when ECS changed it (`detail.updatedAt`).
+    Task {
+        task: Box<Task>,
+        version: i64,
+        updated_at: Option<std::time::SystemTime>,
+    },
     /// A container instance's state (registered, draining, deregistered).
     Instance { arn: String, status: String },
 }
@@ -112,6 +117,7 @@ pub fn parse(body: &str) -> Result<Event, EventError> {
                 .get("version")
                 .and_then(Value::as_i64)
                 .ok_or(EventError::Field("detail.version"))?,
+            updated_at: text(detail, "updatedAt").and_then(timestamp),
         },
         "ECS Container Instance State Change" => Change::Instance {
             arn: text(detail, "containerInstanceArn")
@@ -122,6 +128,14 @@ pub fn parse(body: &str) -> Result<Event, EventError> {
         other => return Err(EventError::OtherKind(other.chars().take(64).collect())),
     };
     Ok(Event { cluster, change })
+}
+
+/// An event's RFC 3339 time (`2026-12-07T18:00:00.123Z`); `None` if it
+/// is not one (the event is then judged by its version alone).
+fn timestamp(text: &str) -> Option<std::time::SystemTime> {
+    use aws_sdk_ecs::primitives::{DateTime, DateTimeFormat};
+    let t = DateTime::from_str(text, DateTimeFormat::DateTime).ok()?;
+    std::time::SystemTime::try_from(t).ok()
 }
 
 /// The task in an event's `detail`: the fields routing reads (see
@@ -346,7 +360,7 @@ mod tests {
     fn a_task_change_reads_as_describe_tasks_would() {
         let e = parse(&task_event(7, "RUNNING")).unwrap();
         assert_eq!(e.cluster, "prod");
-        let Change::Task { task, version } = e.change else {
+        let Change::Task { task, version, .. } = e.change else {
             panic!("a task change")
         };
         assert_eq!(version, 7);
