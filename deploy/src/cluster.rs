@@ -14,8 +14,25 @@ use crate::error::{DeployError, Result};
 use crate::ops::{Deployer, NOT_OWNED_KEPT, ecs_tag};
 use crate::{Action, Step};
 
+/// What `up` does to the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClusterPlan {
+    Create,
+    /// ACTIVE, ours or not: a cluster has no settings `up` puts right, and
+    /// one the user made is used as is (`down` leaves it).
+    Unchanged,
+}
+
+/// Compares the cluster (its tags when ACTIVE) with what `up` makes (no I/O).
+pub(crate) fn plan_cluster(have: Option<&BTreeMap<String, String>>) -> ClusterPlan {
+    match have {
+        None => ClusterPlan::Create,
+        Some(_) => ClusterPlan::Unchanged,
+    }
+}
+
 impl Deployer {
-    /// The cluster's tags when it is ACTIVE.
+    /// Observe: the cluster's tags when it is ACTIVE.
     pub(crate) async fn cluster_active(&self) -> Result<Option<BTreeMap<String, String>>> {
         let out = self
             .ecs
@@ -128,20 +145,23 @@ impl Deployer {
     /// `up`'s ECS cluster: created (tagged) unless ACTIVE.
     pub(crate) async fn up_cluster(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
-        let cluster_ok = self.cluster_active().await?.is_some();
-        if cluster_ok {
-            self.push(steps, "cluster", &cfg.cluster, Action::Unchanged, "ACTIVE");
-        } else {
-            if !dry_run {
-                self.ecs
-                    .create_cluster()
-                    .cluster_name(&cfg.cluster)
-                    .tags(ecs_tag(OWNER_TAG, &cfg.cluster))
-                    .send()
-                    .await
-                    .map_err(|e| DeployError::aws("CreateCluster", &cfg.cluster, &e))?;
+        let have = self.cluster_active().await?;
+        match plan_cluster(have.as_ref()) {
+            ClusterPlan::Unchanged => {
+                self.push(steps, "cluster", &cfg.cluster, Action::Unchanged, "ACTIVE");
             }
-            self.push(steps, "cluster", &cfg.cluster, Action::Create, "");
+            ClusterPlan::Create => {
+                if !dry_run {
+                    self.ecs
+                        .create_cluster()
+                        .cluster_name(&cfg.cluster)
+                        .tags(ecs_tag(OWNER_TAG, &cfg.cluster))
+                        .send()
+                        .await
+                        .map_err(|e| DeployError::aws("CreateCluster", &cfg.cluster, &e))?;
+                }
+                self.push(steps, "cluster", &cfg.cluster, Action::Create, "");
+            }
         }
         Ok(())
     }
@@ -194,5 +214,27 @@ impl Deployer {
             self.push(steps, "cluster", &cfg.cluster, action, state);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_creates_an_absent_cluster() {
+        assert_eq!(plan_cluster(None), ClusterPlan::Create);
+    }
+
+    #[test]
+    fn plan_leaves_an_active_cluster() {
+        let ours = BTreeMap::from([(OWNER_TAG.to_owned(), "demo".to_owned())]);
+        assert_eq!(plan_cluster(Some(&ours)), ClusterPlan::Unchanged);
+    }
+
+    #[test]
+    fn plan_uses_a_foreign_cluster_as_is() {
+        // No owner tag: not ours, but there is nothing to put right either.
+        assert_eq!(plan_cluster(Some(&BTreeMap::new())), ClusterPlan::Unchanged);
     }
 }

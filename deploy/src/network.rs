@@ -3,7 +3,8 @@
 //! `ecsmesh-<cluster>` with its ingress rules: the mesh ports between its
 //! members, the controller's ports from the VPC when a load balancer is in
 //! front of it, SSH with a key pair. Observe (`network`,
-//! `find_security_group`), plan (`missing_ingress`: the rules it lacks),
+//! `find_security_group`), plan (`plan_security_group`, pure: the rules it
+//! lacks),
 //! apply (`up_security_group`), destroy (`down_security_group`, retried
 //! while terminated instances' interfaces still hold the group).
 
@@ -12,7 +13,7 @@ use std::fmt::Write as _;
 use aws_sdk_ec2 as ec2;
 use ec2::types::{IpPermission, IpRange, ResourceType, UserIdGroupPair};
 
-use crate::config::OWNER_TAG;
+use crate::config::{DeployConfig, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::ops::{CONTROLLER_GRPC_PORT, Deployer, POLL_INTERVAL, ec2_tags, filter};
 use crate::{Action, Step};
@@ -32,6 +33,132 @@ pub(crate) struct Network {
     pub(crate) vpc_id: String,
     pub(crate) vpc_cidr: String,
     pub(crate) subnets: Vec<String>,
+}
+
+/// Where an ingress rule admits traffic from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Members of the group itself.
+    Group,
+    /// An address range, with the rule's description.
+    Cidr(String, &'static str),
+}
+
+/// One tcp ingress rule `up` wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Ingress {
+    pub(crate) port: i32,
+    pub(crate) source: Source,
+}
+
+impl Ingress {
+    /// The report's name for the rule.
+    fn describe(&self) -> String {
+        match &self.source {
+            Source::Group => format!("tcp/{} from the group", self.port),
+            Source::Cidr(cidr, "ecsmesh controller load balancer") => {
+                format!("tcp/{} from {cidr} (load balancer)", self.port)
+            }
+            Source::Cidr(cidr, _) => format!("tcp/{} from {cidr}", self.port),
+        }
+    }
+
+    /// The rule as EC2 takes it, for the group `group_id`.
+    fn permission(&self, group_id: &str) -> IpPermission {
+        let p = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(self.port)
+            .to_port(self.port);
+        match &self.source {
+            Source::Group => {
+                p.user_id_group_pairs(UserIdGroupPair::builder().group_id(group_id).build())
+            }
+            Source::Cidr(cidr, description) => p.ip_ranges(
+                IpRange::builder()
+                    .cidr_ip(cidr)
+                    .description(*description)
+                    .build(),
+            ),
+        }
+        .build()
+    }
+
+    /// Whether `sg` (whose id is `group_id`) has this rule.
+    fn is_in(&self, sg: &ec2::types::SecurityGroup, group_id: &str) -> bool {
+        sg.ip_permissions().iter().any(|p| {
+            p.ip_protocol() == Some("tcp")
+                && p.from_port() == Some(self.port)
+                && p.to_port() == Some(self.port)
+                && match &self.source {
+                    Source::Group => p
+                        .user_id_group_pairs()
+                        .iter()
+                        .any(|u| u.group_id() == Some(group_id)),
+                    Source::Cidr(cidr, _) => p
+                        .ip_ranges()
+                        .iter()
+                        .any(|r| r.cidr_ip() == Some(cidr.as_str())),
+                }
+        })
+    }
+}
+
+/// The ingress rules `up` wants on the group.
+pub(crate) fn wanted_ingress(cfg: &DeployConfig, net: &Network) -> Vec<Ingress> {
+    let mut out: Vec<Ingress> = MESH_PORTS
+        .iter()
+        .map(|&port| Ingress {
+            port,
+            source: Source::Group,
+        })
+        .collect();
+    // Through a load balancer (client IP preservation off) the controller
+    // sees the balancer's own VPC addresses, for traffic and health checks.
+    if cfg.uses_load_balancer() {
+        out.extend(CONTROLLER_PORTS.iter().map(|&port| Ingress {
+            port,
+            source: Source::Cidr(net.vpc_cidr.clone(), "ecsmesh controller load balancer"),
+        }));
+    }
+    if cfg.key_pair.is_some() {
+        let cidr = cfg.ssh_cidr.clone().unwrap_or_else(|| net.vpc_cidr.clone());
+        out.push(Ingress {
+            port: 22,
+            source: Source::Cidr(cidr, "ecsmesh SSH"),
+        });
+    }
+    out
+}
+
+/// What `up` does to the security group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SecurityGroupPlan {
+    /// Whether the group itself is created.
+    pub(crate) create: bool,
+    /// The rules it lacks (all of them for a new group).
+    pub(crate) add: Vec<Ingress>,
+}
+
+/// Compares the group with what `up` makes (no I/O): the rules it lacks.
+pub(crate) fn plan_security_group(
+    cfg: &DeployConfig,
+    net: &Network,
+    have: Option<&ec2::types::SecurityGroup>,
+) -> SecurityGroupPlan {
+    let wanted = wanted_ingress(cfg, net);
+    match have {
+        None => SecurityGroupPlan {
+            create: true,
+            add: wanted,
+        },
+        Some(sg) => {
+            let id = sg.group_id().unwrap_or_default();
+            SecurityGroupPlan {
+                create: false,
+                add: wanted.into_iter().filter(|r| !r.is_in(sg, id)).collect(),
+            }
+        }
+    }
 }
 
 impl Deployer {
@@ -158,108 +285,6 @@ impl Deployer {
         s
     }
 
-    /// The rules the group lacks, each as (description, builder from group id).
-    #[allow(clippy::type_complexity)]
-    fn missing_ingress(
-        &self,
-        sg: Option<&ec2::types::SecurityGroup>,
-        net: &Network,
-    ) -> Vec<(String, Box<dyn Fn(&str) -> IpPermission>)> {
-        let has = |port: i32, pred: &dyn Fn(&IpPermission) -> bool| {
-            sg.is_some_and(|g| {
-                g.ip_permissions().iter().any(|p| {
-                    p.ip_protocol() == Some("tcp")
-                        && p.from_port() == Some(port)
-                        && p.to_port() == Some(port)
-                        && pred(p)
-                })
-            })
-        };
-        let self_id = sg.and_then(|g| g.group_id()).unwrap_or_default().to_owned();
-        let mut out: Vec<(String, Box<dyn Fn(&str) -> IpPermission>)> = Vec::new();
-        for port in MESH_PORTS {
-            let me = self_id.clone();
-            if !has(port, &move |p: &IpPermission| {
-                p.user_id_group_pairs()
-                    .iter()
-                    .any(|u| u.group_id() == Some(me.as_str()))
-            }) {
-                out.push((
-                    format!("tcp/{port} from the group"),
-                    Box::new(move |gid: &str| {
-                        IpPermission::builder()
-                            .ip_protocol("tcp")
-                            .from_port(port)
-                            .to_port(port)
-                            .user_id_group_pairs(UserIdGroupPair::builder().group_id(gid).build())
-                            .build()
-                    }),
-                ));
-            }
-        }
-        // Through a load balancer (client IP preservation off) the controller
-        // sees the balancer's own VPC addresses, for traffic and health checks.
-        if self.cfg.uses_load_balancer() {
-            for port in CONTROLLER_PORTS {
-                let cidr = net.vpc_cidr.clone();
-                let c = cidr.clone();
-                if !has(port, &move |p: &IpPermission| {
-                    p.ip_ranges()
-                        .iter()
-                        .any(|r| r.cidr_ip() == Some(c.as_str()))
-                }) {
-                    out.push((
-                        format!("tcp/{port} from {cidr} (load balancer)"),
-                        Box::new(move |_: &str| {
-                            IpPermission::builder()
-                                .ip_protocol("tcp")
-                                .from_port(port)
-                                .to_port(port)
-                                .ip_ranges(
-                                    IpRange::builder()
-                                        .cidr_ip(&cidr)
-                                        .description("ecsmesh controller load balancer")
-                                        .build(),
-                                )
-                                .build()
-                        }),
-                    ));
-                }
-            }
-        }
-        if self.cfg.key_pair.is_some() {
-            let cidr = self
-                .cfg
-                .ssh_cidr
-                .clone()
-                .unwrap_or_else(|| net.vpc_cidr.clone());
-            let c = cidr.clone();
-            if !has(22, &move |p: &IpPermission| {
-                p.ip_ranges()
-                    .iter()
-                    .any(|r| r.cidr_ip() == Some(c.as_str()))
-            }) {
-                out.push((
-                    format!("tcp/22 from {cidr}"),
-                    Box::new(move |_: &str| {
-                        IpPermission::builder()
-                            .ip_protocol("tcp")
-                            .from_port(22)
-                            .to_port(22)
-                            .ip_ranges(
-                                IpRange::builder()
-                                    .cidr_ip(&cidr)
-                                    .description("ecsmesh SSH")
-                                    .build(),
-                            )
-                            .build()
-                    }),
-                ));
-            }
-        }
-        out
-    }
-
     /// Deletes the security group, retrying while network interfaces of
     /// just-terminated instances still hold it (`DependencyViolation`).
     async fn delete_security_group(&self, id: &str) -> Result<()> {
@@ -283,7 +308,6 @@ impl Deployer {
 
     /// `up`'s security group and its ingress rules; the group's id (none in
     /// a dry run before it exists).
-    #[allow(clippy::single_match_else)]
     pub(crate) async fn up_security_group(
         &self,
         dry_run: bool,
@@ -292,58 +316,40 @@ impl Deployer {
     ) -> Result<Option<String>> {
         let cfg = &self.cfg;
         let base = cfg.base_name();
-        let sg = self.find_security_group(&net.vpc_id).await?;
-        let sg_id = match sg {
-            Some(g) => {
-                self.push(
-                    steps,
-                    "security-group",
-                    &base,
-                    Action::Unchanged,
-                    g.group_id().unwrap_or_default(),
-                );
-                Some(g)
-            }
-            None => {
-                let id = if dry_run {
-                    None
-                } else {
-                    let out = self
-                        .ec2
-                        .create_security_group()
-                        .group_name(&base)
-                        .description(format!("ecsmesh cluster {}", cfg.cluster))
-                        .vpc_id(&net.vpc_id)
-                        .tag_specifications(ec2_tags(ResourceType::SecurityGroup, cfg, &base))
-                        .send()
-                        .await
-                        .map_err(|e| DeployError::aws("CreateSecurityGroup", &base, &e))?;
-                    out.group_id().map(str::to_owned)
-                };
-                self.push(
-                    steps,
-                    "security-group",
-                    &base,
-                    Action::Create,
-                    id.clone().unwrap_or_default(),
-                );
-                match id {
-                    Some(id) => self.find_security_group(&net.vpc_id).await?.or_else(|| {
-                        Some(ec2::types::SecurityGroup::builder().group_id(id).build())
-                    }),
-                    None => None,
-                }
-            }
+        let have = self.find_security_group(&net.vpc_id).await?;
+        let plan = plan_security_group(cfg, net, have.as_ref());
+        let group_id = if plan.create {
+            let id = if dry_run {
+                None
+            } else {
+                let out = self
+                    .ec2
+                    .create_security_group()
+                    .group_name(&base)
+                    .description(format!("ecsmesh cluster {}", cfg.cluster))
+                    .vpc_id(&net.vpc_id)
+                    .tag_specifications(ec2_tags(ResourceType::SecurityGroup, cfg, &base))
+                    .send()
+                    .await
+                    .map_err(|e| DeployError::aws("CreateSecurityGroup", &base, &e))?;
+                out.group_id().map(str::to_owned)
+            };
+            let detail = id.clone().unwrap_or_default();
+            self.push(steps, "security-group", &base, Action::Create, detail);
+            id
+        } else {
+            let id = have.as_ref().and_then(|g| g.group_id()).map(str::to_owned);
+            let detail = id.clone().unwrap_or_default();
+            self.push(steps, "security-group", &base, Action::Unchanged, detail);
+            id
         };
-        let group_id = sg_id.as_ref().and_then(|g| g.group_id()).map(str::to_owned);
-        let missing = self.missing_ingress(sg_id.as_ref(), net);
-        for (desc, perm) in &missing {
+        for rule in &plan.add {
+            let desc = rule.describe();
             if !dry_run && let Some(gid) = &group_id {
-                let perm = perm(gid);
                 self.ec2
                     .authorize_security_group_ingress()
                     .group_id(gid)
-                    .ip_permissions(perm)
+                    .ip_permissions(rule.permission(gid))
                     .send()
                     .await
                     .map_err(|e| {
@@ -356,7 +362,7 @@ impl Deployer {
             }
             self.push(steps, "ingress-rule", desc, Action::Create, &base);
         }
-        if missing.is_empty() {
+        if plan.add.is_empty() {
             self.push(
                 steps,
                 "ingress-rules",
@@ -396,5 +402,64 @@ impl Deployer {
             self.push(steps, "security-group", &base, Action::Delete, id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> Network {
+        Network {
+            vpc_id: "vpc-1".to_owned(),
+            vpc_cidr: "10.0.0.0/16".to_owned(),
+            subnets: vec!["subnet-1".to_owned()],
+        }
+    }
+
+    /// A group `sg-1` with exactly `rules`.
+    fn group_with(rules: &[Ingress]) -> ec2::types::SecurityGroup {
+        ec2::types::SecurityGroup::builder()
+            .group_id("sg-1")
+            .set_ip_permissions(Some(rules.iter().map(|r| r.permission("sg-1")).collect()))
+            .build()
+    }
+
+    #[test]
+    fn plan_creates_an_absent_group_with_every_rule() {
+        let cfg = DeployConfig::new("c", "r");
+        let plan = plan_security_group(&cfg, &net(), None);
+        assert!(plan.create);
+        assert_eq!(plan.add, wanted_ingress(&cfg, &net()));
+        // The managed load balancer (the default) needs the controller's ports.
+        assert_eq!(plan.add.len(), MESH_PORTS.len() + CONTROLLER_PORTS.len());
+    }
+
+    #[test]
+    fn plan_leaves_a_group_that_has_every_rule() {
+        let cfg = DeployConfig::new("c", "r");
+        let sg = group_with(&wanted_ingress(&cfg, &net()));
+        let plan = plan_security_group(&cfg, &net(), Some(&sg));
+        assert!(!plan.create);
+        assert!(plan.add.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn plan_adds_the_rules_a_group_lacks() {
+        let mut cfg = DeployConfig::new("c", "r");
+        let sg = group_with(&wanted_ingress(&cfg, &net()));
+        // Drift: a key pair now, so SSH from the given range.
+        cfg.key_pair = Some("k".to_owned());
+        cfg.ssh_cidr = Some("192.0.2.0/24".to_owned());
+        let plan = plan_security_group(&cfg, &net(), Some(&sg));
+        assert!(!plan.create);
+        assert_eq!(
+            plan.add,
+            [Ingress {
+                port: 22,
+                source: Source::Cidr("192.0.2.0/24".to_owned(), "ecsmesh SSH"),
+            }]
+        );
+        assert_eq!(plan.add[0].describe(), "tcp/22 from 192.0.2.0/24");
     }
 }
