@@ -1,8 +1,9 @@
 //! The task definitions (controller, agent, the demo's) and the instance
 //! user data, rendered from `deploy/ecs` and `deploy/templates` with the
 //! settings and what `up` made on the way (images, the controller's
-//! address, the events queue). Observe (`task_def_state`: the family's
-//! latest revision), plan (the rendered definition compared with it), apply
+//! address, the events queue). Observe (`latest_revision`: the family's
+//! latest revision), plan (`plan_task_definition`, pure: the rendered
+//! definition compared with it), apply
 //! (`up_task_definitions`: a new revision only when it differs), destroy
 //! (`down_task_definitions`: every ACTIVE revision of our families).
 
@@ -23,12 +24,32 @@ use crate::render;
 use crate::taskdef::TaskDefSpec;
 use crate::{Action, Step};
 
-/// A rendered task definition and the family's latest revision, if any.
+/// A family's latest ACTIVE revision, as `up` compares it.
 #[derive(Debug)]
-pub(crate) struct TaskDefState {
+pub(crate) struct Revision {
+    arn: String,
     spec: TaskDefSpec,
-    latest_arn: Option<String>,
-    same: bool,
+}
+
+/// What `up` does to one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TaskDefPlan {
+    /// No revision yet: the first.
+    Create,
+    /// The latest differs from the rendered definition: a new revision.
+    Update,
+    /// The latest is the rendered definition (its ARN).
+    Unchanged(String),
+}
+
+/// Compares the rendered definition with the family's latest revision (no
+/// I/O). ECS revisions are immutable, so any difference is a new one.
+pub(crate) fn plan_task_definition(want: &TaskDefSpec, have: Option<&Revision>) -> TaskDefPlan {
+    match have {
+        None => TaskDefPlan::Create,
+        Some(r) if r.spec == *want => TaskDefPlan::Unchanged(r.arn.clone()),
+        Some(_) => TaskDefPlan::Update,
+    }
 }
 
 /// What the user data and task definitions are rendered with, beyond the
@@ -257,45 +278,38 @@ impl Deployer {
         render::render("user-data.sh", render::USER_DATA, &vars)
     }
 
-    async fn task_def_state(
+    /// The role's definition rendered from its template.
+    fn task_spec(
         &self,
         role: &'static str,
         template: &'static str,
         events_queue_url: Option<&str>,
         render: &Rendering,
-    ) -> Result<TaskDefState> {
-        let spec = TaskDefSpec::parse(&self.render_task(template, events_queue_url, render)?)
-            .map_err(|e| DeployError::Template {
+    ) -> Result<TaskDefSpec> {
+        TaskDefSpec::parse(&self.render_task(template, events_queue_url, render)?).map_err(|e| {
+            DeployError::Template {
                 template: role,
                 reason: e.to_string(),
-            })?;
-        if self.active_revisions(&spec.family).await?.is_empty() {
-            return Ok(TaskDefState {
-                spec,
-                latest_arn: None,
-                same: false,
-            });
+            }
+        })
+    }
+
+    /// Observe: the family's latest ACTIVE revision, if any.
+    async fn latest_revision(&self, family: &str) -> Result<Option<Revision>> {
+        if self.active_revisions(family).await?.is_empty() {
+            return Ok(None);
         }
         let out = self
             .ecs
             .describe_task_definition()
-            .task_definition(&spec.family)
+            .task_definition(family)
             .send()
             .await
-            .map_err(|e| DeployError::aws("DescribeTaskDefinition", &spec.family, &e))?;
-        let Some(td) = out.task_definition() else {
-            return Ok(TaskDefState {
-                spec,
-                latest_arn: None,
-                same: false,
-            });
-        };
-        let same = TaskDefSpec::from_sdk(td) == spec;
-        Ok(TaskDefState {
-            latest_arn: td.task_definition_arn().map(str::to_owned),
-            spec,
-            same,
-        })
+            .map_err(|e| DeployError::aws("DescribeTaskDefinition", family, &e))?;
+        Ok(out.task_definition().map(|td| Revision {
+            arn: td.task_definition_arn().unwrap_or_default().to_owned(),
+            spec: TaskDefSpec::from_sdk(td),
+        }))
     }
 
     /// ACTIVE revisions of exactly this family.
@@ -373,33 +387,29 @@ impl Deployer {
     ) -> Result<BTreeMap<&'static str, Option<String>>> {
         let mut td_arns = BTreeMap::new();
         for (role, template) in self.task_templates() {
-            let state = self
-                .task_def_state(role, template, events_queue_url, render)
-                .await?;
-            let family = state.spec.family.clone();
-            let arn = if state.same {
-                let arn = state.latest_arn.clone().unwrap_or_default();
-                self.push(steps, "task-definition", &family, Action::Unchanged, &arn);
-                Some(arn)
-            } else {
-                let action = if state.latest_arn.is_some() {
-                    Action::Update
-                } else {
-                    Action::Create
-                };
-                let arn = if dry_run {
-                    None
-                } else {
-                    Some(self.register(&state.spec).await?)
-                };
-                self.push(
-                    steps,
-                    "task-definition",
-                    &family,
-                    action,
-                    arn.clone().unwrap_or_default(),
-                );
-                arn
+            let spec = self.task_spec(role, template, events_queue_url, render)?;
+            let have = self.latest_revision(&spec.family).await?;
+            let family = &spec.family;
+            let arn = match plan_task_definition(&spec, have.as_ref()) {
+                TaskDefPlan::Unchanged(arn) => {
+                    self.push(steps, "task-definition", family, Action::Unchanged, &arn);
+                    Some(arn)
+                }
+                plan => {
+                    let action = if plan == TaskDefPlan::Update {
+                        Action::Update
+                    } else {
+                        Action::Create
+                    };
+                    let arn = if dry_run {
+                        None
+                    } else {
+                        Some(self.register(&spec).await?)
+                    };
+                    let detail = arn.clone().unwrap_or_default();
+                    self.push(steps, "task-definition", family, action, detail);
+                    arn
+                }
             };
             td_arns.insert(role, arn);
         }
@@ -443,5 +453,51 @@ impl Deployer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(image: &str) -> TaskDefSpec {
+        let json = format!(
+            r#"{{"family": "ecsmesh-c-controller",
+                "containerDefinitions": [{{ "name": "controller", "image": "{image}" }}]}}"#
+        );
+        TaskDefSpec::parse(&json).expect("a valid definition")
+    }
+
+    fn revision(image: &str) -> Revision {
+        Revision {
+            arn: "arn:aws:ecs:r:1:task-definition/ecsmesh-c-controller:3".to_owned(),
+            spec: spec(image),
+        }
+    }
+
+    #[test]
+    fn plan_creates_the_first_revision() {
+        assert_eq!(
+            plan_task_definition(&spec("i:1"), None),
+            TaskDefPlan::Create
+        );
+    }
+
+    #[test]
+    fn plan_keeps_a_latest_revision_equal_to_the_rendered_one() {
+        let have = revision("i:1");
+        assert_eq!(
+            plan_task_definition(&spec("i:1"), Some(&have)),
+            TaskDefPlan::Unchanged(have.arn.clone())
+        );
+    }
+
+    #[test]
+    fn plan_registers_a_new_revision_on_drift() {
+        let have = revision("i:1");
+        assert_eq!(
+            plan_task_definition(&spec("i:2"), Some(&have)),
+            TaskDefPlan::Update
+        );
     }
 }
