@@ -2,9 +2,9 @@
 //! rendered user data; a new default version when anything differs) or a
 //! legacy launch configuration (immutable: named by a hash of its content,
 //! replaced ones deleted), and the auto scaling group `ecsmesh-<cluster>`.
-//! Observe (`find_launch_template`, `describe_asg`), plan
-//! (`launch_template_diffs`, the group's size/subnets/launch source
-//! compared), apply (`up_instances`), destroy (`down_instances`, which waits
+//! Observe (`find_launch_template`, `describe_asg`), plan (pure:
+//! `launch_template_diffs`; `plan_asg`, the group's size/subnets/launch
+//! source compared), apply (`up_instances`), destroy (`down_instances`, which waits
 //! for the group's instances to end).
 
 use aws_sdk_autoscaling as asg;
@@ -17,7 +17,7 @@ use ec2::types::{
     LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType,
 };
 
-use crate::config::OWNER_TAG;
+use crate::config::{DeployConfig, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::network::Network;
 use crate::ops::{Deployer, POLL_INTERVAL, asg_tag, ec2_tag, ec2_tags};
@@ -32,6 +32,79 @@ const ASG_DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_mins(1
 enum Launch {
     Template(String),
     Configuration(String),
+}
+
+/// What `up` does to the auto scaling group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum AsgPlan {
+    Create,
+    Unchanged,
+    Update {
+        /// What differs, for the report.
+        diffs: Vec<String>,
+        /// Whether the launch source is sent too (a template at `$Latest`
+        /// already follows new versions, so only a changed one is).
+        launch_changed: bool,
+    },
+}
+
+/// Compares the group with what `up` wants (no I/O): its size, subnets and
+/// launch source.
+fn plan_asg(
+    cfg: &DeployConfig,
+    net: &Network,
+    launch: &Launch,
+    have: Option<&asg::types::AutoScalingGroup>,
+) -> AsgPlan {
+    let Some(g) = have else {
+        return AsgPlan::Create;
+    };
+    let mut diffs = Vec::new();
+    if (g.min_size(), g.max_size(), g.desired_capacity())
+        != (
+            Some(cfg.min_size),
+            Some(cfg.max_size),
+            Some(cfg.desired_capacity),
+        )
+    {
+        diffs.push(format!(
+            "size {:?}/{:?}/{:?} -> {}/{}/{}",
+            g.min_size(),
+            g.desired_capacity(),
+            g.max_size(),
+            cfg.min_size,
+            cfg.desired_capacity,
+            cfg.max_size
+        ));
+    }
+    let mut have_zones: Vec<&str> = g
+        .vpc_zone_identifier()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    have_zones.sort_unstable();
+    if have_zones.join(",") != net.subnets.join(",") {
+        diffs.push("subnets".to_owned());
+    }
+    let launch_same = match launch {
+        Launch::Template(n) => {
+            g.launch_template().and_then(|t| t.launch_template_name()) == Some(n.as_str())
+        }
+        Launch::Configuration(n) => g.launch_configuration_name() == Some(n.as_str()),
+    };
+    if !launch_same {
+        diffs.push("launch template/configuration".to_owned());
+    }
+    if diffs.is_empty() {
+        AsgPlan::Unchanged
+    } else {
+        AsgPlan::Update {
+            diffs,
+            launch_changed: !launch_same,
+        }
+    }
 }
 
 impl Deployer {
@@ -394,8 +467,9 @@ impl Deployer {
                 .version("$Latest")
                 .build()
         };
-        match self.describe_asg().await? {
-            None => {
+        let have = self.describe_asg().await?;
+        let (diffs, launch_same) = match plan_asg(cfg, net, launch, have.as_ref()) {
+            AsgPlan::Create => {
                 if !dry_run {
                     let mut req = self
                         .asg
@@ -425,87 +499,53 @@ impl Deployer {
                         cfg.min_size, cfg.desired_capacity, cfg.max_size
                     ),
                 );
+                return Ok(());
             }
-            Some(g) => {
-                let mut diffs = Vec::new();
-                if (g.min_size(), g.max_size(), g.desired_capacity())
-                    != (
-                        Some(cfg.min_size),
-                        Some(cfg.max_size),
-                        Some(cfg.desired_capacity),
-                    )
-                {
-                    diffs.push(format!(
-                        "size {:?}/{:?}/{:?} -> {}/{}/{}",
-                        g.min_size(),
-                        g.desired_capacity(),
-                        g.max_size(),
-                        cfg.min_size,
-                        cfg.desired_capacity,
-                        cfg.max_size
-                    ));
-                }
-                let mut have_zones: Vec<&str> = g
-                    .vpc_zone_identifier()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                have_zones.sort_unstable();
-                if have_zones.join(",") != zones {
-                    diffs.push("subnets".to_owned());
-                }
-                let launch_same = match launch {
-                    Launch::Template(n) => {
-                        g.launch_template().and_then(|t| t.launch_template_name())
-                            == Some(n.as_str())
-                    }
-                    Launch::Configuration(n) => g.launch_configuration_name() == Some(n.as_str()),
-                };
-                if !launch_same {
-                    diffs.push("launch template/configuration".to_owned());
-                }
-                if diffs.is_empty() {
-                    self.push(
-                        steps,
-                        "auto-scaling-group",
-                        &base,
-                        Action::Unchanged,
-                        format!("{} instances", g.instances().len()),
-                    );
-                    return Ok(());
-                }
-                if !dry_run {
-                    let mut req = self
-                        .asg
-                        .update_auto_scaling_group()
-                        .auto_scaling_group_name(&base)
-                        .min_size(cfg.min_size)
-                        .max_size(cfg.max_size)
-                        .desired_capacity(cfg.desired_capacity)
-                        .vpc_zone_identifier(&zones);
-                    // Only a changed launch source is sent (a template at
-                    // `$Latest` already follows new versions).
-                    if !launch_same {
-                        req = match launch {
-                            Launch::Template(n) => req.launch_template(lt_spec(n)),
-                            Launch::Configuration(n) => req.launch_configuration_name(n),
-                        };
-                    }
-                    req.send()
-                        .await
-                        .map_err(|e| DeployError::aws("UpdateAutoScalingGroup", &base, &e))?;
-                }
+            AsgPlan::Unchanged => {
+                let n = have.map_or(0, |g| g.instances().len());
+                let detail = format!("{n} instances");
                 self.push(
                     steps,
                     "auto-scaling-group",
                     &base,
-                    Action::Update,
-                    diffs.join("; "),
+                    Action::Unchanged,
+                    detail,
                 );
+                return Ok(());
             }
+            AsgPlan::Update {
+                diffs,
+                launch_changed,
+            } => (diffs, !launch_changed),
+        };
+        if !dry_run {
+            let mut req = self
+                .asg
+                .update_auto_scaling_group()
+                .auto_scaling_group_name(&base)
+                .min_size(cfg.min_size)
+                .max_size(cfg.max_size)
+                .desired_capacity(cfg.desired_capacity)
+                .vpc_zone_identifier(&zones);
+            // Only a changed launch source is sent (a template at
+            // `$Latest` already follows new versions).
+            if !launch_same {
+                req = match launch {
+                    Launch::Template(n) => req.launch_template(lt_spec(n)),
+                    Launch::Configuration(n) => req.launch_configuration_name(n),
+                };
+            }
+            req.send()
+                .await
+                .map_err(|e| DeployError::aws("UpdateAutoScalingGroup", &base, &e))?;
         }
+        self.push(
+            steps,
+            "auto-scaling-group",
+            &base,
+            Action::Update,
+            diffs.join("; "),
+        );
         Ok(())
     }
 
@@ -623,5 +663,80 @@ impl Deployer {
             self.push(steps, "launch-configuration", name, Action::Delete, "");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> Network {
+        Network {
+            vpc_id: "vpc-1".to_owned(),
+            vpc_cidr: "10.0.0.0/16".to_owned(),
+            subnets: vec!["subnet-a".to_owned(), "subnet-b".to_owned()],
+        }
+    }
+
+    /// The group `up` creates for `cfg`.
+    fn group(cfg: &DeployConfig) -> asg::types::AutoScalingGroup {
+        asg::types::AutoScalingGroup::builder()
+            .min_size(cfg.min_size)
+            .max_size(cfg.max_size)
+            .desired_capacity(cfg.desired_capacity)
+            // Another order and spaces: AWS's own spelling of the list.
+            .vpc_zone_identifier("subnet-b, subnet-a")
+            .launch_template(
+                asg::types::LaunchTemplateSpecification::builder()
+                    .launch_template_name(cfg.base_name())
+                    .version("$Latest")
+                    .build(),
+            )
+            .build()
+    }
+
+    #[test]
+    fn plan_creates_an_absent_group() {
+        let cfg = DeployConfig::new("c", "r");
+        let launch = Launch::Template(cfg.base_name());
+        assert_eq!(plan_asg(&cfg, &net(), &launch, None), AsgPlan::Create);
+    }
+
+    #[test]
+    fn plan_leaves_a_group_as_up_made_it() {
+        let cfg = DeployConfig::new("c", "r");
+        let launch = Launch::Template(cfg.base_name());
+        assert_eq!(
+            plan_asg(&cfg, &net(), &launch, Some(&group(&cfg))),
+            AsgPlan::Unchanged
+        );
+    }
+
+    #[test]
+    fn plan_updates_a_resized_group_without_resending_its_template() {
+        let mut cfg = DeployConfig::new("c", "r");
+        let g = group(&cfg);
+        cfg.max_size = 4;
+        let launch = Launch::Template(cfg.base_name());
+        assert_eq!(
+            plan_asg(&cfg, &net(), &launch, Some(&g)),
+            AsgPlan::Update {
+                diffs: vec!["size Some(2)/Some(2)/Some(2) -> 2/2/4".to_owned()],
+                launch_changed: false,
+            }
+        );
+    }
+
+    #[test]
+    fn plan_sends_a_changed_launch_source() {
+        let cfg = DeployConfig::new("c", "r");
+        let launch = Launch::Configuration("ecsmesh-c-0123".to_owned());
+        assert_eq!(
+            plan_asg(&cfg, &net(), &launch, Some(&group(&cfg))),
+            AsgPlan::Update {
+                diffs: vec!["launch template/configuration".to_owned()],
+                launch_changed: true,
+            }
+        );
     }
 }
