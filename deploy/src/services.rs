@@ -1,8 +1,8 @@
 //! The ECS services: the controller (REPLICA, its rolling-update bounds,
 //! spread on distinct instances, registered in the load balancer's target
 //! group), the agent (DAEMON, with `--agent daemon`) and the demo's.
-//! Observe (`service`), plan (task definition, desired count, load
-//! balancer and deployment bounds compared), apply (`up_services`), destroy
+//! Observe (`service`), plan (`plan_service`, pure: task definition,
+//! desired count, load balancer and deployment bounds compared), apply (`up_services`), destroy
 //! (`down_services`). Also where the controller's running tasks serve
 //! (`controller_endpoints`, for `status`).
 
@@ -23,6 +23,89 @@ pub const DEMO_SERVICES: [&str; 3] = ["hello", "world", "world-v2"];
 
 /// The controller's container in its task definition.
 const CONTROLLER_CONTAINER: &str = "controller";
+
+/// What `up` wants of one service (beyond its name).
+#[derive(Debug)]
+pub(crate) struct WantedService<'a> {
+    /// `None`: a dry run before the revision exists.
+    td_arn: Option<&'a str>,
+    /// `None`: a DAEMON service.
+    desired: Option<i32>,
+    load_balancers: &'a [ecs::types::LoadBalancer],
+    deployment: Option<&'a ecs::types::DeploymentConfiguration>,
+}
+
+/// What `up` does to one service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ServicePlan {
+    Create,
+    Unchanged,
+    Update {
+        /// What differs, for the report.
+        diffs: Vec<String>,
+        /// Whether the registrations are sent (an empty list removes one).
+        lb_changed: bool,
+    },
+}
+
+/// A service's registrations, in an order-free form to compare.
+fn lb_key(lbs: &[ecs::types::LoadBalancer]) -> Vec<(String, String, Option<i32>)> {
+    let mut v: Vec<_> = lbs
+        .iter()
+        .map(|l| {
+            (
+                l.target_group_arn().unwrap_or_default().to_owned(),
+                l.container_name().unwrap_or_default().to_owned(),
+                l.container_port(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Compares the service with what `up` wants (no I/O). Placement is not
+/// compared: emulators do not report it back.
+pub(crate) fn plan_service(
+    want: &WantedService<'_>,
+    have: Option<&ecs::types::Service>,
+) -> ServicePlan {
+    let Some(svc) = have else {
+        return ServicePlan::Create;
+    };
+    let mut diffs = Vec::new();
+    if want.td_arn.is_none() || svc.task_definition() != want.td_arn {
+        diffs.push(format!(
+            "task definition {} -> new revision",
+            svc.task_definition().unwrap_or("?")
+        ));
+    }
+    if let Some(d) = want.desired
+        && svc.desired_count() != d
+    {
+        diffs.push(format!("desired {} -> {d}", svc.desired_count()));
+    }
+    let lb_changed = lb_key(svc.load_balancers()) != lb_key(want.load_balancers);
+    if lb_changed {
+        diffs.push("load balancer".to_owned());
+    }
+    // Compared only when ECS reports it (it always does; emulators may not).
+    let deployment_changed = match (svc.deployment_configuration(), want.deployment) {
+        (Some(have), Some(want)) => {
+            have.minimum_healthy_percent() != want.minimum_healthy_percent()
+                || have.maximum_percent() != want.maximum_percent()
+        }
+        _ => false,
+    };
+    if deployment_changed {
+        diffs.push("deployment bounds".to_owned());
+    }
+    if diffs.is_empty() {
+        ServicePlan::Unchanged
+    } else {
+        ServicePlan::Update { diffs, lb_changed }
+    }
+}
 
 impl Deployer {
     pub(crate) async fn service(&self, name: &str) -> Result<Option<ecs::types::Service>> {
@@ -158,7 +241,6 @@ impl Deployer {
         })
     }
 
-    #[allow(clippy::single_match_else, clippy::too_many_lines)]
     async fn up_service(
         &self,
         dry_run: bool,
@@ -172,59 +254,20 @@ impl Deployer {
         let load_balancers = Self::service_load_balancers(name, target_group);
         let placement = self.service_placement(name);
         let deployment = self.service_deployment(name);
-        match self.service(name).await? {
-            Some(svc) => {
-                let mut diffs = Vec::new();
-                if td_arn.is_none() || svc.task_definition() != td_arn {
-                    diffs.push(format!(
-                        "task definition {} -> new revision",
-                        svc.task_definition().unwrap_or("?")
-                    ));
-                }
-                if let Some(d) = desired
-                    && svc.desired_count() != d
-                {
-                    diffs.push(format!("desired {} -> {d}", svc.desired_count()));
-                }
-                let lb_key = |lbs: &[ecs::types::LoadBalancer]| {
-                    let mut v: Vec<_> = lbs
-                        .iter()
-                        .map(|l| {
-                            (
-                                l.target_group_arn().unwrap_or_default().to_owned(),
-                                l.container_name().unwrap_or_default().to_owned(),
-                                l.container_port(),
-                            )
-                        })
-                        .collect();
-                    v.sort();
-                    v
-                };
-                let lb_changed = lb_key(svc.load_balancers()) != lb_key(&load_balancers);
-                if lb_changed {
-                    diffs.push("load balancer".to_owned());
-                }
-                // Compared only when ECS reports it (it always does; emulators may not).
-                let deployment_changed = match (svc.deployment_configuration(), &deployment) {
-                    (Some(have), Some(want)) => {
-                        have.minimum_healthy_percent() != want.minimum_healthy_percent()
-                            || have.maximum_percent() != want.maximum_percent()
-                    }
-                    _ => false,
-                };
-                if deployment_changed {
-                    diffs.push("deployment bounds".to_owned());
-                }
-                if diffs.is_empty() {
-                    self.push(
-                        steps,
-                        "service",
-                        name,
-                        Action::Unchanged,
-                        svc.task_definition().unwrap_or_default(),
-                    );
-                    return Ok(());
-                }
+        let have = self.service(name).await?;
+        let want = WantedService {
+            td_arn,
+            desired,
+            load_balancers: &load_balancers,
+            deployment: deployment.as_ref(),
+        };
+        match plan_service(&want, have.as_ref()) {
+            ServicePlan::Unchanged => {
+                let td = have.as_ref().and_then(|s| s.task_definition());
+                let detail = td.unwrap_or_default();
+                self.push(steps, "service", name, Action::Unchanged, detail);
+            }
+            ServicePlan::Update { diffs, lb_changed } => {
                 if !dry_run {
                     let mut req = self
                         .ecs
@@ -245,7 +288,7 @@ impl Deployer {
                 }
                 self.push(steps, "service", name, Action::Update, diffs.join("; "));
             }
-            None => {
+            ServicePlan::Create => {
                 if !dry_run {
                     let td = td_arn.ok_or_else(|| {
                         DeployError::State(format!("service {name}: no task definition"))
@@ -345,5 +388,76 @@ impl Deployer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TD: &str = "arn:aws:ecs:r:1:task-definition/ecsmesh-c-controller:3";
+
+    fn want(td_arn: Option<&str>) -> WantedService<'_> {
+        WantedService {
+            td_arn,
+            desired: Some(2),
+            load_balancers: &[],
+            deployment: None,
+        }
+    }
+
+    fn service(td: &str, desired: i32) -> ecs::types::Service {
+        ecs::types::Service::builder()
+            .task_definition(td)
+            .desired_count(desired)
+            .build()
+    }
+
+    #[test]
+    fn plan_creates_an_absent_service() {
+        assert_eq!(plan_service(&want(Some(TD)), None), ServicePlan::Create);
+    }
+
+    #[test]
+    fn plan_leaves_a_service_that_matches() {
+        let have = service(TD, 2);
+        assert_eq!(
+            plan_service(&want(Some(TD)), Some(&have)),
+            ServicePlan::Unchanged
+        );
+    }
+
+    #[test]
+    fn plan_updates_a_drifted_service() {
+        let have = service(TD, 1);
+        let lbs = [ecs::types::LoadBalancer::builder()
+            .target_group_arn("tg")
+            .container_name(CONTROLLER_CONTAINER)
+            .container_port(CONTROLLER_GRPC_PORT)
+            .build()];
+        let w = WantedService {
+            load_balancers: &lbs,
+            ..want(Some(TD))
+        };
+        assert_eq!(
+            plan_service(&w, Some(&have)),
+            ServicePlan::Update {
+                diffs: vec!["desired 1 -> 2".to_owned(), "load balancer".to_owned()],
+                lb_changed: true,
+            }
+        );
+    }
+
+    #[test]
+    fn plan_updates_a_service_whose_revision_is_still_to_register() {
+        // A dry run before the new revision exists: the service will move to it.
+        let have = service(TD, 2);
+        assert!(matches!(
+            plan_service(&want(None), Some(&have)),
+            ServicePlan::Update {
+                lb_changed: false,
+                ..
+            }
+        ));
     }
 }
