@@ -3,7 +3,7 @@
 //! legacy launch configuration (immutable: named by a hash of its content,
 //! replaced ones deleted), and the auto scaling group `ecsmesh-<cluster>`.
 //! Observe (`find_launch_template`, `describe_asg`), plan (pure:
-//! `launch_template_diffs`; `plan_asg`, the group's size/subnets/launch
+//! `plan_launch_template`; `plan_asg`, the group's size/subnets/launch
 //! source compared), apply (`up_instances`), destroy (`down_instances`, which waits
 //! for the group's instances to end).
 
@@ -107,6 +107,87 @@ fn plan_asg(
     }
 }
 
+/// The launch template as observed: its id, latest version and that
+/// version's data (`None`: AWS gave none).
+#[derive(Debug)]
+struct ObservedTemplate {
+    id: String,
+    latest: i64,
+    data: Option<ec2::types::ResponseLaunchTemplateData>,
+}
+
+/// What `up` does to the launch template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LaunchTemplatePlan {
+    Create,
+    Unchanged,
+    /// A complete new default version, for what differs.
+    NewVersion(Vec<&'static str>),
+}
+
+/// Compares the template's latest version with what `up` wants (no I/O).
+fn plan_launch_template(
+    cfg: &DeployConfig,
+    ami: &str,
+    sg: Option<&str>,
+    user_data_b64: &str,
+    have: Option<&ObservedTemplate>,
+) -> LaunchTemplatePlan {
+    let Some(t) = have else {
+        return LaunchTemplatePlan::Create;
+    };
+    let diffs = t.data.as_ref().map_or_else(
+        || vec!["no data"],
+        |d| launch_template_diffs(cfg, d, ami, sg, user_data_b64),
+    );
+    if diffs.is_empty() {
+        LaunchTemplatePlan::Unchanged
+    } else {
+        LaunchTemplatePlan::NewVersion(diffs)
+    }
+}
+
+fn launch_template_diffs(
+    cfg: &DeployConfig,
+    have: &ec2::types::ResponseLaunchTemplateData,
+    ami: &str,
+    sg: Option<&str>,
+    user_data_b64: &str,
+) -> Vec<&'static str> {
+    let mut d = Vec::new();
+    if have.image_id() != Some(ami) {
+        d.push("image");
+    }
+    if have.instance_type().map(InstanceType::as_str) != Some(cfg.instance_type.as_str()) {
+        d.push("instance type");
+    }
+    if have.user_data() != Some(user_data_b64) {
+        d.push("user data");
+    }
+    if have.key_name() != cfg.key_pair.as_deref() {
+        d.push("key pair");
+    }
+    if have.security_group_ids().first().map(String::as_str) != sg {
+        d.push("security group");
+    }
+    let profile = have
+        .iam_instance_profile()
+        .and_then(|p| p.name().or(p.arn()));
+    if profile != cfg.effective_instance_profile().as_deref() {
+        d.push("instance profile");
+    }
+    let md = have.metadata_options();
+    if md.and_then(|m| m.http_tokens())
+        != Some(&ec2::types::LaunchTemplateHttpTokensState::Required)
+        || md.and_then(
+            ec2::types::LaunchTemplateInstanceMetadataOptions::http_put_response_hop_limit,
+        ) != Some(2)
+    {
+        d.push("metadata options");
+    }
+    d
+}
+
 impl Deployer {
     async fn find_launch_template(&self) -> Result<Option<ec2::types::LaunchTemplate>> {
         let base = self.cfg.base_name();
@@ -170,46 +251,28 @@ impl Deployer {
     }
 
     /// What differs between the latest version and the wanted data.
-    fn launch_template_diffs(
-        &self,
-        have: &ec2::types::ResponseLaunchTemplateData,
-        ami: &str,
-        sg: Option<&str>,
-        user_data_b64: &str,
-    ) -> Vec<&'static str> {
-        let cfg = &self.cfg;
-        let mut d = Vec::new();
-        if have.image_id() != Some(ami) {
-            d.push("image");
-        }
-        if have.instance_type().map(InstanceType::as_str) != Some(cfg.instance_type.as_str()) {
-            d.push("instance type");
-        }
-        if have.user_data() != Some(user_data_b64) {
-            d.push("user data");
-        }
-        if have.key_name() != cfg.key_pair.as_deref() {
-            d.push("key pair");
-        }
-        if have.security_group_ids().first().map(String::as_str) != sg {
-            d.push("security group");
-        }
-        let profile = have
-            .iam_instance_profile()
-            .and_then(|p| p.name().or(p.arn()));
-        if profile != cfg.effective_instance_profile().as_deref() {
-            d.push("instance profile");
-        }
-        let md = have.metadata_options();
-        if md.and_then(|m| m.http_tokens())
-            != Some(&ec2::types::LaunchTemplateHttpTokensState::Required)
-            || md.and_then(
-                ec2::types::LaunchTemplateInstanceMetadataOptions::http_put_response_hop_limit,
-            ) != Some(2)
-        {
-            d.push("metadata options");
-        }
-        d
+    /// Observe: the template, its latest version's data.
+    async fn observe_launch_template(&self) -> Result<Option<ObservedTemplate>> {
+        let Some(lt) = self.find_launch_template().await? else {
+            return Ok(None);
+        };
+        let base = self.cfg.base_name();
+        let id = lt.launch_template_id().unwrap_or_default().to_owned();
+        let latest = lt.latest_version_number().unwrap_or(1);
+        let versions = self
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_id(&id)
+            .versions(latest.to_string())
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("DescribeLaunchTemplateVersions", &base, &e))?;
+        let data = versions
+            .launch_template_versions()
+            .first()
+            .and_then(|v| v.launch_template_data())
+            .cloned();
+        Ok(Some(ObservedTemplate { id, latest, data }))
     }
 
     async fn up_launch_template(
@@ -222,8 +285,14 @@ impl Deployer {
     ) -> Result<Launch> {
         let base = self.cfg.base_name();
         let data = self.launch_template_data(ami, sg, user_data_b64);
-        match self.find_launch_template().await? {
-            None => {
+        let have = self.observe_launch_template().await?;
+        let plan = plan_launch_template(&self.cfg, ami, sg, user_data_b64, have.as_ref());
+        // Only the id and version from here on: the data is large to hold
+        // across the calls below.
+        let have = have.map(|t| (t.id, t.latest));
+        match (plan, have) {
+            // (A plan for no template is always Create.)
+            (LaunchTemplatePlan::Create, _) | (_, None) => {
                 if !dry_run {
                     self.ec2
                         .create_launch_template()
@@ -246,67 +315,41 @@ impl Deployer {
                     "IMDSv2 required, hop limit 2",
                 );
             }
-            Some(lt) => {
-                let id = lt.launch_template_id().unwrap_or_default().to_owned();
-                let latest = lt.latest_version_number().unwrap_or(1);
-                let versions = self
-                    .ec2
-                    .describe_launch_template_versions()
-                    .launch_template_id(&id)
-                    .versions(latest.to_string())
-                    .send()
-                    .await
-                    .map_err(|e| DeployError::aws("DescribeLaunchTemplateVersions", &base, &e))?;
-                let diffs = versions
-                    .launch_template_versions()
-                    .first()
-                    .and_then(|v| v.launch_template_data())
-                    .map_or_else(
-                        || vec!["no data"],
-                        |have| self.launch_template_diffs(have, ami, sg, user_data_b64),
-                    );
-                if diffs.is_empty() {
-                    self.push(
-                        steps,
-                        "launch-template",
-                        &base,
-                        Action::Unchanged,
-                        format!("{id} version {latest}"),
-                    );
-                } else {
-                    if !dry_run {
-                        // A complete new version (no SourceVersion merging), made the default.
-                        let out = self
-                            .ec2
-                            .create_launch_template_version()
+            (LaunchTemplatePlan::Unchanged, Some((id, latest))) => {
+                let detail = format!("{id} version {latest}");
+                self.push(steps, "launch-template", &base, Action::Unchanged, detail);
+            }
+            (LaunchTemplatePlan::NewVersion(diffs), Some((id, _))) => {
+                if !dry_run {
+                    // A complete new version (no SourceVersion merging), made the default.
+                    let out = self
+                        .ec2
+                        .create_launch_template_version()
+                        .launch_template_id(&id)
+                        .launch_template_data(data)
+                        .send()
+                        .await
+                        .map_err(|e| DeployError::aws("CreateLaunchTemplateVersion", &base, &e))?;
+                    if let Some(v) = out
+                        .launch_template_version()
+                        .and_then(ec2::types::LaunchTemplateVersion::version_number)
+                    {
+                        self.ec2
+                            .modify_launch_template()
                             .launch_template_id(&id)
-                            .launch_template_data(data)
+                            .default_version(v.to_string())
                             .send()
                             .await
-                            .map_err(|e| {
-                                DeployError::aws("CreateLaunchTemplateVersion", &base, &e)
-                            })?;
-                        if let Some(v) = out
-                            .launch_template_version()
-                            .and_then(ec2::types::LaunchTemplateVersion::version_number)
-                        {
-                            self.ec2
-                                .modify_launch_template()
-                                .launch_template_id(&id)
-                                .default_version(v.to_string())
-                                .send()
-                                .await
-                                .map_err(|e| DeployError::aws("ModifyLaunchTemplate", &base, &e))?;
-                        }
+                            .map_err(|e| DeployError::aws("ModifyLaunchTemplate", &base, &e))?;
                     }
-                    self.push(
-                        steps,
-                        "launch-template",
-                        &base,
-                        Action::Update,
-                        format!("new version: {}", diffs.join(", ")),
-                    );
                 }
+                self.push(
+                    steps,
+                    "launch-template",
+                    &base,
+                    Action::Update,
+                    format!("new version: {}", diffs.join(", ")),
+                );
             }
         }
         Ok(Launch::Template(base))
@@ -738,5 +781,72 @@ mod tests {
                 launch_changed: true,
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod launch_template_tests {
+    use super::*;
+    use ec2::types::{
+        LaunchTemplateIamInstanceProfileSpecification, LaunchTemplateInstanceMetadataOptions,
+        ResponseLaunchTemplateData,
+    };
+
+    const AMI: &str = "ami-1";
+    const USER_DATA: &str = "IyEvYmluL2Jhc2g=";
+
+    /// The latest version as `up` writes it for `cfg`.
+    fn observed(cfg: &DeployConfig) -> ObservedTemplate {
+        let data = ResponseLaunchTemplateData::builder()
+            .image_id(AMI)
+            .instance_type(InstanceType::from(cfg.instance_type.as_str()))
+            .user_data(USER_DATA)
+            .security_group_ids("sg-1")
+            .set_iam_instance_profile(cfg.effective_instance_profile().map(|p| {
+                LaunchTemplateIamInstanceProfileSpecification::builder()
+                    .name(p)
+                    .build()
+            }))
+            .metadata_options(
+                LaunchTemplateInstanceMetadataOptions::builder()
+                    .http_tokens(LaunchTemplateHttpTokensState::Required)
+                    .http_put_response_hop_limit(2)
+                    .build(),
+            )
+            .build();
+        ObservedTemplate {
+            id: "lt-1".to_owned(),
+            latest: 1,
+            data: Some(data),
+        }
+    }
+
+    #[test]
+    fn plan_creates_an_absent_template() {
+        let cfg = DeployConfig::new("c", "r");
+        let plan = plan_launch_template(&cfg, AMI, Some("sg-1"), USER_DATA, None);
+        assert_eq!(plan, LaunchTemplatePlan::Create);
+    }
+
+    #[test]
+    fn plan_leaves_a_template_as_up_wrote_it() {
+        let cfg = DeployConfig::new("c", "r");
+        let have = observed(&cfg);
+        let plan = plan_launch_template(&cfg, AMI, Some("sg-1"), USER_DATA, Some(&have));
+        assert_eq!(plan, LaunchTemplatePlan::Unchanged);
+    }
+
+    #[test]
+    fn plan_makes_a_new_version_for_what_drifted() {
+        let cfg = DeployConfig::new("c", "r");
+        let have = observed(&cfg);
+        let plan = plan_launch_template(&cfg, "ami-2", Some("sg-1"), "ZWNobw==", Some(&have));
+        assert_eq!(
+            plan,
+            LaunchTemplatePlan::NewVersion(vec!["image", "user data"])
+        );
+        let no_data = ObservedTemplate { data: None, ..have };
+        let plan = plan_launch_template(&cfg, AMI, Some("sg-1"), USER_DATA, Some(&no_data));
+        assert_eq!(plan, LaunchTemplatePlan::NewVersion(vec!["no data"]));
     }
 }
