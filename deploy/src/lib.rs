@@ -55,8 +55,24 @@
 //! replicas share ([`DeployConfig::dynamodb_table`]). The mesh's own images
 //! ([`ecr`], with [`DeployConfig::images`]): ECR repositories, the images
 //! pushed with ECR's token, the task definitions pinned to their digests.
-//! Both modules, like `events` and `secrets`, keep one resource kind in one
-//! place: observe what exists, plan (a pure comparison), apply, destroy.
+//!
+//! The structure: one module per resource kind (`network`, `iam`,
+//! `secrets`, `cluster`, `events`, `table`, `ecr`, `lb`, `taskdefs`,
+//! `instances`, `services`), each with the same four roles. Observe: an
+//! async method of [`Deployer`] that only reads (`observe_*`, `find_*`,
+//! `describe_*`). Plan: a free function of what is wanted and what was
+//! observed, with no I/O, returning what to do (create, unchanged, or
+//! update with what differs), unit-tested in its module: `plan_*` (`plan`
+//! in `iam` and `lb`; in `events` the comparisons `attribute_diffs` and
+//! `same_json`; `secrets` only creates what is missing, a lookup in what
+//! exists). Apply: `up_*(dry_run, ..)` observes, plans and, unless
+//! `dry_run`, carries the plan out; both ways it reports the plan's steps,
+//! so `--dry-run` shows the plan from the same code. Destroy:
+//! `down_*(dry_run, ..)`, only what carries the owner tag. The driver
+//! (`ops`) calls `up_*` in dependency order and `down_*` in reverse. These
+//! are per-module functions, not (yet) one trait: what a module wants is
+//! partly what an earlier one made (the VPC, the rendered user data, the
+//! task definitions' ARNs), so the signatures differ.
 
 mod cluster;
 pub mod config;

@@ -1,10 +1,10 @@
 //! The driver: one [`Deployer`] holds the settings and the AWS clients, and
 //! `up`, `status` and `down` call each resource kind's module in dependency
 //! order (`down` in reverse). Each module keeps one kind in one place and
-//! has the same small shape: observe what exists, plan (compare it with
-//! what is wanted, without I/O), apply (create or put right; with `dry_run`
-//! only report the plan, from the same code), destroy (only what carries
-//! the owner tag). The modules: `network` (VPC, AMI, security group), `iam`
+//! has the same small shape (see the crate's doc): observe what exists,
+//! `plan_*` (compare it with what is wanted, without I/O), `up_*` (apply:
+//! create or put right; with `dry_run` only report the plan, from the same
+//! code), `down_*` (destroy only what carries the owner tag). The modules: `network` (VPC, AMI, security group), `iam`
 //! (instance role and profile), `secrets` (SSM parameters), `cluster`,
 //! `events` (queue, rule), `table` (DynamoDB), `ecr` (repositories, image
 //! pushes), `lb` (the controller's load balancer), `taskdefs` (task
