@@ -543,6 +543,8 @@ fn set_target(set: &EndpointSet, settings: &TableSettings, previous: Option<&Tar
     let mut all = Vec::with_capacity(set.len());
     let mut local = Vec::new();
     let mut fallback = Vec::new();
+    // The serving endpoints' zones, for the zone split.
+    let mut serving_zones = Vec::new();
     // Endpoints on draining hosts serve only when nothing else can. This
     // host's own endpoints all stay in `local`: a request that reaches the
     // incoming side was routed here on purpose.
@@ -572,10 +574,12 @@ fn set_target(set: &EndpointSet, settings: &TableSettings, previous: Option<&Tar
             fallback.push(balanced);
         } else {
             all.push(balanced);
+            let zone = e.meta.get(ecsmesh_state::meta::AVAILABILITY_ZONE);
+            serving_zones.push((balanced, zone.map_or("", String::as_str)));
         }
     }
     let all = Balancer::new(&all, &settings.balancer, previous.map(|p| &**p.0));
-    let zones = zones(set, &all, settings).map(Arc::new);
+    let zones = zones(&serving_zones, &all, settings).map(Arc::new);
     Target::Set {
         all: Arc::new(all),
         local: Arc::new(Balancer::new(
@@ -598,54 +602,37 @@ fn set_target(set: &EndpointSet, settings: &TableSettings, previous: Option<&Tar
 /// and spans two zones or more. The near and far balancers share `all`'s
 /// per-endpoint state (latency, accrual), so a failure seen by one counts
 /// in all.
-fn zones(set: &EndpointSet, all: &Balancer, settings: &TableSettings) -> Option<Zones> {
+fn zones(
+    serving: &[(BalancedEndpoint, &str)],
+    all: &Balancer,
+    settings: &TableSettings,
+) -> Option<Zones> {
     let here = settings
         .availability_zone
         .as_ref()
         .filter(|_| settings.zone_aware)?;
-    let serving: std::collections::HashSet<SocketAddr> = all.addresses().into_iter().collect();
-    let mut of = HashMap::new();
+    let mut of = HashMap::with_capacity(serving.len());
     let (mut near, mut far) = (Vec::new(), Vec::new());
     let mut zones = std::collections::HashSet::new();
-    for e in set.iter().filter(|e| serving.contains(&e.addr)) {
-        let zone = e
-            .meta
-            .get(ecsmesh_state::meta::AVAILABILITY_ZONE)
-            .map(String::as_str)
-            .unwrap_or_default();
+    for &(endpoint, zone) in serving {
         zones.insert(zone);
-        let balanced = BalancedEndpoint {
-            addr: e.addr,
-            weight: e.weight,
-            generation: generation(e),
-        };
         if zone == &**here {
-            near.push(balanced);
+            near.push(endpoint);
         } else {
-            far.push(balanced);
+            far.push(endpoint);
         }
         let counter = settings.zone_counters.counter(here, zone);
-        of.insert(e.addr, (Arc::from(zone), counter));
+        of.insert(endpoint.addr, (Arc::from(zone), counter));
     }
     if near.is_empty() || far.is_empty() {
         return None;
     }
-    let weight = |eps: &[BalancedEndpoint]| -> f64 {
-        eps.iter()
-            .map(|e| {
-                if e.weight.is_finite() && e.weight > 0.0 {
-                    e.weight
-                } else {
-                    1.0
-                }
-            })
-            .sum()
-    };
+    let near = Balancer::new(&near, &settings.balancer, Some(all));
     let zone_count = u32::try_from(zones.len()).map_or(f64::MAX, f64::from);
-    let near_share = (zone_count * weight(&near) / (weight(&near) + weight(&far))).min(1.0);
+    let near_share = (zone_count * near.total_weight() / all.total_weight()).min(1.0);
     Some(Zones {
         here: Arc::clone(here),
-        near: Balancer::new(&near, &settings.balancer, Some(all)),
+        near,
         far: Balancer::new(&far, &settings.balancer, Some(all)),
         near_share,
         of,

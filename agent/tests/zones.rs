@@ -108,6 +108,11 @@ async fn requests_stay_in_the_zone_and_leave_it_when_it_fails() {
         }
     }
     let retries_before = metric(&agent, "ecsmesh_agent_retries_total").await;
+    // The dead zone's first attempts were retried: the series is the right one.
+    assert!(
+        retries_before > 0.0,
+        "no retries counted while the zone died"
+    );
     let far_before = b1.hits() + b2.hits();
     for _ in 0..200 {
         let (status, _, _) = get_via(agent.outgoing_addr, "world", "/", &[]).await;

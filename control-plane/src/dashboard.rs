@@ -110,21 +110,11 @@ struct ReplicaView {
 }
 
 fn replica(s: &AdminState) -> Option<ReplicaView> {
-    use crate::leader::Role;
     let me = s.me.as_ref()?;
-    Some(match &*s.role.borrow() {
-        Role::Candidate => ReplicaView {
-            role: "candidate",
-            leader: None,
-        },
-        Role::Leader => ReplicaView {
-            role: "leader",
-            leader: Some(me.address.clone()),
-        },
-        Role::Follower { leader } => ReplicaView {
-            role: "follower",
-            leader: Some(leader.address.clone()),
-        },
+    let role = s.role.borrow();
+    Some(ReplicaView {
+        role: role.name(),
+        leader: role.leader(me).map(|h| h.address.clone()),
     })
 }
 

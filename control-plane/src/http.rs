@@ -116,19 +116,13 @@ async fn agents(State(s): State<AdminState>) -> impl IntoResponse {
 
 /// This replica's part in the leader election.
 async fn leader(State(s): State<AdminState>) -> impl IntoResponse {
-    use crate::leader::Role;
     let holder =
         |h: &crate::leader::Holder| serde_json::json!({ "id": h.id, "address": h.address });
     let role = s.role.borrow().clone();
-    let (name, leader) = match &role {
-        Role::Candidate => ("candidate", None),
-        Role::Leader => ("leader", s.me.as_ref().map(holder)),
-        Role::Follower { leader } => ("follower", Some(holder(leader))),
-    };
     Json(serde_json::json!({
-        "role": name,
+        "role": role.name(),
         "elected": s.me.is_some(),
         "me": s.me.as_ref().map(holder),
-        "leader": leader,
+        "leader": s.me.as_ref().and_then(|me| role.leader(me)).map(holder),
     }))
 }

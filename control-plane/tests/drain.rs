@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,60 +19,12 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::NetworkMode;
 use bytes::Bytes;
-use common::{Running, emulator_env, free_port};
+use common::{Running, Upstream, agent, clients, emulator_env, free_port, upstream};
 use ecsmesh_agent::Agent;
-use ecsmesh_agent::config::{Args, Config, FileConfig, Mode};
-use ecsmesh_test_support::ecs::{Node, Topology, sdk_config};
+use ecsmesh_test_support::ecs::{Topology, sdk_config};
 use ecsmesh_test_support::moto::MotoServer;
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-
-/// An upstream that counts its requests. It stays up after its task is
-/// scaled away (draining) until `exit` (the container exits).
-struct Upstream {
-    hits: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Upstream {
-    async fn exit(&self) {
-        self.task.abort();
-        // Let the aborted task drop its listener and connections.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn upstream(addr: SocketAddr) -> Upstream {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let hits = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&hits);
-    let task = tokio::spawn(async move {
-        // Connections belong to this task: aborting it is the container exiting.
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = Arc::clone(&counter);
-            conns.spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |_req: http::Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        async {
-                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
-                                "world",
-                            ))))
-                        }
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Upstream { hits, task }
-}
+use hyper_util::rt::TokioExecutor;
 
 fn endpoints(agent: &Agent) -> usize {
     let table = agent.routes.load();
@@ -121,7 +72,7 @@ async fn scaling_reaches_the_data_plane_without_failed_requests() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port("127.0.0.1");
     let _controller = controller(grpc, &dir.path().join("store"), moto, region, "drain");
-    let agent = Arc::new(agent(&topology.nodes[0], grpc, dir.path().join("agent")).await);
+    let agent = Arc::new(agent(&topology.nodes[0], &[grpc], dir.path().join("agent")).await);
     until("the agent to see both tasks", async || {
         endpoints(&agent) == 2
     })
@@ -230,24 +181,6 @@ fn controller(
     )
 }
 
-/// An agent on `node` (direct mode) following the controller on `grpc`:
-/// it claims the node's instance, as the controller admits only those.
-async fn agent(node: &Node, grpc: u16, state_dir: std::path::PathBuf) -> Agent {
-    let host_ip = node.private_ip.as_str();
-    let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
-    config.host_ip = Some(host_ip.parse().unwrap());
-    config.instance_id = Some(node.instance_id.clone());
-    config.availability_zone = Some("zone-a".into());
-    config.controller = format!("http://127.0.0.1:{grpc}");
-    config.state_dir = state_dir;
-    config.mode = Mode::Direct;
-    config.outgoing_port = 0;
-    config.incoming_port = free_port(host_ip);
-    config.admin_port = 0;
-    config.imds_endpoint = Some("http://127.0.0.1:1".into());
-    Agent::start(config).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_killed_and_restarted_loses_nothing() {
     let moto = MotoServer::shared();
@@ -275,7 +208,7 @@ async fn a_controller_killed_and_restarted_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port("127.0.0.1");
     let first = controller(grpc, &dir.path().join("store"), moto, region, "restart");
-    let agent = agent(&topology.nodes[0], grpc, dir.path().join("agent")).await;
+    let agent = agent(&topology.nodes[0], &[grpc], dir.path().join("agent")).await;
     let set = ecsmesh_dtab::Path::read("/#/ecs/restart/world").unwrap();
     let has = |n: usize| {
         agent
@@ -330,44 +263,6 @@ async fn a_controller_killed_and_restarted_loses_nothing() {
     );
 }
 
-/// Requests in a loop through `proxy` until `stop`; counts successes and
-/// failures.
-fn clients(
-    n: usize,
-    proxy: SocketAddr,
-    stop: &Arc<AtomicBool>,
-    ok: &Arc<AtomicU64>,
-    failed: &Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..n)
-        .map(|_| {
-            let (stop, ok, failed) = (Arc::clone(stop), Arc::clone(ok), Arc::clone(failed));
-            tokio::spawn(async move {
-                let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                    .build_http::<Full<Bytes>>();
-                let mut n = 0;
-                while !stop.load(Ordering::SeqCst) && n < 50_000 {
-                    n += 1;
-                    let req = http::Request::get(format!("http://{proxy}/"))
-                        .header("host", "world")
-                        .body(Full::new(Bytes::new()))
-                        .unwrap();
-                    match client.request(req).await {
-                        Ok(resp) if resp.status().is_success() => {
-                            let _ = resp.into_body().collect().await;
-                            ok.fetch_add(1, Ordering::SeqCst);
-                        }
-                        other => {
-                            eprintln!("failed: {:?}", other.map(|r| r.status()));
-                            failed.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_instance_serves_only_when_nothing_else_can() {
     use aws_sdk_ecs::types::ContainerInstanceStatus;
@@ -414,7 +309,7 @@ async fn a_drained_instance_serves_only_when_nothing_else_can() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port("127.0.0.1");
     let _controller = controller(grpc, &dir.path().join("store"), moto, region, "drain");
-    let agent = Arc::new(agent(&topology.nodes[1], grpc, dir.path().join("agent")).await);
+    let agent = Arc::new(agent(&topology.nodes[1], &[grpc], dir.path().join("agent")).await);
     until("the agent to see both tasks", async || {
         endpoints(&agent) == 2
     })

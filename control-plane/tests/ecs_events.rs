@@ -135,33 +135,56 @@ async fn service_and_queue(
     (conf, topology, sqs, queue)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_change_routing_between_full_resyncs() {
-    let moto = MotoServer::shared();
-    let region = "ap-northeast-2";
-    let (conf, topology, sqs, queue) = service_and_queue(moto, region, "events", 48).await;
-
+/// The cluster `events`' source (full resync every 5 min) fed by the
+/// queue's consumer: its metrics, its view, and the two tasks.
+#[allow(clippy::type_complexity)]
+fn follow_events(
+    conf: &aws_config::SdkConfig,
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+) -> (
+    Arc<Metrics>,
+    watch::Receiver<ObservedState>,
+    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let metrics = Arc::new(Metrics::new());
     let mut source = EcsSource::new(
-        aws_sdk_ecs::Client::new(&conf),
-        aws_sdk_ec2::Client::new(&conf),
+        aws_sdk_ecs::Client::new(conf),
+        aws_sdk_ec2::Client::new(conf),
         "events".to_owned(),
         Arc::clone(&metrics),
     );
     let (tx, events) = tokio::sync::mpsc::channel(16);
     source.events = Some(events);
     let observed = Arc::new(Observed::new(["ecs:events".to_owned()]));
-    let mut rx = observed.subscribe();
-    let run = {
-        let observed = Arc::clone(&observed);
-        tokio::spawn(async move { source.run(&observed, Duration::from_mins(5)).await })
-    };
+    let rx = observed.subscribe();
+    let run = tokio::spawn(async move { source.run(&observed, Duration::from_mins(5)).await });
     let consumer = tokio::spawn(ecsmesh_controller::sources::ecs_events::run(
         sqs.clone(),
-        queue.clone(),
+        queue.to_owned(),
         BTreeMap::from([("events".to_owned(), tx)]),
         Arc::clone(&metrics),
     ));
+    (metrics, rx, run, consumer)
+}
+
+async fn send(sqs: &aws_sdk_sqs::Client, queue: &str, body: String) {
+    sqs.send_message()
+        .queue_url(queue)
+        .message_body(body)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_change_routing_between_full_resyncs() {
+    let moto = MotoServer::shared();
+    let region = "ap-northeast-2";
+    let (conf, topology, sqs, queue) = service_and_queue(moto, region, "events", 48).await;
+
+    let (metrics, mut rx, run, consumer) = follow_events(&conf, &sqs, &queue);
     until(&mut rx, "the first resync", |s| world(s) == 1).await;
     let first = topology.service_tasks("world").await;
 
@@ -188,17 +211,7 @@ async fn events_change_routing_between_full_resyncs() {
         .find(|t| first.iter().any(|a| Some(a.as_str()) == t.task_arn()))
         .unwrap()
         .clone();
-    let send = |body: String| {
-        let (sqs, queue) = (sqs.clone(), queue.clone());
-        async move {
-            sqs.send_message()
-                .queue_url(queue)
-                .message_body(body)
-                .send()
-                .await
-                .unwrap();
-        }
-    };
+    let send = |body: String| send(&sqs, &queue, body);
     send(event(&new, 3, "RUNNING")).await;
     until(&mut rx, "the started task's event", |s| world(s) == 2).await;
 
@@ -466,40 +479,10 @@ async fn an_event_older_than_the_resync_does_not_bring_a_stopped_task_back() {
         .clone();
     topology.scale_service("world", 0).await;
 
-    let metrics = Arc::new(Metrics::new());
-    let mut source = EcsSource::new(
-        aws_sdk_ecs::Client::new(&conf),
-        aws_sdk_ec2::Client::new(&conf),
-        "events".to_owned(),
-        Arc::clone(&metrics),
-    );
-    let (tx, events) = tokio::sync::mpsc::channel(16);
-    source.events = Some(events);
-    let observed = Arc::new(Observed::new(["ecs:events".to_owned()]));
-    let mut rx = observed.subscribe();
-    let run = {
-        let observed = Arc::clone(&observed);
-        tokio::spawn(async move { source.run(&observed, Duration::from_mins(5)).await })
-    };
-    let consumer = tokio::spawn(ecsmesh_controller::sources::ecs_events::run(
-        sqs.clone(),
-        queue.clone(),
-        BTreeMap::from([("events".to_owned(), tx)]),
-        Arc::clone(&metrics),
-    ));
+    let (metrics, mut rx, run, consumer) = follow_events(&conf, &sqs, &queue);
     until(&mut rx, "the first resync", ObservedState::ready).await;
     assert_eq!(world(&rx.borrow()), 0);
-    let send = |body: String| {
-        let (sqs, queue) = (sqs.clone(), queue.clone());
-        async move {
-            sqs.send_message()
-                .queue_url(queue)
-                .message_body(body)
-                .send()
-                .await
-                .unwrap();
-        }
-    };
+    let send = |body: String| send(&sqs, &queue, body);
     let ten_minutes_ago = std::time::SystemTime::now() - Duration::from_mins(10);
     send(event_at(&task, 5, "RUNNING", ten_minutes_ago)).await;
     tokio::time::timeout(Duration::from_secs(30), async {

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,14 +20,10 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use aws_sdk_ecs::types::NetworkMode;
-use bytes::Bytes;
-use common::{Running, emulator_env, free_port};
+use common::{Running, agent, emulator_env, free_port, upstream};
 use ecsmesh_agent::Agent;
-use ecsmesh_agent::config::{Args, Config, FileConfig, Mode};
-use ecsmesh_test_support::ecs::{Node, Topology, sdk_config};
+use ecsmesh_test_support::ecs::{Topology, sdk_config};
 use ecsmesh_test_support::moto::MotoServer;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 async fn create_table(conf: &aws_config::SdkConfig, name: &str) {
@@ -142,57 +137,6 @@ async fn one_leader(replicas: &[&Replica], within: Duration) -> usize {
     }
 }
 
-async fn upstream(addr: SocketAddr) -> Arc<AtomicU64> {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let hits = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&hits);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = Arc::clone(&counter);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |_req: http::Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        async {
-                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
-                                "world",
-                            ))))
-                        }
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    hits
-}
-
-/// An agent on `node` following the replicas in `controllers`' order.
-async fn agent(node: &Node, controllers: &[u16], state_dir: std::path::PathBuf) -> Agent {
-    let host_ip = node.private_ip.as_str();
-    let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
-    config.host_ip = Some(host_ip.parse().unwrap());
-    config.instance_id = Some(node.instance_id.clone());
-    config.availability_zone = Some("zone-a".into());
-    config.controller = controllers
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    config.state_dir = state_dir;
-    config.mode = Mode::Direct;
-    config.outgoing_port = 0;
-    config.incoming_port = free_port(host_ip);
-    config.admin_port = 0;
-    config.imds_endpoint = Some("http://127.0.0.1:1".into());
-    Agent::start(config).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_watches_ecs_and_a_killed_one_is_replaced_under_load() {
     let moto = MotoServer::shared();
@@ -281,34 +225,7 @@ async fn one_leader_watches_ecs_and_a_killed_one_is_replaced_under_load() {
     // Under load, the leader is killed and ECS changes at that moment.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
-            let proxy = agent.outgoing_addr;
-            tokio::spawn(async move {
-                let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                    .build_http::<Full<Bytes>>();
-                let mut n = 0;
-                while !stop.load(Ordering::SeqCst) && n < 100_000 {
-                    n += 1;
-                    let req = http::Request::get(format!("http://{proxy}/"))
-                        .header("host", "world")
-                        .body(Full::new(Bytes::new()))
-                        .unwrap();
-                    match client.request(req).await {
-                        Ok(resp) if resp.status().is_success() => {
-                            let _ = resp.into_body().collect().await;
-                            ok.fetch_add(1, Ordering::SeqCst);
-                        }
-                        other => {
-                            eprintln!("failed: {:?}", other.map(|r| r.status()));
-                            failed.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = common::clients(4, agent.outgoing_addr, &stop, &ok, &failed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     replicas[leader].process.take().unwrap().kill();
     // Scaled out, not in: the old tasks keep serving whatever routes the
@@ -498,7 +415,7 @@ async fn the_dynamodb_lease_is_taken_once_and_over_only_after_a_silent_ttl() {
         renewed = Instant::now();
         match other.try_acquire().await.unwrap() {
             Attempt::HeldBy(h) => assert!(h.address.ends_with(":4321")),
-            Attempt::Acquired => panic!("took a lease whose heartbeat moves"),
+            other => panic!("{other:?} for a lease whose heartbeat moves"),
         }
         tokio::time::sleep(ttl / 4).await;
     }
@@ -521,4 +438,75 @@ async fn the_dynamodb_lease_is_taken_once_and_over_only_after_a_silent_ttl() {
     // A release lets the other in at once.
     other.release().await.unwrap();
     assert_eq!(leader.try_acquire().await.unwrap(), Attempt::Acquired);
+}
+
+/// `Replication.Follow` hands out every endpoint: through the real binary
+/// it needs the admin token (none: UNAUTHENTICATED, a wrong one:
+/// PERMISSION_DENIED), only the leader serves it (FAILED_PRECONDITION),
+/// and its request is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_needs_the_admin_token_and_the_leader() {
+    use ecsmesh_proto::v1 as pb;
+    let consul = ecsmesh_consul_double::ConsulDouble::start().await.unwrap();
+    let address = format!("http://{}", consul.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "replicas-share-this-admin-token\n").unwrap();
+    let token_file = token_file.display().to_string();
+    let args = [
+        "--store",
+        "consul",
+        "--consul-address",
+        &address,
+        "--admin-token-file",
+        &token_file,
+        // Something to publish, so the leader's stream has a first message.
+        "--base-dtab",
+        "/svc=>/#/consul/dc1",
+    ];
+    let a = Replica::start(&args, &[]);
+    let b = Replica::start(&args, &[]);
+    let replicas = [&a, &b];
+    let leader = one_leader(&replicas, Duration::from_secs(20)).await;
+    let follow = |port: u16, bearer: Option<&'static str>, replica_id: String| async move {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut client =
+            pb::replication_client::ReplicationClient::new(common::channel(addr).await);
+        let mut request = tonic::Request::new(pb::FollowRequest { replica_id });
+        if let Some(b) = bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", b.parse().unwrap());
+        }
+        match client.follow(request).await {
+            Ok(stream) => stream
+                .into_inner()
+                .message()
+                .await
+                .map(|m| m.is_some())
+                .map_err(|s| s.code()),
+            Err(status) => Err(status.code()),
+        }
+    };
+    let (lead, other) = (replicas[leader].grpc, replicas[1 - leader].grpc);
+    let good = "Bearer replicas-share-this-admin-token";
+    assert_eq!(
+        follow(lead, None, "x".into()).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+    assert_eq!(
+        follow(lead, Some("Bearer not-the-token"), "x".into()).await,
+        Err(tonic::Code::PermissionDenied)
+    );
+    assert_eq!(
+        follow(other, Some(good), "x".into()).await,
+        Err(tonic::Code::FailedPrecondition)
+    );
+    let huge = "r".repeat(128 * 1024);
+    assert!(
+        follow(lead, Some(good), huge).await.is_err(),
+        "an unbounded request"
+    );
+    // The real follower follows meanwhile, so the leader answers a good one.
+    assert_eq!(follow(lead, Some(good), "x".into()).await, Ok(true));
 }

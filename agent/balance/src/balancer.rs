@@ -553,6 +553,12 @@ impl Balancer {
         fastrand::Rng::with_seed(z ^ (z >> 31))
     }
 
+    /// The endpoints' weights summed (a weight that is not finite and
+    /// positive counting as 1, as in picks).
+    pub fn total_weight(&self) -> f64 {
+        self.total
+    }
+
     /// Number of endpoints.
     pub fn len(&self) -> usize {
         self.nodes.len()

@@ -92,26 +92,20 @@ impl ConsulLease {
         let read = self.client.kv_get(&self.key, &opts).await;
         self.count("kv_get", &read);
         let entry = read.map_err(|e| self.error(e))?.value;
-        let holder = entry.as_ref().map(|e| {
-            serde_json::from_slice::<Value>(&e.value).map_or_else(
-                |_| Holder {
-                    id: String::new(),
-                    address: String::new(),
-                },
-                |v| Holder {
-                    id: v.holder,
-                    address: v.address,
-                },
-            )
-        });
-        match (&entry, holder) {
-            (Some(e), Some(holder)) if e.session.is_some() => {
-                if e.session == self.session {
-                    return Ok(Attempt::Acquired);
-                }
-                return Ok(Attempt::HeldBy(holder));
+        if let Some(e) = entry.filter(|e| e.session.is_some()) {
+            if e.session == self.session {
+                return Ok(Attempt::Acquired);
             }
-            _ => {}
+            // Locked by a value that is not ours to read (written by hand):
+            // nobody to follow; the lock holder's session decides.
+            return Ok(
+                serde_json::from_slice::<Value>(&e.value).map_or(Attempt::Contended, |v| {
+                    Attempt::HeldBy(Holder {
+                        id: v.holder,
+                        address: v.address,
+                    })
+                }),
+            );
         }
         let session = self.session().await?;
         let acquired = self
@@ -127,10 +121,7 @@ impl ConsulLease {
                 self.session = None;
                 let destroyed = self.client.session_destroy(&session).await;
                 self.count("session_destroy", &destroyed);
-                Ok(Attempt::HeldBy(Holder {
-                    id: String::new(),
-                    address: String::new(),
-                }))
+                Ok(Attempt::Contended)
             }
             Err(e) => {
                 // An invalidated session is refused: make a new one next time.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb as ddb;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{Attempt, Holder, LeaseError, LeaseSettings, heartbeat};
+use super::{Attempt, Holder, LeaseError, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::store::dynamodb::is_condition_failed;
 
@@ -38,6 +38,11 @@ struct Item {
     holder: Holder,
     heartbeat: String,
     ttl: Duration,
+}
+
+/// A fresh heartbeat token.
+fn heartbeat() -> String {
+    format!("{:016x}", fastrand::u64(..))
 }
 
 fn s(v: &str) -> AttributeValue {
@@ -126,9 +131,6 @@ impl DynamoLease {
         if !values.is_empty() {
             request = request.set_expression_attribute_values(Some(values));
         }
-        if condition.contains("#pk") {
-            request = request.expression_attribute_names("#pk", PK);
-        }
         let out = request.send().await;
         self.metrics.api_call("dynamodb", "PutItem", out.is_ok());
         match out {
@@ -144,17 +146,10 @@ impl DynamoLease {
     pub(super) async fn try_acquire(&mut self) -> Result<Attempt, LeaseError> {
         let Some(item) = self.read().await? else {
             return Ok(
-                if self
-                    .put("attribute_not_exists(#pk)", HashMap::new())
-                    .await?
-                {
+                if self.put("attribute_not_exists(pk)", HashMap::new()).await? {
                     Attempt::Acquired
                 } else {
-                    // Another replica was first; it shows at the next look.
-                    Attempt::HeldBy(Holder {
-                        id: String::new(),
-                        address: String::new(),
-                    })
+                    Attempt::Contended
                 },
             );
         };

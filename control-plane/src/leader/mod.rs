@@ -41,6 +41,26 @@ pub enum Role {
     },
 }
 
+impl Role {
+    /// As `/leader` and the dashboard name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Candidate => "candidate",
+            Self::Leader => "leader",
+            Self::Follower { .. } => "follower",
+        }
+    }
+
+    /// The leader, as far as this replica (`me`) knows.
+    pub fn leader<'a>(&'a self, me: &'a Holder) -> Option<&'a Holder> {
+        match self {
+            Self::Candidate => None,
+            Self::Leader => Some(me),
+            Self::Follower { leader } => Some(leader),
+        }
+    }
+}
+
 /// A lease holder as the store records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holder {
@@ -83,6 +103,8 @@ pub enum Attempt {
     Acquired,
     /// Another replica holds it.
     HeldBy(Holder),
+    /// Another replica took it just now; who, the next look tells.
+    Contended,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,9 +220,8 @@ async fn run(
                     tracing::info!(replica = %me, "took the leader lease: watching ECS and Consul");
                     Some(Role::Leader)
                 }
-                // A holder not read yet (another replica won a race): next look.
-                Ok(Attempt::HeldBy(leader)) if leader.address.is_empty() => None,
                 Ok(Attempt::HeldBy(leader)) => Some(Role::Follower { leader }),
+                Ok(Attempt::Contended) => None,
                 Err(e) => {
                     tracing::warn!(replica = %me, error = %e, "cannot read the leader lease");
                     None
@@ -243,11 +264,6 @@ async fn run(
             }
         }
     }
-}
-
-/// A fresh heartbeat token.
-fn heartbeat() -> String {
-    format!("{:016x}", fastrand::u64(..))
 }
 
 #[cfg(test)]

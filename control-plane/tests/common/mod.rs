@@ -3,8 +3,15 @@
 #![allow(dead_code, clippy::missing_panics_doc, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use ecsmesh_controller::Controller;
 use ecsmesh_controller::config::Config;
@@ -201,4 +208,117 @@ pub fn emulator_env(endpoint: &str, region: &str) -> Vec<(&'static str, String)>
         ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
         ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
     ]
+}
+
+/// An upstream that counts its requests. It stays up after its task is
+/// scaled away (draining) until `exit` (the container exits).
+pub struct Upstream {
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn exit(&self) {
+        self.task.abort();
+        // Let the aborted task drop its listener and connections.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn upstream(addr: SocketAddr) -> Upstream {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&hits);
+    let task = tokio::spawn(async move {
+        // Connections belong to this task: aborting it is the container exiting.
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = Arc::clone(&counter);
+            conns.spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async {
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                                "world",
+                            ))))
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { hits, task }
+}
+
+/// An agent on `node` (direct mode) following the controller replicas on
+/// `controllers` (gRPC ports, in order): it claims the node's instance, as
+/// controllers admit only those.
+pub async fn agent(
+    node: &ecsmesh_test_support::ecs::Node,
+    controllers: &[u16],
+    state_dir: std::path::PathBuf,
+) -> ecsmesh_agent::Agent {
+    use ecsmesh_agent::config::{Args, Config as AgentConfig, FileConfig, Mode};
+    let host_ip = node.private_ip.as_str();
+    let mut config = AgentConfig::resolve(&Args::default(), FileConfig::default()).unwrap();
+    config.host_ip = Some(host_ip.parse().unwrap());
+    config.instance_id = Some(node.instance_id.clone());
+    config.availability_zone = Some("zone-a".into());
+    config.controller = controllers
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    config.state_dir = state_dir;
+    config.mode = Mode::Direct;
+    config.outgoing_port = 0;
+    config.incoming_port = free_port(host_ip);
+    config.admin_port = 0;
+    config.imds_endpoint = Some("http://127.0.0.1:1".into());
+    ecsmesh_agent::Agent::start(config).await.unwrap()
+}
+
+/// Requests in a loop through `proxy` until `stop`; counts successes and
+/// failures.
+pub fn clients(
+    n: usize,
+    proxy: SocketAddr,
+    stop: &Arc<AtomicBool>,
+    ok: &Arc<AtomicU64>,
+    failed: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let (stop, ok, failed) = (Arc::clone(stop), Arc::clone(ok), Arc::clone(failed));
+            tokio::spawn(async move {
+                let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .build_http::<Full<Bytes>>();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && n < 50_000 {
+                    n += 1;
+                    let req = http::Request::get(format!("http://{proxy}/"))
+                        .header("host", "world")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    match client.request(req).await {
+                        Ok(resp) if resp.status().is_success() => {
+                            let _ = resp.into_body().collect().await;
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => {
+                            eprintln!("failed: {:?}", other.map(|r| r.status()));
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
 }
