@@ -25,7 +25,7 @@ fn mesh() -> MeshState {
             Arc::new(Dtab::read(&dtab).expect("dtab")),
         )]
         .into(),
-        sets: std::collections::BTreeMap::new(),
+        ..MeshState::default()
     };
     for s in 0..50u8 {
         let set: EndpointSet = (1..=3u8)

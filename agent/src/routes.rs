@@ -794,6 +794,7 @@ mod tests {
             )]
             .into(),
             sets: [(Path::read("/#/ecs/demo/world").unwrap(), Arc::new(set))].into(),
+            ..MeshState::default()
         };
         let table = RouteTable::build(1, "e".into(), Arc::new(mesh), &settings, None);
         (table, settings)
@@ -842,6 +843,7 @@ mod tests {
         let first = MeshState {
             dtabs: std::collections::BTreeMap::new(),
             sets: [(a.clone(), set(1)), (b.clone(), set(2))].into(),
+            ..MeshState::default()
         };
         let mut second = first.clone();
         second.sets.insert(a.clone(), set(3));
@@ -877,6 +879,7 @@ mod tests {
             let mesh = MeshState {
                 dtabs: std::collections::BTreeMap::new(),
                 sets: [(Path::read("/#/ecs/demo/world").unwrap(), Arc::new(set))].into(),
+                ..MeshState::default()
             };
             let table = RouteTable::build(1, "e".into(), Arc::new(mesh), settings, None);
             match table.balancers.values().next() {
@@ -938,6 +941,7 @@ mod tests {
                     Arc::new(eps.into_iter().collect::<EndpointSet>()),
                 )]
                 .into(),
+                ..MeshState::default()
             };
             let table = RouteTable::build(1, "e".into(), Arc::new(mesh), &settings, None);
             table.clients()[0].total

@@ -171,7 +171,7 @@ mod tests {
     fn state(dtab: &str) -> MeshState {
         MeshState {
             dtabs: [("default".to_owned(), Arc::new(Dtab::read(dtab).unwrap()))].into(),
-            sets: std::collections::BTreeMap::default(),
+            ..MeshState::default()
         }
     }
 

@@ -58,6 +58,7 @@ pub fn desired_state(base: &BaseDtabs, stored: &Namespaces, observed: &ObservedS
     MeshState {
         dtabs: base.desired_dtabs(stored),
         sets: observed.merged(),
+        ..MeshState::default()
     }
 }
 

@@ -1,7 +1,8 @@
 //! # ecsmesh-state
 //!
 //! The mesh state shared by the controller and the agents: each namespace's
-//! effective dtab and each concrete name's endpoint set ([`MeshState`]);
+//! effective dtab, each concrete name's endpoint set and each service
+//! policy ([`MeshState`]);
 //! its wire forms (snapshot and delta, from `ecsmesh-proto`) and the
 //! diff/apply pair between them; the concrete names (`/#/ecs/…`,
 //! `/#/consul/…`, Linkerd's `/#/io.l5d.consul/…`); and the [`MeshNamer`]

@@ -120,6 +120,7 @@ mod tests {
                 ),
             ]
             .into(),
+            ..MeshState::default()
         }
     }
 

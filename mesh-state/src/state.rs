@@ -1,12 +1,13 @@
-//! The mesh state every agent holds: each namespace's effective dtab and
-//! each concrete name's endpoint set; its wire forms (snapshot, delta) and
-//! the diff/apply pair between them.
+//! The mesh state every agent holds: each namespace's effective dtab, each
+//! concrete name's endpoint set and the service policies; its wire forms
+//! (snapshot, delta) and the diff/apply pair between them.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ecsmesh_dtab::{Dtab, ParseError, Path};
+use ecsmesh_policy::{PolicyError, PolicySet, ServicePolicy, Versioned};
 use ecsmesh_proto::v1 as pb;
 
 /// One address traffic can go to, and what it is.
@@ -136,18 +137,21 @@ pub enum StateError {
     InvalidName { name: String, error: ParseError },
     #[error("endpoint set {set}: invalid address {addr:?}")]
     InvalidAddr { set: String, addr: String },
+    #[error("service policy for {prefix}: {error}")]
+    InvalidPolicy { prefix: String, error: PolicyError },
     #[error("delta from version {base} does not apply to version {held}")]
     VersionMismatch { base: u64, held: u64 },
     #[error("delta from epoch {delta:?} does not apply to epoch {held:?}")]
     EpochMismatch { delta: String, held: String },
 }
 
-/// Every namespace's effective dtab and every concrete name's endpoints.
-/// Unchanged parts are shared between versions.
+/// Every namespace's effective dtab, every concrete name's endpoints and
+/// every service policy. Unchanged parts are shared between versions.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MeshState {
     pub dtabs: BTreeMap<String, Arc<Dtab>>,
     pub sets: BTreeMap<Path, Arc<EndpointSet>>,
+    pub policies: PolicySet,
 }
 
 impl MeshState {
@@ -178,6 +182,11 @@ impl MeshState {
                     endpoints: set.iter().map(Endpoint::to_proto).collect(),
                 })
                 .collect(),
+            policies: self
+                .policies
+                .iter()
+                .map(|(prefix, p)| policy_to_proto(prefix, p))
+                .collect(),
         }
     }
 
@@ -199,6 +208,10 @@ impl MeshState {
             state
                 .sets
                 .insert(parse_name(&set.name)?, Arc::new(endpoints));
+        }
+        for p in &s.policies {
+            let (prefix, policy) = policy_from_proto(p)?;
+            state.policies.insert(prefix, policy);
         }
         Ok(state)
     }
@@ -246,6 +259,17 @@ impl MeshState {
             .filter(|name| !next.sets.contains_key(*name))
             .map(ToString::to_string)
             .collect();
+        for (prefix, policy) in next.policies.iter() {
+            if self.policies.get(prefix) != Some(policy) {
+                delta.policies.push(policy_to_proto(prefix, policy));
+            }
+        }
+        delta.removed_policies = self
+            .policies
+            .iter()
+            .filter(|(prefix, _)| next.policies.get(prefix).is_none())
+            .map(|(prefix, _)| prefix.to_string())
+            .collect();
         delta
     }
 
@@ -277,6 +301,19 @@ impl MeshState {
         for name in &delta.removed_sets {
             next.sets.remove(&parse_name(name)?);
         }
+        for p in &delta.policies {
+            let (prefix, policy) = policy_from_proto(p)?;
+            next.policies.insert(prefix, policy);
+        }
+        for prefix in &delta.removed_policies {
+            let prefix = ecsmesh_policy::parse_prefix(prefix).map_err(|error| {
+                StateError::InvalidPolicy {
+                    prefix: prefix.clone(),
+                    error,
+                }
+            })?;
+            next.policies.remove(&prefix);
+        }
         Ok(next)
     }
 }
@@ -287,6 +324,34 @@ pub fn delta_is_empty(d: &pb::Delta) -> bool {
         && d.removed_namespaces.is_empty()
         && d.endpoint_changes.is_empty()
         && d.removed_sets.is_empty()
+        && d.policies.is_empty()
+        && d.removed_policies.is_empty()
+}
+
+fn policy_to_proto(prefix: &Path, p: &Versioned) -> pb::ServicePolicy {
+    pb::ServicePolicy {
+        prefix: prefix.to_string(),
+        policy: p.policy.canonical(),
+        version: p.version,
+    }
+}
+
+/// A streamed policy, checked as a write to the store is: an agent never
+/// applies a policy the controller would have refused.
+fn policy_from_proto(p: &pb::ServicePolicy) -> Result<(Path, Versioned), StateError> {
+    let invalid = |error| StateError::InvalidPolicy {
+        prefix: p.prefix.chars().take(256).collect(),
+        error,
+    };
+    let prefix = ecsmesh_policy::parse_prefix(&p.prefix).map_err(invalid)?;
+    let policy = ServicePolicy::parse(&p.policy).map_err(invalid)?;
+    Ok((
+        prefix,
+        Versioned {
+            policy: Arc::new(policy),
+            version: p.version,
+        },
+    ))
 }
 
 fn namespace_dtab(namespace: &str, dtab: &Dtab) -> pb::NamespaceDtab {
@@ -330,7 +395,76 @@ mod tests {
                     )
                 })
                 .collect(),
+            policies: PolicySet::default(),
         }
+    }
+
+    fn policy(text: &str, version: u64) -> Versioned {
+        Versioned {
+            policy: Arc::new(ServicePolicy::parse(text).unwrap()),
+            version,
+        }
+    }
+
+    #[test]
+    fn policies_travel_in_snapshots_and_deltas() {
+        let mut a = state("/svc=>/#/ecs/demo", &[]);
+        a.policies.insert(
+            Path::read("/svc/payments").unwrap(),
+            policy("timeouts: {total: 2s}", 3),
+        );
+        a.policies.insert(
+            Path::read("/svc/gone").unwrap(),
+            policy("zone_aware: false", 4),
+        );
+        let back = MeshState::from_snapshot(&a.to_snapshot(1, "e")).unwrap();
+        assert_eq!(back, a);
+        let mut b = a.clone();
+        b.policies.remove(&Path::read("/svc/gone").unwrap());
+        b.policies.insert(
+            Path::read("/svc/payments").unwrap(),
+            policy("timeouts: {total: 1s}", 5),
+        );
+        b.policies.insert(
+            Path::read("/svc").unwrap(),
+            policy("retries: {max_attempts: 2}", 6),
+        );
+        let delta = a.diff(&b);
+        assert_eq!(delta.policies.len(), 2);
+        assert_eq!(delta.removed_policies, vec!["/svc/gone".to_owned()]);
+        assert!(delta.dtabs.is_empty() && delta.endpoint_changes.is_empty());
+        assert_eq!(a.apply(&delta).unwrap(), b);
+        assert!(delta_is_empty(&b.diff(&b)));
+    }
+
+    #[test]
+    fn a_policy_the_store_would_refuse_is_nacked() {
+        let a = state("/svc=>/#/ecs/demo", &[]);
+        let delta = pb::Delta {
+            policies: vec![pb::ServicePolicy {
+                prefix: "/svc/x".into(),
+                policy: r#"{"retries":{"max_attempts":99}}"#.into(),
+                version: 1,
+            }],
+            ..Default::default()
+        };
+        let err = a.apply(&delta).unwrap_err();
+        assert!(
+            err.to_string().contains("/svc/x") && err.to_string().contains("max_attempts"),
+            "{err}"
+        );
+        let root = pb::Delta {
+            policies: vec![pb::ServicePolicy {
+                prefix: "/".into(),
+                policy: "{}".into(),
+                version: 1,
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            a.apply(&root),
+            Err(StateError::InvalidPolicy { .. })
+        ));
     }
 
     #[test]

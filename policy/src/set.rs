@@ -68,6 +68,19 @@ impl PolicySet {
         })
     }
 
+    /// The policy stored under exactly `prefix`.
+    pub fn get(&self, prefix: &Path) -> Option<&Versioned> {
+        self.0.get(prefix)
+    }
+
+    pub fn insert(&mut self, prefix: Path, policy: Versioned) {
+        self.0.insert(prefix, policy);
+    }
+
+    pub fn remove(&mut self, prefix: &Path) -> Option<Versioned> {
+        self.0.remove(prefix)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&Path, &Versioned)> {
         self.0.iter()
     }

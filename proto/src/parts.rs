@@ -19,7 +19,8 @@ pub const SNAPSHOT_PART_BYTES: usize = 64 * 1024;
 
 /// The messages that carry `snapshot`: the snapshot itself when it fits in
 /// `part_bytes` (or cannot be split), otherwise `SnapshotPart`s in order.
-/// The first part carries every dtab; endpoint sets are never split.
+/// The first part carries every dtab and policy; endpoint sets are never
+/// split.
 #[must_use]
 pub fn split_snapshot(snapshot: Snapshot, part_bytes: usize) -> Vec<ControllerMessage> {
     let Snapshot {
@@ -27,15 +28,21 @@ pub fn split_snapshot(snapshot: Snapshot, part_bytes: usize) -> Vec<ControllerMe
         epoch,
         dtabs,
         endpoint_sets,
+        policies,
     } = snapshot;
     let empty = || Snapshot {
         version,
         epoch: epoch.clone(),
         dtabs: Vec::new(),
         endpoint_sets: Vec::new(),
+        policies: Vec::new(),
     };
     let mut parts = Vec::new();
-    let mut current = Snapshot { dtabs, ..empty() };
+    let mut current = Snapshot {
+        dtabs,
+        policies,
+        ..empty()
+    };
     let mut size = current.encoded_len();
     for set in endpoint_sets {
         // The set's length-delimited field: one tag byte, the length, the set.
@@ -168,6 +175,7 @@ impl SnapshotAssembler {
                 epoch: piece.epoch.clone(),
                 dtabs: Vec::new(),
                 endpoint_sets: Vec::new(),
+                policies: Vec::new(),
             });
             self.next_index = 0;
             self.bytes = 0;
@@ -205,6 +213,7 @@ impl SnapshotAssembler {
         }
         building.dtabs.extend(piece.dtabs);
         building.endpoint_sets.extend(piece.endpoint_sets);
+        building.policies.extend(piece.policies);
         self.next_index += 1;
         Ok(if part.last {
             self.building.take()
@@ -258,6 +267,11 @@ mod tests {
                         .collect(),
                 })
                 .collect(),
+            policies: vec![crate::v1::ServicePolicy {
+                prefix: "/svc/payments".into(),
+                policy: r#"{"timeouts":{"total":"2s"}}"#.into(),
+                version: 3,
+            }],
         }
     }
 
@@ -293,6 +307,7 @@ mod tests {
         }
         // Dtabs travel once, in the first part.
         assert_eq!(parts[0].snapshot.as_ref().unwrap().dtabs.len(), 1);
+        assert_eq!(parts[0].snapshot.as_ref().unwrap().policies.len(), 1);
         assert!(
             parts[1..]
                 .iter()

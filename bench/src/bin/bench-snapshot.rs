@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut mesh = MeshState {
         dtabs: [("default".to_owned(), Arc::new(Dtab::read(&dtab)?))].into(),
-        sets: std::collections::BTreeMap::new(),
+        ..MeshState::default()
     };
     for s in 0..50 {
         let set: EndpointSet =
