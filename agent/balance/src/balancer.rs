@@ -1,4 +1,6 @@
-//! Power of two choices over peak-EWMA latency, with failure accrual.
+//! Power of two choices over peak-EWMA latency (or over requests in
+//! flight, or round-robin), with failure accrual (consecutive failures or a
+//! success rate) and an optional cap on requests in flight per endpoint.
 //!
 //! # Weights
 //!
@@ -23,7 +25,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,32 +39,69 @@ const MIN_DEFAULT_RTT: Duration = Duration::from_millis(1);
 const MAX_FAILURE_PENALTY: f64 = 10.0;
 /// Cap on backoffs, so that `now + backoff` cannot overflow an `Instant`.
 const MAX_BACKOFF: Duration = Duration::from_hours(24);
+/// The largest success-rate window kept (its bits are one allocation per
+/// endpoint).
+const MAX_WINDOW: u32 = 100_000;
+
+/// How a balancer chooses among eligible endpoints (Linkerd
+/// `client.loadBalancer.kind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// `ewma`: power of two choices, the cheaper by peak-EWMA latency ×
+    /// (requests in flight + 1).
+    #[default]
+    PeakEwma,
+    /// `roundRobin`: each endpoint in turn (by weight class when weights differ).
+    RoundRobin,
+    /// `leastLoaded`: power of two choices, the one with fewer requests in flight.
+    LeastRequests,
+}
 
 /// Balancer settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BalancerConfig {
+    pub strategy: Strategy,
     /// Time constant of the peak-EWMA latency estimate (Linkerd `decayTimeMs`).
     pub decay: Duration,
     /// Latency assumed for an endpoint with no observations yet (at least 1 ms).
     pub default_rtt: Duration,
     pub failure_accrual: AccrualConfig,
+    /// Requests in flight per endpoint; an endpoint at the limit is not
+    /// picked. 0: no limit.
+    pub max_concurrent: u32,
 }
 
 impl Default for BalancerConfig {
     fn default() -> Self {
         Self {
+            strategy: Strategy::PeakEwma,
             decay: Duration::from_secs(10),
             default_rtt: Duration::from_millis(30),
             failure_accrual: AccrualConfig::default(),
+            max_concurrent: 0,
         }
     }
 }
 
-/// Consecutive-failures accrual (Linkerd `io.l5d.consecutiveFailures`).
+/// Success-rate accrual (Linkerd `io.l5d.successRate`): an endpoint whose
+/// last `requests` outcomes hold fewer than `rate` successes is removed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SuccessRateAccrual {
+    /// The lowest acceptable share of successes, 0 to 1.
+    pub rate: f64,
+    /// The window: this many most recent outcomes (at least 1).
+    pub requests: u32,
+}
+
+/// Failure accrual: consecutive failures (Linkerd
+/// `io.l5d.consecutiveFailures`) or, when `success_rate` is set, a success
+/// rate over a window of requests instead.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AccrualConfig {
     /// Failures in a row that remove an endpoint; 0 disables accrual.
     pub consecutive_failures: u32,
+    /// Replaces `consecutive_failures` when set.
+    pub success_rate: Option<SuccessRateAccrual>,
     /// Backoff after the first removal; doubles with each removal in a row.
     pub backoff_min: Duration,
     /// Backoff ceiling (raised to `backoff_min` if below it).
@@ -76,6 +115,7 @@ impl Default for AccrualConfig {
     fn default() -> Self {
         Self {
             consecutive_failures: 5,
+            success_rate: None,
             backoff_min: Duration::from_secs(5),
             backoff_max: Duration::from_mins(5),
             jitter: 0.5,
@@ -134,19 +174,34 @@ pub struct EndpointStats {
 /// balancer.
 #[derive(Clone, Copy, Debug)]
 struct Settings {
+    strategy: Strategy,
     decay: f64,
     default_rtt: f64,
     failures: u32,
+    /// Success-rate accrual: the rate and the window (0: off).
+    rate: f64,
+    window: u32,
     backoff_min: f64,
     backoff_max: f64,
     jitter: f64,
+    max_concurrent: u32,
 }
 
 impl Settings {
     fn new(c: &BalancerConfig) -> Self {
         let a = &c.failure_accrual;
         let backoff_min = a.backoff_min.min(MAX_BACKOFF);
+        let (rate, window) = match a.success_rate {
+            Some(sr) if sr.requests > 0 && !sr.rate.is_nan() => {
+                (sr.rate.clamp(0.0, 1.0), sr.requests.min(MAX_WINDOW))
+            }
+            _ => (0.0, 0),
+        };
         Self {
+            strategy: c.strategy,
+            rate,
+            window,
+            max_concurrent: c.max_concurrent,
             // A zero decay would divide by zero; a nanosecond forgets as fast.
             decay: c.decay.as_secs_f64().max(1e-9),
             default_rtt: c.default_rtt.max(MIN_DEFAULT_RTT).as_secs_f64(),
@@ -203,6 +258,57 @@ struct Stats {
     /// Removals since the endpoint was last live-and-succeeding; sets the backoff.
     removals: u32,
     state: EndpointState,
+    /// The last outcomes, for success-rate accrual (made on first use).
+    outcomes: Option<Outcomes>,
+}
+
+/// A ring of the last `size` outcomes as bits (1: success).
+#[derive(Debug)]
+struct Outcomes {
+    bits: Vec<u64>,
+    size: u32,
+    /// Outcomes recorded, up to `size`.
+    filled: u32,
+    next: u32,
+    successes: u32,
+}
+
+impl Outcomes {
+    fn new(size: u32) -> Self {
+        Self {
+            bits: vec![0; usize::try_from(size.div_ceil(64)).unwrap_or_default()],
+            size,
+            filled: 0,
+            next: 0,
+            successes: 0,
+        }
+    }
+
+    fn record(&mut self, success: bool) {
+        let word = usize::try_from(self.next / 64).unwrap_or_default();
+        let bit = self.next % 64;
+        let mask = 1_u64 << bit;
+        if self.filled == self.size {
+            // The oldest outcome leaves the window.
+            if self.bits[word] & mask != 0 {
+                self.successes -= 1;
+            }
+        } else {
+            self.filled += 1;
+        }
+        if success {
+            self.bits[word] |= mask;
+            self.successes += 1;
+        } else {
+            self.bits[word] &= !mask;
+        }
+        self.next = (self.next + 1) % self.size;
+    }
+
+    /// Whether a full window holds fewer successes than `rate`.
+    fn below(&self, rate: f64) -> bool {
+        self.filled == self.size && f64::from(self.successes) < rate * f64::from(self.size)
+    }
 }
 
 impl Node {
@@ -225,6 +331,7 @@ impl Node {
                 failures: 0,
                 removals: 0,
                 state: EndpointState::Live,
+                outcomes: None,
             }),
         }
     }
@@ -257,6 +364,20 @@ impl Stats {
         }
         self.stamp = self.stamp.max(now);
     }
+
+    /// Records an outcome in the success-rate window (when that accrual is
+    /// on): whether the endpoint is now below its rate.
+    fn record(&mut self, success: bool, cfg: &Settings) -> bool {
+        if cfg.window == 0 {
+            return false;
+        }
+        let outcomes = match &mut self.outcomes {
+            Some(o) if o.size == cfg.window => o,
+            slot => slot.insert(Outcomes::new(cfg.window)),
+        };
+        outcomes.record(success);
+        outcomes.below(cfg.rate)
+    }
 }
 
 /// Members `start..end` of `Balancer::nodes` all have weight `weight`.
@@ -279,6 +400,8 @@ pub struct Balancer {
     seed: u64,
     draws: AtomicU64,
     removals: Arc<AtomicU64>,
+    /// Round-robin's position.
+    next: AtomicUsize,
 }
 
 /// One candidate of a pick: an eligible endpoint and its cost.
@@ -364,6 +487,7 @@ impl Balancer {
             seed: fastrand::u64(..),
             draws: AtomicU64::new(0),
             removals,
+            next: AtomicUsize::new(0),
         }
     }
 
@@ -391,6 +515,9 @@ impl Balancer {
             return None;
         }
         let mut rng = self.rng();
+        if self.settings.strategy == Strategy::RoundRobin {
+            return self.pick_round_robin(exclude, now, &mut rng);
+        }
         // Sampling by the static weights and rejecting ineligible endpoints
         // gives the weighted choice among eligible ones without a scan.
         for _ in 0..MAX_EFFORT {
@@ -414,6 +541,66 @@ impl Balancer {
             }
         }
         self.pick_scan(exclude, now, &mut rng)
+    }
+
+    /// The next eligible endpoint in turn: within a weight class drawn by
+    /// weight (all of them when weights are equal), else any.
+    fn pick_round_robin(
+        &self,
+        exclude: &[SocketAddr],
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Option<Pick> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let whole = 0..self.nodes.len();
+        let class = if self.classes.len() > 1 {
+            let c = self.draw_class(rng);
+            c.start..c.end
+        } else {
+            whole.clone()
+        };
+        if let Some(pick) = self.round_robin_in(class.clone(), turn, exclude, now, rng) {
+            return Some(pick);
+        }
+        if class == whole {
+            return None;
+        }
+        self.round_robin_in(whole, turn, exclude, now, rng)
+    }
+
+    /// The first endpoint of `range` that can be granted, from `turn` on.
+    fn round_robin_in(
+        &self,
+        range: std::ops::Range<usize>,
+        turn: usize,
+        exclude: &[SocketAddr],
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Option<Pick> {
+        let len = range.len();
+        (0..len).find_map(|k| {
+            let c = self.candidate(range.start + (turn + k) % len, exclude, now)?;
+            let pick = self.grant(c, now, rng)?;
+            // The turns skipped are used up, or the endpoint after an
+            // ineligible one would take its turns too.
+            if k > 0 {
+                self.next.fetch_add(k, Ordering::Relaxed);
+            }
+            Some(pick)
+        })
+    }
+
+    /// Whether an endpoint not in `exclude` is held back only by
+    /// `max_concurrent` (so a pick that found none should fail fast rather
+    /// than report no hosts).
+    pub fn at_capacity(&self, exclude: &[SocketAddr]) -> bool {
+        let max = self.settings.max_concurrent;
+        max > 0
+            && self.nodes.iter().any(|n| {
+                !exclude.contains(&n.addr)
+                    && !n.held_out.load(Ordering::Acquire)
+                    && n.outstanding.load(Ordering::Relaxed) >= max
+            })
     }
 
     /// The exact choice when sampling kept hitting ineligible endpoints.
@@ -459,7 +646,7 @@ impl Balancer {
     /// Whether `i` could be picked now (a cheap check for scans).
     fn eligible(&self, i: usize, exclude: &[SocketAddr], now: Instant) -> bool {
         let node = &self.nodes[i];
-        if exclude.contains(&node.addr) {
+        if exclude.contains(&node.addr) || self.full(node) {
             return false;
         }
         if !node.held_out.load(Ordering::Acquire) {
@@ -468,9 +655,15 @@ impl Balancer {
         matches!(node.lock().state, EndpointState::Removed { until } if until <= now)
     }
 
+    /// Whether `node` has `max_concurrent` requests in flight.
+    fn full(&self, node: &Node) -> bool {
+        let max = self.settings.max_concurrent;
+        max > 0 && node.outstanding.load(Ordering::Relaxed) >= max
+    }
+
     fn candidate(&self, idx: usize, exclude: &[SocketAddr], now: Instant) -> Option<Candidate> {
         let node = &self.nodes[idx];
-        if exclude.contains(&node.addr) {
+        if exclude.contains(&node.addr) || self.full(node) {
             return None;
         }
         let stats = node.lock();
@@ -480,11 +673,13 @@ impl Balancer {
             _ => return None,
         };
         let load = f64::from(node.outstanding.load(Ordering::Relaxed)) + 1.0;
-        Some(Candidate {
-            idx,
-            probe,
-            cost: stats.rtt_at(now, self.settings.decay) * load,
-        })
+        let cost = match self.settings.strategy {
+            Strategy::LeastRequests => load,
+            Strategy::PeakEwma | Strategy::RoundRobin => {
+                stats.rtt_at(now, self.settings.decay) * load
+            }
+        };
+        Some(Candidate { idx, probe, cost })
     }
 
     /// Grants the better candidate, or the other if the better one's probe
@@ -507,15 +702,26 @@ impl Balancer {
 
     fn grant(&self, c: Candidate, now: Instant, rng: &mut fastrand::Rng) -> Option<Pick> {
         let node = &self.nodes[c.idx];
+        let max = self.settings.max_concurrent;
+        // The limit is taken atomically: concurrent picks cannot pass it.
+        let queued = if max > 0 {
+            node.outstanding
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .ok()?
+        } else {
+            node.outstanding.fetch_add(1, Ordering::Relaxed)
+        };
         if let Some(until) = c.probe {
             let mut stats = node.lock();
             // Re-checked under the lock: only one pick may turn Removed into Probing.
             if stats.state != (EndpointState::Removed { until }) {
+                node.outstanding.fetch_sub(1, Ordering::Relaxed);
                 return None;
             }
             stats.state = EndpointState::Probing;
         }
-        let queued = node.outstanding.fetch_add(1, Ordering::Relaxed);
         Some(Pick {
             node: Arc::clone(node),
             settings: self.settings,
@@ -669,7 +875,10 @@ impl Pick {
         s.failures = 0;
         if s.state == EndpointState::Live {
             s.observe(rtt, now, self.settings.decay);
+            s.record(true, &self.settings);
         } else {
+            // A revived endpoint's window starts over.
+            s.outcomes = None;
             // The penalties charged while failing steered traffic away; a
             // revived endpoint starts over from what it just showed.
             s.rtt = rtt;
@@ -699,11 +908,13 @@ impl Pick {
         s.observe(elapsed.max(penalty), now, cfg.decay);
         s.failures = s.failures.saturating_add(1);
         let remove = match s.state {
+            EndpointState::Live if cfg.window > 0 => s.record(false, &cfg),
             EndpointState::Live => cfg.failures > 0 && s.failures >= cfg.failures,
             EndpointState::Probing => self.probe.is_some(),
             EndpointState::Removed { .. } => false,
         };
         if remove {
+            s.outcomes = None;
             s.removals = s.removals.saturating_add(1);
             s.state = EndpointState::Removed {
                 until: now + cfg.backoff(s.removals, self.jitter),

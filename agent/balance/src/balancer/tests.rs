@@ -456,3 +456,170 @@ fn a_new_generation_at_an_address_starts_fresh() {
     assert_eq!((s.state, s.consecutive_failures), (EndpointState::Live, 0));
     assert!(fresh.pick_at(&[], t0).is_some());
 }
+
+fn with(cfg: BalancerConfig, n: u8) -> Balancer {
+    Balancer::new(&endpoints(n), &cfg, None).seeded(11)
+}
+
+#[test]
+fn round_robin_takes_turns_and_skips_what_is_not_eligible() {
+    let b = with(
+        BalancerConfig {
+            strategy: Strategy::RoundRobin,
+            ..BalancerConfig::default()
+        },
+        3,
+    );
+    let now = Instant::now();
+    // Latency does not matter: each in turn.
+    pick_only(&b, addr(1), now)
+        .unwrap()
+        .success_at(now + Duration::from_secs(2));
+    let counts = spread(&b, 300, now);
+    assert!(counts.values().all(|&n| n == 100), "{counts:?}");
+    let order: Vec<_> = (0..6)
+        .map(|_| b.pick_at(&[], now).unwrap().addr())
+        .collect();
+    assert_eq!(order[..3], order[3..]);
+    // Excluded ones are skipped, the turn goes on.
+    assert!((0..20).all(|_| b.pick_at(&[addr(2)], now).unwrap().addr() != addr(2)));
+    // Removed ones too.
+    for _ in 0..5 {
+        pick_only(&b, addr(3), now).unwrap().failure_at(now);
+    }
+    let counts = spread(&b, 100, now);
+    assert_eq!(counts.get(&addr(3)), None);
+    assert_eq!(counts[&addr(1)], 50);
+}
+
+#[test]
+fn least_requests_prefers_fewer_in_flight_whatever_the_latency() {
+    let b = with(
+        BalancerConfig {
+            strategy: Strategy::LeastRequests,
+            ..BalancerConfig::default()
+        },
+        2,
+    );
+    let now = Instant::now();
+    // Endpoint 1 is slow but idle; endpoint 2 fast with one in flight.
+    pick_only(&b, addr(1), now)
+        .unwrap()
+        .success_at(now + Duration::from_secs(1));
+    let held = pick_only(&b, addr(2), now).unwrap();
+    assert!((0..50).all(|_| b.pick_at(&[], now).unwrap().addr() == addr(1)));
+    drop(held);
+    // Peak EWMA would choose the other way.
+    let ewma = balancer(&endpoints(2));
+    pick_only(&ewma, addr(1), now)
+        .unwrap()
+        .success_at(now + Duration::from_secs(1));
+    let _held = pick_only(&ewma, addr(2), now).unwrap();
+    assert!((0..50).all(|_| ewma.pick_at(&[], now).unwrap().addr() == addr(2)));
+}
+
+#[test]
+fn max_concurrent_caps_requests_in_flight() {
+    for strategy in [
+        Strategy::PeakEwma,
+        Strategy::RoundRobin,
+        Strategy::LeastRequests,
+    ] {
+        let b = with(
+            BalancerConfig {
+                strategy,
+                max_concurrent: 2,
+                ..BalancerConfig::default()
+            },
+            2,
+        );
+        let now = Instant::now();
+        assert!(!b.at_capacity(&[]));
+        let held: Vec<_> = (0..4).map(|_| b.pick_at(&[], now).unwrap()).collect();
+        assert!(b.pick_at(&[], now).is_none(), "{strategy:?}");
+        assert!(b.at_capacity(&[]));
+        assert!(b.stats().iter().all(|s| s.outstanding == 2));
+        drop(held);
+        assert!(!b.at_capacity(&[]));
+        assert!(b.pick_at(&[], now).is_some());
+    }
+    // Concurrent picks never pass the limit.
+    let b = Arc::new(with(
+        BalancerConfig {
+            max_concurrent: 3,
+            ..BalancerConfig::default()
+        },
+        1,
+    ));
+    let peak = Arc::new(AtomicU32::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (b, peak) = (Arc::clone(&b), Arc::clone(&peak));
+            s.spawn(move || {
+                for _ in 0..2000 {
+                    if let Some(p) = b.pick(&[]) {
+                        peak.fetch_max(b.stats()[0].outstanding, Ordering::Relaxed);
+                        p.success();
+                    }
+                }
+            });
+        }
+    });
+    assert!(peak.load(Ordering::Relaxed) <= 3);
+    assert_eq!(b.stats()[0].outstanding, 0);
+}
+
+#[test]
+fn success_rate_accrual_removes_below_the_rate_over_its_window() {
+    let cfg = BalancerConfig {
+        failure_accrual: AccrualConfig {
+            success_rate: Some(SuccessRateAccrual {
+                rate: 0.8,
+                requests: 10,
+            }),
+            ..AccrualConfig::default()
+        },
+        ..BalancerConfig::default()
+    };
+    let b = with(cfg, 2);
+    let a = addr(1);
+    let t0 = Instant::now();
+    // Alternating outcomes: never 5 failures in a row, yet 50 % success.
+    for i in 0..9 {
+        let p = pick_only(&b, a, t0).unwrap();
+        if i % 2 == 0 {
+            p.success_at(t0);
+        } else {
+            p.failure_at(t0);
+        }
+    }
+    // The window is not full yet: still live.
+    assert_eq!(state_of(&b, a, t0).state, EndpointState::Live);
+    pick_only(&b, a, t0).unwrap().failure_at(t0);
+    assert!(matches!(
+        state_of(&b, a, t0).state,
+        EndpointState::Removed { .. }
+    ));
+    assert_eq!(b.removals(), 1);
+
+    // 8 of 10 succeed: at the rate, kept; consecutive failures do not count.
+    let other = addr(2);
+    for i in 0..30 {
+        let p = pick_only(&b, other, t0).unwrap();
+        if i % 5 == 0 {
+            p.failure_at(t0);
+        } else {
+            p.success_at(t0);
+        }
+    }
+    assert_eq!(state_of(&b, other, t0).state, EndpointState::Live);
+
+    // A revived endpoint starts a fresh window.
+    let late = t0 + Duration::from_mins(1);
+    pick_only(&b, a, late).unwrap().success_at(late);
+    assert_eq!(state_of(&b, a, late).state, EndpointState::Live);
+    for _ in 0..2 {
+        pick_only(&b, a, late).unwrap().failure_at(late);
+    }
+    assert_eq!(state_of(&b, a, late).state, EndpointState::Live);
+}
