@@ -1,17 +1,20 @@
 //! The ECS cluster (tagged `ecsmesh:owner=<cluster>`) and what is
-//! registered in it: created unless ACTIVE (`up_cluster`); on `down`, when
-//! ours, its leftover container instances deregistered and the cluster
-//! deleted (`down_cluster`). Also the lookups `status` and the controller's
-//! endpoints use (container instances, their EC2 ids and private IPs).
+//! registered in it, as a [`Resource`]: observe (`cluster_active`: its tags
+//! when ACTIVE), plan (`plan_cluster`, pure), apply (created unless
+//! ACTIVE), destroy (when ours, its leftover container instances
+//! deregistered and the cluster deleted). Also the lookups `status` and the
+//! controller's endpoints use (container instances, their EC2 ids and
+//! private IPs).
 
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2 as ec2;
 use aws_sdk_ecs as ecs;
 
-use crate::config::OWNER_TAG;
+use crate::config::{DeployConfig, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::ops::{Deployer, NOT_OWNED_KEPT, ecs_tag};
+use crate::resource::{Kind, Resource};
 use crate::{Action, Step};
 
 /// What `up` does to the cluster.
@@ -28,6 +31,41 @@ pub(crate) fn plan_cluster(have: Option<&BTreeMap<String, String>>) -> ClusterPl
     match have {
         None => ClusterPlan::Create,
         Some(_) => ClusterPlan::Unchanged,
+    }
+}
+
+/// The ECS cluster.
+pub(crate) struct Cluster;
+
+impl Resource for Cluster {
+    const KIND: Kind = Kind::Cluster;
+    type Wanted = ();
+    /// Its tags when ACTIVE.
+    type Observed = Option<BTreeMap<String, String>>;
+    type Plan = ClusterPlan;
+    type Output = ();
+
+    async fn observe(d: &Deployer, (): &()) -> Result<Self::Observed> {
+        d.cluster_active().await
+    }
+
+    fn plan(_: &DeployConfig, (): &(), have: &Self::Observed) -> Result<ClusterPlan> {
+        Ok(plan_cluster(have.as_ref()))
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        (): (),
+        _: Self::Observed,
+        plan: ClusterPlan,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        d.apply_cluster(dry_run, plan, steps).await
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_cluster(dry_run, steps).await
     }
 }
 
@@ -143,10 +181,14 @@ impl Deployer {
     }
 
     /// `up`'s ECS cluster: created (tagged) unless ACTIVE.
-    pub(crate) async fn up_cluster(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn apply_cluster(
+        &self,
+        dry_run: bool,
+        plan: ClusterPlan,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
         let cfg = &self.cfg;
-        let have = self.cluster_active().await?;
-        match plan_cluster(have.as_ref()) {
+        match plan {
             ClusterPlan::Unchanged => {
                 self.push(steps, "cluster", &cfg.cluster, Action::Unchanged, "ACTIVE");
             }
@@ -166,16 +208,15 @@ impl Deployer {
         Ok(())
     }
 
-    /// `down`'s cluster when ours (`owned`, read before its services went):
-    /// ECS refuses to delete one with registered instances, and terminated
-    /// instances leave theirs behind for a while, so they are deregistered.
-    pub(crate) async fn down_cluster(
-        &self,
-        dry_run: bool,
-        owned: bool,
-        steps: &mut Vec<Step>,
-    ) -> Result<()> {
+    /// `down`'s cluster when ours: ECS refuses to delete one with
+    /// registered instances, and terminated instances leave theirs behind
+    /// for a while, so they are deregistered.
+    async fn down_cluster(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
+        let tags = self.cluster_active().await?;
+        let owned = tags
+            .as_ref()
+            .is_some_and(|t| t.get(OWNER_TAG).map(String::as_str) == Some(cfg.owner()));
         if owned {
             // Known ACTIVE (`owned`): no need to ask again.
             for (arn, iid) in self.registered_instances().await? {
@@ -201,11 +242,7 @@ impl Deployer {
             }
             self.push(steps, "cluster", &cfg.cluster, Action::Delete, "");
         } else {
-            let state = if self.cluster_active().await?.is_some() {
-                NOT_OWNED_KEPT
-            } else {
-                ""
-            };
+            let state = if tags.is_some() { NOT_OWNED_KEPT } else { "" };
             let action = if state.is_empty() {
                 Action::Absent
             } else {

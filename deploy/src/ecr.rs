@@ -8,9 +8,11 @@
 //! definitions and the user data name it by digest,
 //! `<repositoryUri>@sha256:…`, so that what runs is exactly what was built.
 //!
-//! Like every resource module: `observe_repositories` reads what exists,
-//! `plan_repository` compares it with what is wanted (no I/O), `up_images`
-//! makes it so (or, dry, only reports), `down_images` removes what is ours.
+//! A [`Resource`] like every module: observe (the local build, each
+//! repository, whether the registry has each image), plan (`plan_images`,
+//! pure: `plan_repository` for each repository, a push for each image the
+//! registry lacks), apply (or, dry, only report), destroy (the
+//! repositories that are ours, with their images).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -25,6 +27,7 @@ use serde_json::{Value, json};
 use crate::config::{DeployConfig, IMAGE_NAMES, ImagesConfig, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::ops::Deployer;
+use crate::resource::{Kind, Resource};
 use crate::{Action, Step};
 
 /// The step kinds of this module's report lines.
@@ -261,6 +264,204 @@ pub(crate) fn parse_endpoint(url: &str) -> Option<(String, bool)> {
     ok.then(|| (host.to_owned(), tls))
 }
 
+/// The images as they are.
+#[derive(Debug)]
+pub(crate) enum ObservedImages {
+    /// `--image-repo`: nothing of `up`'s (not looked up).
+    FromRepo,
+    /// The local build, each image's repository, and whether the registry
+    /// already has each image (by image name).
+    Built {
+        local: Vec<LocalImage>,
+        repos: BTreeMap<&'static str, Option<Repository>>,
+        registry: Registry,
+        account_host: String,
+        pushed: BTreeMap<&'static str, bool>,
+    },
+    /// Not built yet (`--build-images` before the build): the
+    /// repositories, and what a run that is not a plan fails with.
+    Unbuilt {
+        repos: BTreeMap<&'static str, Option<Repository>>,
+        account_host: String,
+        error: DeployError,
+    },
+}
+
+/// What `up` does for one image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ImagePlan {
+    /// `agent`, `controller` or `helloworld`.
+    key: &'static str,
+    /// Its repository's name and plan.
+    repository: String,
+    repository_plan: RepositoryPlan,
+    /// What the task definitions name: `<repositoryUri>@<digest>`.
+    pinned: String,
+    push: PushPlan,
+}
+
+/// Whether an image is pushed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PushPlan {
+    /// The registry has its digest.
+    Pushed,
+    Push {
+        local: LocalImage,
+        target: String,
+    },
+    /// Not built yet: built, then pushed (a plan only).
+    ToBuild {
+        uri: String,
+    },
+}
+
+/// What `up` does for each image, from what exists (no I/O); `None` with
+/// `--image-repo`.
+pub(crate) fn plan_images(cfg: &DeployConfig, have: &ObservedImages) -> Option<Vec<ImagePlan>> {
+    // Not made yet: ECR's URIs are the registry's host and the name.
+    let uri = |repo: Option<&Repository>, host: &str, name: &str| {
+        repo.map_or_else(|| format!("{host}/{name}"), |r| r.uri.clone())
+    };
+    match have {
+        ObservedImages::FromRepo => None,
+        ObservedImages::Built {
+            local,
+            repos,
+            registry,
+            account_host,
+            pushed,
+        } => Some(
+            local
+                .iter()
+                .filter_map(|image| {
+                    let key = IMAGE_NAMES.iter().copied().find(|n| *n == image.name)?;
+                    let name = cfg.ecr_repository(key);
+                    let repo = repos.get(key).and_then(Option::as_ref);
+                    let push = if pushed.get(key).copied().unwrap_or(false) {
+                        PushPlan::Pushed
+                    } else {
+                        PushPlan::Push {
+                            local: image.clone(),
+                            target: format!("{}/{name}:{}", registry.host, image.push_tag()),
+                        }
+                    };
+                    Some(ImagePlan {
+                        key,
+                        pinned: format!("{}@{}", uri(repo, account_host, &name), image.digest),
+                        repository_plan: plan_repository(repo),
+                        repository: name,
+                        push,
+                    })
+                })
+                .collect(),
+        ),
+        ObservedImages::Unbuilt {
+            repos,
+            account_host,
+            ..
+        } => Some(
+            repos
+                .iter()
+                .map(|(key, repo)| {
+                    let name = cfg.ecr_repository(key);
+                    let uri = uri(repo.as_ref(), account_host, &name);
+                    ImagePlan {
+                        key,
+                        repository_plan: plan_repository(repo.as_ref()),
+                        repository: name,
+                        pinned: format!("{uri}@sha256:(to be built)"),
+                        push: PushPlan::ToBuild { uri },
+                    }
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// The ECR repositories and the image pushes (with `--build-images` or
+/// `--images-dir`).
+pub(crate) struct Images;
+
+impl Resource for Images {
+    const KIND: Kind = Kind::Images;
+    type Wanted = ();
+    type Observed = ObservedImages;
+    /// `None`: `--image-repo`, nothing to do.
+    type Plan = Option<Vec<ImagePlan>>;
+    /// What the task definitions and the user data name.
+    type Output = ImageRefs;
+
+    async fn observe(d: &Deployer, (): &()) -> Result<ObservedImages> {
+        let Some(images) = &d.cfg.images else {
+            return Ok(ObservedImages::FromRepo);
+        };
+        let local = match local_images(&images.dir) {
+            Ok(l) => l,
+            // Before the first build: a plan of the build's pushes.
+            Err(error @ DeployError::Local { .. }) if images.build => {
+                let repos = d.observe_repositories().await?;
+                let (_, account_host) = d.registry(images).await?;
+                return Ok(ObservedImages::Unbuilt {
+                    repos,
+                    account_host,
+                    error,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let repos = d.observe_repositories().await?;
+        let (registry, account_host) = d.registry(images).await?;
+        let mut pushed = BTreeMap::new();
+        for image in &local {
+            let Some(key) = IMAGE_NAMES.iter().copied().find(|n| *n == image.name) else {
+                continue;
+            };
+            let name = d.cfg.ecr_repository(key);
+            // Where it is pushed is where it is looked for: ECR itself, or
+            // the override (which ECR's API knows nothing of).
+            let there = match (
+                repos.get(key).and_then(Option::as_ref),
+                &images.registry_endpoint,
+            ) {
+                (None, _) => false,
+                (Some(_), None) => d.ecr_has(&name, &image.digest).await?,
+                (Some(_), Some(_)) => {
+                    let by_digest = format!("{}/{name}@{}", registry.host, image.digest);
+                    skopeo_has(&by_digest, &image.digest, &registry).await?
+                }
+            };
+            pushed.insert(key, there);
+        }
+        Ok(ObservedImages::Built {
+            local,
+            repos,
+            registry,
+            account_host,
+            pushed,
+        })
+    }
+
+    fn plan(cfg: &DeployConfig, (): &(), have: &ObservedImages) -> Result<Self::Plan> {
+        Ok(plan_images(cfg, have))
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        (): (),
+        have: ObservedImages,
+        plan: Self::Plan,
+        steps: &mut Vec<Step>,
+    ) -> Result<ImageRefs> {
+        d.apply_images(dry_run, have, plan.unwrap_or_default(), steps)
+            .await
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_images(dry_run, steps).await
+    }
+}
+
 fn owner_tag(owner: &str) -> Result<Tag> {
     Tag::builder()
         .key(OWNER_TAG)
@@ -271,9 +472,7 @@ fn owner_tag(owner: &str) -> Result<Tag> {
 
 impl Deployer {
     /// Each image's repository (by image name), when it exists.
-    pub(crate) async fn observe_repositories(
-        &self,
-    ) -> Result<BTreeMap<&'static str, Option<Repository>>> {
+    async fn observe_repositories(&self) -> Result<BTreeMap<&'static str, Option<Repository>>> {
         let mut out = BTreeMap::new();
         for image in IMAGE_NAMES {
             let name = self.cfg.ecr_repository(image);
@@ -364,91 +563,54 @@ impl Deployer {
         Ok((Registry { host, tls, auth }, account_host))
     }
 
-    /// `up`'s images: the repositories, then each image pushed unless ECR
-    /// already has its digest. Returns what the task definitions name (the
-    /// `--image-repo` images without `--build-images`/`--images-dir`).
-    pub(crate) async fn up_images(
+    /// Carries out the images' plan: each repository, then each image
+    /// pushed unless the registry has its digest.
+    async fn apply_images(
         &self,
         dry_run: bool,
+        have: ObservedImages,
+        plan: Vec<ImagePlan>,
         steps: &mut Vec<Step>,
     ) -> Result<ImageRefs> {
-        let Some(images) = &self.cfg.images else {
-            return Ok(ImageRefs::from_repo(&self.cfg));
+        let (repos, registry) = match have {
+            ObservedImages::FromRepo => return Ok(ImageRefs::from_repo(&self.cfg)),
+            ObservedImages::Built {
+                repos, registry, ..
+            } => (repos, Some(registry)),
+            // Only a plan can be made before the build.
+            ObservedImages::Unbuilt { error, .. } if !dry_run => return Err(error),
+            ObservedImages::Unbuilt { repos, .. } => (repos, None),
         };
-        let local = match local_images(&images.dir) {
-            Ok(l) => l,
-            // A plan before the first build: the repositories, and pushes
-            // of what the build will make.
-            Err(DeployError::Local { .. }) if dry_run && images.build => {
-                return self.plan_unbuilt_images(images, steps).await;
-            }
-            Err(e) => return Err(e),
-        };
-        let repos = self.observe_repositories().await?;
-        let (registry, account_host) = self.registry(images).await?;
+        let dir = self.cfg.images.as_ref().map(|i| i.dir.as_path());
         let mut refs = BTreeMap::new();
-        for image in &local {
-            let Some(key) = IMAGE_NAMES.iter().copied().find(|n| *n == image.name) else {
-                continue;
-            };
-            let name = self.cfg.ecr_repository(key);
-            let have = repos.get(key).cloned().flatten();
-            let uri = match &have {
-                Some(r) => r.uri.clone(),
-                // Not made yet (a dry run): ECR's URIs are the registry's host and the name.
-                None => format!("{account_host}/{name}"),
-            };
-            self.apply_repository(dry_run, &name, have.as_ref(), steps)
-                .await?;
-            let pinned = format!("{uri}@{}", image.digest);
-            let target = format!("{}/{name}:{}", registry.host, image.push_tag());
-            // Where it is pushed is where it is looked for: ECR itself, or
-            // the override (which ECR's API knows nothing of).
-            let there = match (&have, &images.registry_endpoint) {
-                (None, _) => false,
-                (Some(_), None) => self.ecr_has(&name, &image.digest).await?,
-                (Some(_), Some(_)) => {
-                    let by_digest = format!("{}/{name}@{}", registry.host, image.digest);
-                    skopeo_has(&by_digest, &image.digest, &registry).await?
+        for image in plan {
+            let have = repos.get(image.key).and_then(Option::as_ref);
+            self.apply_repository(
+                dry_run,
+                &image.repository,
+                have,
+                image.repository_plan,
+                steps,
+            )
+            .await?;
+            match image.push {
+                PushPlan::Pushed => {
+                    let detail = "pushed before";
+                    self.push(steps, IMAGE, &image.pinned, Action::Unchanged, detail);
                 }
-            };
-            if there {
-                self.push(steps, IMAGE, &pinned, Action::Unchanged, "pushed before");
-            } else {
-                if !dry_run {
-                    self.skopeo_push(&images.dir, image, &target, &registry)
-                        .await?;
+                PushPlan::Push { local, target } => {
+                    if !dry_run && let (Some(dir), Some(registry)) = (dir, &registry) {
+                        self.skopeo_push(dir, &local, &target, registry).await?;
+                    }
+                    let detail = format!("push {target}");
+                    self.push(steps, IMAGE, &image.pinned, Action::Create, detail);
                 }
-                self.push(
-                    steps,
-                    IMAGE,
-                    &pinned,
-                    Action::Create,
-                    format!("push {target}"),
-                );
+                PushPlan::ToBuild { uri } => {
+                    let detail = "built by scripts/images.sh, then pushed";
+                    self.push(steps, IMAGE, &uri, Action::Create, detail);
+                }
             }
-            refs.insert(key, pinned);
-        }
-        Ok(ImageRefs(refs))
-    }
-
-    /// [`Self::up_images`]'s dry run when the images are not built yet.
-    async fn plan_unbuilt_images(
-        &self,
-        images: &ImagesConfig,
-        steps: &mut Vec<Step>,
-    ) -> Result<ImageRefs> {
-        let repos = self.observe_repositories().await?;
-        let (_, account_host) = self.registry(images).await?;
-        let mut refs = BTreeMap::new();
-        for (key, have) in repos {
-            let name = self.cfg.ecr_repository(key);
-            self.apply_repository(true, &name, have.as_ref(), steps)
-                .await?;
-            let uri = have.map_or_else(|| format!("{account_host}/{name}"), |r| r.uri);
-            let detail = "built by scripts/images.sh, then pushed";
-            self.push(steps, IMAGE, &uri, Action::Create, detail);
-            refs.insert(key, format!("{uri}@sha256:(to be built)"));
+            refs.insert(image.key, image.pinned);
         }
         Ok(ImageRefs(refs))
     }
@@ -459,9 +621,10 @@ impl Deployer {
         dry_run: bool,
         name: &str,
         have: Option<&Repository>,
+        plan: RepositoryPlan,
         steps: &mut Vec<Step>,
     ) -> Result<()> {
-        match plan_repository(have) {
+        match plan {
             RepositoryPlan::Create => {
                 if !dry_run {
                     self.ecr
@@ -594,7 +757,7 @@ impl Deployer {
     }
 
     /// `down`'s repositories: each deleted with its images when tagged ours.
-    pub(crate) async fn down_images(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn down_images(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         for (image, repo) in self.observe_repositories().await? {
             let name = self.cfg.ecr_repository(image);
             match repo {

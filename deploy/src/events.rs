@@ -5,10 +5,13 @@
 //! that lets only that rule send. The controller long-polls the queue
 //! (`ECSMESH_ECS_EVENTS_QUEUE_URL`, see control-plane's `ecs_events`).
 //!
-//! Everything is read first and compared with what `up` would make, so a
-//! second `up` changes nothing and drift (a changed pattern, a missing
-//! target or policy, other queue attributes) is put right and reported.
-//! The queues and the rule carry the owner tag; `down` deletes only those.
+//! A [`Resource`] like every module: observe (`find_queue`, `find_rule`),
+//! plan (`plan_events`, pure: each piece compared with what `up` would
+//! make, the ARNs it names made from the account and region of what
+//! exists), apply, destroy. A second `up` changes nothing and drift (a
+//! changed pattern, a missing target or policy, other queue attributes) is
+//! put right and reported. The queues and the rule carry the owner tag;
+//! `down` deletes only those.
 
 use std::collections::HashMap;
 
@@ -17,9 +20,10 @@ use aws_sdk_sqs as sqs;
 use serde_json::{Value, json};
 use sqs::types::QueueAttributeName as Attr;
 
-use crate::config::{EVENTS_MAX_RECEIVE_COUNT, OWNER_TAG};
+use crate::config::{DeployConfig, EVENTS_MAX_RECEIVE_COUNT, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::ops::Deployer;
+use crate::resource::{Kind, Resource};
 use crate::{Action, Step};
 
 /// The step kinds of this module's report lines.
@@ -206,6 +210,186 @@ fn owner_tag(cfg_owner: &str) -> Result<eventbridge::types::Tag> {
         .map_err(|e| DeployError::State(format!("tagging the events rule: {e}")))
 }
 
+/// The queues and the rule as they are.
+#[derive(Debug, Default)]
+pub(crate) struct ObservedEvents {
+    dlq: Option<Queue>,
+    queue: Option<Queue>,
+    rule: Option<Rule>,
+}
+
+impl ObservedEvents {
+    /// The account and region of what exists (none when nothing does).
+    fn arn_base(&self) -> Option<ArnBase> {
+        [&self.dlq, &self.queue]
+            .into_iter()
+            .flatten()
+            .map(|q| q.arn.as_str())
+            .chain(self.rule.as_ref().map(|r| r.arn.as_str()))
+            .find_map(ArnBase::parse)
+    }
+}
+
+/// What `up` does to a queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum QueuePlan {
+    Create,
+    Unchanged,
+    /// The attributes that differ, by name.
+    Update(Vec<String>),
+}
+
+/// What `up` does to the rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RulePlan {
+    Create,
+    Unchanged,
+    /// What differs: the pattern, the state.
+    Update(Vec<&'static str>),
+}
+
+/// What `up` does to the events plumbing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EventsPlan {
+    dlq: QueuePlan,
+    queue: QueuePlan,
+    rule: RulePlan,
+    /// The rule's target: create, update or unchanged.
+    target: Action,
+    /// The queue's policy: create, update or unchanged.
+    policy: Action,
+    /// Whether the queue's attributes and its policy are set (one call).
+    set_queue_attributes: bool,
+}
+
+fn plan_queue(have: Option<&Queue>, want: &[(Attr, String)]) -> QueuePlan {
+    let Some(q) = have else {
+        return QueuePlan::Create;
+    };
+    let diffs = attribute_diffs(&q.attributes, want);
+    if diffs.is_empty() {
+        QueuePlan::Unchanged
+    } else {
+        QueuePlan::Update(diffs)
+    }
+}
+
+/// Compares the queues, the rule, its target and the queue's policy with
+/// what `up` makes (no I/O). The ARNs they name are those of what exists,
+/// else made from the account and region of what exists; when nothing
+/// exists everything is created.
+pub(crate) fn plan_events(cfg: &DeployConfig, have: &ObservedEvents) -> EventsPlan {
+    let base = have.arn_base();
+    let arn = |q: Option<&Queue>, service: &str, resource: String| {
+        q.map(|q| q.arn.clone())
+            .or_else(|| base.as_ref().map(|b| b.arn(service, &resource)))
+    };
+    let dlq_arn = arn(have.dlq.as_ref(), "sqs", cfg.events_dlq_name());
+    let queue_arn = arn(have.queue.as_ref(), "sqs", cfg.events_queue_name());
+    let rule_arn = have.rule.as_ref().map(|r| r.arn.clone()).or_else(|| {
+        let name = cfg.events_rule_name();
+        base.as_ref()
+            .map(|b| b.arn("events", &format!("rule/{name}")))
+    });
+    let cluster_arn = base
+        .as_ref()
+        .map(|b| b.arn("ecs", &format!("cluster/{}", cfg.cluster)));
+
+    let want = queue_attributes(dlq_arn.as_deref().unwrap_or_default());
+    let rule = match &have.rule {
+        None => RulePlan::Create,
+        Some(r) => {
+            let pattern = event_pattern(cluster_arn.as_deref().unwrap_or_default());
+            let mut diffs = Vec::new();
+            if cluster_arn.is_none() || !same_json(r.pattern.as_deref(), &pattern) {
+                diffs.push("event pattern");
+            }
+            if !r.enabled {
+                diffs.push("state (disabled)");
+            }
+            if diffs.is_empty() {
+                RulePlan::Unchanged
+            } else {
+                RulePlan::Update(diffs)
+            }
+        }
+    };
+    let have_target = have.rule.as_ref().and_then(|r| r.targets.get(TARGET_ID));
+    let target = match have_target {
+        Some(t) if queue_arn.as_ref() == Some(t) => Action::Unchanged,
+        Some(_) => Action::Update,
+        None => Action::Create,
+    };
+    let have_attributes = have.queue.as_ref().map(|q| &q.attributes);
+    let have_policy = have_attributes.and_then(|a| a.get(&Attr::Policy));
+    let policy_ok = rule_arn.as_deref().is_some_and(|rule_arn| {
+        let policy = queue_policy(queue_arn.as_deref().unwrap_or_default(), rule_arn);
+        same_json(have_policy.map(String::as_str), &policy)
+    });
+    let attributes_ok = have_attributes.is_some_and(|a| attribute_diffs(a, &want).is_empty());
+    EventsPlan {
+        dlq: plan_queue(have.dlq.as_ref(), &dlq_attributes()),
+        queue: plan_queue(have.queue.as_ref(), &want),
+        rule,
+        target,
+        policy: match (policy_ok, have_policy) {
+            (true, _) => Action::Unchanged,
+            (false, Some(_)) => Action::Update,
+            (false, None) => Action::Create,
+        },
+        set_queue_attributes: !(policy_ok && attributes_ok),
+    }
+}
+
+/// The ECS events queue, its dead-letter queue, the rule and its target,
+/// and the queue's policy (unless `--no-events`).
+pub(crate) struct EcsEvents;
+
+impl Resource for EcsEvents {
+    const KIND: Kind = Kind::Events;
+    type Wanted = ();
+    /// `None`: `--no-events` (not looked up).
+    type Observed = Option<ObservedEvents>;
+    type Plan = Option<EventsPlan>;
+    /// The queue's URL for the controller's task definition (`None` with
+    /// `--no-events`, or in a dry run before the queue exists).
+    type Output = Option<String>;
+
+    async fn observe(d: &Deployer, (): &()) -> Result<Self::Observed> {
+        let cfg = &d.cfg;
+        if !cfg.ecs_events {
+            return Ok(None);
+        }
+        Ok(Some(ObservedEvents {
+            dlq: d.find_queue(&cfg.events_dlq_name()).await?,
+            queue: d.find_queue(&cfg.events_queue_name()).await?,
+            rule: d.find_rule(&cfg.events_rule_name()).await?,
+        }))
+    }
+
+    fn plan(cfg: &DeployConfig, (): &(), have: &Self::Observed) -> Result<Self::Plan> {
+        Ok(have.as_ref().map(|h| plan_events(cfg, h)))
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        (): (),
+        have: Self::Observed,
+        plan: Self::Plan,
+        steps: &mut Vec<Step>,
+    ) -> Result<Option<String>> {
+        match (have, plan) {
+            (Some(have), Some(plan)) => d.apply_events(dry_run, have, plan, steps).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_events(dry_run, steps).await
+    }
+}
+
 impl Deployer {
     /// The queue of that name, if it exists.
     async fn find_queue(&self, name: &str) -> Result<Option<Queue>> {
@@ -360,38 +544,37 @@ impl Deployer {
         Ok((url, arn))
     }
 
-    /// `up`'s events plumbing, in dependency order: the dead-letter queue,
-    /// the queue, the rule (its pattern names the cluster), the rule's
-    /// target (the queue) and the queue's policy (it names the rule).
-    /// Returns the queue's URL for the controller's task definition (`None`
-    /// with `--no-events`, or in a dry run before the queue exists).
-    pub(crate) async fn up_events(
+    /// Carries out the events plan, in dependency order: the dead-letter
+    /// queue, the queue, the rule (its pattern names the cluster), the
+    /// rule's target (the queue) and the queue's policy (it names the
+    /// rule). The ARNs are those of what exists or was made, else made from
+    /// the account and region of what exists. Returns the queue's URL for
+    /// the controller's task definition (`None` in a dry run before the
+    /// queue exists).
+    async fn apply_events(
         &self,
         dry_run: bool,
+        have: ObservedEvents,
+        plan: EventsPlan,
         steps: &mut Vec<Step>,
     ) -> Result<Option<String>> {
         let cfg = &self.cfg;
-        if !cfg.ecs_events {
-            return Ok(None);
-        }
         let (dlq_name, queue_name) = (cfg.events_dlq_name(), cfg.events_queue_name());
-        let dlq = self.find_queue(&dlq_name).await?;
-        let queue = self.find_queue(&queue_name).await?;
-        let rule = self.find_rule(&cfg.events_rule_name()).await?;
-        // Where the account and region are known from: the cluster's ARN
-        // follows (and, in a dry run, the ARNs of what is not made yet).
-        let mut base = [&dlq, &queue]
-            .into_iter()
-            .flatten()
-            .map(|q| q.arn.as_str())
-            .chain(rule.as_ref().map(|r| r.arn.as_str()))
-            .find_map(ArnBase::parse);
+        let mut base = have.arn_base();
 
         // 1. The dead-letter queue.
-        let dlq_arn = self
-            .up_queue(dry_run, &dlq_name, dlq.as_ref(), &dlq_attributes(), steps)
-            .await?
-            .map(|(_, arn)| arn);
+        let dlq_want = dlq_attributes();
+        let made = self
+            .apply_queue(
+                dry_run,
+                &dlq_name,
+                have.dlq.as_ref(),
+                &dlq_want,
+                plan.dlq,
+                steps,
+            )
+            .await?;
+        let dlq_arn = made.map(|(_, arn)| arn);
         base = base.or_else(|| dlq_arn.as_deref().and_then(ArnBase::parse));
         let dlq_arn = dlq_arn.or_else(|| base.as_ref().map(|b| b.arn("sqs", &dlq_name)));
         let want = queue_attributes(dlq_arn.as_deref().unwrap_or_default());
@@ -399,7 +582,14 @@ impl Deployer {
         // 2. The queue. A change to an existing one is applied with the
         // policy (step 5), which names the rule made in between.
         let made = self
-            .up_queue(dry_run, &queue_name, queue.as_ref(), &want, steps)
+            .apply_queue(
+                dry_run,
+                &queue_name,
+                have.queue.as_ref(),
+                &want,
+                plan.queue,
+                steps,
+            )
             .await?;
         let (queue_url, queue_arn) = made.unzip();
         base = base.or_else(|| queue_arn.as_deref().and_then(ArnBase::parse));
@@ -410,118 +600,123 @@ impl Deployer {
             .as_ref()
             .map(|b| b.arn("ecs", &format!("cluster/{}", cfg.cluster)));
         let rule_arn = self
-            .up_rule(dry_run, rule.as_ref(), cluster_arn.as_deref(), steps)
+            .apply_rule(
+                dry_run,
+                have.rule.as_ref(),
+                cluster_arn.as_deref(),
+                plan.rule,
+                steps,
+            )
             .await?
             .or_else(|| {
                 let name = cfg.events_rule_name();
                 base.as_ref()
                     .map(|b| b.arn("events", &format!("rule/{name}")))
             });
-        self.up_target(dry_run, rule.as_ref(), queue_arn.as_deref(), steps)
+        self.apply_target(dry_run, plan.target, queue_arn.as_deref(), steps)
             .await?;
 
         // 5. The queue's policy, with the queue's other attributes.
-        let policy = queue_policy(
-            queue_arn.as_deref().unwrap_or_default(),
-            rule_arn.as_deref().unwrap_or_default(),
-        );
-        let have = queue.as_ref().map(|q| &q.attributes);
-        let have_policy = have.and_then(|a| a.get(&Attr::Policy));
-        let policy_ok = rule_arn.is_some() && same_json(have_policy.map(String::as_str), &policy);
-        let in_sync = policy_ok && have.is_some_and(|a| attribute_diffs(a, &want).is_empty());
-        if !in_sync && !dry_run {
+        if plan.set_queue_attributes && !dry_run {
+            let policy = queue_policy(
+                queue_arn.as_deref().unwrap_or_default(),
+                rule_arn.as_deref().unwrap_or_default(),
+            );
             let mut all = want;
             // All of them in one call: some emulators reset what is left out.
             all.push((Attr::Policy, policy.to_string()));
             let url = queue_url.as_deref().unwrap_or_default();
             self.set_queue_attributes(url, &queue_name, all).await?;
         }
-        let action = match (policy_ok, have_policy) {
-            (true, _) => Action::Unchanged,
-            (false, Some(_)) => Action::Update,
-            (false, None) => Action::Create,
-        };
         let detail = format!(
             "sqs:SendMessage from events.amazonaws.com for {}",
             rule_arn.as_deref().unwrap_or("the rule")
         );
-        self.push(steps, POLICY, &queue_name, action, detail);
+        self.push(steps, POLICY, &queue_name, plan.policy, detail);
         Ok(queue_url)
     }
 
-    /// A queue: created when missing (with `want`, tagged), else compared.
-    /// A dead-letter queue that differs is updated here; the events queue is
-    /// updated with its policy ([`Self::up_events`]). Its URL and ARN (none
-    /// in a dry run before it exists).
-    async fn up_queue(
+    /// A queue's plan: created (with `want`, tagged), or reported. A
+    /// dead-letter queue that differs is updated here; the events queue is
+    /// updated with its policy ([`Self::apply_events`]). Its URL and ARN
+    /// (none in a dry run before it exists).
+    async fn apply_queue(
         &self,
         dry_run: bool,
         name: &str,
         have: Option<&Queue>,
         want: &[(Attr, String)],
+        plan: QueuePlan,
         steps: &mut Vec<Step>,
     ) -> Result<Option<(String, String)>> {
         let dead_letter = name == self.cfg.events_dlq_name();
-        let Some(q) = have else {
-            let made = if dry_run {
-                None
-            } else {
-                Some(self.create_queue(name, want).await?)
-            };
-            let detail = if dead_letter {
-                format!("dead-letter queue, SSE, retention {DLQ_RETENTION_S} s")
-            } else {
-                format!(
-                    "SSE, retention {QUEUE_RETENTION_S} s, visibility {QUEUE_VISIBILITY_S} s, \
-                     to {} after {EVENTS_MAX_RECEIVE_COUNT} receives",
-                    self.cfg.events_dlq_name()
-                )
-            };
-            self.push(steps, QUEUE, name, Action::Create, detail);
-            return Ok(made);
-        };
-        let diffs = attribute_diffs(&q.attributes, want);
-        if diffs.is_empty() {
-            self.push(steps, QUEUE, name, Action::Unchanged, &q.url);
-        } else {
-            if dead_letter && !dry_run {
-                self.set_queue_attributes(&q.url, name, want.to_vec())
-                    .await?;
+        let q = match (plan, have) {
+            (QueuePlan::Create, _) | (_, None) => {
+                let made = if dry_run {
+                    None
+                } else {
+                    Some(self.create_queue(name, want).await?)
+                };
+                let detail = if dead_letter {
+                    format!("dead-letter queue, SSE, retention {DLQ_RETENTION_S} s")
+                } else {
+                    format!(
+                        "SSE, retention {QUEUE_RETENTION_S} s, visibility {QUEUE_VISIBILITY_S} \
+                         s, to {} after {EVENTS_MAX_RECEIVE_COUNT} receives",
+                        self.cfg.events_dlq_name()
+                    )
+                };
+                self.push(steps, QUEUE, name, Action::Create, detail);
+                return Ok(made);
             }
-            self.push(steps, QUEUE, name, Action::Update, diffs.join(", "));
-        }
+            (QueuePlan::Unchanged, Some(q)) => {
+                self.push(steps, QUEUE, name, Action::Unchanged, &q.url);
+                q
+            }
+            (QueuePlan::Update(diffs), Some(q)) => {
+                if dead_letter && !dry_run {
+                    self.set_queue_attributes(&q.url, name, want.to_vec())
+                        .await?;
+                }
+                self.push(steps, QUEUE, name, Action::Update, diffs.join(", "));
+                q
+            }
+        };
         Ok(Some((q.url.clone(), q.arn.clone())))
     }
 
-    /// The rule: this cluster's task and container instance changes
+    /// The rule's plan: this cluster's task and container instance changes
     /// (`cluster_arn` unknown only in a dry run before anything exists).
     /// Its ARN, when it exists or was made.
-    async fn up_rule(
+    async fn apply_rule(
         &self,
         dry_run: bool,
         have: Option<&Rule>,
         cluster_arn: Option<&str>,
+        plan: RulePlan,
         steps: &mut Vec<Step>,
     ) -> Result<Option<String>> {
         let cfg = &self.cfg;
         let name = cfg.events_rule_name();
-        let pattern = event_pattern(cluster_arn.unwrap_or_default());
-        let mut diffs = Vec::new();
-        if let Some(r) = have {
-            if cluster_arn.is_none() || !same_json(r.pattern.as_deref(), &pattern) {
-                diffs.push("event pattern");
-            }
-            if !r.enabled {
-                diffs.push("state (disabled)");
-            }
-            if diffs.is_empty() {
+        let (action, detail) = match plan {
+            RulePlan::Unchanged => {
                 let detail = cluster_arn.unwrap_or_default();
                 self.push(steps, RULE, &name, Action::Unchanged, detail);
-                return Ok(Some(r.arn.clone()));
+                return Ok(have.map(|r| r.arn.clone()));
             }
-        }
+            RulePlan::Update(diffs) => (Action::Update, diffs.join(", ")),
+            RulePlan::Create => (
+                Action::Create,
+                format!(
+                    "{}: {}",
+                    EVENT_DETAIL_TYPES.join(", "),
+                    cluster_arn.unwrap_or("the cluster")
+                ),
+            ),
+        };
         let mut made = None;
         if !dry_run {
+            let pattern = event_pattern(cluster_arn.unwrap_or_default());
             let mut req = self
                 .events
                 .put_rule()
@@ -543,36 +738,21 @@ impl Deployer {
                 .map_err(|e| DeployError::aws("PutRule", &name, &e))?;
             made = out.rule_arn().map(str::to_owned);
         }
-        let (action, detail) = match have {
-            Some(_) => (Action::Update, diffs.join(", ")),
-            None => (
-                Action::Create,
-                format!(
-                    "{}: {}",
-                    EVENT_DETAIL_TYPES.join(", "),
-                    cluster_arn.unwrap_or("the cluster")
-                ),
-            ),
-        };
         self.push(steps, RULE, &name, action, detail);
         Ok(made.or_else(|| have.map(|r| r.arn.clone())))
     }
 
-    /// The rule's target: the queue (other targets someone added are left).
-    async fn up_target(
+    /// The rule's target, the queue (other targets someone added are
+    /// left): `action` from the plan.
+    async fn apply_target(
         &self,
         dry_run: bool,
-        rule: Option<&Rule>,
+        action: Action,
         queue_arn: Option<&str>,
         steps: &mut Vec<Step>,
     ) -> Result<()> {
         let (name, queue_name) = (self.cfg.events_rule_name(), self.cfg.events_queue_name());
-        let have = rule.and_then(|r| r.targets.get(TARGET_ID));
-        if queue_arn.is_some() && have.map(String::as_str) == queue_arn {
-            self.push(steps, TARGET, &name, Action::Unchanged, &queue_name);
-            return Ok(());
-        }
-        if !dry_run {
+        if action.is_change() && !dry_run {
             let target = eventbridge::types::Target::builder()
                 .id(TARGET_ID)
                 .arn(queue_arn.unwrap_or_default())
@@ -596,11 +776,6 @@ impl Deployer {
                 });
             }
         }
-        let action = if have.is_some() {
-            Action::Update
-        } else {
-            Action::Create
-        };
         self.push(steps, TARGET, &name, action, &queue_name);
         Ok(())
     }
@@ -624,7 +799,7 @@ impl Deployer {
     /// `down`'s events plumbing, whatever this run's `--no-events`: the
     /// rule's targets and the rule, then the queue and its dead-letter
     /// queue, each only when tagged ours.
-    pub(crate) async fn down_events(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn down_events(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let rule_name = cfg.events_rule_name();
         match self.find_rule(&rule_name).await? {

@@ -10,16 +10,18 @@
 //! table), so that only the controller's task holds the controller's
 //! rights. All tagged as ours.
 //!
-//! The same shape as the other resource modules: observe, a pure plan,
-//! apply, destroy. The policies are compared as JSON documents, so a second
-//! `up` changes nothing and an edited policy is put back.
+//! A [`Resource`] like every module: observe (`observe_role`), plan
+//! (`plan_role`, pure), apply, destroy. The policies are compared as JSON
+//! documents, so a second `up` changes nothing and an edited policy is put
+//! back.
 
 use aws_sdk_iam as iam;
 use serde_json::Value;
 
-use crate::config::OWNER_TAG;
+use crate::config::{DeployConfig, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::ops::Deployer;
+use crate::resource::{Kind, Resource};
 use crate::{Action, Step};
 
 const ROLE: &str = "iam-role";
@@ -104,7 +106,7 @@ pub(crate) fn role_specs(cfg: &crate::DeployConfig) -> [RoleSpec; 2] {
 
 /// The role and profile as they are.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Observed {
+pub(crate) struct ObservedRole {
     /// The role exists; tagged ours.
     role: Option<bool>,
     arn: Option<String>,
@@ -127,7 +129,7 @@ pub(crate) enum Change {
 
 /// What `up` does, from what is there (no I/O); a role or profile of that
 /// name that is not ours is an error (it would be used without being known).
-pub(crate) fn plan(spec: &RoleSpec, have: &Observed) -> Result<Vec<Change>> {
+pub(crate) fn plan_role(spec: &RoleSpec, have: &ObservedRole) -> Result<Vec<Change>> {
     let name = spec.name.as_str();
     if have.role == Some(false) || have.profile.as_ref().is_some_and(|(owned, _)| !owned) {
         return Err(DeployError::State(format!(
@@ -211,15 +213,68 @@ fn no_such_entity<E: iam::error::ProvideErrorMetadata>(e: &E) -> bool {
     e.code() == Some("NoSuchEntity")
 }
 
+/// The instances' role and profile and the controller's task role (unless
+/// the user names a profile).
+pub(crate) struct Roles;
+
+impl Resource for Roles {
+    const KIND: Kind = Kind::Iam;
+    type Wanted = ();
+    /// Each role `up` makes, as it is (none when the user names a profile).
+    type Observed = Vec<(RoleSpec, ObservedRole)>;
+    /// Each role's changes, in the same order.
+    type Plan = Vec<Vec<Change>>;
+    /// The controller's task role's ARN, for its task definition (none
+    /// when the user names a profile, or in a dry run before it exists).
+    type Output = Option<String>;
+
+    async fn observe(d: &Deployer, (): &()) -> Result<Self::Observed> {
+        let mut out = Vec::new();
+        if d.cfg.managed_instance_profile() {
+            for spec in role_specs(&d.cfg) {
+                let have = d.observe_role(&spec).await?;
+                out.push((spec, have));
+            }
+        }
+        Ok(out)
+    }
+
+    fn plan(_: &DeployConfig, (): &(), have: &Self::Observed) -> Result<Self::Plan> {
+        have.iter().map(|(spec, h)| plan_role(spec, h)).collect()
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        (): (),
+        have: Self::Observed,
+        plan: Self::Plan,
+        steps: &mut Vec<Step>,
+    ) -> Result<Option<String>> {
+        let mut controller_role = None;
+        for ((spec, have), changes) in have.into_iter().zip(plan) {
+            let made = d.up_role(dry_run, &spec, changes, steps).await?;
+            if !spec.profile {
+                controller_role = made.or(have.arn);
+            }
+        }
+        Ok(controller_role)
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_iam(dry_run, steps).await
+    }
+}
+
 impl Deployer {
     /// The role, its inline policies and its profile, as they are.
-    pub(crate) async fn observe_iam(&self, spec: &RoleSpec) -> Result<Observed> {
+    async fn observe_role(&self, spec: &RoleSpec) -> Result<ObservedRole> {
         let name = spec.name.as_str();
         let owned = |tags: &[iam::types::Tag]| {
             tags.iter()
                 .any(|t| t.key() == OWNER_TAG && t.value() == self.cfg.owner())
         };
-        let mut have = Observed::default();
+        let mut have = ObservedRole::default();
         match self.iam.get_role().role_name(name).send().await {
             Ok(out) => {
                 let role = out.role();
@@ -272,38 +327,15 @@ impl Deployer {
         Ok(have)
     }
 
-    /// `up`'s roles (and the instances' profile), unless the user named a
-    /// profile. The controller's task role's ARN, for its task definition
-    /// (none then, or in a dry run before the role exists).
-    pub(crate) async fn up_iam(
-        &self,
-        dry_run: bool,
-        steps: &mut Vec<Step>,
-    ) -> Result<Option<String>> {
-        if !self.cfg.managed_instance_profile() {
-            return Ok(None);
-        }
-        let mut controller_role = None;
-        for spec in role_specs(&self.cfg) {
-            let have = self.observe_iam(&spec).await?;
-            let made = self.up_role(dry_run, &spec, &have, steps).await?;
-            if !spec.profile {
-                controller_role = made.or(have.arn);
-            }
-        }
-        Ok(controller_role)
-    }
-
     /// One role: its changes applied and reported. The ARN of a role made.
     async fn up_role(
         &self,
         dry_run: bool,
         spec: &RoleSpec,
-        have: &Observed,
+        changes: Vec<Change>,
         steps: &mut Vec<Step>,
     ) -> Result<Option<String>> {
         let name = spec.name.clone();
-        let changes = plan(spec, have)?;
         let trusted = format!("trusted by {}", spec.trusted_by);
         if !changes.contains(&Change::CreateRole) {
             self.push(steps, ROLE, &name, Action::Unchanged, &trusted);
@@ -404,7 +436,7 @@ impl Deployer {
     /// `down`'s role and profile (whatever this run's `--instance-profile`):
     /// the profile emptied and deleted, the role's inline policies, the role;
     /// each only when tagged ours.
-    pub(crate) async fn down_iam(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn down_iam(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         for spec in role_specs(&self.cfg) {
             self.down_role(dry_run, &spec, steps).await?;
         }
@@ -413,7 +445,7 @@ impl Deployer {
 
     async fn down_role(&self, dry_run: bool, spec: &RoleSpec, steps: &mut Vec<Step>) -> Result<()> {
         let name = spec.name.clone();
-        let have = self.observe_iam(spec).await?;
+        let have = self.observe_role(spec).await?;
         match &have.profile {
             Some((true, roles)) => {
                 if !dry_run {
@@ -483,8 +515,8 @@ mod tests {
         role_specs(&crate::DeployConfig::new("c", "r"))
     }
 
-    fn ours(spec: &RoleSpec) -> Observed {
-        Observed {
+    fn ours(spec: &RoleSpec) -> ObservedRole {
+        ObservedRole {
             role: Some(true),
             arn: Some("arn:aws:iam::1:role/r".to_owned()),
             trust_same: true,
@@ -503,7 +535,7 @@ mod tests {
         assert_eq!(instance.name, "ecsmesh-c-instance");
         assert_eq!(controller.name, "ecsmesh-c-controller");
         assert_eq!(
-            plan(&instance, &Observed::default()).unwrap(),
+            plan_role(&instance, &ObservedRole::default()).unwrap(),
             [
                 Change::CreateRole,
                 Change::PutPolicy("ecsmesh-instance", Action::Create),
@@ -513,20 +545,24 @@ mod tests {
         );
         // The task role: no profile.
         assert_eq!(
-            plan(&controller, &Observed::default()).unwrap(),
+            plan_role(&controller, &ObservedRole::default()).unwrap(),
             [
                 Change::CreateRole,
                 Change::PutPolicy("ecsmesh-controller", Action::Create),
             ]
         );
-        assert!(plan(&instance, &ours(&instance)).unwrap().is_empty());
-        assert!(plan(&controller, &ours(&controller)).unwrap().is_empty());
+        assert!(plan_role(&instance, &ours(&instance)).unwrap().is_empty());
+        assert!(
+            plan_role(&controller, &ours(&controller))
+                .unwrap()
+                .is_empty()
+        );
         let mut drift = ours(&instance);
         drift.trust_same = false;
         drift.policies[0].1 = false;
         drift.profile = Some((true, Vec::new()));
         assert_eq!(
-            plan(&instance, &drift).unwrap(),
+            plan_role(&instance, &drift).unwrap(),
             [
                 Change::UpdateTrust,
                 Change::PutPolicy("ecsmesh-instance", Action::Update),
@@ -535,7 +571,7 @@ mod tests {
         );
         let mut foreign = ours(&controller);
         foreign.role = Some(false);
-        let err = plan(&controller, &foreign).unwrap_err().to_string();
+        let err = plan_role(&controller, &foreign).unwrap_err().to_string();
         assert!(err.contains("--instance-profile"), "{err}");
     }
 

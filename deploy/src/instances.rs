@@ -2,10 +2,13 @@
 //! rendered user data; a new default version when anything differs) or a
 //! legacy launch configuration (immutable: named by a hash of its content,
 //! replaced ones deleted), and the auto scaling group `ecsmesh-<cluster>`.
-//! Observe (`find_launch_template`, `describe_asg`), plan (pure:
-//! `plan_launch_template`; `plan_asg`, the group's size/subnets/launch
-//! source compared), apply (`up_instances`), destroy (`down_instances`, which waits
-//! for the group's instances to end).
+//! The [`Resource`] [`Instances`]: wanted (the AMI, the security group, the
+//! subnets and the rendered user data, from earlier modules), observe
+//! (`observe_launch_template` or `launch_configurations`, `describe_asg`),
+//! plan (`plan_instances`, pure: `plan_launch_template`, the launch
+//! configuration's content name, `plan_asg`: the group's size, subnets and
+//! launch source compared), apply, destroy (which waits for the group's
+//! instances to end).
 
 use aws_sdk_autoscaling as asg;
 use aws_sdk_ec2 as ec2;
@@ -21,14 +24,14 @@ use crate::config::{DeployConfig, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::network::Network;
 use crate::ops::{Deployer, POLL_INTERVAL, asg_tag, ec2_tag, ec2_tags};
-use crate::taskdefs::Rendering;
+use crate::resource::{Kind, Resource};
 use crate::{Action, Step};
 
 /// How long `down` waits for the auto scaling group's instances to end.
 const ASG_DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_mins(15);
 
 /// How the group launches instances.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Launch {
     Template(String),
     Configuration(String),
@@ -188,6 +191,206 @@ fn launch_template_diffs(
     d
 }
 
+/// What the driver gives [`Instances`].
+#[derive(Clone, Debug)]
+pub(crate) struct Wanted {
+    pub(crate) ami: String,
+    /// The security group's id (none in a dry run before it exists).
+    pub(crate) group_id: Option<String>,
+    pub(crate) net: Network,
+    /// The instance user data, rendered (not yet base64-encoded).
+    pub(crate) user_data: String,
+}
+
+impl Wanted {
+    fn user_data_b64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(&self.user_data)
+    }
+}
+
+/// The launch source as observed.
+#[derive(Debug)]
+enum ObservedLaunch {
+    /// Boxed: its data (the user data) is large to move around.
+    Template(Option<Box<ObservedTemplate>>),
+    /// Our launch configurations' names (legacy).
+    Configurations(Vec<String>),
+}
+
+/// The instances' launch source and group as they are.
+#[derive(Debug)]
+pub(crate) struct ObservedInstances {
+    launch: ObservedLaunch,
+    asg: Option<asg::types::AutoScalingGroup>,
+}
+
+/// What `up` does to the launch source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LaunchPlan {
+    Template(LaunchTemplatePlan),
+    /// The configuration named for its content; created unless it exists.
+    Configuration {
+        name: String,
+        create: bool,
+    },
+}
+
+/// What `up` does to the instances: the launch source, the group, and the
+/// launch configurations the new one replaces (deleted after the group
+/// moved to it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InstancesPlan {
+    launch: LaunchPlan,
+    asg: AsgPlan,
+    replaced: Vec<String>,
+}
+
+/// The launch source `up` wants: the template `ecsmesh-<cluster>`, or the
+/// configuration named for its content.
+fn wanted_launch(cfg: &DeployConfig, want: &Wanted) -> Launch {
+    if cfg.launch_configuration {
+        let name = launch_configuration_name(
+            cfg,
+            &want.ami,
+            want.group_id.as_deref(),
+            &want.user_data_b64(),
+        );
+        Launch::Configuration(name)
+    } else {
+        Launch::Template(cfg.base_name())
+    }
+}
+
+/// Compares the launch source and the group with what `up` wants (no I/O).
+fn plan_instances(cfg: &DeployConfig, want: &Wanted, have: &ObservedInstances) -> InstancesPlan {
+    let launch = wanted_launch(cfg, want);
+    let (launch_plan, replaced) = match (&launch, &have.launch) {
+        (Launch::Configuration(name), ObservedLaunch::Configurations(names)) => (
+            LaunchPlan::Configuration {
+                name: name.clone(),
+                create: !names.contains(name),
+            },
+            names.iter().filter(|n| *n != name).cloned().collect(),
+        ),
+        (Launch::Configuration(name), ObservedLaunch::Template(_)) => (
+            LaunchPlan::Configuration {
+                name: name.clone(),
+                create: true,
+            },
+            Vec::new(),
+        ),
+        (Launch::Template(_), observed) => {
+            let template = match observed {
+                ObservedLaunch::Template(t) => t.as_deref(),
+                ObservedLaunch::Configurations(_) => None,
+            };
+            let plan = plan_launch_template(
+                cfg,
+                &want.ami,
+                want.group_id.as_deref(),
+                &want.user_data_b64(),
+                template,
+            );
+            (LaunchPlan::Template(plan), Vec::new())
+        }
+    };
+    InstancesPlan {
+        launch: launch_plan,
+        asg: plan_asg(cfg, &want.net, &launch, have.asg.as_ref()),
+        replaced,
+    }
+}
+
+/// A legacy launch configuration's name: launch configurations are
+/// immutable, so the name carries a hash of the content.
+fn launch_configuration_name(
+    cfg: &DeployConfig,
+    ami: &str,
+    sg: Option<&str>,
+    user_data_b64: &str,
+) -> String {
+    let key = format!(
+        "{ami}|{}|{user_data_b64}|{:?}|{:?}|{:?}",
+        cfg.instance_type,
+        cfg.key_pair,
+        sg,
+        cfg.effective_instance_profile()
+    );
+    // FNV-1a: stable across runs and builds (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}-{:016x}", cfg.base_name(), h)
+}
+
+/// The launch template (or configuration) and the auto scaling group.
+pub(crate) struct Instances;
+
+impl Resource for Instances {
+    const KIND: Kind = Kind::Instances;
+    type Wanted = Wanted;
+    type Observed = ObservedInstances;
+    type Plan = InstancesPlan;
+    type Output = ();
+
+    async fn observe(d: &Deployer, _: &Wanted) -> Result<ObservedInstances> {
+        let launch = if d.cfg.launch_configuration {
+            ObservedLaunch::Configurations(d.launch_configurations().await?)
+        } else {
+            ObservedLaunch::Template(d.observe_launch_template().await?.map(Box::new))
+        };
+        Ok(ObservedInstances {
+            launch,
+            asg: d.describe_asg().await?,
+        })
+    }
+
+    fn plan(cfg: &DeployConfig, want: &Wanted, have: &ObservedInstances) -> Result<InstancesPlan> {
+        Ok(plan_instances(cfg, want, have))
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        want: Wanted,
+        have: ObservedInstances,
+        plan: InstancesPlan,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        let launch = match plan.launch {
+            LaunchPlan::Template(p) => {
+                let template = match have.launch {
+                    ObservedLaunch::Template(t) => t.map(|t| (t.id, t.latest)),
+                    ObservedLaunch::Configurations(_) => None,
+                };
+                d.apply_launch_template(dry_run, &want, template, p, steps)
+                    .await?
+            }
+            LaunchPlan::Configuration { name, create } => {
+                d.apply_launch_configuration(dry_run, &want, name, create, steps)
+                    .await?
+            }
+        };
+        d.apply_asg(dry_run, &want.net, &launch, have.asg, plan.asg, steps)
+            .await?;
+        // After the group moved to the new configuration.
+        for name in plan.replaced {
+            if !dry_run {
+                d.delete_launch_configuration(&name).await?;
+            }
+            let action = Action::Delete;
+            d.push(steps, "launch-configuration", name, action, "replaced");
+        }
+        Ok(())
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_instances(dry_run, steps).await
+    }
+}
+
 impl Deployer {
     async fn find_launch_template(&self) -> Result<Option<ec2::types::LaunchTemplate>> {
         let base = self.cfg.base_name();
@@ -275,21 +478,19 @@ impl Deployer {
         Ok(Some(ObservedTemplate { id, latest, data }))
     }
 
-    async fn up_launch_template(
+    /// Carries out the launch template's plan; `have`: its id and latest
+    /// version, when it exists.
+    async fn apply_launch_template(
         &self,
         dry_run: bool,
-        ami: &str,
-        sg: Option<&str>,
-        user_data_b64: &str,
+        want: &Wanted,
+        have: Option<(String, i64)>,
+        plan: LaunchTemplatePlan,
         steps: &mut Vec<Step>,
     ) -> Result<Launch> {
         let base = self.cfg.base_name();
-        let data = self.launch_template_data(ami, sg, user_data_b64);
-        let have = self.observe_launch_template().await?;
-        let plan = plan_launch_template(&self.cfg, ami, sg, user_data_b64, have.as_ref());
-        // Only the id and version from here on: the data is large to hold
-        // across the calls below.
-        let have = have.map(|t| (t.id, t.latest));
+        let user_data_b64 = want.user_data_b64();
+        let data = self.launch_template_data(&want.ami, want.group_id.as_deref(), &user_data_b64);
         match (plan, have) {
             // (A plan for no template is always Create.)
             (LaunchTemplatePlan::Create, _) | (_, None) => {
@@ -355,29 +556,6 @@ impl Deployer {
         Ok(Launch::Template(base))
     }
 
-    fn launch_configuration_name(
-        &self,
-        ami: &str,
-        sg: Option<&str>,
-        user_data_b64: &str,
-    ) -> String {
-        let cfg = &self.cfg;
-        let key = format!(
-            "{ami}|{}|{user_data_b64}|{:?}|{:?}|{:?}",
-            cfg.instance_type,
-            cfg.key_pair,
-            sg,
-            cfg.effective_instance_profile()
-        );
-        // FNV-1a: launch configurations are immutable, so the name carries the content.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in key.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{}-{:016x}", cfg.base_name(), h)
-    }
-
     async fn launch_configurations(&self) -> Result<Vec<String>> {
         let prefix = format!("{}-", self.cfg.base_name());
         let mut names = Vec::new();
@@ -413,26 +591,26 @@ impl Deployer {
         Ok(())
     }
 
-    async fn up_launch_configuration(
+    /// Creates the launch configuration `name` unless it exists.
+    async fn apply_launch_configuration(
         &self,
         dry_run: bool,
-        ami: &str,
-        sg: Option<&str>,
-        user_data_b64: &str,
+        want: &Wanted,
+        name: String,
+        create: bool,
         steps: &mut Vec<Step>,
     ) -> Result<Launch> {
         let cfg = &self.cfg;
-        let name = self.launch_configuration_name(ami, sg, user_data_b64);
-        if self.launch_configurations().await?.contains(&name) {
-            self.push(steps, "launch-configuration", &name, Action::Unchanged, "");
-        } else {
+        let (ami, sg) = (want.ami.as_str(), want.group_id.as_deref());
+        let user_data_b64 = want.user_data_b64();
+        if create {
             if !dry_run {
                 self.asg
                     .create_launch_configuration()
                     .launch_configuration_name(&name)
                     .image_id(ami)
                     .instance_type(&cfg.instance_type)
-                    .user_data(user_data_b64)
+                    .user_data(&user_data_b64)
                     .set_key_name(cfg.key_pair.clone())
                     .set_security_groups(sg.map(|s| vec![s.to_owned()]))
                     .set_iam_instance_profile(cfg.effective_instance_profile())
@@ -454,31 +632,10 @@ impl Deployer {
                 Action::Create,
                 "legacy; IMDSv2 required, hop limit 2",
             );
+        } else {
+            self.push(steps, "launch-configuration", &name, Action::Unchanged, "");
         }
         Ok(Launch::Configuration(name))
-    }
-
-    async fn delete_old_launch_configurations(
-        &self,
-        current: &Launch,
-        steps: &mut Vec<Step>,
-    ) -> Result<()> {
-        let Launch::Configuration(keep) = current else {
-            return Ok(());
-        };
-        for name in self.launch_configurations().await? {
-            if &name != keep {
-                self.delete_launch_configuration(&name).await?;
-                self.push(
-                    steps,
-                    "launch-configuration",
-                    name,
-                    Action::Delete,
-                    "replaced",
-                );
-            }
-        }
-        Ok(())
     }
 
     async fn describe_asg(&self) -> Result<Option<asg::types::AutoScalingGroup>> {
@@ -493,12 +650,15 @@ impl Deployer {
         Ok(out.auto_scaling_groups().first().cloned())
     }
 
+    /// Carries out the group's plan.
     #[allow(clippy::too_many_lines)]
-    async fn up_asg(
+    async fn apply_asg(
         &self,
         dry_run: bool,
         net: &Network,
         launch: &Launch,
+        have: Option<asg::types::AutoScalingGroup>,
+        plan: AsgPlan,
         steps: &mut Vec<Step>,
     ) -> Result<()> {
         let cfg = &self.cfg;
@@ -510,8 +670,7 @@ impl Deployer {
                 .version("$Latest")
                 .build()
         };
-        let have = self.describe_asg().await?;
-        let (diffs, launch_same) = match plan_asg(cfg, net, launch, have.as_ref()) {
+        let (diffs, launch_same) = match plan {
             AsgPlan::Create => {
                 if !dry_run {
                     let mut req = self
@@ -611,40 +770,9 @@ impl Deployer {
         Ok(())
     }
 
-    /// `up`'s launch template (or legacy launch configuration) with the
-    /// rendered user data, and the auto scaling group that uses it.
-    pub(crate) async fn up_instances(
-        &self,
-        dry_run: bool,
-        ami: &str,
-        group_id: Option<&str>,
-        net: &Network,
-        render: &Rendering,
-        steps: &mut Vec<Step>,
-    ) -> Result<()> {
-        let cfg = &self.cfg;
-        let user_data = self.user_data_with(render)?;
-        let user_data_b64 = base64::engine::general_purpose::STANDARD.encode(&user_data);
-        let launch = if cfg.launch_configuration {
-            self.up_launch_configuration(dry_run, ami, group_id, &user_data_b64, steps)
-                .await?
-        } else {
-            self.up_launch_template(dry_run, ami, group_id, &user_data_b64, steps)
-                .await?
-        };
-
-        // 6. Auto scaling group.
-        self.up_asg(dry_run, net, &launch, steps).await?;
-        if cfg.launch_configuration && !dry_run {
-            self.delete_old_launch_configurations(&launch, steps)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// `down`'s auto scaling group (waiting for its instances to end), the
     /// launch template and every launch configuration of ours.
-    pub(crate) async fn down_instances(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn down_instances(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let base = cfg.base_name();
         // Auto scaling group.

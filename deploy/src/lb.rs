@@ -11,8 +11,10 @@
 //! instance could not connect through the balancer otherwise) and cross-zone
 //! load balancing on (the replicas run in fewer zones than the agents).
 //!
-//! The same shape as the other resource modules: observe, a pure plan,
-//! apply, destroy.
+//! A [`Resource`] like every module: observe (`observe_balancer`), plan
+//! (`plan_balancer`, pure), apply, destroy (only what is ours). Its output
+//! is where agents and ecsmeshctl reach the controller
+//! ([`ControllerReach`]).
 
 use aws_sdk_elasticloadbalancingv2 as elb;
 use elb::types::{
@@ -20,9 +22,10 @@ use elb::types::{
     LoadBalancerTypeEnum, ProtocolEnum, Tag, TargetGroupAttribute, TargetTypeEnum,
 };
 
-use crate::config::OWNER_TAG;
+use crate::config::{DeployConfig, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::ops::{CONTROLLER_GRPC_PORT, Deployer};
+use crate::resource::{Kind, Resource};
 use crate::{Action, Step};
 
 const LB: &str = "load-balancer";
@@ -40,7 +43,7 @@ const POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The balancer, target group and listener as they are.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Observed {
+pub(crate) struct ObservedBalancer {
     /// ARN, DNS name, tagged ours.
     lb: Option<(String, String, bool)>,
     lb_attribute_ok: bool,
@@ -63,7 +66,7 @@ pub(crate) enum Change {
 
 /// From what is there (no I/O); a balancer or target group of that name
 /// that is not ours is an error (agents would be sent to it).
-pub(crate) fn plan(name: &str, have: &Observed) -> Result<Vec<Change>> {
+pub(crate) fn plan_balancer(name: &str, have: &ObservedBalancer) -> Result<Vec<Change>> {
     if have.lb.as_ref().is_some_and(|l| !l.2) || have.tg.as_ref().is_some_and(|t| !t.1) {
         return Err(DeployError::State(format!(
             "load balancer or target group {name} exists without the tag {OWNER_TAG}: pass \
@@ -96,6 +99,60 @@ pub(crate) struct ControllerReach {
     pub(crate) target_group: Option<String>,
 }
 
+/// Where the balancer goes.
+#[derive(Clone, Debug)]
+pub(crate) struct Wanted {
+    pub(crate) vpc_id: String,
+    pub(crate) subnets: Vec<String>,
+}
+
+/// The controller's balancer, target group and listener (only when
+/// [`DeployConfig::managed_load_balancer`]).
+pub(crate) struct LoadBalancer;
+
+impl Resource for LoadBalancer {
+    const KIND: Kind = Kind::LoadBalancer;
+    type Wanted = Wanted;
+    /// `None`: not made by `up` (not looked up).
+    type Observed = Option<ObservedBalancer>;
+    type Plan = Option<Vec<Change>>;
+    type Output = ControllerReach;
+
+    async fn observe(d: &Deployer, _: &Wanted) -> Result<Self::Observed> {
+        if !d.cfg.managed_load_balancer() {
+            return Ok(None);
+        }
+        d.observe_balancer().await.map(Some)
+    }
+
+    fn plan(cfg: &DeployConfig, _: &Wanted, have: &Self::Observed) -> Result<Self::Plan> {
+        have.as_ref()
+            .map(|h| plan_balancer(&cfg.lb_name(), h))
+            .transpose()
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        want: Wanted,
+        have: Self::Observed,
+        plan: Self::Plan,
+        steps: &mut Vec<Step>,
+    ) -> Result<ControllerReach> {
+        match (have, plan) {
+            (Some(have), Some(changes)) => {
+                d.apply_balancer(dry_run, &want, have, &changes, steps)
+                    .await
+            }
+            _ => Ok(ControllerReach::default()),
+        }
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_lb(dry_run, steps).await
+    }
+}
+
 fn tag(owner: &str) -> Tag {
     Tag::builder().key(OWNER_TAG).value(owner).build()
 }
@@ -121,9 +178,9 @@ impl Deployer {
             .any(|t| t.key() == Some(OWNER_TAG) && t.value() == Some(self.cfg.owner())))
     }
 
-    pub(crate) async fn observe_lb(&self) -> Result<Observed> {
+    async fn observe_balancer(&self) -> Result<ObservedBalancer> {
         let name = self.cfg.lb_name();
-        let mut have = Observed::default();
+        let mut have = ObservedBalancer::default();
         match self.elb.describe_load_balancers().names(&name).send().await {
             Ok(out) => {
                 if let Some(lb) = out.load_balancers().first() {
@@ -185,21 +242,17 @@ impl Deployer {
         Ok(have)
     }
 
-    /// `up`'s balancer (only when [`DeployConfig::managed_load_balancer`]):
-    /// the target group, the balancer in `subnets` of `vpc_id`, the listener.
-    pub(crate) async fn up_lb(
+    /// `up`'s balancer: the target group, the balancer in the wanted
+    /// subnets, the listener.
+    async fn apply_balancer(
         &self,
         dry_run: bool,
-        vpc_id: &str,
-        subnets: &[String],
+        want: &Wanted,
+        have: ObservedBalancer,
+        changes: &[Change],
         steps: &mut Vec<Step>,
     ) -> Result<ControllerReach> {
-        if !self.cfg.managed_load_balancer() {
-            return Ok(ControllerReach::default());
-        }
         let name = self.cfg.lb_name();
-        let have = self.observe_lb().await?;
-        let changes = plan(&name, &have)?;
         let mut tg_arn = have.tg.map(|t| t.0);
         let (mut lb_arn, mut dns) = have.lb.map(|l| (l.0, l.1)).unzip();
         if !changes.contains(&Change::CreateTargetGroup) {
@@ -210,7 +263,7 @@ impl Deployer {
             let detail = dns.clone().unwrap_or_default();
             self.push(steps, LB, &name, Action::Unchanged, detail);
         }
-        for change in &changes {
+        for change in changes {
             let (kind, action, detail) = match change {
                 Change::CreateTargetGroup => (
                     TG,
@@ -239,10 +292,10 @@ impl Deployer {
             if !dry_run {
                 match change {
                     Change::CreateTargetGroup => {
-                        tg_arn = Some(self.create_target_group(&name, vpc_id).await?);
+                        tg_arn = Some(self.create_target_group(&name, &want.vpc_id).await?);
                     }
                     Change::CreateLoadBalancer => {
-                        let (arn, d) = self.create_load_balancer(&name, subnets).await?;
+                        let (arn, d) = self.create_load_balancer(&name, &want.subnets).await?;
                         (lb_arn, dns) = (Some(arn), Some(d));
                     }
                     _ => {
@@ -376,9 +429,9 @@ impl Deployer {
 
     /// `down`'s balancer (its listeners go with it), then the target group
     /// (retried while the balancer's deletion still holds it); only ours.
-    pub(crate) async fn down_lb(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn down_lb(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let name = self.cfg.lb_name();
-        let have = self.observe_lb().await?;
+        let have = self.observe_balancer().await?;
         match &have.lb {
             Some((arn, _, true)) => {
                 if !dry_run {
@@ -436,8 +489,8 @@ impl Deployer {
 mod tests {
     use super::*;
 
-    fn ours() -> Observed {
-        Observed {
+    fn ours() -> ObservedBalancer {
+        ObservedBalancer {
             lb: Some(("arn:lb".to_owned(), "x.elb".to_owned(), true)),
             lb_attribute_ok: true,
             tg: Some(("arn:tg".to_owned(), true)),
@@ -449,7 +502,7 @@ mod tests {
     #[test]
     fn the_balancer_is_planned_from_what_exists() {
         assert_eq!(
-            plan("n", &Observed::default()).unwrap(),
+            plan_balancer("n", &ObservedBalancer::default()).unwrap(),
             [
                 Change::CreateTargetGroup,
                 Change::SetTargetGroupAttribute,
@@ -458,18 +511,18 @@ mod tests {
                 Change::CreateListener,
             ]
         );
-        assert!(plan("n", &ours()).unwrap().is_empty());
+        assert!(plan_balancer("n", &ours()).unwrap().is_empty());
         let mut drift = ours();
         drift.tg_attribute_ok = false;
         drift.listener = false;
         assert_eq!(
-            plan("n", &drift).unwrap(),
+            plan_balancer("n", &drift).unwrap(),
             [Change::SetTargetGroupAttribute, Change::CreateListener]
         );
         let mut foreign = ours();
         foreign.tg = Some(("arn:tg".to_owned(), false));
         assert!(
-            plan("n", &foreign)
+            plan_balancer("n", &foreign)
                 .unwrap_err()
                 .to_string()
                 .contains("--controller-address")

@@ -83,8 +83,10 @@ mod iam;
 mod instances;
 mod lb;
 mod network;
+mod operator;
 mod ops;
 pub mod render;
+mod resource;
 mod secrets;
 mod services;
 mod table;
@@ -163,6 +165,12 @@ pub struct Report {
     pub operation: &'static str,
     pub cluster: String,
     pub dry_run: bool,
+    /// `up` and `status`: where agents and ecsmeshctl reach the controller's
+    /// gRPC API (port [`CONTROLLER_GRPC_PORT`]): the load balancer `up`
+    /// made in front of its replicas (`None` in a plan before it exists),
+    /// else the configured address. The settings file `up` writes names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller_address: Option<String>,
     pub steps: Vec<Step>,
 }
 

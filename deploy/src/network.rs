@@ -2,10 +2,10 @@
 //! the default VPC's), the ECS-optimized AMI, and the security group
 //! `ecsmesh-<cluster>` with its ingress rules: the mesh ports between its
 //! members, the controller's ports from the VPC when a load balancer is in
-//! front of it, SSH with a key pair. Observe (`network`,
-//! `find_security_group`), plan (`plan_security_group`, pure: the rules it
-//! lacks),
-//! apply (`up_security_group`), destroy (`down_security_group`, retried
+//! front of it, SSH with a key pair. Two [`Resource`]s: [`Vpc`] (read only:
+//! observe finds the network and the AMI, apply reports them, destroy has
+//! nothing to remove) and [`SecurityGroup`] (observe `find_security_group`,
+//! plan `plan_security_group`, pure: the rules it lacks; destroy retried
 //! while terminated instances' interfaces still hold the group).
 
 use std::fmt::Write as _;
@@ -16,6 +16,7 @@ use ec2::types::{IpPermission, IpRange, ResourceType, UserIdGroupPair};
 use crate::config::{DeployConfig, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::ops::{CONTROLLER_GRPC_PORT, Deployer, POLL_INTERVAL, ec2_tags, filter};
+use crate::resource::{Kind, Resource};
 use crate::{Action, Step};
 
 /// How long `down` retries a security group still held by instances' interfaces.
@@ -28,7 +29,7 @@ pub const CONTROLLER_PORTS: [i32; 2] = [CONTROLLER_GRPC_PORT, 9991];
 pub const MESH_PORTS: [i32; 5] = [4140, 4141, 9990, 4321, 9991];
 
 /// The network `up` places instances in.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Network {
     pub(crate) vpc_id: String,
     pub(crate) vpc_cidr: String,
@@ -161,8 +162,95 @@ pub(crate) fn plan_security_group(
     }
 }
 
+/// The network and the AMI: a data source (Terraform's word), made by
+/// nobody, read by `up` for what comes after.
+pub(crate) struct Vpc;
+
+/// What [`Vpc`] found.
+#[derive(Clone, Debug)]
+pub(crate) struct Found {
+    pub(crate) net: Network,
+    pub(crate) ami: String,
+}
+
+impl Resource for Vpc {
+    const KIND: Kind = Kind::Network;
+    type Wanted = ();
+    type Observed = Found;
+    /// Nothing to do: it is only read.
+    type Plan = ();
+    type Output = Found;
+
+    async fn observe(d: &Deployer, (): &()) -> Result<Found> {
+        Ok(Found {
+            net: d.network().await?,
+            ami: d.ami().await?,
+        })
+    }
+
+    fn plan(_: &DeployConfig, (): &(), _: &Found) -> Result<()> {
+        Ok(())
+    }
+
+    async fn apply(
+        d: &Deployer,
+        _: bool,
+        (): (),
+        have: Found,
+        (): (),
+        steps: &mut Vec<Step>,
+    ) -> Result<Found> {
+        let net = &have.net;
+        let detail = format!("{} subnets {}", net.vpc_cidr, net.subnets.join(","));
+        d.push(steps, "network", &net.vpc_id, Action::Unchanged, detail);
+        Ok(have)
+    }
+
+    /// Not ours: nothing to remove.
+    async fn destroy(_: &Deployer, _: bool, _: &mut Vec<Step>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The security group `ecsmesh-<cluster>` and its ingress rules; wanted:
+/// the network it is in.
+pub(crate) struct SecurityGroup;
+
+impl Resource for SecurityGroup {
+    const KIND: Kind = Kind::SecurityGroup;
+    type Wanted = Network;
+    type Observed = Option<ec2::types::SecurityGroup>;
+    type Plan = SecurityGroupPlan;
+    /// The group's id (none in a dry run before it exists).
+    type Output = Option<String>;
+
+    async fn observe(d: &Deployer, net: &Network) -> Result<Self::Observed> {
+        d.find_security_group(&net.vpc_id).await
+    }
+
+    fn plan(cfg: &DeployConfig, net: &Network, have: &Self::Observed) -> Result<SecurityGroupPlan> {
+        Ok(plan_security_group(cfg, net, have.as_ref()))
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        net: Network,
+        have: Self::Observed,
+        plan: SecurityGroupPlan,
+        steps: &mut Vec<Step>,
+    ) -> Result<Option<String>> {
+        d.apply_security_group(dry_run, &net, have, plan, steps)
+            .await
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_security_group(dry_run, steps).await
+    }
+}
+
 impl Deployer {
-    pub(crate) async fn network(&self) -> Result<Network> {
+    async fn network(&self) -> Result<Network> {
         let subnet_ids = if self.cfg.subnets.is_empty() {
             let vpcs = self
                 .ec2
@@ -230,7 +318,7 @@ impl Deployer {
         })
     }
 
-    pub(crate) async fn ami(&self) -> Result<String> {
+    async fn ami(&self) -> Result<String> {
         if let Some(ami) = &self.cfg.ami {
             return Ok(ami.clone());
         }
@@ -306,18 +394,18 @@ impl Deployer {
         }
     }
 
-    /// `up`'s security group and its ingress rules; the group's id (none in
-    /// a dry run before it exists).
-    pub(crate) async fn up_security_group(
+    /// Carries out the security group's plan; the group's id (none in a
+    /// dry run before it exists).
+    async fn apply_security_group(
         &self,
         dry_run: bool,
         net: &Network,
+        have: Option<ec2::types::SecurityGroup>,
+        plan: SecurityGroupPlan,
         steps: &mut Vec<Step>,
     ) -> Result<Option<String>> {
         let cfg = &self.cfg;
         let base = cfg.base_name();
-        let have = self.find_security_group(&net.vpc_id).await?;
-        let plan = plan_security_group(cfg, net, have.as_ref());
         let group_id = if plan.create {
             let id = if dry_run {
                 None
@@ -376,11 +464,7 @@ impl Deployer {
     }
 
     /// `down`'s security group(s): named ours and tagged ours, in any VPC.
-    pub(crate) async fn down_security_group(
-        &self,
-        dry_run: bool,
-        steps: &mut Vec<Step>,
-    ) -> Result<()> {
+    async fn down_security_group(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let base = cfg.base_name();
         let groups = self

@@ -1,15 +1,15 @@
-//! The driver: one [`Deployer`] holds the settings and the AWS clients, and
-//! `up`, `status` and `down` call each resource kind's module in dependency
-//! order (`down` in reverse). Each module keeps one kind in one place and
-//! has the same small shape (see the crate's doc): observe what exists,
-//! `plan_*` (compare it with what is wanted, without I/O), `up_*` (apply:
-//! create or put right; with `dry_run` only report the plan, from the same
-//! code), `down_*` (destroy only what carries the owner tag). The modules: `network` (VPC, AMI, security group), `iam`
-//! (instance role and profile), `secrets` (SSM parameters), `cluster`,
-//! `events` (queue, rule), `table` (DynamoDB), `ecr` (repositories, image
-//! pushes), `lb` (the controller's load balancer), `taskdefs` (task
-//! definitions, user data), `instances` (launch template, auto scaling
-//! group), `services`.
+//! The driver: one [`Deployer`] holds the settings and the AWS clients;
+//! `up` (and `status`, a dry `up`) takes every resource module through its
+//! [`Resource`] interface in [`ORDER`] (`reconcile`: observe, plan, apply),
+//! building each one's wanted input from the outputs of those before it;
+//! `down` calls each one's destroy in [`ORDER`] backwards. The modules:
+//! `network` (VPC and AMI, security group), `secrets` (SSM parameters),
+//! `iam` (roles, instance profile), `cluster`, `events` (queues, rule),
+//! `table` (DynamoDB), `ecr` (repositories, image pushes), `lb` (the
+//! controller's load balancer), `operator` (the operator's directory,
+//! ecsmeshctl's settings file), `taskdefs` (task definitions; the user data
+//! is rendered here too), `instances` (launch template, auto scaling group),
+//! `services`.
 
 use std::collections::BTreeMap;
 
@@ -20,10 +20,14 @@ use aws_sdk_ecs as ecs;
 use ec2::types::{Filter, ResourceType, TagSpecification};
 
 use crate::config::{AgentPlacement, DeployConfig, OWNER_TAG};
-use crate::error::Result;
+use crate::error::{DeployError, Result};
+use crate::resource::{Kind, ORDER, Resource, down_order};
 use crate::services::{AGENT_SERVICE, CONTROLLER_SERVICE, DEMO_SERVICES};
 use crate::taskdefs::Rendering;
-use crate::{Action, Report, Step};
+use crate::{
+    Action, Report, Step, cluster, ecr, events, iam, instances, lb, network, operator, secrets,
+    services, table, taskdefs,
+};
 
 /// Where agents (and `ecsmeshctl`) reach the controller's gRPC API.
 pub const CONTROLLER_GRPC_PORT: i32 = 4321;
@@ -141,95 +145,104 @@ impl Deployer {
         self.up(true).await
     }
 
-    /// Creates or updates everything; with `dry_run`, only reports.
+    /// Creates or updates everything, each resource in [`ORDER`]; with
+    /// `dry_run`, only reports. What each needs from the ones before it
+    /// is built here, from their outputs: this is the one place the data
+    /// flows between resources.
     pub async fn up(&self, dry_run: bool) -> Result<Report> {
-        let mut steps = Vec::new();
         let cfg = &self.cfg;
-
-        // 1. Network (read only).
-        let net = self.network().await?;
-        self.push(
-            &mut steps,
-            "network",
-            &net.vpc_id,
-            Action::Unchanged,
-            format!("{} subnets {}", net.vpc_cidr, net.subnets.join(",")),
-        );
-        let ami = self.ami().await?;
-
-        // 1b. The mesh's secrets, before anything that boots and reads them.
-        self.up_secrets(dry_run, &mut steps).await?;
-
-        // 1c. The instances' role and profile (unless the user names one),
-        // before the launch template that names it.
-        let controller_task_role = self.up_iam(dry_run, &mut steps).await?;
-
-        // 2. Security group and ingress.
-        let group_id = self.up_security_group(dry_run, &net, &mut steps).await?;
-
-        // 3. Cluster.
-        self.up_cluster(dry_run, &mut steps).await?;
-
-        // 3b. ECS events (queue, rule), before the controller's task
-        // definition, which carries the queue's URL.
-        let events_queue_url = self.up_events(dry_run, &mut steps).await?;
-
-        // 3c. The dtab store's table, before the controller that uses it.
-        self.up_table(dry_run, &mut steps).await?;
-
-        // 3d. The images (ECR repositories, pushes), before everything that
-        // names them.
-        let images = self.up_images(dry_run, &mut steps).await?;
-
-        // 3e. The controller's load balancer (when `up` makes it), before
-        // the user data and task definitions that carry its address.
-        let reach = self
-            .up_lb(dry_run, &net.vpc_id, &net.subnets, &mut steps)
+        let mut run = Walk::new(dry_run);
+        let found = self.reconcile::<network::Vpc>(&mut run, ()).await?;
+        // Before anything that boots and reads them.
+        let written = self.reconcile::<secrets::Secrets>(&mut run, ()).await?;
+        // Before the launch template that names the profile.
+        let controller_role = self.reconcile::<iam::Roles>(&mut run, ()).await?;
+        let group_id = self
+            .reconcile::<network::SecurityGroup>(&mut run, found.net.clone())
             .await?;
+        self.reconcile::<cluster::Cluster>(&mut run, ()).await?;
+        let events_queue_url = self.reconcile::<events::EcsEvents>(&mut run, ()).await?;
+        self.reconcile::<table::DtabTable>(&mut run, ()).await?;
+        let images = self.reconcile::<ecr::Images>(&mut run, ()).await?;
+        let lb_want = lb::Wanted {
+            vpc_id: found.net.vpc_id.clone(),
+            subnets: found.net.subnets.clone(),
+        };
+        let reach = self
+            .reconcile::<lb::LoadBalancer>(&mut run, lb_want)
+            .await?;
+        // Where agents and ecsmeshctl reach the controller: the balancer
+        // `up` made (unknown in a dry run before it exists), or the
+        // configured address.
+        let controller_address = match reach.address {
+            Some(a) => Some(a),
+            None if cfg.managed_load_balancer() => None,
+            None => Some(cfg.agent_controller_address()),
+        };
         let render = Rendering {
             images,
-            controller_address: match reach.address {
-                Some(a) => a,
-                // A dry run before the balancer exists: the plan says so.
-                None if cfg.managed_load_balancer() => "(the new load balancer)".to_owned(),
-                None => cfg.agent_controller_address(),
-            },
-            controller_task_role: controller_task_role.or_else(|| {
+            controller_address: controller_address
+                .clone()
+                .unwrap_or_else(|| "(the new load balancer)".to_owned()),
+            controller_task_role: controller_role.or_else(|| {
                 // A dry run before the role exists: the plan says so.
                 cfg.managed_instance_profile()
                     .then(|| "(the new controller role)".to_owned())
             }),
         };
-        let target_group = reach
-            .target_group
-            .or_else(|| cfg.controller_target_group.clone());
-
-        // 4. Task definitions.
+        let operator = operator::Wanted {
+            written,
+            controller: render.controller_address.clone(),
+        };
+        self.reconcile::<operator::Operator>(&mut run, operator)
+            .await?;
+        let specs = self.task_specs(events_queue_url.as_deref(), &render)?;
         let td_arns = self
-            .up_task_definitions(dry_run, events_queue_url.as_deref(), &render, &mut steps)
+            .reconcile::<taskdefs::TaskDefinitions>(&mut run, specs)
             .await?;
-
-        // 5. Launch template or configuration, 6. auto scaling group.
-        self.up_instances(
-            dry_run,
-            &ami,
-            group_id.as_deref(),
-            &net,
-            &render,
-            &mut steps,
-        )
-        .await?;
-
-        // 7. Services.
-        self.up_services(dry_run, &td_arns, target_group.as_deref(), &mut steps)
+        let instances = instances::Wanted {
+            ami: found.ami,
+            group_id,
+            net: found.net,
+            user_data: self.user_data_with(&render)?,
+        };
+        self.reconcile::<instances::Instances>(&mut run, instances)
             .await?;
-
+        let services = services::Wanted {
+            td_arns,
+            target_group: reach
+                .target_group
+                .or_else(|| cfg.controller_target_group.clone()),
+        };
+        self.reconcile::<services::Services>(&mut run, services)
+            .await?;
+        run.finish()?;
         Ok(Report {
             operation: "up",
             cluster: cfg.cluster.clone(),
             dry_run,
-            steps,
+            controller_address,
+            steps: run.steps,
         })
+    }
+
+    /// One resource, the same way for every kind: observe, plan (pure),
+    /// apply (or, dry, report the plan).
+    async fn reconcile<R: Resource>(&self, run: &mut Walk, want: R::Wanted) -> Result<R::Output> {
+        run.enter(R::KIND)?;
+        // Boxed: some modules' futures are large (the SDK's), and `up`
+        // holds one at a time.
+        let have = Box::pin(R::observe(self, &want)).await?;
+        let plan = R::plan(&self.cfg, &want, &have)?;
+        Box::pin(R::apply(
+            self,
+            run.dry_run,
+            want,
+            have,
+            plan,
+            &mut run.steps,
+        ))
+        .await
     }
 
     /// Whether each resource exists and matches, and the services' tasks.
@@ -288,56 +301,85 @@ impl Deployer {
         Ok((report, instances))
     }
 
-    /// Removes every resource tagged `ecsmesh:owner=<cluster>`, in reverse order.
+    /// Removes every resource tagged `ecsmesh:owner=<cluster>`, in
+    /// [`ORDER`] backwards: what uses a resource goes before it.
     pub async fn down(&self, dry_run: bool) -> Result<Report> {
         let mut steps = Vec::new();
-        let cfg = &self.cfg;
-        // Whether the cluster is ours, read before its services go.
-        let cluster_owned = match self.cluster_active().await? {
-            Some(tags) => tags.get(OWNER_TAG).map(String::as_str) == Some(cfg.owner()),
-            None => false,
-        };
-
-        // Services (all the roles, whatever this run's flags).
-        self.down_services(dry_run, &mut steps).await?;
-
-        // The controller's load balancer: no service registers in it.
-        self.down_lb(dry_run, &mut steps).await?;
-
-        // Auto scaling group, launch template, launch configurations.
-        self.down_instances(dry_run, &mut steps).await?;
-
-        // Task definitions.
-        self.down_task_definitions(dry_run, &mut steps).await?;
-
-        // The images: no task definition names them any more.
-        self.down_images(dry_run, &mut steps).await?;
-
-        // The dtab store's table: no controller uses it any more.
-        self.down_table(dry_run, &mut steps).await?;
-
-        // ECS events: nothing sends to the queue or reads it any more.
-        self.down_events(dry_run, &mut steps).await?;
-
-        // Cluster.
-        self.down_cluster(dry_run, cluster_owned, &mut steps)
-            .await?;
-
-        // Security group(s).
-        self.down_security_group(dry_run, &mut steps).await?;
-
-        // The instances' role: no instance uses it any more.
-        self.down_iam(dry_run, &mut steps).await?;
-
-        // The secrets last: nothing that reads them is left.
-        self.down_secrets(dry_run, &mut steps).await?;
-
+        for kind in down_order() {
+            self.destroy(kind, dry_run, &mut steps).await?;
+        }
         Ok(Report {
             operation: "down",
-            cluster: cfg.cluster.clone(),
+            cluster: self.cfg.cluster.clone(),
             dry_run,
+            controller_address: None,
             steps,
         })
+    }
+
+    /// One kind's [`Resource::destroy`].
+    async fn destroy(&self, kind: Kind, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        match kind {
+            Kind::Network => network::Vpc::destroy(self, dry_run, steps).await,
+            Kind::Secrets => secrets::Secrets::destroy(self, dry_run, steps).await,
+            Kind::Iam => iam::Roles::destroy(self, dry_run, steps).await,
+            Kind::SecurityGroup => network::SecurityGroup::destroy(self, dry_run, steps).await,
+            Kind::Cluster => cluster::Cluster::destroy(self, dry_run, steps).await,
+            Kind::Events => events::EcsEvents::destroy(self, dry_run, steps).await,
+            Kind::Table => table::DtabTable::destroy(self, dry_run, steps).await,
+            Kind::Images => ecr::Images::destroy(self, dry_run, steps).await,
+            Kind::LoadBalancer => lb::LoadBalancer::destroy(self, dry_run, steps).await,
+            Kind::Operator => operator::Operator::destroy(self, dry_run, steps).await,
+            Kind::TaskDefinitions => taskdefs::TaskDefinitions::destroy(self, dry_run, steps).await,
+            Kind::Instances => instances::Instances::destroy(self, dry_run, steps).await,
+            Kind::Services => services::Services::destroy(self, dry_run, steps).await,
+        }
+    }
+}
+
+/// One walk of `up` (or `status`) through [`ORDER`]: the report so far,
+/// and where it is.
+#[derive(Debug)]
+struct Walk {
+    dry_run: bool,
+    steps: Vec<Step>,
+    /// The index in [`ORDER`] of the next resource.
+    next: usize,
+}
+
+impl Walk {
+    fn new(dry_run: bool) -> Self {
+        Self {
+            dry_run,
+            steps: Vec::new(),
+            next: 0,
+        }
+    }
+
+    /// `up` reaches `kind`: it must be the next of [`ORDER`] (the list
+    /// `down` walks backwards), so the two cannot drift apart.
+    fn enter(&mut self, kind: Kind) -> Result<()> {
+        let expected = ORDER.get(self.next).copied();
+        if expected != Some(kind) {
+            return Err(DeployError::State(format!(
+                "internal: up reached {} where the order has {}",
+                kind.name(),
+                expected.map_or("the end", Kind::name)
+            )));
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Every resource of [`ORDER`] was reached.
+    fn finish(&self) -> Result<()> {
+        match ORDER.get(self.next) {
+            None => Ok(()),
+            Some(kind) => Err(DeployError::State(format!(
+                "internal: up ended before {}",
+                kind.name()
+            ))),
+        }
     }
 }
 

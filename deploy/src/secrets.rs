@@ -9,6 +9,14 @@
 //! The local files are written before the parameters, so an `up` cut short
 //! leaves the operator's material behind, and the next `up` uploads what is
 //! still missing from it (or refuses, when it does not match).
+//!
+//! A [`Resource`] like every module: observe (which parameters exist and
+//! are ours; after an `up` cut short, whether the operator's files match
+//! them), plan (`plan_secrets`, pure: generate, complete from the
+//! operator's files, or keep), apply, destroy (the parameters that are
+//! ours). Its output, what it wrote for the operator, goes to the module
+//! `operator`, which checks the rest of the directory and writes the
+//! settings file once the controller's address is known.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -17,11 +25,12 @@ use aws_sdk_ssm as ssm;
 use ecsmesh_tls::generate::{CA_CERT, CA_KEY, MeshCertsSpec, write_file, write_mesh_certs};
 
 use crate::config::{
-    ADMIN_TOKEN_PARAMETER, AGENT_TOKEN_PARAMETER, CTL_SETTINGS_FILE, DeployConfig, OWNER_TAG,
-    TLS_ADMIN_IDENTITY, TLS_CONTROLLER_SERVER_NAME, TLS_PARAMETERS,
+    ADMIN_TOKEN_PARAMETER, AGENT_TOKEN_PARAMETER, DeployConfig, OWNER_TAG, TLS_ADMIN_IDENTITY,
+    TLS_PARAMETERS,
 };
 use crate::error::{DeployError, Result};
 use crate::ops::Deployer;
+use crate::resource::{Kind, Resource};
 use crate::{Action, Step};
 
 /// Each TLS parameter and the `certs init` file (one agent) it is read from.
@@ -34,21 +43,225 @@ const TLS_SOURCES: [(&str, &str); 5] = [
 ];
 
 /// The operator's certificate and key, as `certs init` names them.
-const ADMIN_CERT: &str = "admin.pem";
-const ADMIN_KEY: &str = "admin-key.pem";
+pub(crate) const ADMIN_CERT: &str = "admin.pem";
+pub(crate) const ADMIN_KEY: &str = "admin-key.pem";
 
 /// Bytes of randomness in a token (written as hex: twice as many characters).
 const TOKEN_BYTES: usize = 32;
 
-/// The step kinds of this module's report lines.
+/// The step kind of this module's report lines.
 const PARAMETER: &str = "ssm-parameter";
-const OPERATOR: &str = "operator-secrets";
 
 /// A parameter under the managed prefix that exists.
 #[derive(Debug)]
 struct Existing {
     /// Tagged `ecsmesh:owner=<cluster>`: ours to delete.
     owned: bool,
+}
+
+/// The managed parameters as they are.
+#[derive(Debug, Default)]
+pub(crate) struct ObservedSecrets {
+    /// Those that exist, by name.
+    existing: BTreeMap<String, Existing>,
+    /// When only some of the TLS parameters exist (an `up` cut short):
+    /// each of those, the operator's file it came from, and whether that
+    /// file holds the same value.
+    partial_tls: Vec<(String, &'static str, bool)>,
+}
+
+/// Where the TLS parameters come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TlsPlan {
+    /// All there.
+    Keep,
+    /// None there: generated as `certs init` makes them.
+    Generate,
+    /// Some there: the rest from the operator's files they came from.
+    FromDir,
+}
+
+/// What a new parameter holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The operator's file of that name (generated, or from an earlier `up`).
+    TlsFile(&'static str),
+    AdminToken,
+    AgentToken,
+}
+
+/// What `up` does to one parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ParameterPlan {
+    Keep { owned: bool },
+    Create(Source),
+}
+
+/// What `up` does to the secrets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SecretsPlan {
+    /// `None`: the user's own TLS (`--tls-ssm-prefix`).
+    tls: Option<TlsPlan>,
+    /// Each managed parameter, in order: the TLS ones, the admin token,
+    /// the agent token.
+    parameters: Vec<(String, ParameterPlan)>,
+}
+
+impl SecretsPlan {
+    /// The operator's files this plan writes.
+    fn written(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        if self.tls == Some(TlsPlan::Generate) {
+            out.extend([CA_CERT, CA_KEY, ADMIN_CERT, ADMIN_KEY].map(str::to_owned));
+        }
+        if self
+            .parameters
+            .iter()
+            .any(|(_, p)| *p == ParameterPlan::Create(Source::AdminToken))
+        {
+            out.insert(ADMIN_TOKEN_PARAMETER.to_owned());
+        }
+        out
+    }
+}
+
+/// The TLS parameters' names under the managed prefix, with their files.
+fn tls_names(cfg: &DeployConfig) -> Vec<(String, &'static str)> {
+    let prefix = cfg.managed_prefix();
+    TLS_SOURCES
+        .iter()
+        .map(|(param, file)| (format!("{prefix}/tls/{param}"), *file))
+        .collect()
+}
+
+/// What `up` does to the secrets, from what exists (no I/O); `None` with
+/// `--insecure`. Some of the TLS parameters without the operator's files
+/// they came from is an error: the rest may only come from those, or the
+/// mesh would mix two CAs' certificates.
+pub(crate) fn plan_secrets(
+    cfg: &DeployConfig,
+    have: &ObservedSecrets,
+) -> Result<Option<SecretsPlan>> {
+    if !cfg.managed_tokens() {
+        return Ok(None);
+    }
+    let prefix = cfg.managed_prefix();
+    let keep_or = |name: &str, source: Source| match have.existing.get(name) {
+        Some(e) => ParameterPlan::Keep { owned: e.owned },
+        None => ParameterPlan::Create(source),
+    };
+    let mut parameters = Vec::new();
+    let tls = if cfg.managed_tls() {
+        let names = tls_names(cfg);
+        let present: Vec<&str> = names
+            .iter()
+            .filter(|(n, _)| have.existing.contains_key(n))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let tls = if present.len() == names.len() {
+            TlsPlan::Keep
+        } else if present.is_empty() {
+            TlsPlan::Generate
+        } else {
+            if let Some((_, file, _)) = have.partial_tls.iter().find(|(_, _, same)| !same) {
+                let dir = cfg
+                    .secrets_dir
+                    .as_deref()
+                    .map_or_else(String::new, |d| d.display().to_string());
+                return Err(DeployError::State(format!(
+                    "SSM holds only some of the mesh's TLS parameters ({}), and {dir} does not \
+                     hold the files they came from ({file} differs or is missing): delete the \
+                     ones under {prefix}/tls (they are the cluster's own, `down` removes them) \
+                     or put the rest by hand",
+                    present.join(", "),
+                )));
+            }
+            TlsPlan::FromDir
+        };
+        for (name, file) in names {
+            let p = keep_or(&name, Source::TlsFile(file));
+            parameters.push((name, p));
+        }
+        Some(tls)
+    } else {
+        None
+    };
+    for (param, source) in [
+        (ADMIN_TOKEN_PARAMETER, Source::AdminToken),
+        (AGENT_TOKEN_PARAMETER, Source::AgentToken),
+    ] {
+        let name = format!("{prefix}/{param}");
+        let p = keep_or(&name, source);
+        parameters.push((name, p));
+    }
+    Ok(Some(SecretsPlan { tls, parameters }))
+}
+
+/// The mesh's secrets in SSM (unless `--insecure`).
+pub(crate) struct Secrets;
+
+impl Resource for Secrets {
+    const KIND: Kind = Kind::Secrets;
+    type Wanted = ();
+    type Observed = ObservedSecrets;
+    /// `None`: `--insecure`, nothing to do.
+    type Plan = Option<SecretsPlan>;
+    /// The operator's files written (or, dry, to be written) this run;
+    /// `None` with `--insecure`.
+    type Output = Option<BTreeSet<String>>;
+
+    async fn observe(d: &Deployer, (): &()) -> Result<ObservedSecrets> {
+        let cfg = &d.cfg;
+        if !cfg.managed_tokens() {
+            return Ok(ObservedSecrets::default());
+        }
+        let existing = d
+            .existing_parameters(&Deployer::all_managed_parameters(cfg))
+            .await?;
+        let mut partial_tls = Vec::new();
+        let names = tls_names(cfg);
+        let present = names
+            .iter()
+            .filter(|(n, _)| existing.contains_key(n))
+            .count();
+        if cfg.managed_tls() && present > 0 && present < names.len() {
+            let dir = d.secrets_dir()?;
+            for (name, file) in names {
+                if existing.contains_key(&name) {
+                    let local = std::fs::read_to_string(dir.join(file)).ok();
+                    let same = local.as_deref() == Some(d.parameter_value(&name).await?.as_str());
+                    partial_tls.push((name, file, same));
+                }
+            }
+        }
+        Ok(ObservedSecrets {
+            existing,
+            partial_tls,
+        })
+    }
+
+    fn plan(cfg: &DeployConfig, (): &(), have: &ObservedSecrets) -> Result<Self::Plan> {
+        plan_secrets(cfg, have)
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        (): (),
+        _: ObservedSecrets,
+        plan: Self::Plan,
+        steps: &mut Vec<Step>,
+    ) -> Result<Self::Output> {
+        let Some(plan) = plan else {
+            return Ok(None);
+        };
+        d.apply_secrets(dry_run, &plan, steps).await?;
+        Ok(Some(plan.written()))
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_secrets(dry_run, steps).await
+    }
 }
 
 impl Deployer {
@@ -96,7 +309,7 @@ impl Deployer {
     }
 
     /// A parameter's decrypted value.
-    async fn parameter_value(&self, name: &str) -> Result<String> {
+    pub(crate) async fn parameter_value(&self, name: &str) -> Result<String> {
         let out = self
             .ssm
             .get_parameter()
@@ -134,15 +347,6 @@ impl Deployer {
         Ok(())
     }
 
-    fn push_existing(&self, steps: &mut Vec<Step>, name: &str, existing: &Existing) {
-        let detail = if existing.owned {
-            "kept"
-        } else {
-            "not owned by ecsmesh: used as is, kept"
-        };
-        self.push(steps, PARAMETER, name, Action::Unchanged, detail);
-    }
-
     /// The directory for the operator's material, needed as soon as
     /// something is generated.
     fn secrets_dir(&self) -> Result<&Path> {
@@ -157,263 +361,72 @@ impl Deployer {
             })
     }
 
-    /// `up`'s secrets: the parameters created when missing, the operator's
-    /// material written when generated. Nothing with `insecure`.
-    pub(crate) async fn up_secrets(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        let cfg = &self.cfg;
-        if !cfg.managed_tokens() {
-            return Ok(());
-        }
-        let prefix = cfg.managed_prefix();
-        let existing = self
-            .existing_parameters(&Self::all_managed_parameters(cfg))
-            .await?;
-        // The operator's files written (or, dry, to be written) this run.
-        let mut written: BTreeSet<String> = BTreeSet::new();
-
-        if cfg.managed_tls() {
-            self.up_tls(dry_run, &prefix, &existing, &mut written, steps)
-                .await?;
-        }
-
-        for (param, what) in [
-            (ADMIN_TOKEN_PARAMETER, "the admin token (dtab writes)"),
-            (AGENT_TOKEN_PARAMETER, "the agent token (the mesh stream)"),
-        ] {
-            let name = format!("{prefix}/{param}");
-            if let Some(e) = existing.get(&name) {
-                self.push_existing(steps, &name, e);
-                continue;
+    /// Carries out the secrets' plan: the TLS material generated into the
+    /// operator's directory, then each missing parameter created (a token:
+    /// the operator's copy first, see the module's comment).
+    async fn apply_secrets(
+        &self,
+        dry_run: bool,
+        plan: &SecretsPlan,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        if plan.tls == Some(TlsPlan::Generate) && !dry_run {
+            let dir = self.secrets_dir()?;
+            prepare_dir(dir)?;
+            let spec = MeshCertsSpec {
+                agents: 1,
+                admin_name: TLS_ADMIN_IDENTITY.to_owned(),
+                ..MeshCertsSpec::default()
+            };
+            for path in write_mesh_certs(dir, &spec)? {
+                make_private(&path)?;
             }
-            let admin = param == ADMIN_TOKEN_PARAMETER;
-            if admin {
-                written.insert(ADMIN_TOKEN_PARAMETER.to_owned());
-                if !dry_run {
-                    // The operator's copy first (see the module's comment).
-                    let dir = self.secrets_dir()?;
-                    let token = random_token()?;
-                    prepare_dir(dir)?;
-                    write_file(&dir.join(ADMIN_TOKEN_PARAMETER), &token, true)?;
-                    self.put_parameter(&name, &token, what).await?;
+        }
+        for (name, p) in &plan.parameters {
+            let source = match p {
+                ParameterPlan::Keep { owned } => {
+                    let detail = if *owned {
+                        "kept"
+                    } else {
+                        "not owned by ecsmesh: used as is, kept"
+                    };
+                    self.push(steps, PARAMETER, name, Action::Unchanged, detail);
+                    continue;
                 }
-            } else if !dry_run {
-                self.put_parameter(&name, &random_token()?, what).await?;
+                ParameterPlan::Create(source) => source,
+            };
+            if !dry_run {
+                match source {
+                    Source::TlsFile(file) => {
+                        let path = self.secrets_dir()?.join(file);
+                        let value =
+                            std::fs::read_to_string(&path).map_err(DeployError::local(&path))?;
+                        self.put_parameter(name, &value, "mesh TLS material")
+                            .await?;
+                    }
+                    Source::AdminToken => {
+                        let dir = self.secrets_dir()?;
+                        let token = random_token()?;
+                        prepare_dir(dir)?;
+                        write_file(&dir.join(ADMIN_TOKEN_PARAMETER), &token, true)?;
+                        let what = "the admin token (dtab writes)";
+                        self.put_parameter(name, &token, what).await?;
+                    }
+                    Source::AgentToken => {
+                        let what = "the agent token (the mesh stream)";
+                        self.put_parameter(name, &random_token()?, what).await?;
+                    }
+                }
             }
             self.push(steps, PARAMETER, name, Action::Create, "SecureString");
         }
-
-        self.up_operator(dry_run, &written, steps).await
-    }
-
-    /// The TLS parameters: generated as `certs init` makes them (into the
-    /// operator's directory, reusing a CA there), or completed from that
-    /// directory after an `up` cut short, or kept.
-    async fn up_tls(
-        &self,
-        dry_run: bool,
-        prefix: &str,
-        existing: &BTreeMap<String, Existing>,
-        written: &mut BTreeSet<String>,
-        steps: &mut Vec<Step>,
-    ) -> Result<()> {
-        let names: Vec<(String, &str)> = TLS_SOURCES
-            .iter()
-            .map(|(param, file)| (format!("{prefix}/tls/{param}"), *file))
-            .collect();
-        let present: Vec<&str> = names
-            .iter()
-            .filter(|(n, _)| existing.contains_key(n))
-            .map(|(n, _)| n.as_str())
-            .collect();
-        if present.len() == names.len() {
-            for (name, _) in &names {
-                if let Some(e) = existing.get(name) {
-                    self.push_existing(steps, name, e);
-                }
-            }
-            return Ok(());
-        }
-        if present.is_empty() {
-            written.extend([CA_CERT, CA_KEY, ADMIN_CERT, ADMIN_KEY].map(str::to_owned));
-            if !dry_run {
-                let dir = self.secrets_dir()?;
-                prepare_dir(dir)?;
-                let spec = MeshCertsSpec {
-                    agents: 1,
-                    admin_name: TLS_ADMIN_IDENTITY.to_owned(),
-                    ..MeshCertsSpec::default()
-                };
-                for path in write_mesh_certs(dir, &spec)? {
-                    make_private(&path)?;
-                }
-            }
-        } else {
-            // Some parameters exist: the rest may only come from the same
-            // local files, or the mesh would mix two CAs' certificates.
-            let dir = self.secrets_dir()?;
-            for name in &present {
-                let file = names
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map_or("", |(_, f)| *f);
-                let local = std::fs::read_to_string(dir.join(file)).ok();
-                if local.as_deref() != Some(self.parameter_value(name).await?.as_str()) {
-                    return Err(DeployError::State(format!(
-                        "SSM holds only some of the mesh's TLS parameters ({}), and {} does not \
-                         hold the files they came from ({file} differs or is missing): delete \
-                         the ones under {prefix}/tls (they are the cluster's own, `down` removes \
-                         them) or put the rest by hand",
-                        present.join(", "),
-                        dir.display()
-                    )));
-                }
-            }
-        }
-        for (name, file) in &names {
-            if let Some(e) = existing.get(name) {
-                self.push_existing(steps, name, e);
-                continue;
-            }
-            if !dry_run {
-                let path = self.secrets_dir()?.join(file);
-                let value = std::fs::read_to_string(&path).map_err(DeployError::local(&path))?;
-                self.put_parameter(name, &value, "mesh TLS material")
-                    .await?;
-            }
-            self.push(
-                steps,
-                PARAMETER,
-                name.as_str(),
-                Action::Create,
-                "SecureString",
-            );
-        }
         Ok(())
-    }
-
-    /// The operator's directory: what was written, or whether what it
-    /// should hold is there (missing material is reported, never
-    /// regenerated: the parameters it matches are in use), and the
-    /// ecsmeshctl settings file.
-    async fn up_operator(
-        &self,
-        dry_run: bool,
-        written: &BTreeSet<String>,
-        steps: &mut Vec<Step>,
-    ) -> Result<()> {
-        let cfg = &self.cfg;
-        let Some(dir) = cfg.secrets_dir.as_deref() else {
-            self.push(
-                steps,
-                OPERATOR,
-                "-",
-                Action::Absent,
-                "no directory given (--secrets-dir): the operator's material is not checked",
-            );
-            return Ok(());
-        };
-        let mut needed = vec![ADMIN_TOKEN_PARAMETER];
-        if cfg.managed_tls() {
-            needed.extend([CA_CERT, CA_KEY, ADMIN_CERT, ADMIN_KEY]);
-        }
-        let missing: Vec<&str> = needed
-            .iter()
-            .filter(|f| !written.contains(**f) && !dir.join(f).exists())
-            .copied()
-            .collect();
-        if !missing.is_empty() {
-            self.push(
-                steps,
-                OPERATOR,
-                dir.display().to_string(),
-                Action::Absent,
-                format!(
-                    "missing {}: the parameters exist, so nothing is regenerated; copy them from \
-                     where the first `up` ran (the admin token is also the SSM parameter {}/{})",
-                    missing.join(", "),
-                    cfg.managed_prefix(),
-                    ADMIN_TOKEN_PARAMETER
-                ),
-            );
-            return Ok(());
-        }
-        let mut written: Vec<String> = written.iter().cloned().collect();
-        // With the user's own TLS, the CA they put in SSM, for ecsmeshctl.
-        let user_ca = match &cfg.tls_ssm_prefix {
-            Some(prefix) if !dir.join(CA_CERT).exists() => {
-                written.push(CA_CERT.to_owned());
-                Some(format!("{prefix}/{CA_CERT}"))
-            }
-            _ => None,
-        };
-        let settings = dir.join(CTL_SETTINGS_FILE);
-        if !settings.exists() {
-            written.push(CTL_SETTINGS_FILE.to_owned());
-        }
-        if written.is_empty() {
-            self.push(
-                steps,
-                OPERATOR,
-                dir.display().to_string(),
-                Action::Unchanged,
-                format!("{} and {CTL_SETTINGS_FILE} present", needed.join(", ")),
-            );
-            return Ok(());
-        }
-        if !dry_run {
-            prepare_dir(dir)?;
-            if let Some(name) = &user_ca {
-                let ca = self.parameter_value(name).await?;
-                write_file(&dir.join(CA_CERT), &ca, true)?;
-            }
-            if !settings.exists() {
-                let has_ca = dir.join(CA_CERT).exists();
-                write_file(&settings, &self.ctl_settings(has_ca), true)?;
-            }
-        }
-        written.sort();
-        self.push(
-            steps,
-            OPERATOR,
-            dir.display().to_string(),
-            Action::Create,
-            format!("{} (0600)", written.join(", ")),
-        );
-        Ok(())
-    }
-
-    /// The ecsmeshctl settings file (cli/src/config.rs's format; paths
-    /// relative to the file).
-    fn ctl_settings(&self, has_ca: bool) -> String {
-        let cfg = &self.cfg;
-        let mut tls = Vec::new();
-        if has_ca {
-            tls.push(format!("  ca: {CA_CERT}"));
-        }
-        if cfg.managed_tls() {
-            tls.push(format!("  cert: {ADMIN_CERT}"));
-            tls.push(format!("  key: {ADMIN_KEY}"));
-        }
-        tls.push(format!("  server_name: {TLS_CONTROLLER_SERVER_NAME}"));
-        format!(
-            "# ecsmeshctl settings for the ecsmesh cluster {cluster}, written by \
-             `ecsmeshctl deploy up`:\n\
-             #   ECSMESH_CTL_CONFIG=<this file> ecsmeshctl dtab get default\n\
-             # `controller` is the address agents dial; a loopback one is the\n\
-             # controller's instance only (reach it through a tunnel, or pass --controller).\n\
-             controller: \"{controller}\"\n\
-             token_file: {ADMIN_TOKEN_PARAMETER}\n\
-             tls:\n{tls}\n",
-            cluster = cfg.cluster,
-            controller = cfg.agent_controller_address(),
-            tls = tls.join("\n"),
-        )
     }
 
     /// `down`'s secrets: every managed parameter tagged ours is deleted,
     /// any other is kept. The operator's directory is left alone (it holds
     /// the CA's key).
-    pub(crate) async fn down_secrets(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn down_secrets(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let names = Self::all_managed_parameters(&self.cfg);
         let existing = self.existing_parameters(&names).await?;
         for name in names {
@@ -444,7 +457,7 @@ impl Deployer {
 }
 
 /// Creates the operator's directory, private (0700), if it is missing.
-fn prepare_dir(dir: &Path) -> Result<()> {
+pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
     if dir.is_dir() {
         return Ok(());

@@ -1,19 +1,22 @@
 //! The ECS services: the controller (REPLICA, its rolling-update bounds,
 //! spread on distinct instances, registered in the load balancer's target
-//! group), the agent (DAEMON, with `--agent daemon`) and the demo's.
-//! Observe (`service`), plan (`plan_service`, pure: task definition,
-//! desired count, load balancer and deployment bounds compared), apply (`up_services`), destroy
-//! (`down_services`). Also where the controller's running tasks serve
-//! (`controller_endpoints`, for `status`).
+//! group), the agent (DAEMON, with `--agent daemon`) and the demo's. The
+//! [`Resource`] [`Services`]: wanted (`wanted_services`: each service from
+//! the settings, the task definitions' ARNs and the target group), observe
+//! (`service`), plan (`plan_service`, pure: task definition, desired
+//! count, load balancer and deployment bounds compared), apply, destroy
+//! (every role's, when ours). Also where the controller's running tasks
+//! serve (`controller_endpoints`, for `status`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use aws_sdk_ecs as ecs;
 
-use crate::config::{AgentPlacement, OWNER_TAG};
+use crate::config::{AgentPlacement, DeployConfig, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::ops::{CONTROLLER_GRPC_PORT, Deployer, ecs_tag, owned_ecs};
+use crate::resource::{Kind, Resource};
 use crate::{Action, Step};
 
 /// The services `up` manages, by role.
@@ -24,15 +27,148 @@ pub const DEMO_SERVICES: [&str; 3] = ["hello", "world", "world-v2"];
 /// The controller's container in its task definition.
 const CONTROLLER_CONTAINER: &str = "controller";
 
-/// What `up` wants of one service (beyond its name).
-#[derive(Debug)]
-pub(crate) struct WantedService<'a> {
+/// What `up` wants of one service.
+#[derive(Clone, Debug)]
+pub(crate) struct WantedService {
+    name: &'static str,
     /// `None`: a dry run before the revision exists.
-    td_arn: Option<&'a str>,
+    td_arn: Option<String>,
     /// `None`: a DAEMON service.
     desired: Option<i32>,
-    load_balancers: &'a [ecs::types::LoadBalancer],
-    deployment: Option<&'a ecs::types::DeploymentConfiguration>,
+    load_balancers: Vec<ecs::types::LoadBalancer>,
+    deployment: Option<ecs::types::DeploymentConfiguration>,
+    /// Set when the service is created or updated; not compared (emulators
+    /// do not report it back).
+    placement: Option<Vec<ecs::types::PlacementConstraint>>,
+}
+
+/// What the driver gives [`Services`]: what the services name.
+#[derive(Clone, Debug)]
+pub(crate) struct Wanted {
+    /// Each role's task definition ARN (none in a dry run before it exists).
+    pub(crate) td_arns: BTreeMap<&'static str, Option<String>>,
+    /// Where the controller's tasks register (the balancer's, or the user's).
+    pub(crate) target_group: Option<String>,
+}
+
+/// The services `up` manages, in order: the controller, the agent with
+/// `--agent daemon`, the demo's with `--with-demo` (no I/O).
+pub(crate) fn wanted_services(cfg: &DeployConfig, want: &Wanted) -> Vec<WantedService> {
+    let mut services: Vec<(&'static str, &str, Option<i32>)> = vec![(
+        CONTROLLER_SERVICE,
+        "controller",
+        Some(cfg.controller_replicas),
+    )];
+    if cfg.agent == AgentPlacement::Daemon {
+        services.push((AGENT_SERVICE, "agent", None));
+    }
+    if cfg.with_demo {
+        for s in DEMO_SERVICES {
+            services.push((s, s, Some(1)));
+        }
+    }
+    services
+        .into_iter()
+        .map(|(name, role, desired)| WantedService {
+            name,
+            td_arn: want.td_arns.get(role).cloned().flatten(),
+            desired,
+            load_balancers: service_load_balancers(name, want.target_group.as_deref()),
+            deployment: service_deployment(cfg, name),
+            placement: service_placement(cfg, name),
+        })
+        .collect()
+}
+
+/// The load balancer registration a service should have (the
+/// controller's, when a target group is configured).
+fn service_load_balancers(name: &str, target_group: Option<&str>) -> Vec<ecs::types::LoadBalancer> {
+    match target_group {
+        Some(tg) if name == CONTROLLER_SERVICE => vec![
+            ecs::types::LoadBalancer::builder()
+                .target_group_arn(tg)
+                .container_name(CONTROLLER_CONTAINER)
+                .container_port(CONTROLLER_GRPC_PORT)
+                .build(),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The controller's replicas each on its own instance (each holds the
+/// host's port 4321, and one instance lost must not take two).
+fn service_placement(
+    cfg: &DeployConfig,
+    name: &str,
+) -> Option<Vec<ecs::types::PlacementConstraint>> {
+    (name == CONTROLLER_SERVICE && cfg.controller_replicas > 1).then(|| {
+        vec![
+            ecs::types::PlacementConstraint::builder()
+                .r#type(ecs::types::PlacementConstraintType::DistinctInstance)
+                .build(),
+        ]
+    })
+}
+
+/// The rolling-update bounds of a service whose tasks hold a fixed host
+/// port (the controller); `None` leaves ECS's defaults.
+fn service_deployment(
+    cfg: &DeployConfig,
+    name: &str,
+) -> Option<ecs::types::DeploymentConfiguration> {
+    (name == CONTROLLER_SERVICE).then(|| {
+        ecs::types::DeploymentConfiguration::builder()
+            .minimum_healthy_percent(cfg.controller_minimum_healthy_percent())
+            .maximum_percent(100)
+            .build()
+    })
+}
+
+/// The ECS services.
+pub(crate) struct Services;
+
+impl Resource for Services {
+    const KIND: Kind = Kind::Services;
+    type Wanted = Wanted;
+    /// Each of [`wanted_services`], as it is (ACTIVE).
+    type Observed = Vec<Option<ecs::types::Service>>;
+    type Plan = Vec<ServicePlan>;
+    type Output = ();
+
+    async fn observe(d: &Deployer, want: &Wanted) -> Result<Self::Observed> {
+        let mut out = Vec::new();
+        for s in wanted_services(&d.cfg, want) {
+            out.push(d.service(s.name).await?);
+        }
+        Ok(out)
+    }
+
+    fn plan(cfg: &DeployConfig, want: &Wanted, have: &Self::Observed) -> Result<Self::Plan> {
+        Ok(wanted_services(cfg, want)
+            .iter()
+            .zip(have)
+            .map(|(w, h)| plan_service(w, h.as_ref()))
+            .collect())
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        want: Wanted,
+        have: Self::Observed,
+        plan: Self::Plan,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        let services = wanted_services(&d.cfg, &want);
+        for ((w, h), p) in services.into_iter().zip(have).zip(plan) {
+            d.apply_service(dry_run, w, h.as_ref(), p, steps).await?;
+        }
+        Ok(())
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_services(dry_run, steps).await
+    }
 }
 
 /// What `up` does to one service.
@@ -67,14 +203,14 @@ fn lb_key(lbs: &[ecs::types::LoadBalancer]) -> Vec<(String, String, Option<i32>)
 /// Compares the service with what `up` wants (no I/O). Placement is not
 /// compared: emulators do not report it back.
 pub(crate) fn plan_service(
-    want: &WantedService<'_>,
+    want: &WantedService,
     have: Option<&ecs::types::Service>,
 ) -> ServicePlan {
     let Some(svc) = have else {
         return ServicePlan::Create;
     };
     let mut diffs = Vec::new();
-    if want.td_arn.is_none() || svc.task_definition() != want.td_arn {
+    if want.td_arn.is_none() || svc.task_definition() != want.td_arn.as_deref() {
         diffs.push(format!(
             "task definition {} -> new revision",
             svc.task_definition().unwrap_or("?")
@@ -85,12 +221,12 @@ pub(crate) fn plan_service(
     {
         diffs.push(format!("desired {} -> {d}", svc.desired_count()));
     }
-    let lb_changed = lb_key(svc.load_balancers()) != lb_key(want.load_balancers);
+    let lb_changed = lb_key(svc.load_balancers()) != lb_key(&want.load_balancers);
     if lb_changed {
         diffs.push("load balancer".to_owned());
     }
     // Compared only when ECS reports it (it always does; emulators may not).
-    let deployment_changed = match (svc.deployment_configuration(), want.deployment) {
+    let deployment_changed = match (svc.deployment_configuration(), &want.deployment) {
         (Some(have), Some(want)) => {
             have.minimum_healthy_percent() != want.minimum_healthy_percent()
                 || have.maximum_percent() != want.maximum_percent()
@@ -198,72 +334,27 @@ impl Deployer {
         Ok(urls)
     }
 
-    /// The load balancer registration a service should have (the
-    /// controller's, when a target group is configured).
-    fn service_load_balancers(
-        name: &str,
-        target_group: Option<&str>,
-    ) -> Vec<ecs::types::LoadBalancer> {
-        match target_group {
-            Some(tg) if name == CONTROLLER_SERVICE => vec![
-                ecs::types::LoadBalancer::builder()
-                    .target_group_arn(tg)
-                    .container_name(CONTROLLER_CONTAINER)
-                    .container_port(CONTROLLER_GRPC_PORT)
-                    .build(),
-            ],
-            _ => Vec::new(),
-        }
-    }
-
-    /// The controller's replicas each on its own instance (each holds the
-    /// host's port 4321, and one instance lost must not take two). Set when
-    /// the service is created or updated; not compared (emulators do not
-    /// report it back).
-    fn service_placement(&self, name: &str) -> Option<Vec<ecs::types::PlacementConstraint>> {
-        (name == CONTROLLER_SERVICE && self.cfg.controller_replicas > 1).then(|| {
-            vec![
-                ecs::types::PlacementConstraint::builder()
-                    .r#type(ecs::types::PlacementConstraintType::DistinctInstance)
-                    .build(),
-            ]
-        })
-    }
-
-    /// The rolling-update bounds of a service whose tasks hold a fixed host
-    /// port (the controller); `None` leaves ECS's defaults.
-    fn service_deployment(&self, name: &str) -> Option<ecs::types::DeploymentConfiguration> {
-        (name == CONTROLLER_SERVICE).then(|| {
-            ecs::types::DeploymentConfiguration::builder()
-                .minimum_healthy_percent(self.cfg.controller_minimum_healthy_percent())
-                .maximum_percent(100)
-                .build()
-        })
-    }
-
-    async fn up_service(
+    /// Carries out one service's plan.
+    async fn apply_service(
         &self,
         dry_run: bool,
-        name: &str,
-        td_arn: Option<&str>,
-        desired: Option<i32>,
-        target_group: Option<&str>,
+        want: WantedService,
+        have: Option<&ecs::types::Service>,
+        plan: ServicePlan,
         steps: &mut Vec<Step>,
     ) -> Result<()> {
         let cluster = &self.cfg.cluster;
-        let load_balancers = Self::service_load_balancers(name, target_group);
-        let placement = self.service_placement(name);
-        let deployment = self.service_deployment(name);
-        let have = self.service(name).await?;
-        let want = WantedService {
+        let WantedService {
+            name,
             td_arn,
             desired,
-            load_balancers: &load_balancers,
-            deployment: deployment.as_ref(),
-        };
-        match plan_service(&want, have.as_ref()) {
+            load_balancers,
+            deployment,
+            placement,
+        } = want;
+        match plan {
             ServicePlan::Unchanged => {
-                let td = have.as_ref().and_then(|s| s.task_definition());
+                let td = have.and_then(ecs::types::Service::task_definition);
                 let detail = td.unwrap_or_default();
                 self.push(steps, "service", name, Action::Unchanged, detail);
             }
@@ -274,10 +365,10 @@ impl Deployer {
                         .update_service()
                         .cluster(cluster)
                         .service(name)
-                        .set_task_definition(td_arn.map(str::to_owned))
+                        .set_task_definition(td_arn)
                         .set_desired_count(desired)
-                        .set_deployment_configuration(deployment.clone())
-                        .set_placement_constraints(placement.clone());
+                        .set_deployment_configuration(deployment)
+                        .set_placement_constraints(placement);
                     // An empty list removes a registration that is no longer wanted.
                     if lb_changed {
                         req = req.set_load_balancers(Some(load_balancers));
@@ -301,7 +392,7 @@ impl Deployer {
                         .task_definition(td)
                         .launch_type(ecs::types::LaunchType::Ec2)
                         .set_deployment_configuration(deployment)
-                        .set_placement_constraints(placement.clone())
+                        .set_placement_constraints(placement)
                         .tags(ecs_tag(OWNER_TAG, cluster));
                     if !load_balancers.is_empty() {
                         req = req.set_load_balancers(Some(load_balancers.clone()));
@@ -330,41 +421,9 @@ impl Deployer {
         Ok(())
     }
 
-    /// `up`'s ECS services: the controller, the agent with `--agent daemon`,
-    /// the demo's with `--with-demo`.
-    pub(crate) async fn up_services(
-        &self,
-        dry_run: bool,
-        td_arns: &BTreeMap<&'static str, Option<String>>,
-        target_group: Option<&str>,
-        steps: &mut Vec<Step>,
-    ) -> Result<()> {
-        let cfg = &self.cfg;
-        let mut services: Vec<(&str, &str, Option<i32>)> = vec![(
-            CONTROLLER_SERVICE,
-            "controller",
-            Some(cfg.controller_replicas),
-        )];
-        if cfg.agent == AgentPlacement::Daemon {
-            services.push((AGENT_SERVICE, "agent", None));
-        }
-        if cfg.with_demo {
-            for s in DEMO_SERVICES {
-                services.push((s, s, Some(1)));
-            }
-        }
-        for (name, role, desired) in services {
-            let arn = td_arns.get(role).cloned().flatten();
-            let tg = target_group;
-            self.up_service(dry_run, name, arn.as_deref(), desired, tg, steps)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// `down`'s services (every role, whatever this run's flags), each only
     /// when tagged ours.
-    pub(crate) async fn down_services(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn down_services(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let mut all: Vec<&str> = vec![CONTROLLER_SERVICE, AGENT_SERVICE];
         all.extend(DEMO_SERVICES);
@@ -397,12 +456,14 @@ mod tests {
 
     const TD: &str = "arn:aws:ecs:r:1:task-definition/ecsmesh-c-controller:3";
 
-    fn want(td_arn: Option<&str>) -> WantedService<'_> {
+    fn want(td_arn: Option<&str>) -> WantedService {
         WantedService {
-            td_arn,
+            name: CONTROLLER_SERVICE,
+            td_arn: td_arn.map(str::to_owned),
             desired: Some(2),
-            load_balancers: &[],
+            load_balancers: Vec::new(),
             deployment: None,
+            placement: None,
         }
     }
 
@@ -430,13 +491,8 @@ mod tests {
     #[test]
     fn plan_updates_a_drifted_service() {
         let have = service(TD, 1);
-        let lbs = [ecs::types::LoadBalancer::builder()
-            .target_group_arn("tg")
-            .container_name(CONTROLLER_CONTAINER)
-            .container_port(CONTROLLER_GRPC_PORT)
-            .build()];
         let w = WantedService {
-            load_balancers: &lbs,
+            load_balancers: service_load_balancers(CONTROLLER_SERVICE, Some("tg")),
             ..want(Some(TD))
         };
         assert_eq!(
@@ -459,5 +515,46 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_wanted_services_follow_the_settings() {
+        let mut cfg = DeployConfig::new("c", "r");
+        let want = Wanted {
+            td_arns: BTreeMap::from([("controller", Some(TD.to_owned())), ("agent", None)]),
+            target_group: Some("tg".to_owned()),
+        };
+        let services = wanted_services(&cfg, &want);
+        let [controller] = services.as_slice() else {
+            panic!("{services:?}");
+        };
+        assert_eq!(controller.name, CONTROLLER_SERVICE);
+        assert_eq!(controller.td_arn.as_deref(), Some(TD));
+        assert_eq!(controller.desired, Some(cfg.controller_replicas));
+        assert_eq!(controller.load_balancers[0].target_group_arn(), Some("tg"));
+        // Two replicas (the default): on distinct instances.
+        assert!(controller.placement.is_some());
+        cfg.agent = AgentPlacement::Daemon;
+        cfg.with_demo = true;
+        let names: Vec<(&str, Option<i32>)> = wanted_services(&cfg, &want)
+            .iter()
+            .map(|s| (s.name, s.desired))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (CONTROLLER_SERVICE, Some(2)),
+                (AGENT_SERVICE, None),
+                ("hello", Some(1)),
+                ("world", Some(1)),
+                ("world-v2", Some(1)),
+            ]
+        );
+        // Only the controller registers in the balancer.
+        assert!(
+            wanted_services(&cfg, &want)[1..]
+                .iter()
+                .all(|s| s.load_balancers.is_empty() && s.deployment.is_none())
+        );
     }
 }

@@ -8,8 +8,8 @@
 //! (`iam/controller-policy.json`) allows exactly the item actions the store
 //! and the lease use on such tables.
 //!
-//! The same shape as the other resource modules: observe, a pure plan,
-//! apply, destroy.
+//! A [`Resource`] like every module: observe (`observe_table`), plan
+//! (`plan_table`, pure), apply, destroy (only when ours).
 
 use aws_sdk_dynamodb as ddb;
 use ddb::types::{
@@ -17,9 +17,10 @@ use ddb::types::{
     ScalarAttributeType, Tag,
 };
 
-use crate::config::OWNER_TAG;
+use crate::config::{DeployConfig, OWNER_TAG};
 use crate::error::{DeployError, Result};
 use crate::ops::Deployer;
+use crate::resource::{Kind, Resource};
 use crate::{Action, Step};
 
 /// The step kind of this module's report lines.
@@ -83,9 +84,54 @@ pub(crate) fn plan_table(name: &str, have: Option<&Table>) -> Result<TablePlan> 
     })
 }
 
+/// The dtab store's table (only with the DynamoDB store).
+pub(crate) struct DtabTable;
+
+impl Resource for DtabTable {
+    const KIND: Kind = Kind::Table;
+    type Wanted = ();
+    /// The table, when it exists (not looked up without the DynamoDB store).
+    type Observed = Option<Table>;
+    /// `None`: not this run's store, nothing to do.
+    type Plan = Option<TablePlan>;
+    type Output = ();
+
+    async fn observe(d: &Deployer, (): &()) -> Result<Option<Table>> {
+        if !d.cfg.dynamodb_store() {
+            return Ok(None);
+        }
+        d.observe_table().await
+    }
+
+    fn plan(cfg: &DeployConfig, (): &(), have: &Option<Table>) -> Result<Option<TablePlan>> {
+        if !cfg.dynamodb_store() {
+            return Ok(None);
+        }
+        plan_table(&cfg.dynamodb_table(), have.as_ref()).map(Some)
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        (): (),
+        have: Option<Table>,
+        plan: Option<TablePlan>,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
+        match plan {
+            Some(plan) => d.apply_table(dry_run, have, plan, steps).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_table(dry_run, steps).await
+    }
+}
+
 impl Deployer {
     /// The table, if it exists.
-    pub(crate) async fn observe_table(&self) -> Result<Option<Table>> {
+    async fn observe_table(&self) -> Result<Option<Table>> {
         let name = self.cfg.dynamodb_table();
         let out = match self.ddb.describe_table().table_name(&name).send().await {
             Ok(o) => o,
@@ -150,14 +196,16 @@ impl Deployer {
         }))
     }
 
-    /// `up`'s table (only with the DynamoDB store).
-    pub(crate) async fn up_table(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        if !self.cfg.dynamodb_store() {
-            return Ok(());
-        }
+    /// Carries out the table's plan.
+    async fn apply_table(
+        &self,
+        dry_run: bool,
+        have: Option<Table>,
+        plan: TablePlan,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
         let name = self.cfg.dynamodb_table();
-        let have = self.observe_table().await?;
-        match plan_table(&name, have.as_ref())? {
+        match plan {
             TablePlan::Create => {
                 if !dry_run {
                     self.create_table(&name).await?;
@@ -274,7 +322,7 @@ impl Deployer {
 
     /// `down`'s table, whatever this run's store: deleted when ours (the
     /// dtab overrides go with it).
-    pub(crate) async fn down_table(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn down_table(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let name = self.cfg.dynamodb_table();
         match self.observe_table().await? {
             Some(t) if t.owned => {

@@ -1,11 +1,12 @@
 //! The task definitions (controller, agent, the demo's) and the instance
 //! user data, rendered from `deploy/ecs` and `deploy/templates` with the
 //! settings and what `up` made on the way (images, the controller's
-//! address, the events queue). Observe (`latest_revision`: the family's
-//! latest revision), plan (`plan_task_definition`, pure: the rendered
-//! definition compared with it), apply
-//! (`up_task_definitions`: a new revision only when it differs), destroy
-//! (`down_task_definitions`: every ACTIVE revision of our families).
+//! address, the events queue). The [`Resource`] [`TaskDefinitions`]: wanted
+//! the rendered definitions (`task_specs`, which the driver calls), observe
+//! (`latest_revision`: each family's latest revision), plan
+//! (`plan_task_definition`, pure: the rendered definition compared with
+//! it), apply (a new revision only when it differs), destroy (every ACTIVE
+//! revision of our families).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,6 +22,7 @@ use crate::ecr::ImageRefs;
 use crate::error::{DeployError, Result};
 use crate::ops::{Deployer, ecs_tag, owned_ecs};
 use crate::render;
+use crate::resource::{Kind, Resource};
 use crate::taskdef::TaskDefSpec;
 use crate::{Action, Step};
 
@@ -71,6 +73,77 @@ impl Rendering {
             controller_address: cfg.agent_controller_address(),
             controller_task_role: None,
         }
+    }
+}
+
+/// The task definitions of every role this run deploys.
+pub(crate) struct TaskDefinitions;
+
+impl Resource for TaskDefinitions {
+    const KIND: Kind = Kind::TaskDefinitions;
+    /// Each role's rendered definition ([`Deployer::task_specs`]).
+    type Wanted = Vec<(&'static str, TaskDefSpec)>;
+    /// Each family's latest revision, in the same order.
+    type Observed = Vec<Option<Revision>>;
+    type Plan = Vec<TaskDefPlan>;
+    /// Each role's revision ARN (none in a dry run before it is registered).
+    type Output = BTreeMap<&'static str, Option<String>>;
+
+    async fn observe(d: &Deployer, want: &Self::Wanted) -> Result<Self::Observed> {
+        let mut out = Vec::with_capacity(want.len());
+        for (_, spec) in want {
+            out.push(d.latest_revision(&spec.family).await?);
+        }
+        Ok(out)
+    }
+
+    fn plan(_: &DeployConfig, want: &Self::Wanted, have: &Self::Observed) -> Result<Self::Plan> {
+        Ok(want
+            .iter()
+            .zip(have)
+            .map(|((_, spec), have)| plan_task_definition(spec, have.as_ref()))
+            .collect())
+    }
+
+    async fn apply(
+        d: &Deployer,
+        dry_run: bool,
+        want: Self::Wanted,
+        _: Self::Observed,
+        plan: Self::Plan,
+        steps: &mut Vec<Step>,
+    ) -> Result<Self::Output> {
+        let mut td_arns = BTreeMap::new();
+        for ((role, spec), plan) in want.into_iter().zip(plan) {
+            let family = &spec.family;
+            let arn = match plan {
+                TaskDefPlan::Unchanged(arn) => {
+                    d.push(steps, "task-definition", family, Action::Unchanged, &arn);
+                    Some(arn)
+                }
+                plan => {
+                    let action = if plan == TaskDefPlan::Update {
+                        Action::Update
+                    } else {
+                        Action::Create
+                    };
+                    let arn = if dry_run {
+                        None
+                    } else {
+                        Some(d.register(&spec).await?)
+                    };
+                    let detail = arn.clone().unwrap_or_default();
+                    d.push(steps, "task-definition", family, action, detail);
+                    arn
+                }
+            };
+            td_arns.insert(role, arn);
+        }
+        Ok(td_arns)
+    }
+
+    async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+        d.down_task_definitions(dry_run, steps).await
     }
 }
 
@@ -375,54 +448,26 @@ impl Deployer {
             })
     }
 
-    /// `up`'s task definitions: a new revision of each family whose rendered
-    /// definition differs from its latest. Each role's ARN (none in a dry
-    /// run before it is registered).
-    pub(crate) async fn up_task_definitions(
+    /// What [`TaskDefinitions`] wants: each role's definition, rendered
+    /// with what `up` made on the way (`events_queue_url`: the controller's
+    /// events queue, none when the controller polls ECS only).
+    pub(crate) fn task_specs(
         &self,
-        dry_run: bool,
         events_queue_url: Option<&str>,
         render: &Rendering,
-        steps: &mut Vec<Step>,
-    ) -> Result<BTreeMap<&'static str, Option<String>>> {
-        let mut td_arns = BTreeMap::new();
-        for (role, template) in self.task_templates() {
-            let spec = self.task_spec(role, template, events_queue_url, render)?;
-            let have = self.latest_revision(&spec.family).await?;
-            let family = &spec.family;
-            let arn = match plan_task_definition(&spec, have.as_ref()) {
-                TaskDefPlan::Unchanged(arn) => {
-                    self.push(steps, "task-definition", family, Action::Unchanged, &arn);
-                    Some(arn)
-                }
-                plan => {
-                    let action = if plan == TaskDefPlan::Update {
-                        Action::Update
-                    } else {
-                        Action::Create
-                    };
-                    let arn = if dry_run {
-                        None
-                    } else {
-                        Some(self.register(&spec).await?)
-                    };
-                    let detail = arn.clone().unwrap_or_default();
-                    self.push(steps, "task-definition", family, action, detail);
-                    arn
-                }
-            };
-            td_arns.insert(role, arn);
-        }
-        Ok(td_arns)
+    ) -> Result<Vec<(&'static str, TaskDefSpec)>> {
+        self.task_templates()
+            .into_iter()
+            .map(|(role, template)| {
+                let spec = self.task_spec(role, template, events_queue_url, render)?;
+                Ok((role, spec))
+            })
+            .collect()
     }
 
     /// `down`'s task definitions: every ACTIVE revision of our families (the
     /// family names do not depend on the images), when tagged ours.
-    pub(crate) async fn down_task_definitions(
-        &self,
-        dry_run: bool,
-        steps: &mut Vec<Step>,
-    ) -> Result<()> {
+    async fn down_task_definitions(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let repo_images = Rendering::from_config(cfg);
         for (_, template) in Self::all_task_templates() {
