@@ -7,6 +7,8 @@
 //!
 //! - [`routes`]: the routing table per mesh version, with balancers and a
 //!   decision cache;
+//! - [`policy`]: per-service traffic policies merged over the configured
+//!   defaults;
 //! - [`proxy`]: the outgoing and incoming listeners and the request path;
 //! - [`admin`]: metrics, readiness, the dtab and delegator views;
 //! - [`tls`]: TLS on the linker-to-linker hop and to the controller.
@@ -16,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod labels;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod routes;
 pub mod tls;
@@ -64,16 +67,7 @@ impl Agent {
         let identity = host_identity(&config).await?;
         fd_limits(&mut config);
         let metrics = Arc::new(Metrics::new());
-        let settings = TableSettings {
-            allow_inet_override: config.allow_inet_override,
-            allow_local_inet_override: config.allow_local_inet_override,
-            decision_cache_bytes: config.decision_cache_bytes,
-            availability_zone: identity.availability_zone.as_deref().map(Arc::from),
-            zone_aware: config.zone_aware_balancing,
-            zone_counters: metrics.zone_requests.clone(),
-            ..TableSettings::new(config.namespace.clone(), identity.host_ip)
-        };
-        let routes = Arc::new(Routes::new(settings));
+        let routes = Arc::new(Routes::new(table_settings(&config, &identity, &metrics)));
         let (status_tx, status) = watch::channel(ControlStatus::default());
         let file = SnapshotFile::new(&config.state_dir);
         control::restore(&file, &routes, &status_tx);
@@ -176,6 +170,30 @@ impl Agent {
             _ = self.listeners.join_next() => {}
             _ = self.background.join_next() => {}
         }
+    }
+}
+
+/// How routing tables are built: the configuration's defaults, which
+/// service policies override.
+fn table_settings(
+    config: &Config,
+    identity: &ecsmesh_agent_identity::Identity,
+    metrics: &Metrics,
+) -> TableSettings {
+    TableSettings {
+        allow_inet_override: config.allow_inet_override,
+        allow_local_inet_override: config.allow_local_inet_override,
+        decision_cache_bytes: config.decision_cache_bytes,
+        availability_zone: identity.availability_zone.as_deref().map(Arc::from),
+        zone_aware: config.zone_aware_balancing,
+        zone_counters: metrics.zone_requests.clone(),
+        defaults: policy::Defaults {
+            total_timeout: config.request_timeout,
+            attempt_timeout: config.attempt_timeout,
+            max_attempts: config.max_retries.saturating_add(1),
+            ..policy::Defaults::default()
+        },
+        ..TableSettings::new(config.namespace.clone(), identity.host_ip)
     }
 }
 

@@ -53,6 +53,8 @@ pub enum Class {
     Protocol,
     Timeout,
     NoHosts,
+    /// A gRPC status the service's policy counts as a failure.
+    GrpcStatus,
     /// The client's side of the exchange failed (a malformed or short
     /// body, a body not sent in time): counted per service, never against
     /// a client (endpoint set).
@@ -69,6 +71,7 @@ impl Class {
             Self::Protocol => "protocol",
             Self::Timeout => "timeout",
             Self::NoHosts => "no_hosts",
+            Self::GrpcStatus => "grpc_status",
             Self::ClientError => "client_error",
         }
     }
@@ -294,10 +297,41 @@ impl LimitFamilies {
     }
 }
 
+/// Which time ran out.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// The whole request's, from its policy (or `request_timeout`).
+    Total,
+    /// One attempt's.
+    Attempt,
+    /// The request's own deadline (`l5d-ctx-deadline`, `grpc-timeout`),
+    /// tighter than its policy's.
+    Deadline,
+}
+
+impl TimeoutKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Total => "total",
+            Self::Attempt => "attempt",
+            Self::Deadline => "deadline",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    service: String,
+    kind: &'static str,
+}
+
 /// What the admin server reads from the routing table at scrape time.
 #[derive(Clone, Debug)]
 pub struct ClientEndpoints {
     pub client: String,
+    /// `None`: the set's balancer with the default settings; else the
+    /// settings of one a policy made (counted in removals only).
+    pub variant: Option<crate::policy::TargetKey>,
     pub total: usize,
     pub available: usize,
     /// Failure-accrual removals so far (cumulative for the set's life).
@@ -355,7 +389,11 @@ pub struct Metrics {
     client_endpoints: Family<EndpointLabels, Gauge>,
     client_removals: Family<ClientLabel, Counter>,
     /// The balancers' removal counts at the last scrape, to add only the difference.
-    removals_seen: Mutex<HashMap<String, u64>>,
+    removals_seen: Mutex<HashMap<(String, Option<crate::policy::TargetKey>), u64>>,
+    timeouts: Family<TimeoutLabels, Counter>,
+    concurrency_rejections: Family<ServiceLabel, Counter>,
+    /// Service policies in force.
+    pub policies: Gauge,
     listeners: [ListenerCounters; 2],
     pub control_connected: Gauge,
     pub snapshot_version: Gauge,
@@ -406,6 +444,9 @@ impl Metrics {
             client_endpoints: Family::default(),
             client_removals: Family::default(),
             removals_seen: Mutex::new(HashMap::new()),
+            timeouts: Family::default(),
+            concurrency_rejections: Family::default(),
+            policies: Gauge::default(),
             listeners: [Side::Outgoing, Side::Incoming].map(|side| listeners.counters(side)),
             control_connected: Gauge::default(),
             snapshot_version: Gauge::default(),
@@ -447,6 +488,21 @@ impl Metrics {
                 "retry_budget_exhausted",
                 "Retries not made because the retry budget was spent",
                 m.budget_exhausted.clone(),
+            );
+            r.register(
+                "timeouts",
+                "Requests and attempts that ran out of time, by logical service and kind (total: the policy's total timeout, attempt: an attempt's, deadline: the request's own l5d-ctx-deadline or grpc-timeout)",
+                m.timeouts.clone(),
+            );
+            r.register(
+                "concurrency_rejections",
+                "Requests failed fast (503) because every endpoint had its policy's max_concurrent_requests in flight, by logical service",
+                m.concurrency_rejections.clone(),
+            );
+            r.register(
+                "policies",
+                "Service policies in force (admin /policies lists them)",
+                m.policies.clone(),
             );
             r.register(
                 "client_requests",
@@ -701,6 +757,25 @@ impl Metrics {
         self.downgrades.get_or_create(&ClientLabel { client }).inc();
     }
 
+    /// A request or an attempt that ran out of time.
+    pub fn timeout(&self, service: &str, kind: TimeoutKind) {
+        let service = self.services.label(service);
+        self.timeouts
+            .get_or_create(&TimeoutLabels {
+                service,
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// A request failed fast: every endpoint was at its in-flight limit.
+    pub fn concurrency_rejection(&self, service: &str) {
+        let service = self.services.label(service);
+        self.concurrency_rejections
+            .get_or_create(&ServiceLabel { service })
+            .inc();
+    }
+
     pub fn retry(&self, service: &str) {
         let service = self.services.label(service);
         self.retries.get_or_create(&ServiceLabel { service }).inc();
@@ -724,20 +799,23 @@ impl Metrics {
         let mut now = HashMap::with_capacity(seen.len());
         let mut sums: HashMap<String, (usize, usize)> = HashMap::new();
         for c in clients {
-            let before = seen.get(&c.client).copied().unwrap_or(0);
+            let key = (c.client, c.variant);
+            let before = seen.get(&key).copied().unwrap_or(0);
             // A set rebuilt from nothing restarts its count.
             let added = c.removals.checked_sub(before).unwrap_or(c.removals);
-            let label = self.clients.label(&c.client);
+            let label = self.clients.label(&key.0);
             // Created at zero for every set, so rates over it exist.
             self.client_removals
                 .get_or_create(&ClientLabel {
                     client: label.clone(),
                 })
                 .inc_by(added);
-            let sum = sums.entry(label).or_default();
-            sum.0 += c.total;
-            sum.1 += c.available;
-            now.insert(c.client, c.removals);
+            if key.1.is_none() {
+                let sum = sums.entry(label).or_default();
+                sum.0 += c.total;
+                sum.1 += c.available;
+            }
+            now.insert(key, c.removals);
         }
         *seen = now;
         drop(seen);

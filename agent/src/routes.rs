@@ -6,17 +6,26 @@
 //! A new table is built for every applied snapshot or delta; balancers
 //! carry their statistics over by address, and the decision cache starts
 //! empty (so a cached decision never outlives the state it was made from).
+//!
+//! Service policies ([`crate::policy`]) are resolved per table, and each
+//! decision carries its service's: a policy change is a new table, so it
+//! applies from the next request on. A set has one balancer per distinct
+//! [`TargetSettings`] that reaches it: the defaults' for every set, built
+//! with the table, and others made when a decision first needs them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use ecsmesh_agent_balance::{Balancer, BalancerConfig, Endpoint as BalancedEndpoint};
 use ecsmesh_dtab::{Dentry, Dtab, NameTree, Path, Traced, bind_traced};
 use ecsmesh_state::{Bound, EndpointSet, MeshNamer, MeshState};
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
+
+use crate::policy::{Defaults, Policies, Policy, TargetKey, TargetSettings};
 
 /// The decision cache's default size in bytes (both halves together).
 pub const DEFAULT_DECISION_CACHE_BYTES: usize = 8 << 20;
@@ -185,6 +194,8 @@ pub struct Decision {
     /// The local dtab to forward as `l5d-ctx-dtab` (canonical form).
     pub local_dtab: Option<Arc<str>>,
     pub local_dtab_header: Option<HeaderValue>,
+    /// The service's traffic policy over the agent's defaults.
+    pub policy: Arc<Policy>,
 }
 
 impl Decision {
@@ -192,9 +203,11 @@ impl Decision {
         name: &Path,
         route: Result<NameTree<Dest>, RouteError>,
         local_dtab: Option<Arc<str>>,
+        policy: Arc<Policy>,
     ) -> Self {
         let service: Arc<str> = Arc::from(name.to_string());
         Self {
+            policy,
             service_header: HeaderValue::from_str(&service).ok(),
             service,
             route,
@@ -241,7 +254,13 @@ pub struct RouteTable {
     pub mesh: Arc<MeshState>,
     /// The namespace's dtab (base + stored overrides).
     pub dtab: Arc<Dtab>,
+    /// Every policy of this version, resolved over the defaults.
+    pub policies: Policies,
+    /// Each set's balancers with the default settings.
     balancers: HashMap<Path, Target>,
+    /// Balancers with other settings, made as decisions need them (read
+    /// without a lock by the incoming side, per request).
+    extra: ArcSwap<HashMap<(Path, TargetKey), (TargetSettings, Target)>>,
     /// Decisions without a request dtab, and those with one: apart, so
     /// that requests with ever-new dtab headers only ever evict each other.
     plain: Mutex<DecisionCache>,
@@ -266,6 +285,8 @@ pub struct TableSettings {
     /// Prefer endpoints in this agent's zone ([`Zones`]).
     pub zone_aware: bool,
     pub zone_counters: crate::metrics::ZoneCounters,
+    /// Timeouts, retries and classifier where no policy says otherwise.
+    pub defaults: Defaults,
 }
 
 impl TableSettings {
@@ -281,6 +302,15 @@ impl TableSettings {
             availability_zone: None,
             zone_aware: true,
             zone_counters: crate::metrics::ZoneCounters::default(),
+            defaults: Defaults::default(),
+        }
+    }
+
+    /// The balancer settings where no policy says otherwise.
+    pub fn default_target(&self) -> TargetSettings {
+        TargetSettings {
+            balancer: self.balancer,
+            zone_aware: self.zone_aware,
         }
     }
 }
@@ -327,13 +357,20 @@ fn path_bytes(path: &Path) -> usize {
 
 impl RouteTable {
     /// An empty table: nothing routes until a snapshot arrives.
-    pub fn empty() -> Self {
+    pub fn empty(settings: &TableSettings) -> Self {
         Self {
             version: 0,
             epoch: String::new(),
             mesh: Arc::new(MeshState::default()),
             dtab: Arc::new(Dtab::empty()),
+            policies: Policies::build(
+                &ecsmesh_policy::PolicySet::default(),
+                &settings.defaults,
+                settings.default_target(),
+                None,
+            ),
             balancers: HashMap::new(),
+            extra: ArcSwap::default(),
             plain: Mutex::default(),
             overrides: Mutex::default(),
         }
@@ -362,36 +399,136 @@ impl RouteTable {
                 .is_some_and(|old| Arc::ptr_eq(old, set));
             let target = match before {
                 Some(target) if unchanged => target.clone(),
-                _ => set_target(set, settings, before),
+                _ => set_target(set, settings, &settings.default_target(), before),
             };
             balancers.insert(name.clone(), target);
         }
+        let policies = Policies::build(
+            &mesh.policies,
+            &settings.defaults,
+            settings.default_target(),
+            previous.map(|p| &p.policies),
+        );
+        let extra = previous.map_or_else(HashMap::new, |p| {
+            p.carried_extra(&mesh, &policies, settings)
+        });
         Self {
             version,
             epoch,
             mesh,
             dtab,
+            policies,
             balancers,
+            extra: ArcSwap::from_pointee(extra),
             plain: Mutex::default(),
             overrides: Mutex::default(),
         }
     }
 
+    /// The balancers of `self` with other than the default settings that
+    /// the next table keeps: those a policy in it still uses, for sets it
+    /// still has (rebuilt, with their statistics, if the set changed).
+    fn carried_extra(
+        &self,
+        mesh: &MeshState,
+        policies: &Policies,
+        settings: &TableSettings,
+    ) -> HashMap<(Path, TargetKey), (TargetSettings, Target)> {
+        let mut carried = HashMap::new();
+        for ((name, key), (ts, target)) in self.extra.load().iter() {
+            let Some(set) = mesh.sets.get(name) else {
+                continue;
+            };
+            if !policies.uses(key) {
+                continue;
+            }
+            let unchanged = self
+                .mesh
+                .sets
+                .get(name)
+                .is_some_and(|old| Arc::ptr_eq(old, set));
+            let target = if unchanged {
+                target.clone()
+            } else {
+                set_target(set, settings, ts, Some(target))
+            };
+            carried.insert((name.clone(), *key), (*ts, target));
+        }
+        carried
+    }
+
     /// Every published set's endpoint counts and failure-accrual removals
-    /// (both balancers: every endpoint, and those on this host).
+    /// (both balancers: every endpoint, and those on this host), then the
+    /// removals of the balancers policies made with other settings.
     pub fn clients(&self) -> Vec<crate::metrics::ClientEndpoints> {
-        self.balancers
+        let removals = |target: &Target| match target {
+            Target::Set { all, local, .. } => Some(all.removals() + local.removals()),
+            Target::Inet { .. } => None,
+        };
+        let mut clients: Vec<_> = self
+            .balancers
             .iter()
             .filter_map(|(name, target)| match target {
                 Target::Set { all, local, .. } => Some(crate::metrics::ClientEndpoints {
                     client: name.to_string(),
+                    variant: None,
                     total: all.len(),
                     available: all.available(),
                     removals: all.removals() + local.removals(),
                 }),
                 Target::Inet { .. } => None,
             })
-            .collect()
+            .collect();
+        for ((name, key), (_, target)) in self.extra.load().iter() {
+            if let Some(removals) = removals(target) {
+                clients.push(crate::metrics::ClientEndpoints {
+                    client: name.to_string(),
+                    variant: Some(*key),
+                    total: 0,
+                    available: 0,
+                    removals,
+                });
+            }
+        }
+        clients
+    }
+
+    /// The set's target for `ts`: the table's own for the default
+    /// settings, else one made for them (once per table, kept by the next).
+    fn target(
+        &self,
+        name: &Path,
+        set: &EndpointSet,
+        settings: &TableSettings,
+        ts: &TargetSettings,
+    ) -> Target {
+        if *ts == settings.default_target() {
+            return self
+                .balancers
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| set_target(set, settings, ts, None));
+        }
+        let key = (name.clone(), ts.key());
+        if let Some((_, target)) = self.extra.load().get(&key) {
+            return target.clone();
+        }
+        if !self.balancers.contains_key(name) {
+            // Not a published set: nothing to keep it for.
+            return set_target(set, settings, ts, None);
+        }
+        let made = set_target(set, settings, ts, None);
+        // Two decisions may make it at once: the first one stored wins.
+        self.extra.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(key.clone())
+                .or_insert_with(|| (*ts, made.clone()));
+            map
+        });
+        self.extra
+            .load()
+            .get(&key)
+            .map_or(made, |(_, target)| target.clone())
     }
 
     /// The routing decision for `name` with the request's dtab headers
@@ -453,7 +590,10 @@ impl RouteTable {
     ) -> Decision {
         let (local, ctx_len) = match local_dtab(ctx_dtab, user_dtab) {
             Ok(local) => local,
-            Err(e) => return Decision::new(name, Err(e), None),
+            Err(e) => {
+                let policy = Arc::clone(self.policies.matching(name));
+                return Decision::new(name, Err(e), None, policy);
+            }
         };
         let effective;
         let dtab: &Dtab = if local.is_empty() {
@@ -465,6 +605,7 @@ impl RouteTable {
         // The request's dentries come after the base dtab's: a leaf marked
         // with one of them was reached through a request header.
         let base_len = self.dtab.len();
+        let policy = Arc::clone(self.policies.matching(name));
         let route = bind_traced(dtab, name, &MeshNamer::new(&self.mesh), base_len)
             .map_err(RouteError::from)
             .and_then(|tree| {
@@ -482,22 +623,27 @@ impl RouteTable {
                         dentry: dtab.dentries()[i].clone(),
                     });
                 }
-                Ok(tree.map(&mut |t| self.traced_dest(t, settings)))
+                Ok(tree.map(&mut |t| self.traced_dest(t, settings, &policy.target)))
             });
         let local_dtab = (!local.is_empty()).then(|| Arc::from(local.to_string()));
-        Decision::new(name, route, local_dtab)
+        Decision::new(name, route, local_dtab, policy)
     }
 
-    fn traced_dest(&self, traced: Traced<Bound>, settings: &TableSettings) -> Dest {
-        let mut dest = self.dest(traced.bound, settings);
+    fn traced_dest(
+        &self,
+        traced: Traced<Bound>,
+        settings: &TableSettings,
+        ts: &TargetSettings,
+    ) -> Dest {
+        let mut dest = self.dest(traced.bound, settings, ts);
         if let Target::Inet { from_header, .. } = &mut dest.target {
             *from_header = traced.via.is_some();
         }
         dest
     }
 
-    /// The destination of a bound leaf.
-    pub fn dest(&self, bound: Bound, settings: &TableSettings) -> Dest {
+    /// The destination of a bound leaf, balanced with `ts`.
+    pub fn dest(&self, bound: Bound, settings: &TableSettings, ts: &TargetSettings) -> Dest {
         match bound {
             Bound::Set {
                 id,
@@ -509,11 +655,7 @@ impl RouteTable {
                 // here would only happen if the two ever disagreed.
                 let canonical =
                     ecsmesh_state::names::canonical(id.elems()).unwrap_or_else(|| id.clone());
-                let target = self
-                    .balancers
-                    .get(&canonical)
-                    .cloned()
-                    .unwrap_or_else(|| set_target(&endpoints, settings, None));
+                let target = self.target(&canonical, &endpoints, settings, ts);
                 Dest::new(id, residual, target)
             }
             Bound::Inet(inet) => Dest::new(
@@ -529,7 +671,12 @@ impl RouteTable {
     }
 }
 
-fn set_target(set: &EndpointSet, settings: &TableSettings, previous: Option<&Target>) -> Target {
+fn set_target(
+    set: &EndpointSet,
+    settings: &TableSettings,
+    ts: &TargetSettings,
+    previous: Option<&Target>,
+) -> Target {
     let previous = match previous {
         Some(Target::Set {
             all,
@@ -578,18 +725,18 @@ fn set_target(set: &EndpointSet, settings: &TableSettings, previous: Option<&Tar
             serving_zones.push((balanced, zone.map_or("", String::as_str)));
         }
     }
-    let all = Balancer::new(&all, &settings.balancer, previous.map(|p| &**p.0));
-    let zones = zones(&serving_zones, &all, settings).map(Arc::new);
+    let all = Balancer::new(&all, &ts.balancer, previous.map(|p| &**p.0));
+    let zones = zones(&serving_zones, &all, settings, ts).map(Arc::new);
     Target::Set {
         all: Arc::new(all),
         local: Arc::new(Balancer::new(
             &local,
-            &settings.balancer,
+            &ts.balancer,
             previous.map(|p| &**p.1),
         )),
         draining: Arc::new(Balancer::new(
             &fallback,
-            &settings.balancer,
+            &ts.balancer,
             previous.map(|p| &**p.2),
         )),
         hosts: Arc::new(hosts),
@@ -606,11 +753,12 @@ fn zones(
     serving: &[(BalancedEndpoint, &str)],
     all: &Balancer,
     settings: &TableSettings,
+    ts: &TargetSettings,
 ) -> Option<Zones> {
     let here = settings
         .availability_zone
         .as_ref()
-        .filter(|_| settings.zone_aware)?;
+        .filter(|_| ts.zone_aware)?;
     let mut of = HashMap::with_capacity(serving.len());
     let (mut near, mut far) = (Vec::new(), Vec::new());
     let mut zones = std::collections::HashSet::new();
@@ -627,13 +775,13 @@ fn zones(
     if near.is_empty() || far.is_empty() {
         return None;
     }
-    let near = Balancer::new(&near, &settings.balancer, Some(all));
+    let near = Balancer::new(&near, &ts.balancer, Some(all));
     let zone_count = u32::try_from(zones.len()).map_or(f64::MAX, f64::from);
     let near_share = (zone_count * near.total_weight() / all.total_weight()).min(1.0);
     Some(Zones {
         here: Arc::clone(here),
         near,
-        far: Balancer::new(&far, &settings.balancer, Some(all)),
+        far: Balancer::new(&far, &ts.balancer, Some(all)),
         near_share,
         of,
     })
@@ -758,7 +906,7 @@ pub struct Routes {
 impl Routes {
     pub fn new(settings: TableSettings) -> Self {
         Self {
-            current: arc_swap::ArcSwap::from_pointee(RouteTable::empty()),
+            current: arc_swap::ArcSwap::from_pointee(RouteTable::empty(&settings)),
             settings,
         }
     }

@@ -119,6 +119,15 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// The `grpc-status` code in response headers or trailers.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    std::str::from_utf8(headers.get("grpc-status")?.as_bytes())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The deadline a gRPC client set (`grpc-timeout`: at most 8 digits and a
 /// unit, H M S m u n).
 pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {

@@ -3,10 +3,11 @@
 //! knowledge (h2c, so gRPC works) on both.
 //!
 //! Per request: identify → read the dtab headers → the routing decision
-//! (cached per logical name and local dtab) → pick a union branch, then an
-//! endpoint (p2c over peak EWMA, failure accrual) → forward, retrying
-//! idempotent body-less requests on another endpoint within the retry
-//! budget and the request's deadline.
+//! (cached per logical name and local dtab, with the service's traffic
+//! policy) → pick a union branch, then an endpoint (the policy's balancer,
+//! failure accrual, in-flight limit) → forward, retrying what the policy's
+//! classifier allows on another endpoint within its attempts, its retry
+//! budget and the request's deadline, after its backoff.
 //!
 //! In linker-to-linker mode the outgoing side sends the request to the
 //! agent on the chosen endpoint's host, naming the chosen concrete set in
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ecsmesh_agent_balance::{Classifier, Outcome, RetryBudget, RetryBudgetConfig};
+use ecsmesh_agent_balance::Outcome;
 use ecsmesh_dtab::Path;
 use ecsmesh_state::names;
 use http::header::HeaderValue;
@@ -41,7 +42,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Config, Mode};
-use crate::metrics::{Class, Metrics};
+use crate::metrics::{Class, Metrics, TimeoutKind};
+use crate::policy::Policy;
 use crate::routes::{Dest, RouteError, RouteTable, Routes, Target, choose};
 use body::{BodyState, RequestBody};
 use headers::{
@@ -73,6 +75,53 @@ struct Sent<'a> {
     addr: SocketAddr,
     connect_to: SocketAddr,
     service: &'a str,
+}
+
+/// The request's time and the policy it is held to.
+#[derive(Clone, Copy)]
+struct Limit<'a> {
+    remaining: Duration,
+    /// What set `remaining`: the policy's total timeout or the request's
+    /// own deadline.
+    bound: TimeoutKind,
+    policy: &'a Policy,
+}
+
+/// The request's time: its own deadline (`l5d-ctx-deadline`,
+/// `grpc-timeout`) where that is tighter than its policy's total timeout,
+/// which it never loosens; and which of the two it is.
+fn time_limit(headers: &http::HeaderMap, policy: &Policy) -> (Duration, TimeoutKind) {
+    let own = [
+        headers::deadline_remaining(headers),
+        headers::grpc_timeout(headers),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    match own {
+        Some(own) if own < policy.total_timeout => (own, TimeoutKind::Deadline),
+        _ => (policy.total_timeout, TimeoutKind::Total),
+    }
+}
+
+/// Whether a pick found nothing only because every endpoint it could use
+/// is at its in-flight limit.
+fn at_capacity(target: &Target, side: Side, tried: &[SocketAddr]) -> bool {
+    match target {
+        Target::Set {
+            all,
+            local,
+            draining,
+            ..
+        } => {
+            if side == Side::Incoming {
+                local.at_capacity(tried)
+            } else {
+                all.at_capacity(tried) || draining.at_capacity(tried)
+            }
+        }
+        Target::Inet { .. } => false,
+    }
 }
 
 /// Marks a response the proxy made because the request's deadline passed
@@ -273,8 +322,6 @@ pub struct Proxy {
     pub host_ip: IpAddr,
     pub metrics: Arc<Metrics>,
     upstream: Upstream,
-    budget: RetryBudget,
-    classifier: Classifier,
     /// Bounds the requests held at once: past it, fail fast instead of queueing.
     in_flight: Arc<tokio::sync::Semaphore>,
     /// TLS on the linker-to-linker hop (both sides), when on.
@@ -293,8 +340,6 @@ impl Proxy {
             host_ip,
             metrics,
             upstream: Upstream::new(config.connect_timeout, None),
-            budget: RetryBudget::new(&RetryBudgetConfig::default()),
-            classifier: Classifier::RetryableIdempotent5XX,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             config,
             l2l_tls: None,
@@ -406,8 +451,10 @@ impl Proxy {
         parts.headers.remove(L5D_CTX_DTAB);
         parts.headers.remove(L5D_DTAB);
 
-        let (service, decision): (Arc<str>, _) = if let Some((name, dest)) = chosen {
-            (Arc::from(name.to_string()), Err(dest))
+        let (service, decision, policy): (Arc<str>, _, _) = if let Some((name, dest, policy)) =
+            chosen
+        {
+            (Arc::from(name.to_string()), Err(dest), policy)
         } else {
             let name = match identify::identify(&self.config.identifier, parts) {
                 Ok(name) => name,
@@ -422,7 +469,8 @@ impl Proxy {
                 user.as_deref(),
                 &self.routes.settings,
             );
-            (Arc::clone(&decision.service), Ok(decision))
+            let policy = Arc::clone(&decision.policy);
+            (Arc::clone(&decision.service), Ok(decision), policy)
         };
 
         let local_dtab = match &decision {
@@ -453,15 +501,7 @@ impl Proxy {
                 .map(Arc::from),
         };
 
-        // Deadline: the request's own (l5d-ctx-deadline, grpc-timeout),
-        // tightened by the configured total timeout, never loosened.
-        let remaining = [
-            headers::deadline_remaining(&parts.headers),
-            headers::grpc_timeout(&parts.headers),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(self.config.request_timeout, Duration::min);
+        let (remaining, bound) = time_limit(&parts.headers, &policy);
         parts.headers.remove(L5D_CTX_DEADLINE);
         if remaining.is_zero() {
             let mut resp = error_response(
@@ -476,8 +516,13 @@ impl Proxy {
         headers::append_via(&mut parts.headers, parts.version);
         context_headers(parts, &decision, &service, local_dtab.as_deref());
 
+        let limit = Limit {
+            remaining,
+            bound,
+            policy: &policy,
+        };
         let resp = self
-            .forward(side, parts, body, decision, &service, remaining, on_upgrade)
+            .forward(side, parts, body, decision, &service, limit, on_upgrade)
             .await;
         (Some(service), resp)
     }
@@ -492,12 +537,23 @@ impl Proxy {
         body: Incoming,
         decision: Result<Arc<crate::routes::Decision>, Dest>,
         service: &str,
-        remaining: Duration,
+        limit: Limit<'_>,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<Body> {
-        let body = RequestBody::new(body);
+        let Limit {
+            remaining,
+            bound,
+            policy,
+        } = limit;
+        // A body is kept for a retry only where a gRPC status may ask for one.
+        let replay = policy.max_attempts > 1
+            && policy
+                .grpc
+                .is_some_and(crate::policy::GrpcCodes::any_retryable)
+            && headers::is_grpc(&parts.headers);
+        let body = RequestBody::new(body, replay);
         let deadline = Instant::now() + remaining;
-        let attempt = self.attempts(side, parts, &body, decision, service, deadline);
+        let attempt = self.attempts(side, parts, &body, decision, service, deadline, limit);
         let mut resp = if let Ok(resp) = tokio::time::timeout(remaining, attempt).await {
             resp
         } else if body.state() == BodyState::Started {
@@ -511,6 +567,7 @@ impl Proxy {
             )
         } else {
             self.metrics.failure(service, None, Class::Timeout);
+            self.metrics.timeout(service, bound);
             let mut resp = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("request to {service} timed out after {remaining:?}"),
@@ -552,6 +609,7 @@ impl Proxy {
     }
 
     /// The attempt loop: pick, forward, classify, maybe retry elsewhere.
+    #[allow(clippy::too_many_arguments, clippy::too_many_lines)]
     async fn attempts(
         &self,
         side: Side,
@@ -560,8 +618,10 @@ impl Proxy {
         decision: Result<Arc<crate::routes::Decision>, Dest>,
         service: &str,
         deadline: Instant,
+        limit: Limit<'_>,
     ) -> Response<Body> {
-        self.budget.deposit();
+        let policy = limit.policy;
+        policy.budget.deposit();
         // Endpoints that failed this request (allocated only on a retry).
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error: Option<Response<Body>> = None;
@@ -586,6 +646,16 @@ impl Proxy {
             };
             let (addr, connect_to, pick) = match self.select(side, dest, &tried).await {
                 Ok(Some(chosen)) => chosen,
+                Ok(None) if last_error.is_none() && at_capacity(&dest.target, side, &tried) => {
+                    self.metrics.concurrency_rejection(service);
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "max_concurrent_requests: every endpoint of {} has {} requests in flight for {service} (its policy's limit); failing fast instead of queueing",
+                            dest.id, policy.target.balancer.max_concurrent
+                        ),
+                    );
+                }
                 Ok(None) if last_error.is_none() => {
                     let table = self.routes.load();
                     let msg = Self::unable_to_route(
@@ -627,7 +697,7 @@ impl Proxy {
                 service,
             };
             match self
-                .try_once(parts, req, &sent, pick, body, deadline, downgrade)
+                .try_once(parts, req, &sent, pick, body, deadline, downgrade, limit)
                 .await
             {
                 Attempt::Downgrade(resp) if downgrades > 0 && body.sendable() => {
@@ -638,15 +708,24 @@ impl Proxy {
                 Attempt::Retry(resp) => {
                     last_error = Some(resp);
                     tried.push(addr);
-                    if retries >= self.config.max_retries {
+                    if retries + 1 >= policy.max_attempts {
                         break;
                     }
-                    if !self.budget.try_withdraw() {
+                    if !policy.budget.try_withdraw() {
                         self.metrics.retry_budget_exhausted(service);
                         break;
                     }
                     retries += 1;
                     self.metrics.retry(service);
+                    let wait = policy.backoff(retries);
+                    if !wait.is_zero() {
+                        // A backoff that outlasts the deadline would only
+                        // turn the last answer into a timeout.
+                        if Instant::now() + wait >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep(wait).await;
+                    }
                 }
             }
         }
@@ -671,7 +750,9 @@ impl Proxy {
         body: &RequestBody,
         deadline: Instant,
         downgraded: bool,
+        limit: Limit<'_>,
     ) -> Attempt {
+        let policy = limit.policy;
         let Sent {
             dest,
             addr,
@@ -699,41 +780,26 @@ impl Proxy {
                 return Attempt::Done(error_response(StatusCode::BAD_GATEWAY, &msg));
             }
         };
-        let sent_result =
-            tokio::time::timeout(left.min(self.config.attempt_timeout), sending).await;
+        let attempt_limit = left.min(policy.attempt_timeout);
+        let sent_result = tokio::time::timeout(attempt_limit, sending).await;
         let client_name = client_name(dest);
         let failure = match sent_result {
             Ok(Ok(resp)) => {
                 self.metrics
                     .attempt(client_name, resp.status(), started.elapsed());
-                let outcome = self
-                    .classifier
-                    .classify(parts.method.as_str(), Some(resp.status().as_u16()));
-                let resp = resp.map(BodyExt::boxed);
-                return match outcome {
-                    Outcome::Success => {
-                        if let Some(p) = pick {
-                            p.success();
-                        }
-                        Attempt::Done(resp)
-                    }
-                    Outcome::Failure { retryable } => {
-                        if let Some(p) = pick {
-                            p.failure();
-                        }
-                        self.metrics
-                            .failure(service, Some(client_name), Class::Status5xx);
-                        // Resent only if the whole request can be.
-                        if retryable && matches!(body, RequestBody::Empty) {
-                            Attempt::Retry(resp)
-                        } else {
-                            Attempt::Done(resp)
-                        }
-                    }
-                };
+                return self.classify(parts, resp.map(BodyExt::boxed), sent, pick, body, policy);
             }
             Ok(Err(e)) => Failure::of(&e),
-            Err(_) => Failure::Timeout,
+            Err(_) => {
+                // The attempt's own limit, or the request's time.
+                let kind = if policy.attempt_timeout < left {
+                    TimeoutKind::Attempt
+                } else {
+                    limit.bound
+                };
+                self.metrics.timeout(service, kind);
+                Failure::Timeout
+            }
         };
         // The client's side broke first: its error, not the endpoint's.
         if let Some(resp) = client_side(body.state(), &failure, addr) {
@@ -760,7 +826,7 @@ impl Proxy {
         }
         self.metrics
             .failure(service, Some(client_name), failure.class());
-        let resp = failure.response(sent, self.config.attempt_timeout.min(left));
+        let resp = failure.response(sent, attempt_limit);
         let retry = if failure.never_sent() {
             // Provably never reached the endpoint: any method may go
             // elsewhere, if its body is still whole.
@@ -768,7 +834,8 @@ impl Proxy {
         } else {
             // It may have been processed: only an idempotent request
             // without a body is sent again.
-            self.classifier
+            policy
+                .classifier
                 .classify(parts.method.as_str(), None)
                 .is_retryable()
                 && matches!(body, RequestBody::Empty)
@@ -777,6 +844,80 @@ impl Proxy {
             Attempt::Retry(resp)
         } else {
             Attempt::Done(resp)
+        }
+    }
+
+    /// Classifies a response by the policy: by `grpc-status` when its gRPC
+    /// classifier applies and the status came in the headers (a
+    /// trailers-only response: it may be retried), else by HTTP status with
+    /// its HTTP classifier; a gRPC response whose status comes in trailers
+    /// is classified when its body ends ([`body::GrpcClassified`]).
+    fn classify(
+        &self,
+        parts: &http::request::Parts,
+        resp: Response<Body>,
+        sent: &Sent<'_>,
+        pick: Option<ecsmesh_agent_balance::Pick>,
+        body: &RequestBody,
+        policy: &Policy,
+    ) -> Attempt {
+        let client = client_name(sent.dest);
+        let grpc = policy.grpc.filter(|_| headers::is_grpc(&parts.headers));
+        let (outcome, class) = match grpc.map(|g| (g, headers::grpc_status(resp.headers()))) {
+            Some((codes, Some(code))) => {
+                let outcome = if codes.is_retryable(code) {
+                    Outcome::Failure { retryable: true }
+                } else if codes.is_failure(code) {
+                    Outcome::Failure { retryable: false }
+                } else {
+                    Outcome::Success
+                };
+                (outcome, Class::GrpcStatus)
+            }
+            Some((codes, None))
+                if resp.status().is_success() && !http_body::Body::is_end_stream(resp.body()) =>
+            {
+                // The status comes in trailers: classified when they do.
+                let report = body::Report {
+                    metrics: Arc::clone(&self.metrics),
+                    service: Arc::from(sent.service),
+                    client: Arc::from(client),
+                };
+                let resp = resp.map(|b| body::GrpcClassified::new(b, pick, codes, report).boxed());
+                return Attempt::Done(resp);
+            }
+            _ => (
+                policy
+                    .classifier
+                    .classify(parts.method.as_str(), Some(resp.status().as_u16())),
+                Class::Status5xx,
+            ),
+        };
+        match outcome {
+            Outcome::Success => {
+                if let Some(p) = pick {
+                    p.success();
+                }
+                Attempt::Done(resp)
+            }
+            Outcome::Failure { retryable } => {
+                if let Some(p) = pick {
+                    p.failure();
+                }
+                self.metrics.failure(sent.service, Some(client), class);
+                // Resent only if the whole request can be: a gRPC request's
+                // body was kept for it; an HTTP one must have none.
+                let resendable = if class == Class::GrpcStatus {
+                    body.replayable()
+                } else {
+                    matches!(body, RequestBody::Empty)
+                };
+                if retryable && resendable {
+                    Attempt::Retry(resp)
+                } else {
+                    Attempt::Done(resp)
+                }
+            }
         }
     }
 
@@ -981,7 +1122,7 @@ fn incoming_choice(
     table: &RouteTable,
     parts: &http::request::Parts,
     settings: &crate::routes::TableSettings,
-) -> Option<(Path, Dest)> {
+) -> Option<(Path, Dest, Arc<Policy>)> {
     let id = parts.headers.get(L5D_DST_CLIENT)?.to_str().ok()?;
     let id = Path::read(id).ok()?;
     names::kind(id.elems())?;
@@ -997,7 +1138,9 @@ fn incoming_choice(
         .and_then(|v| v.to_str().ok())
         .and_then(|s| Path::read(s).ok())
         .unwrap_or_else(|| id.clone());
-    Some((service, table.dest(bound, settings)))
+    let policy = Arc::clone(table.policies.matching(&service));
+    let dest = table.dest(bound, settings, &policy.target);
+    Some((service, dest, policy))
 }
 
 /// `http://<addr><path and query>`: the address rendered on the stack, the
