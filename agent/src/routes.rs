@@ -925,6 +925,8 @@ impl Routes {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn table() -> (RouteTable, TableSettings) {
@@ -1109,6 +1111,119 @@ mod tests {
             ]),
             2,
             "all draining: they still serve"
+        );
+    }
+
+    fn with_policies(mut mesh: MeshState, entries: &[(&str, &str, u64)]) -> Arc<MeshState> {
+        for (prefix, doc, version) in entries {
+            mesh.policies.insert(
+                Path::read(prefix).unwrap(),
+                ecsmesh_policy::Versioned {
+                    policy: Arc::new(ecsmesh_policy::ServicePolicy::parse(doc).unwrap()),
+                    version: *version,
+                },
+            );
+        }
+        Arc::new(mesh)
+    }
+
+    fn all_of(d: &Decision) -> Arc<Balancer> {
+        match &choose(d.route.as_ref().unwrap()).unwrap().target {
+            Target::Set { all, .. } => Arc::clone(all),
+            Target::Inet { .. } => panic!("not a set"),
+        }
+    }
+
+    #[test]
+    fn decisions_carry_their_policy_and_a_new_version_takes_effect() {
+        let (t1, settings) = table();
+        let name = Path::read("/svc/world").unwrap();
+        let first = t1.decide(&name, None, None, &settings);
+        assert!(first.policy.source.is_none());
+        assert_eq!(first.policy.total_timeout, settings.defaults.total_timeout);
+        let mesh = with_policies(
+            MeshState::clone(&t1.mesh),
+            &[("/svc/world", "{timeouts: {total: 250ms}}", 7)],
+        );
+        let t2 = RouteTable::build(2, "e".into(), mesh, &settings, Some(&t1));
+        let second = t2.decide(&name, None, None, &settings);
+        assert_eq!(second.policy.total_timeout, Duration::from_millis(250));
+        assert_eq!(second.policy.source.as_ref().unwrap().version, 7);
+        // Timeouts alone share the set's default balancer.
+        assert!(Arc::ptr_eq(&all_of(&first), &all_of(&second)));
+    }
+
+    #[test]
+    fn each_balancer_setting_gets_its_own_balancer_per_set_kept_across_rebuilds() {
+        let (t0, settings) = table();
+        let rr = "{balancer: {kind: roundRobin}, max_concurrent_requests: 3}";
+        let mesh = with_policies(
+            MeshState::clone(&t0.mesh),
+            &[
+                ("/svc/rr", rr, 1),
+                ("/svc/rr2", rr, 2),
+                ("/svc/slow", "{timeouts: {total: 1s}}", 3),
+            ],
+        );
+        let t1 = RouteTable::build(1, "e".into(), mesh, &settings, None);
+        // Three services reach the world set through a request dtab.
+        let via = |t: &RouteTable, svc: &str| {
+            let dtab = format!("{svc}=>/#/ecs/demo/world");
+            t.decide(
+                &Path::read(svc).unwrap(),
+                None,
+                Some(dtab.as_bytes()),
+                &settings,
+            )
+        };
+        let plain = t1.decide(&Path::read("/svc/world").unwrap(), None, None, &settings);
+        let (rr_a, rr_b, slow) = (
+            via(&t1, "/svc/rr"),
+            via(&t1, "/svc/rr2"),
+            via(&t1, "/svc/slow"),
+        );
+        assert!(
+            !Arc::ptr_eq(&all_of(&plain), &all_of(&rr_a)),
+            "settings differ"
+        );
+        assert!(
+            Arc::ptr_eq(&all_of(&rr_a), &all_of(&rr_b)),
+            "same settings share"
+        );
+        assert!(
+            Arc::ptr_eq(&all_of(&plain), &all_of(&slow)),
+            "balancer not set"
+        );
+        // Kept by the next table while the set is unchanged.
+        let t2 = RouteTable::build(2, "e".into(), Arc::clone(&t1.mesh), &settings, Some(&t1));
+        assert!(Arc::ptr_eq(&all_of(&rr_a), &all_of(&via(&t2, "/svc/rr"))));
+        // A changed set rebuilds it, keeping its endpoints' state.
+        let held = all_of(&rr_a).pick(&[]).unwrap();
+        let mut changed = MeshState::clone(&t2.mesh);
+        let mut set = EndpointSet::clone(&changed.sets[&Path::read("/#/ecs/demo/world").unwrap()]);
+        set.insert(ecsmesh_state::Endpoint::new(
+            "127.0.1.3:80".parse().unwrap(),
+        ));
+        changed
+            .sets
+            .insert(Path::read("/#/ecs/demo/world").unwrap(), Arc::new(set));
+        let t3 = RouteTable::build(3, "e".into(), Arc::new(changed), &settings, Some(&t2));
+        let rebuilt = all_of(&via(&t3, "/svc/rr"));
+        assert!(!Arc::ptr_eq(&all_of(&rr_a), &rebuilt));
+        assert_eq!(rebuilt.len(), 2);
+        assert_eq!(
+            rebuilt.stats().iter().map(|s| s.outstanding).sum::<u32>(),
+            1
+        );
+        drop(held);
+        // No policy uses the settings any more: not carried.
+        let mut gone = MeshState::clone(&t3.mesh);
+        gone.policies = ecsmesh_policy::PolicySet::default();
+        let t4 = RouteTable::build(4, "e".into(), Arc::new(gone), &settings, Some(&t3));
+        assert!(t4.extra.load().is_empty());
+        assert_eq!(
+            t3.clients().iter().filter(|c| c.variant.is_some()).count(),
+            1
         );
     }
 
