@@ -948,4 +948,92 @@ mod tests {
         );
         assert!(local_images(&dir.join("nope")).is_err());
     }
+
+    fn local(name: &str, digest: &str) -> LocalImage {
+        LocalImage {
+            name: name.to_owned(),
+            tag: "0.1.0".to_owned(),
+            digest: digest.to_owned(),
+        }
+    }
+
+    #[test]
+    fn images_are_pushed_only_where_the_registry_lacks_them() {
+        let cfg = DeployConfig::new("c", "r");
+        let have = ObservedImages::Built {
+            local: vec![
+                local("agent", D1),
+                local("controller", D2),
+                local("helloworld", D3),
+            ],
+            repos: BTreeMap::from([
+                ("agent", Some(repo(true, true, true))),
+                ("controller", Some(repo(true, false, true))),
+                ("helloworld", None),
+            ]),
+            registry: Registry {
+                host: "1.dkr.ecr.r.amazonaws.com".to_owned(),
+                tls: true,
+                auth: String::new(),
+            },
+            account_host: "1.dkr.ecr.r.amazonaws.com".to_owned(),
+            pushed: BTreeMap::from([
+                ("agent", true),
+                ("controller", false),
+                ("helloworld", false),
+            ]),
+        };
+        let plan = plan_images(&cfg, &have).unwrap();
+        let summary: Vec<(&str, &RepositoryPlan, bool)> = plan
+            .iter()
+            .map(|p| (p.key, &p.repository_plan, p.push == PushPlan::Pushed))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("agent", &RepositoryPlan::Unchanged, true),
+                (
+                    "controller",
+                    &RepositoryPlan::Update(vec!["scan on push"]),
+                    false
+                ),
+                ("helloworld", &RepositoryPlan::Create, false),
+            ]
+        );
+        // Pinned by digest, in the repository's URI (made from the
+        // registry's host before the repository exists).
+        assert_eq!(plan[0].pinned, format!("1.dkr.ecr.r.amazonaws.com/x@{D1}"));
+        let helloworld = cfg.ecr_repository("helloworld");
+        assert_eq!(
+            plan[2].pinned,
+            format!("1.dkr.ecr.r.amazonaws.com/{helloworld}@{D3}")
+        );
+        let PushPlan::Push { target, .. } = &plan[2].push else {
+            panic!("{plan:?}");
+        };
+        assert_eq!(
+            target,
+            &format!("1.dkr.ecr.r.amazonaws.com/{helloworld}:0.1.0-4d255638d44f")
+        );
+    }
+
+    #[test]
+    fn a_plan_before_the_build_names_what_it_will_push() {
+        let cfg = DeployConfig::new("c", "r");
+        let have = ObservedImages::Unbuilt {
+            repos: IMAGE_NAMES.iter().map(|n| (*n, None)).collect(),
+            account_host: "1.dkr.ecr.r.amazonaws.com".to_owned(),
+            error: DeployError::Images("not built".to_owned()),
+        };
+        let plan = plan_images(&cfg, &have).unwrap();
+        assert_eq!(plan.len(), IMAGE_NAMES.len());
+        for p in &plan {
+            assert_eq!(p.repository_plan, RepositoryPlan::Create);
+            assert!(p.pinned.ends_with("@sha256:(to be built)"), "{p:?}");
+            assert!(
+                matches!(&p.push, PushPlan::ToBuild { uri } if p.pinned.starts_with(uri.as_str()))
+            );
+        }
+        assert_eq!(plan_images(&cfg, &ObservedImages::FromRepo), None);
+    }
 }

@@ -987,4 +987,135 @@ mod tests {
         cfg.cluster = "a_b".to_owned();
         assert!(iam_match(resource, &arn(cfg.events_queue_name())));
     }
+
+    const BASE: &str = "arn:aws:sqs:eu-west-1:123456789012:";
+
+    /// Everything as `up` makes it for `cfg`.
+    fn in_sync(cfg: &DeployConfig) -> ObservedEvents {
+        let dlq_arn = format!("{BASE}{}", cfg.events_dlq_name());
+        let queue_arn = format!("{BASE}{}", cfg.events_queue_name());
+        let rule_arn = format!(
+            "arn:aws:events:eu-west-1:123456789012:rule/{}",
+            cfg.events_rule_name()
+        );
+        let cluster_arn = format!("arn:aws:ecs:eu-west-1:123456789012:cluster/{}", cfg.cluster);
+        let mut attributes: HashMap<Attr, String> =
+            queue_attributes(&dlq_arn).into_iter().collect();
+        attributes.insert(
+            Attr::Policy,
+            queue_policy(&queue_arn, &rule_arn).to_string(),
+        );
+        ObservedEvents {
+            dlq: Some(Queue {
+                url: "http://sqs/dlq".to_owned(),
+                arn: dlq_arn,
+                attributes: dlq_attributes().into_iter().collect(),
+                owned: true,
+            }),
+            queue: Some(Queue {
+                url: "http://sqs/queue".to_owned(),
+                arn: queue_arn.clone(),
+                attributes,
+                owned: true,
+            }),
+            rule: Some(Rule {
+                arn: rule_arn,
+                pattern: Some(event_pattern(&cluster_arn).to_string()),
+                enabled: true,
+                owned: true,
+                targets: HashMap::from([(TARGET_ID.to_owned(), queue_arn)]),
+            }),
+        }
+    }
+
+    #[test]
+    fn plan_creates_everything_in_an_empty_account() {
+        let cfg = DeployConfig::new("prod", "eu-west-1");
+        assert_eq!(
+            plan_events(&cfg, &ObservedEvents::default()),
+            EventsPlan {
+                dlq: QueuePlan::Create,
+                queue: QueuePlan::Create,
+                rule: RulePlan::Create,
+                target: Action::Create,
+                policy: Action::Create,
+                set_queue_attributes: true,
+            }
+        );
+    }
+
+    #[test]
+    fn plan_leaves_plumbing_in_sync() {
+        let cfg = DeployConfig::new("prod", "eu-west-1");
+        assert_eq!(
+            plan_events(&cfg, &in_sync(&cfg)),
+            EventsPlan {
+                dlq: QueuePlan::Unchanged,
+                queue: QueuePlan::Unchanged,
+                rule: RulePlan::Unchanged,
+                target: Action::Unchanged,
+                policy: Action::Unchanged,
+                set_queue_attributes: false,
+            }
+        );
+    }
+
+    #[test]
+    fn plan_puts_drift_right() {
+        let cfg = DeployConfig::new("prod", "eu-west-1");
+        let mut have = in_sync(&cfg);
+        if let Some(rule) = &mut have.rule {
+            rule.enabled = false;
+            rule.pattern = Some(event_pattern("arn:aws:ecs:eu-west-1:1:cluster/other").to_string());
+            rule.targets.clear();
+        }
+        if let Some(q) = &mut have.queue {
+            q.attributes
+                .insert(Attr::VisibilityTimeout, "30".to_owned());
+            let other = queue_policy(&q.arn, "arn:aws:events:eu-west-1:123456789012:rule/x");
+            q.attributes.insert(Attr::Policy, other.to_string());
+        }
+        if let Some(q) = &mut have.dlq {
+            q.attributes.remove(&Attr::SqsManagedSseEnabled);
+        }
+        assert_eq!(
+            plan_events(&cfg, &have),
+            EventsPlan {
+                dlq: QueuePlan::Update(vec!["SqsManagedSseEnabled".to_owned()]),
+                queue: QueuePlan::Update(vec!["VisibilityTimeout".to_owned()]),
+                rule: RulePlan::Update(vec!["event pattern", "state (disabled)"]),
+                target: Action::Create,
+                policy: Action::Update,
+                set_queue_attributes: true,
+            }
+        );
+    }
+
+    #[test]
+    fn plan_after_an_up_cut_short_names_what_exists() {
+        // Only the dead-letter queue: the rest is created, and the queue's
+        // target and policy follow its account and region.
+        let cfg = DeployConfig::new("prod", "eu-west-1");
+        let mut have = in_sync(&cfg);
+        have.queue = None;
+        have.rule = None;
+        let plan = plan_events(&cfg, &have);
+        assert_eq!(plan.dlq, QueuePlan::Unchanged);
+        assert_eq!(
+            (plan.queue, plan.rule, plan.target, plan.policy),
+            (
+                QueuePlan::Create,
+                RulePlan::Create,
+                Action::Create,
+                Action::Create
+            )
+        );
+        // A target that names another queue is updated.
+        let mut have = in_sync(&cfg);
+        if let Some(rule) = &mut have.rule {
+            rule.targets
+                .insert(TARGET_ID.to_owned(), format!("{BASE}other"));
+        }
+        assert_eq!(plan_events(&cfg, &have).target, Action::Update);
+    }
 }

@@ -977,4 +977,74 @@ mod launch_template_tests {
         let plan = plan_launch_template(&cfg, AMI, Some("sg-1"), USER_DATA, Some(&no_data));
         assert_eq!(plan, LaunchTemplatePlan::NewVersion(vec!["no data"]));
     }
+
+    fn wanted() -> Wanted {
+        Wanted {
+            ami: AMI.to_owned(),
+            group_id: Some("sg-1".to_owned()),
+            net: Network {
+                vpc_id: "vpc-1".to_owned(),
+                vpc_cidr: "10.0.0.0/16".to_owned(),
+                subnets: vec!["subnet-a".to_owned()],
+            },
+            user_data: "#!/bin/bash".to_owned(),
+        }
+    }
+
+    #[test]
+    fn plan_instances_creates_the_template_and_the_group() {
+        let cfg = DeployConfig::new("c", "r");
+        let have = ObservedInstances {
+            launch: ObservedLaunch::Template(None),
+            asg: None,
+        };
+        assert_eq!(
+            plan_instances(&cfg, &wanted(), &have),
+            InstancesPlan {
+                launch: LaunchPlan::Template(LaunchTemplatePlan::Create),
+                asg: AsgPlan::Create,
+                replaced: Vec::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn plan_instances_replaces_a_launch_configuration_whose_content_changed() {
+        let mut cfg = DeployConfig::new("c", "r");
+        cfg.launch_configuration = true;
+        let want = wanted();
+        let Launch::Configuration(name) = wanted_launch(&cfg, &want) else {
+            panic!("a configuration");
+        };
+        assert!(name.starts_with("ecsmesh-c-") && name.len() == "ecsmesh-c-".len() + 16);
+        // Named for its content: other user data, another name.
+        let mut other = wanted();
+        other.user_data.push_str("\necho");
+        assert_ne!(
+            wanted_launch(&cfg, &other),
+            Launch::Configuration(name.clone())
+        );
+        let old = "ecsmesh-c-0123456789abcdef".to_owned();
+        let have = ObservedInstances {
+            launch: ObservedLaunch::Configurations(vec![old.clone(), name.clone()]),
+            asg: None,
+        };
+        let plan = plan_instances(&cfg, &want, &have);
+        assert_eq!(
+            plan.launch,
+            LaunchPlan::Configuration {
+                name: name.clone(),
+                create: false
+            }
+        );
+        assert_eq!(plan.replaced, [old]);
+        let have = ObservedInstances {
+            launch: ObservedLaunch::Configurations(Vec::new()),
+            asg: None,
+        };
+        assert_eq!(
+            plan_instances(&cfg, &want, &have).launch,
+            LaunchPlan::Configuration { name, create: true }
+        );
+    }
 }

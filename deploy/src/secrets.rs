@@ -508,4 +508,128 @@ mod tests {
         );
         assert_ne!(a, b);
     }
+
+    fn observed(names: &[String]) -> ObservedSecrets {
+        ObservedSecrets {
+            existing: names
+                .iter()
+                .map(|n| (n.clone(), Existing { owned: true }))
+                .collect(),
+            partial_tls: Vec::new(),
+        }
+    }
+
+    fn files(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_first_up_generates_everything() {
+        let cfg = DeployConfig::new("c", "r");
+        let plan = plan_secrets(&cfg, &ObservedSecrets::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.tls, Some(TlsPlan::Generate));
+        let names: Vec<&str> = plan.parameters.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, Deployer::all_managed_parameters(&cfg));
+        assert_eq!(
+            plan.parameters[0].1,
+            ParameterPlan::Create(Source::TlsFile(CA_CERT))
+        );
+        assert_eq!(
+            plan.parameters[5..]
+                .iter()
+                .map(|(_, p)| *p)
+                .collect::<Vec<_>>(),
+            [
+                ParameterPlan::Create(Source::AdminToken),
+                ParameterPlan::Create(Source::AgentToken)
+            ]
+        );
+        assert_eq!(
+            plan.written(),
+            files(&[
+                CA_CERT,
+                CA_KEY,
+                ADMIN_CERT,
+                ADMIN_KEY,
+                ADMIN_TOKEN_PARAMETER
+            ])
+        );
+    }
+
+    #[test]
+    fn a_second_up_keeps_everything() {
+        let cfg = DeployConfig::new("c", "r");
+        let mut have = observed(&Deployer::all_managed_parameters(&cfg));
+        have.existing.insert(
+            "/ecsmesh/c/agent-token".to_owned(),
+            Existing { owned: false },
+        );
+        let plan = plan_secrets(&cfg, &have).unwrap().unwrap();
+        assert_eq!(plan.tls, Some(TlsPlan::Keep));
+        assert!(
+            plan.parameters.iter().all(|(n, p)| {
+                let ours = !n.ends_with("agent-token");
+                *p == ParameterPlan::Keep { owned: ours }
+            }),
+            "{plan:?}"
+        );
+        assert!(plan.written().is_empty());
+    }
+
+    #[test]
+    fn an_up_cut_short_is_completed_from_the_operator_s_files_only() {
+        let cfg = DeployConfig::new("c", "r");
+        let mut names = Deployer::all_managed_parameters(&cfg);
+        names.retain(|n| !n.ends_with("/tls/agent.pem") && !n.ends_with("/admin-token"));
+        let mut have = observed(&names);
+        have.partial_tls = names
+            .iter()
+            .filter(|n| n.contains("/tls/"))
+            .map(|n| (n.clone(), "x.pem", true))
+            .collect();
+        let plan = plan_secrets(&cfg, &have).unwrap().unwrap();
+        assert_eq!(plan.tls, Some(TlsPlan::FromDir));
+        let created: Vec<(&str, Source)> = plan
+            .parameters
+            .iter()
+            .filter_map(|(n, p)| match p {
+                ParameterPlan::Create(s) => Some((n.as_str(), *s)),
+                ParameterPlan::Keep { .. } => None,
+            })
+            .collect();
+        assert_eq!(
+            created,
+            [
+                ("/ecsmesh/c/tls/agent.pem", Source::TlsFile("agent-1.pem")),
+                ("/ecsmesh/c/admin-token", Source::AdminToken)
+            ]
+        );
+        assert_eq!(plan.written(), files(&[ADMIN_TOKEN_PARAMETER]));
+        // A file that differs: another CA's, refused.
+        have.partial_tls[1].2 = false;
+        let err = plan_secrets(&cfg, &have).unwrap_err().to_string();
+        assert!(
+            err.contains("only some of the mesh's TLS parameters") && err.contains("x.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_user_s_tls_leaves_the_tokens_and_insecure_leaves_all() {
+        let mut cfg = DeployConfig::new("c", "r");
+        cfg.tls_ssm_prefix = Some("/mine/tls".to_owned());
+        let plan = plan_secrets(&cfg, &ObservedSecrets::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.tls, None);
+        let names: Vec<&str> = plan.parameters.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["/ecsmesh/c/admin-token", "/ecsmesh/c/agent-token"]);
+        cfg.insecure = true;
+        assert_eq!(
+            plan_secrets(&cfg, &ObservedSecrets::default()).unwrap(),
+            None
+        );
+    }
 }

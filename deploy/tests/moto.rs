@@ -2259,6 +2259,8 @@ async fn two_replicas_by_default_behind_a_load_balancer_up_makes() {
     let d = Deployer::new(&conf, cfg).unwrap();
     let plan = d.up(true).await.unwrap();
     assert!(changes(&plan).contains(&"create load-balancer ecsmesh-tau".to_owned()));
+    // Not known before the balancer exists.
+    assert_eq!(plan.controller_address, None);
     let first = d.up(false).await.unwrap();
     for c in [
         "create load-balancer ecsmesh-tau",
@@ -2339,6 +2341,29 @@ async fn two_replicas_by_default_behind_a_load_balancer_up_makes() {
         user_data.contains(&format!("ECSMESH_CONTROLLER='https://{dns}:4321'")),
         "{user_data}"
     );
+    // ecsmeshctl too: `up` reports the address and the settings file names it.
+    let address = format!("https://{dns}:4321");
+    assert_eq!(first.controller_address.as_deref(), Some(address.as_str()));
+    let dir = secrets.path().join("tau");
+    let path = dir.join("ecsmeshctl.yaml");
+    let settings = std::fs::read_to_string(&path).unwrap();
+    let line = format!("controller: \"{address}\"");
+    assert!(settings.lines().any(|l| l == line), "{settings}");
+    assert!(changes(&d.up(false).await.unwrap()).is_empty());
+    // A settings file an older `up` wrote (loopback) gets the balancer's
+    // address; the rest of it is left as it is.
+    let older = settings.replace(&line, "controller: \"https://127.0.0.1:4321\"");
+    std::fs::write(&path, format!("{older}timeout: 5s\n")).unwrap();
+    let again = d.up(false).await.unwrap();
+    assert_eq!(
+        changes(&again),
+        [format!("update operator-secrets {}", dir.display())]
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        format!("{settings}timeout: 5s\n")
+    );
+    assert_eq!(mode(&path), 0o600);
     assert!(changes(&d.up(false).await.unwrap()).is_empty());
 
     let down = d.down(false).await.unwrap();
