@@ -65,7 +65,7 @@ impl Resource for Cluster {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_cluster(dry_run, steps).await
+        d.destroy_cluster(dry_run, steps).await
     }
 }
 
@@ -211,7 +211,7 @@ impl Deployer {
     /// `down`'s cluster when ours: ECS refuses to delete one with
     /// registered instances, and terminated instances leave theirs behind
     /// for a while, so they are deregistered.
-    async fn down_cluster(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_cluster(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let tags = self.cluster_active().await?;
         let owned = tags

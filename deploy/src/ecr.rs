@@ -8,7 +8,7 @@
 //! definitions and the user data name it by digest,
 //! `<repositoryUri>@sha256:…`, so that what runs is exactly what was built.
 //!
-//! A [`Resource`] like every module: observe (the local build, each
+//! A resource module like every other (`Resource`): observe (the local build, each
 //! repository, whether the registry has each image), plan (`plan_images`,
 //! pure: `plan_repository` for each repository, a push for each image the
 //! registry lacks), apply (or, dry, only report), destroy (the
@@ -458,7 +458,7 @@ impl Resource for Images {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_images(dry_run, steps).await
+        d.destroy_images(dry_run, steps).await
     }
 }
 
@@ -757,7 +757,7 @@ impl Deployer {
     }
 
     /// `down`'s repositories: each deleted with its images when tagged ours.
-    async fn down_images(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_images(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         for (image, repo) in self.observe_repositories().await? {
             let name = self.cfg.ecr_repository(image);
             match repo {

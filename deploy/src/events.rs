@@ -386,7 +386,7 @@ impl Resource for EcsEvents {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_events(dry_run, steps).await
+        d.destroy_events(dry_run, steps).await
     }
 }
 
@@ -799,7 +799,7 @@ impl Deployer {
     /// `down`'s events plumbing, whatever this run's `--no-events`: the
     /// rule's targets and the rule, then the queue and its dead-letter
     /// queue, each only when tagged ours.
-    async fn down_events(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_events(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let rule_name = cfg.events_rule_name();
         match self.find_rule(&rule_name).await? {

@@ -253,7 +253,7 @@ impl Resource for Roles {
     ) -> Result<Option<String>> {
         let mut controller_role = None;
         for ((spec, have), changes) in have.into_iter().zip(plan) {
-            let made = d.up_role(dry_run, &spec, changes, steps).await?;
+            let made = d.apply_role(dry_run, &spec, changes, steps).await?;
             if !spec.profile {
                 controller_role = made.or(have.arn);
             }
@@ -262,7 +262,7 @@ impl Resource for Roles {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_iam(dry_run, steps).await
+        d.destroy_iam(dry_run, steps).await
     }
 }
 
@@ -328,7 +328,7 @@ impl Deployer {
     }
 
     /// One role: its changes applied and reported. The ARN of a role made.
-    async fn up_role(
+    async fn apply_role(
         &self,
         dry_run: bool,
         spec: &RoleSpec,
@@ -436,14 +436,19 @@ impl Deployer {
     /// `down`'s role and profile (whatever this run's `--instance-profile`):
     /// the profile emptied and deleted, the role's inline policies, the role;
     /// each only when tagged ours.
-    async fn down_iam(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_iam(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         for spec in role_specs(&self.cfg) {
-            self.down_role(dry_run, &spec, steps).await?;
+            self.destroy_role(dry_run, &spec, steps).await?;
         }
         Ok(())
     }
 
-    async fn down_role(&self, dry_run: bool, spec: &RoleSpec, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_role(
+        &self,
+        dry_run: bool,
+        spec: &RoleSpec,
+        steps: &mut Vec<Step>,
+    ) -> Result<()> {
         let name = spec.name.clone();
         let have = self.observe_role(spec).await?;
         match &have.profile {

@@ -387,7 +387,7 @@ impl Resource for Instances {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_instances(dry_run, steps).await
+        d.destroy_instances(dry_run, steps).await
     }
 }
 
@@ -772,7 +772,7 @@ impl Deployer {
 
     /// `down`'s auto scaling group (waiting for its instances to end), the
     /// launch template and every launch configuration of ours.
-    async fn down_instances(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_instances(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let base = cfg.base_name();
         // Auto scaling group.

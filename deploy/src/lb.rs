@@ -149,7 +149,7 @@ impl Resource for LoadBalancer {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_lb(dry_run, steps).await
+        d.destroy_lb(dry_run, steps).await
     }
 }
 
@@ -429,7 +429,7 @@ impl Deployer {
 
     /// `down`'s balancer (its listeners go with it), then the target group
     /// (retried while the balancer's deletion still holds it); only ours.
-    async fn down_lb(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_lb(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let name = self.cfg.lb_name();
         let have = self.observe_balancer().await?;
         match &have.lb {

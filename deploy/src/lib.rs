@@ -34,7 +34,9 @@
 //! `ecsmeshctl certs init` makes it (unless the user brings their own with
 //! [`DeployConfig::tls_ssm_prefix`]), and an admin and an agent token. The
 //! operator's half (the CA and its key, the admin certificate and token, an
-//! ecsmeshctl settings file) goes to [`DeployConfig::secrets_dir`]. The
+//! ecsmeshctl settings file naming where the controller is reached, the
+//! load balancer `up` made when it made one: [`Report::controller_address`])
+//! goes to [`DeployConfig::secrets_dir`]. The
 //! user data copies the parameters to files at boot and every 15 minutes
 //! after (a systemd timer): [`TLS_PARAMETERS`] into [`TLS_DIR`], the tokens
 //! into [`AGENT_TOKEN_DIR`] and [`ADMIN_TOKEN_DIR`]; the agent and the
@@ -56,23 +58,40 @@
 //! ([`ecr`], with [`DeployConfig::images`]): ECR repositories, the images
 //! pushed with ECR's token, the task definitions pinned to their digests.
 //!
-//! The structure: one module per resource kind (`network`, `iam`,
-//! `secrets`, `cluster`, `events`, `table`, `ecr`, `lb`, `taskdefs`,
-//! `instances`, `services`), each with the same four roles. Observe: an
-//! async method of [`Deployer`] that only reads (`observe_*`, `find_*`,
-//! `describe_*`). Plan: a free function of what is wanted and what was
-//! observed, with no I/O, returning what to do (create, unchanged, or
-//! update with what differs), unit-tested in its module: `plan_*` (`plan`
-//! in `iam` and `lb`; in `events` the comparisons `attribute_diffs` and
-//! `same_json`; `secrets` only creates what is missing, a lookup in what
-//! exists). Apply: `up_*(dry_run, ..)` observes, plans and, unless
-//! `dry_run`, carries the plan out; both ways it reports the plan's steps,
-//! so `--dry-run` shows the plan from the same code. Destroy:
-//! `down_*(dry_run, ..)`, only what carries the owner tag. The driver
-//! (`ops`) calls `up_*` in dependency order and `down_*` in reverse. These
-//! are per-module functions, not (yet) one trait: what a module wants is
-//! partly what an earlier one made (the VPC, the rendered user data, the
-//! task definitions' ARNs), so the signatures differ.
+//! The structure: one module per resource kind, each implementing the one
+//! interface of module `resource`, a trait with four verbs (the shape of a
+//! Terraform provider's resource, or a `kube-runtime` reconciler):
+//!
+//! - `observe(deployer, &wanted)`: reads what exists, read-only API calls
+//!   only;
+//! - `plan(config, &wanted, &observed)`: what to do (create, unchanged, or
+//!   update with what differs), a pure function, unit-tested in its module
+//!   (`plan_*`: `plan_security_group`, `plan_secrets`, `plan_role`,
+//!   `plan_cluster`, `plan_events`, `plan_table`, `plan_images`,
+//!   `plan_balancer`, `plan_operator`, `plan_task_definition`,
+//!   `plan_instances`, `plan_service`); an error when something exists that
+//!   `up` must not use (another owner's balancer or role of that name);
+//! - `apply(deployer, dry_run, wanted, observed, plan, &mut steps)`:
+//!   carries the plan out and reports each step; with `dry_run` it calls no
+//!   mutating API and reports the same steps, so `--dry-run` shows the plan
+//!   from the same code;
+//! - `destroy(deployer, dry_run, &mut steps)`: removes only what carries the
+//!   owner tag, whatever this run's flags.
+//!
+//! Each module has a typed `Wanted` input and `Output`: what a module needs
+//! from earlier ones (the security group's id and the rendered user data
+//! for the launch template, the controller role's ARN, the events queue's
+//! URL, the images and the balancer's address for the task definitions,
+//! the balancer's address for ecsmeshctl's settings file, the task
+//! definitions' ARNs and the target group for the services) is built by
+//! the driver ([`Deployer::up`]) from their outputs, in one place. The
+//! order is one list, `resource::ORDER`: network (VPC, AMI: read only),
+//! secrets, iam, security group, cluster, events, table, images, load
+//! balancer, operator (the local directory and settings file), task
+//! definitions, instances, services. `up` and `status` reconcile the
+//! modules in that order (a check fails `up` if the code strays from it),
+//! `down` destroys them in reverse; a test checks that every module comes
+//! after what it needs.
 
 mod cluster;
 pub mod config;

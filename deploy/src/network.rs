@@ -245,7 +245,7 @@ impl Resource for SecurityGroup {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_security_group(dry_run, steps).await
+        d.destroy_security_group(dry_run, steps).await
     }
 }
 
@@ -464,7 +464,7 @@ impl Deployer {
     }
 
     /// `down`'s security group(s): named ours and tagged ours, in any VPC.
-    async fn down_security_group(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_security_group(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let base = cfg.base_name();
         let groups = self

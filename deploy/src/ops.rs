@@ -145,7 +145,7 @@ impl Deployer {
         self.up(true).await
     }
 
-    /// Creates or updates everything, each resource in [`ORDER`]; with
+    /// Creates or updates everything, each resource in `resource::ORDER`; with
     /// `dry_run`, only reports. What each needs from the ones before it
     /// is built here, from their outputs: this is the one place the data
     /// flows between resources.
@@ -302,7 +302,7 @@ impl Deployer {
     }
 
     /// Removes every resource tagged `ecsmesh:owner=<cluster>`, in
-    /// [`ORDER`] backwards: what uses a resource goes before it.
+    /// `resource::ORDER` backwards: what uses a resource goes before it.
     pub async fn down(&self, dry_run: bool) -> Result<Report> {
         let mut steps = Vec::new();
         for kind in down_order() {

@@ -19,7 +19,7 @@
 //! the balancer's address for the user data and the settings file) is its
 //! typed [`Resource::Wanted`], which the driver (`ops`) builds from their
 //! [`Resource::Output`]s. [`ORDER`] is the one list `up`, `status` and
-//! `down` (backwards) walk; [`Kind::needs`] are its edges, checked by a
+//! `down` (backwards) walk; `Kind::needs` are its edges, checked by a
 //! test: every kind comes after what it needs.
 
 use crate::Step;

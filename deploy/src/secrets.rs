@@ -260,7 +260,7 @@ impl Resource for Secrets {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_secrets(dry_run, steps).await
+        d.destroy_secrets(dry_run, steps).await
     }
 }
 
@@ -426,7 +426,7 @@ impl Deployer {
     /// `down`'s secrets: every managed parameter tagged ours is deleted,
     /// any other is kept. The operator's directory is left alone (it holds
     /// the CA's key).
-    async fn down_secrets(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_secrets(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let names = Self::all_managed_parameters(&self.cfg);
         let existing = self.existing_parameters(&names).await?;
         for name in names {

@@ -167,7 +167,7 @@ impl Resource for Services {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_services(dry_run, steps).await
+        d.destroy_services(dry_run, steps).await
     }
 }
 
@@ -423,7 +423,7 @@ impl Deployer {
 
     /// `down`'s services (every role, whatever this run's flags), each only
     /// when tagged ours.
-    async fn down_services(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_services(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let mut all: Vec<&str> = vec![CONTROLLER_SERVICE, AGENT_SERVICE];
         all.extend(DEMO_SERVICES);

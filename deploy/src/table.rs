@@ -125,7 +125,7 @@ impl Resource for DtabTable {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_table(dry_run, steps).await
+        d.destroy_table(dry_run, steps).await
     }
 }
 
@@ -322,7 +322,7 @@ impl Deployer {
 
     /// `down`'s table, whatever this run's store: deleted when ours (the
     /// dtab overrides go with it).
-    async fn down_table(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_table(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let name = self.cfg.dynamodb_table();
         match self.observe_table().await? {
             Some(t) if t.owned => {

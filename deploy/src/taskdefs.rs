@@ -143,7 +143,7 @@ impl Resource for TaskDefinitions {
     }
 
     async fn destroy(d: &Deployer, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
-        d.down_task_definitions(dry_run, steps).await
+        d.destroy_task_definitions(dry_run, steps).await
     }
 }
 
@@ -467,7 +467,7 @@ impl Deployer {
 
     /// `down`'s task definitions: every ACTIVE revision of our families (the
     /// family names do not depend on the images), when tagged ours.
-    async fn down_task_definitions(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
+    async fn destroy_task_definitions(&self, dry_run: bool, steps: &mut Vec<Step>) -> Result<()> {
         let cfg = &self.cfg;
         let repo_images = Rendering::from_config(cfg);
         for (_, template) in Self::all_task_templates() {
