@@ -482,10 +482,13 @@ async fn retries_never_resend_what_may_have_run() {
         assert!(head.contains("l5d-err: timeout"), "{head}");
         assert_eq!(hits() - before, 1, "a timed-out {method} was sent again");
     }
-    // A GET may be: it is idempotent, and goes to the other endpoint.
-    let before = hits();
+    // A GET may be: it is idempotent, and goes to the other endpoint
+    // first (then to either again, within max_retries and the time).
+    let (a, b) = (slow.hits(), slower.hits());
     let _ = raw_status(agent.outgoing_addr, "GET", "slow").await;
-    assert_eq!(hits() - before, 2, "GET not retried");
+    let (a, b) = (slow.hits() - a, slower.hits() - b);
+    assert!(a >= 1 && b >= 1, "GET not retried elsewhere: {a} and {b}");
+    assert!(a + b <= 4, "more than 1 + max_retries attempts: {}", a + b);
 }
 
 #[tokio::test]

@@ -826,7 +826,14 @@ impl Proxy {
         }
         self.metrics
             .failure(service, Some(client_name), failure.class());
-        let resp = failure.response(sent, attempt_limit);
+        // Named by the limit that ran out: the attempt's own, or the
+        // request's whole time (both fire together when it is the tighter).
+        let ran_out = if policy.attempt_timeout < left {
+            policy.attempt_timeout
+        } else {
+            limit.remaining
+        };
+        let resp = failure.response(sent, ran_out);
         let retry = if failure.never_sent() {
             // Provably never reached the endpoint: any method may go
             // elsewhere, if its body is still whole.
@@ -951,6 +958,18 @@ impl Proxy {
                         .or_else(|| all.pick(tried))
                         .or_else(|| draining.pick(tried))
                 };
+                // A retry prefers an endpoint not tried yet; with none left
+                // it may go to one again (as Linkerd's retries do), unless
+                // failure accrual has taken it out.
+                let pick = pick.or_else(|| {
+                    if tried.is_empty() {
+                        None
+                    } else if side == Side::Incoming {
+                        local.pick(&[])
+                    } else {
+                        all.pick(&[]).or_else(|| draining.pick(&[]))
+                    }
+                });
                 let Some(pick) = pick else {
                     return Ok(None);
                 };
