@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 
-const PROTOS: &[&str] = &["ecsmesh/v1/mesh.proto", "ecsmesh/v1/dtab_admin.proto"];
+const PROTOS: &[&str] = &[
+    "ecsmesh/v1/mesh.proto",
+    "ecsmesh/v1/dtab_admin.proto",
+    "ecsmesh/v1/policy_admin.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

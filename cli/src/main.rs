@@ -5,6 +5,7 @@ mod config;
 mod deploy;
 mod dtab;
 mod output;
+mod policy;
 mod remote;
 
 use std::process::ExitCode;
@@ -28,6 +29,10 @@ enum Command {
     /// --dtab) and the controller's dtab API.
     #[command(subcommand)]
     Dtab(dtab::DtabCommand),
+    /// Service policies (timeouts, retries, classifiers, balancing) on the
+    /// controller, and `check` to validate one offline.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// The agents connected to the controller and whether they converged.
     Status(remote::StatusCommand),
     /// Certificates for TLS on every hop: `certs init` makes a mesh CA and
@@ -56,6 +61,11 @@ fn run(command: &Command) -> anyhow::Result<()> {
     {
         return output::emit(&answer);
     }
+    if let Command::Policy(cmd) = command
+        && let Some(answer) = policy::run_offline(cmd)?
+    {
+        return output::emit(&answer);
+    }
     // Only the controller commands need a runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -63,6 +73,7 @@ fn run(command: &Command) -> anyhow::Result<()> {
     runtime.block_on(async {
         match command {
             Command::Dtab(cmd) => remote::run_dtab(cmd).await,
+            Command::Policy(cmd) => policy::run(cmd).await,
             Command::Status(cmd) => remote::status(cmd).await,
             Command::Deploy(cmd) => deploy::run(cmd).await,
             Command::Certs(cmd) => output::emit(&certs::run(cmd)?),

@@ -56,7 +56,7 @@ pub struct ControllerArgs {
 
 /// [`ControllerArgs`] with the settings file and the token looked up.
 #[derive(Debug)]
-struct Target {
+pub(crate) struct Target {
     controller: String,
     /// Looked up for writes only: reads need no token file.
     token: Option<String>,
@@ -68,7 +68,7 @@ struct Target {
 
 impl ControllerArgs {
     /// Flags and environment first, then the settings file, then defaults.
-    fn target(&self, writes: bool) -> Result<Target> {
+    pub(crate) fn target(&self, writes: bool) -> Result<Target> {
         let env = |k: &str| std::env::var(k).ok();
         let file = crate::config::load(self.config.as_deref(), &env)?;
         let token = if writes {
@@ -203,19 +203,28 @@ pub struct DtabFile {
 impl DtabFile {
     /// The dtab text: the positional argument, or the file's (stdin's) content.
     fn text(&self, positional: Option<&str>) -> Result<String> {
-        match (positional, &self.file) {
-            (Some(d), _) => Ok(d.to_owned()),
-            (None, Some(p)) if p.as_os_str() == "-" => {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                    .context("reading the dtab from stdin")?;
-                Ok(text)
-            }
-            (None, Some(p)) => std::fs::read_to_string(p)
-                .with_context(|| format!("reading the dtab from {}", p.display())),
-            // clap requires one of the two.
-            (None, None) => bail!("give a dtab, or -f FILE"),
+        input_text("dtab", positional, self.file.as_deref())
+    }
+}
+
+/// A document given on the command line, or in a file (`-` for stdin).
+pub(crate) fn input_text(
+    what: &str,
+    positional: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<String> {
+    match (positional, file) {
+        (Some(d), _) => Ok(d.to_owned()),
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .with_context(|| format!("reading the {what} from stdin"))?;
+            Ok(text)
         }
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading the {what} from {}", p.display())),
+        // clap requires one of the two.
+        (None, None) => bail!("give a {what}, or -f FILE"),
     }
 }
 
@@ -228,7 +237,7 @@ pub struct StatusCommand {
     out: OutputArg,
 }
 
-async fn connect(args: &Target) -> Result<Channel> {
+pub(crate) async fn connect(args: &Target) -> Result<Channel> {
     let url = if args.controller.contains("://") {
         args.controller.clone()
     } else if args.tls_ca.is_some() {
@@ -269,7 +278,7 @@ async fn connect(args: &Target) -> Result<Channel> {
     connected.with_context(|| format!("connecting to the controller at {url}"))
 }
 
-fn authorized<T>(args: &Target, msg: T) -> Result<Request<T>> {
+pub(crate) fn authorized<T>(args: &Target, msg: T) -> Result<Request<T>> {
     let mut req = Request::new(msg);
     if let Some(token) = &args.token {
         req.metadata_mut().insert(
@@ -282,7 +291,7 @@ fn authorized<T>(args: &Target, msg: T) -> Result<Request<T>> {
     Ok(req)
 }
 
-fn version_text(v: &[u8]) -> String {
+pub(crate) fn version_text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 

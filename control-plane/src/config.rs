@@ -90,6 +90,7 @@ pub struct LimitsFileConfig {
     pub max_services: Option<usize>,
     pub max_dtab_bytes: Option<usize>,
     pub max_namespaces: Option<usize>,
+    pub max_policies: Option<usize>,
 }
 
 /// The `tls:` section of the file (see [`Security`]).
@@ -384,6 +385,9 @@ pub struct Args {
     /// Stored namespaces; creating more is refused [default: 1000].
     #[arg(long, env = "ECSMESH_MAX_NAMESPACES")]
     pub max_namespaces: Option<usize>,
+    /// Stored service policies; creating more is refused [default: 1000].
+    #[arg(long, env = "ECSMESH_MAX_POLICIES")]
+    pub max_policies: Option<usize>,
 }
 
 /// ECS settings, resolved.
@@ -633,6 +637,12 @@ fn limits(
                 args.max_namespaces,
                 file.max_namespaces,
                 dtabs.max_namespaces,
+            )?,
+            max_policies: pick(
+                "max_policies",
+                args.max_policies,
+                file.max_policies,
+                dtabs.max_policies,
             )?,
         },
     ))

@@ -46,7 +46,7 @@ use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::sources::Observed;
 use crate::store::consul_kv::ConsulStore;
-use crate::store::{DtabStore, file::FileStore};
+use crate::store::{Document, DtabStore, PolicyStore, Store, file::FileStore};
 
 /// A started controller: its bound addresses and its shared parts.
 #[derive(Debug)]
@@ -56,6 +56,8 @@ pub struct Controller {
     pub publisher: Arc<Publisher>,
     pub observed: Arc<Observed>,
     pub store: Arc<DtabStore>,
+    /// The service policies (issue #18), in the same backend as the dtabs.
+    pub policies: Arc<PolicyStore>,
     pub agents: Arc<Agents>,
     /// Leader, follower or (starting) candidate; always leader without a
     /// shared store.
@@ -81,6 +83,7 @@ impl Controller {
         let instances = agent_instances(&config)?;
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(open_store(&config, &metrics).await?);
+        let policies = Arc::new(open_store(&config, &metrics).await?);
         let publisher = Arc::new(Publisher::new());
         let agents = Arc::new(Agents::new(config.security.traffic_limits));
         let observed = Arc::new(Observed::new(expected_sources(&config, extra_sources)));
@@ -111,11 +114,11 @@ impl Controller {
         .await?;
         let role = roles.role.clone();
         tasks.spawn(reconcile_task(
-            &config, &observed, &store, &publisher, &metrics,
+            &config, &observed, &store, &policies, &publisher, &metrics,
         ));
         let dtab_admin = grpc::admin::AdminService::new(
             &config,
-            Arc::clone(&store),
+            (Arc::clone(&store), Arc::clone(&policies)),
             Arc::clone(&publisher),
             Arc::clone(&metrics),
         );
@@ -164,6 +167,7 @@ impl Controller {
             publisher,
             observed,
             store,
+            policies,
             agents,
             role,
             election: roles.election,
@@ -239,28 +243,30 @@ fn expected_sources(config: &Config, extra_sources: &[&str]) -> Vec<String> {
     expected
 }
 
-/// The configured dtab store: the file store, Consul KV or DynamoDB.
-async fn open_store(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<DtabStore> {
+/// The configured store of one document kind: the file store, Consul KV
+/// or DynamoDB.
+async fn open_store<D: Document>(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Store<D>> {
+    let noun = D::KIND.store_noun();
     if let Some(settings) = &config.dynamodb_store {
-        return Ok(DtabStore::Dynamo(
+        return Ok(Store::Dynamo(
             crate::store::dynamodb::DynamoStore::open(settings.clone(), Arc::clone(metrics))
                 .await
                 .with_context(|| {
-                    format!(
-                        "opening the dtab store in DynamoDB table {}",
-                        settings.table
-                    )
+                    format!("opening the {noun} in DynamoDB table {}", settings.table)
                 })?,
         ));
     }
     Ok(match &config.consul_store {
-        None => {
-            DtabStore::File(FileStore::open(&config.store_dir).context("opening the dtab store")?)
-        }
-        Some(settings) => DtabStore::Consul(
+        None => Store::File(
+            FileStore::open(&config.store_dir).with_context(|| format!("opening the {noun}"))?,
+        ),
+        Some(settings) => Store::Consul(
             ConsulStore::open(settings.clone(), Arc::clone(metrics))
                 .await
-                .context("opening the Consul dtab store")?,
+                .with_context(|| format!("opening the Consul {noun}"))?,
         ),
     })
 }
@@ -309,6 +315,9 @@ async fn serve_grpc(
         .set_serving::<pb::dtab_admin_server::DtabAdminServer<grpc::admin::AdminService>>()
         .await;
     health_reporter
+        .set_serving::<pb::policy_admin_server::PolicyAdminServer<grpc::policy::PolicyAdmin>>()
+        .await;
+    health_reporter
         .set_serving::<pb::mesh_status_server::MeshStatusServer<grpc::mesh::StatusService>>()
         .await;
     // Reflection in both versions: grpcurl speaks v1, many clients
@@ -330,6 +339,8 @@ async fn serve_grpc(
         .context("building gRPC reflection")?
         .max_decoding_message_size(SMALL_REQUEST_BYTES);
     let max_admin_request = admin.limits.max_request_bytes();
+    let max_policy_request = admin.limits.max_policy_request_bytes();
+    let policy_admin = grpc::policy::PolicyAdmin(admin.clone());
     let router = tonic::transport::Server::builder()
         // Dead agents are noticed without waiting for TCP timeouts.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
@@ -345,6 +356,10 @@ async fn serve_grpc(
         .add_service(
             pb::dtab_admin_server::DtabAdminServer::new(admin)
                 .max_decoding_message_size(max_admin_request),
+        )
+        .add_service(
+            pb::policy_admin_server::PolicyAdminServer::new(policy_admin)
+                .max_decoding_message_size(max_policy_request),
         )
         .add_service(tonic::service::interceptor::InterceptedService::new(
             pb::mesh_status_server::MeshStatusServer::new(status)
@@ -371,13 +386,17 @@ fn reconcile_task(
     config: &Config,
     observed: &Observed,
     store: &DtabStore,
+    policies: &PolicyStore,
     publisher: &Arc<Publisher>,
     metrics: &Arc<Metrics>,
 ) -> impl std::future::Future<Output = anyhow::Result<()>> + use<> {
     let (base, observed, stored) = (
         config.base_dtabs.clone(),
         observed.subscribe(),
-        store.subscribe(),
+        reconcile::StoredInputs {
+            dtabs: store.subscribe(),
+            policies: policies.subscribe(),
+        },
     );
     let (publisher, metrics) = (Arc::clone(publisher), Arc::clone(metrics));
     async move {

@@ -47,7 +47,8 @@ impl Default for TrafficLimits {
 /// such as `/svc/hello` is far shorter).
 pub const MAX_SERVICE_NAME_BYTES: usize = 256;
 
-/// Bounds on stored dtabs.
+/// Bounds on stored dtabs and service policies (a policy's own size is
+/// bounded by `ecsmesh_policy::MAX_POLICY_BYTES`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DtabLimits {
     /// A dtab's size as written (the request's text), per namespace; also
@@ -55,6 +56,8 @@ pub struct DtabLimits {
     pub max_dtab_bytes: usize,
     /// Stored namespaces; creating one more is refused.
     pub max_namespaces: usize,
+    /// Stored service policies; creating one more is refused.
+    pub max_policies: usize,
 }
 
 impl Default for DtabLimits {
@@ -62,6 +65,7 @@ impl Default for DtabLimits {
         Self {
             max_dtab_bytes: 64 * 1024,
             max_namespaces: 1_000,
+            max_policies: 1_000,
         }
     }
 }
@@ -82,6 +86,12 @@ impl DtabLimits {
     /// The largest `DtabAdmin` request the gRPC server decodes.
     pub fn max_request_bytes(&self) -> usize {
         self.max_dtab_bytes.saturating_add(REQUEST_OVERHEAD_BYTES)
+    }
+
+    /// The largest `PolicyAdmin` request the gRPC server decodes: a policy
+    /// at its limit, its prefix and a version.
+    pub fn max_policy_request_bytes(&self) -> usize {
+        ecsmesh_policy::MAX_POLICY_BYTES.saturating_add(REQUEST_OVERHEAD_BYTES)
     }
 
     /// Checks a dtab's text before it is parsed.

@@ -51,6 +51,7 @@ pub struct Metrics {
     push_latency_seconds: Histogram,
     tls_handshake_failures: Family<TlsFailure, Counter>,
     dtab_writes_refused: Family<Refusal, Counter>,
+    policy_writes_refused: Family<Refusal, Counter>,
     summary_services_dropped: Family<Refusal, Counter>,
     agent_messages_refused: Family<Refusal, Counter>,
     agent_streams_refused: Family<Refusal, Counter>,
@@ -85,6 +86,7 @@ impl Metrics {
             push_latency_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 19)),
             tls_handshake_failures: Family::default(),
             dtab_writes_refused: Family::default(),
+            policy_writes_refused: Family::default(),
             summary_services_dropped: Family::default(),
             agent_messages_refused: Family::default(),
             agent_streams_refused: Family::default(),
@@ -154,6 +156,11 @@ impl Metrics {
             "dtab_writes_refused",
             "Dtab writes refused by a bound, by reason (dtab_too_large, too_many_namespaces, invalid_namespace)",
             self.dtab_writes_refused.clone(),
+        );
+        r.register(
+            "policy_writes_refused",
+            "Service policy writes refused by validation or a bound, by reason (invalid_policy, invalid_prefix, too_many_policies)",
+            self.policy_writes_refused.clone(),
         );
         r.register(
             "summary_services_dropped",
@@ -265,6 +272,12 @@ impl Metrics {
 
     pub fn dtab_write_refused(&self, reason: &'static str) {
         self.dtab_writes_refused
+            .get_or_create(&Refusal { reason })
+            .inc();
+    }
+
+    pub fn policy_write_refused(&self, reason: &'static str) {
+        self.policy_writes_refused
             .get_or_create(&Refusal { reason })
             .inc();
     }

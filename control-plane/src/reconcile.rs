@@ -1,5 +1,6 @@
 //! The reconcile loop: observed endpoint sets + stored dtabs + configured
-//! base dtabs → the desired mesh state → the publisher. Level-triggered:
+//! base dtabs + stored service policies → the desired mesh state → the
+//! publisher. Level-triggered:
 //! every run computes the whole state from its inputs, and the publisher
 //! drops runs that change nothing.
 
@@ -7,14 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ecsmesh_dtab::Dtab;
+use ecsmesh_dtab::{Dtab, Path};
+use ecsmesh_policy::{PolicySet, Versioned};
 use ecsmesh_state::MeshState;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::sources::ObservedState;
-use crate::store::Namespaces;
+use crate::store::{Namespaces, Policies};
 
 /// How long the inputs must be quiet before a recompute, so a burst of
 /// changes (a deployment replacing ten tasks) makes one push.
@@ -47,26 +49,58 @@ impl BaseDtabs {
             .map(|(ns, d)| (ns.clone(), Arc::clone(d)))
             .collect();
         for (ns, s) in stored {
-            dtabs.insert(ns.clone(), Arc::new(self.effective(ns, Some(&s.dtab))));
+            dtabs.insert(ns.clone(), Arc::new(self.effective(ns, Some(&s.doc))));
         }
         dtabs
     }
 }
 
+/// The stored policies as agents match them, by prefix. Keys were checked
+/// when stored, so none is skipped in practice.
+pub fn policy_set(stored: &Policies) -> PolicySet {
+    PolicySet::new(
+        stored
+            .iter()
+            .filter_map(|(prefix, s)| {
+                let prefix = Path::read(prefix).ok()?;
+                Some((
+                    prefix,
+                    Versioned {
+                        policy: Arc::clone(&s.doc),
+                        version: s.version,
+                    },
+                ))
+            })
+            .collect(),
+    )
+}
+
 /// Computes the desired state from its inputs.
-pub fn desired_state(base: &BaseDtabs, stored: &Namespaces, observed: &ObservedState) -> MeshState {
+pub fn desired_state(
+    base: &BaseDtabs,
+    stored: &Namespaces,
+    policies: &Policies,
+    observed: &ObservedState,
+) -> MeshState {
     MeshState {
         dtabs: base.desired_dtabs(stored),
         sets: observed.merged(),
-        ..MeshState::default()
+        policies: policy_set(policies),
     }
 }
 
-/// Runs until both inputs close.
+/// What operators stored, followed by the loop.
+#[derive(Debug)]
+pub struct StoredInputs {
+    pub dtabs: watch::Receiver<Arc<Namespaces>>,
+    pub policies: watch::Receiver<Arc<Policies>>,
+}
+
+/// Runs until every input closes.
 pub async fn run(
     base: BaseDtabs,
     mut observed: watch::Receiver<ObservedState>,
-    mut stored: watch::Receiver<Arc<Namespaces>>,
+    mut stored: StoredInputs,
     publisher: Arc<Publisher>,
     metrics: Arc<Metrics>,
 ) {
@@ -74,8 +108,10 @@ pub async fn run(
         let started = Instant::now();
         let state = {
             let obs = observed.borrow_and_update();
-            let ns = stored.borrow_and_update().clone();
-            obs.ready().then(|| desired_state(&base, &ns, &obs))
+            let ns = stored.dtabs.borrow_and_update().clone();
+            let policies = stored.policies.borrow_and_update().clone();
+            obs.ready()
+                .then(|| desired_state(&base, &ns, &policies, &obs))
         };
         if let Some(state) = state {
             let endpoints = state.endpoint_count();
@@ -88,7 +124,8 @@ pub async fn run(
         }
         tokio::select! {
             r = observed.changed() => if r.is_err() { return },
-            r = stored.changed() => if r.is_err() { return },
+            r = stored.dtabs.changed() => if r.is_err() { return },
+            r = stored.policies.changed() => if r.is_err() { return },
         }
         tokio::time::sleep(DEBOUNCE).await;
     }

@@ -25,7 +25,7 @@ fn settings(consul: &ConsulDouble) -> ConsulStoreSettings {
     }
 }
 
-async fn open(consul: &ConsulDouble) -> ConsulStore {
+async fn open(consul: &ConsulDouble) -> ConsulStore<ecsmesh_dtab::Dtab> {
     ConsulStore::open(settings(consul), Arc::new(Metrics::new()))
         .await
         .unwrap()
@@ -66,7 +66,7 @@ async fn two_replicas_see_each_others_writes_and_conflicts_are_refused() {
     .await;
     assert!(matches!(
         b.create("default", dtab("/svc=>/x"), usize::MAX).await,
-        Err(StoreError::AlreadyExists(_))
+        Err(StoreError::AlreadyExists { .. })
     ));
 
     let v2 = b
@@ -77,7 +77,7 @@ async fn two_replicas_see_each_others_writes_and_conflicts_are_refused() {
     let mut a_view = a.subscribe();
     until(&mut a_view, "a sees b's update", |ns| {
         ns.get("default")
-            .is_some_and(|s| s.dtab.to_string() == "/svc=>/#/consul/dc2")
+            .is_some_and(|s| s.doc.to_string() == "/svc=>/#/consul/dc2")
     })
     .await;
 
@@ -113,7 +113,7 @@ async fn two_replicas_see_each_others_writes_and_conflicts_are_refused() {
     // Missing namespaces, version 0, deletes.
     assert!(matches!(
         a.update("other", dtab("/a=>/b"), 5).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
         a.update("default", dtab("/a=>/b"), 0).await,
@@ -128,11 +128,11 @@ async fn two_replicas_see_each_others_writes_and_conflicts_are_refused() {
     until(&mut a_view, "a sees the delete", Namespaces::is_empty).await;
     assert!(matches!(
         a.delete("default", None).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
         a.create("bad name!", dtab("/a=>/b"), usize::MAX).await,
-        Err(StoreError::InvalidNamespace(_))
+        Err(StoreError::InvalidKey { .. })
     ));
 
     // Versions only grow: a re-created namespace is newer than the old one.
@@ -174,7 +174,7 @@ async fn values_that_are_not_dtabs_are_skipped() {
         "the watch went past the bad value"
     );
     assert_eq!(ns["good"].version, good.version);
-    assert_eq!(ns["good"].dtab.to_string(), "/a=>/b");
+    assert_eq!(ns["good"].doc.to_string(), "/a=>/b");
     assert!(other.version > bad_version);
 
     // ...and a write from the stale version reports the real one, so an
@@ -212,7 +212,7 @@ async fn an_unreachable_consul_fails_open_and_writes_but_keeps_the_view() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(*store.subscribe().borrow(), before);
 
-    let err = ConsulStore::open(settings(&consul), Arc::new(Metrics::new()))
+    let err = ConsulStore::<ecsmesh_dtab::Dtab>::open(settings(&consul), Arc::new(Metrics::new()))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }), "{err}");
@@ -231,4 +231,100 @@ async fn an_unreachable_consul_fails_open_and_writes_but_keeps_the_view() {
         ns.contains_key("second")
     })
     .await;
+}
+
+/// Service policies (issue #18) share the backend, beside the dtabs: the
+/// sibling prefix `ecsmesh/policies`, the same compare-and-set and watch,
+/// each policy under its canonical prefix.
+#[tokio::test]
+async fn policies_are_shared_by_replicas_beside_the_dtabs() {
+    use ecsmesh_controller::store::PolicyStore;
+    use ecsmesh_policy::ServicePolicy;
+
+    let consul = ConsulDouble::start().await.unwrap();
+    let open_policies = || async {
+        PolicyStore::Consul(
+            ConsulStore::<ServicePolicy>::open(settings(&consul), Arc::new(Metrics::new()))
+                .await
+                .unwrap(),
+        )
+    };
+    let a = open_policies().await;
+    let b = open_policies().await;
+    let dtabs = DtabStore::Consul(open(&consul).await);
+    let policy = |text: &str| ServicePolicy::parse(text).unwrap();
+
+    let v1 = a
+        .create("/svc/payments", policy("timeouts: {total: 2s}"), 10)
+        .await
+        .unwrap();
+    let mut b_view = b.subscribe();
+    // wait_for's guard holds the channel: it must not outlive the match.
+    let seen = matches!(
+        tokio::time::timeout(
+            PATIENCE,
+            b_view.wait_for(|all| all
+                .get("/svc/payments")
+                .is_some_and(|s| s.version == v1.version)),
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    assert!(seen, "b did not see a's policy");
+    assert_eq!(
+        b.entries()["/svc/payments"].doc.total_timeout,
+        Some(Duration::from_secs(2))
+    );
+    // Kept under the policies' prefix, as canonical JSON; not a dtab.
+    let raw = kv_value(&consul, "ecsmesh/policies/svc/payments").await;
+    assert_eq!(raw, policy("timeouts: {total: 2s}").canonical());
+    assert!(dtabs.namespaces().is_empty());
+
+    // Compare-and-set as for dtabs.
+    let err = b
+        .update(
+            "/svc/payments",
+            policy("timeouts: {total: 1s}"),
+            v1.version + 5,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("policy for \"/svc/payments\" is at version"),
+        "{err}"
+    );
+    let v2 = b
+        .update("/svc/payments", policy("timeouts: {total: 1s}"), v1.version)
+        .await
+        .unwrap();
+    assert!(v2.version > v1.version);
+    // A prefix not in canonical form is refused before Consul is asked.
+    assert!(matches!(
+        a.create("svc/x", policy("{}"), 10).await,
+        Err(StoreError::InvalidKey { .. })
+    ));
+    b.delete("/svc/payments", Some(v2.version)).await.unwrap();
+    let mut a_view = a.subscribe();
+    let gone = matches!(
+        tokio::time::timeout(PATIENCE, a_view.wait_for(|all| all.is_empty())).await,
+        Ok(Ok(_))
+    );
+    assert!(gone, "a did not see the delete");
+}
+
+/// A key's raw value, read from the double's HTTP API as any Consul client.
+async fn kv_value(consul: &ConsulDouble, key: &str) -> String {
+    let client = ecsmesh_consul::Client::new(ecsmesh_consul::Config {
+        address: consul.address(),
+        ..ecsmesh_consul::Config::default()
+    })
+    .unwrap();
+    let pair = client
+        .kv_get(key, &ecsmesh_consul::QueryOptions::default())
+        .await
+        .unwrap()
+        .value
+        .unwrap();
+    String::from_utf8(pair.value).unwrap()
 }

@@ -51,7 +51,7 @@ async fn table(endpoint: &str, region: &str, name: &str) -> aws_sdk_dynamodb::Cl
     client
 }
 
-async fn open(endpoint: &str, region: &str, name: &str) -> DynamoStore {
+async fn open(endpoint: &str, region: &str, name: &str) -> DynamoStore<ecsmesh_dtab::Dtab> {
     let client = aws_sdk_dynamodb::Client::new(&sdk_config(endpoint, region).await);
     DynamoStore::with_client(
         client,
@@ -71,7 +71,7 @@ fn dtab(text: &str) -> Dtab {
 }
 
 async fn sees(
-    store: &DynamoStore,
+    store: &DynamoStore<ecsmesh_dtab::Dtab>,
     what: &str,
     done: impl Fn(&ecsmesh_controller::store::Namespaces) -> bool,
 ) {
@@ -99,14 +99,14 @@ async fn replicas_share_dtabs_with_the_file_stores_semantics() {
         .unwrap();
     assert!(matches!(
         a.create("default", dtab("/svc=>/#/ecs/x"), 10).await,
-        Err(StoreError::AlreadyExists(_))
+        Err(StoreError::AlreadyExists { .. })
     ));
     sees(&b, "the create", |n| {
         n.get("default").is_some_and(|d| d.version == v1.version)
     })
     .await;
     assert_eq!(
-        b.subscribe().borrow().clone()["default"].dtab.to_string(),
+        b.subscribe().borrow().clone()["default"].doc.to_string(),
         "/svc=>/#/ecs/a"
     );
 
@@ -149,12 +149,12 @@ async fn replicas_share_dtabs_with_the_file_stores_semantics() {
     sees(&b, "the delete", |n| !n.contains_key("default")).await;
     assert!(matches!(
         a.delete("default", None).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
         a.update("default", dtab("/svc=>/#/ecs/z"), v3.version)
             .await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     let again = a
         .create("default", dtab("/svc=>/#/ecs/c"), 10)
@@ -165,7 +165,7 @@ async fn replicas_share_dtabs_with_the_file_stores_semantics() {
     // The namespace limit.
     assert!(matches!(
         a.create("other", dtab("/svc=>/#/ecs/c"), 1).await,
-        Err(StoreError::TooManyNamespaces { limit: 1 })
+        Err(StoreError::TooMany { limit: 1, .. })
     ));
 
     // An item written by hand that is no dtab is skipped, not applied.
@@ -240,4 +240,92 @@ async fn a_controller_moved_to_a_fresh_disk_keeps_every_override() {
         .unwrap()
         .into_inner();
     assert_eq!(got.dtab, "/svc/world=>/svc/world-v2");
+}
+
+/// Service policies (issue #18) live in the same table as the dtabs
+/// (`policy#<prefix>` items, the shared version counter): replicas share
+/// them with the same compare-and-set, and neither kind sees the other's
+/// items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_share_the_table_with_the_dtabs() {
+    use ecsmesh_policy::ServicePolicy;
+
+    let moto = MotoServer::shared();
+    let (endpoint, region) = (moto.endpoint(), "eu-north-1");
+    let client = table(&endpoint, region, "policies").await;
+    let open_policies = || async {
+        DynamoStore::<ServicePolicy>::with_client(
+            aws_sdk_dynamodb::Client::new(&sdk_config(&endpoint, region).await),
+            &DynamoStoreSettings {
+                table: "policies".to_owned(),
+                poll_interval: Duration::from_millis(100),
+                ..DynamoStoreSettings::default()
+            },
+            Arc::new(Metrics::new()),
+        )
+        .await
+        .unwrap()
+    };
+    let a = open_policies().await;
+    let b = open_policies().await;
+    let dtabs = open(&endpoint, region, "policies").await;
+    let policy = |text: &str| ServicePolicy::parse(text).unwrap();
+
+    let d = dtabs
+        .create("default", dtab("/svc=>/#/ecs/a"), 10)
+        .await
+        .unwrap();
+    let v1 = a
+        .create("/svc/payments", policy("retries: {max_attempts: 3}"), 10)
+        .await
+        .unwrap();
+    assert!(v1.version > d.version, "one counter for both kinds");
+    let mut rx = b.subscribe();
+    // wait_for's guard holds the channel: it must not outlive the match.
+    let seen = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|all| all
+                .get("/svc/payments")
+                .is_some_and(|s| s.version == v1.version)),
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    assert!(seen, "b did not see a's policy");
+    let item = client
+        .get_item()
+        .table_name("policies")
+        .key("pk", AttributeValue::S("policy#/svc/payments".to_owned()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        item.item()
+            .and_then(|i| i.get("policy"))
+            .and_then(|v| v.as_s().ok()),
+        Some(&policy("retries: {max_attempts: 3}").canonical())
+    );
+    // Each kind sees only its own items.
+    assert_eq!(dtabs.subscribe().borrow().len(), 1);
+    assert_eq!(b.subscribe().borrow().len(), 1);
+
+    match b
+        .update("/svc/payments", policy("{}"), v1.version + 3)
+        .await
+    {
+        Err(StoreError::VersionMismatch { actual, .. }) => assert_eq!(actual, v1.version),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        a.create("/svc/payments", policy("{}"), 10).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        a.create("/svc/other", policy("{}"), 1).await,
+        Err(StoreError::TooMany { limit: 1, .. })
+    ));
+    b.delete("/svc/payments", Some(v1.version)).await.unwrap();
+    assert!(b.subscribe().borrow().is_empty());
+    assert_eq!(dtabs.subscribe().borrow().len(), 1, "the dtab stays");
 }

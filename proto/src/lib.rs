@@ -3,7 +3,8 @@
 //! The gRPC contracts between ecsmesh's processes, generated from
 //! `proto/ecsmesh/v1/*.proto` at build time (pure Rust, no `protoc`):
 //! - `Mesh.Stream`: the agent stream (snapshot, then deltas, ACK/NACK);
-//! - `DtabAdmin`: the dtab store and playground API.
+//! - `DtabAdmin`: the dtab store and playground API;
+//! - `PolicyAdmin`: the service policy store and `explain`.
 //!
 //! The `.proto` files are the source of truth; other languages generate
 //! their clients from them (the tests use Python's grpcio).

@@ -30,12 +30,15 @@ use crate::limits::{DtabLimits, echo};
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::reconcile::BaseDtabs;
-use crate::store::{DtabStore, StoreError, StoredDtab};
+use crate::store::{DtabStore, PolicyStore, StoreError, StoredDtab};
 use crate::tls;
 
 #[derive(Debug, Clone)]
 pub struct AdminService {
     pub store: Arc<DtabStore>,
+    /// The service policies ([`super::policy`] serves them, with this
+    /// service's access checks and limits).
+    pub policies: Arc<PolicyStore>,
     pub base: BaseDtabs,
     pub publisher: Arc<Publisher>,
     /// Writes need this bearer token when set.
@@ -65,23 +68,23 @@ impl AdminAccess {
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as map_err(status_of)
-fn status_of(e: StoreError) -> Status {
+pub(crate) fn status_of(e: StoreError) -> Status {
     match e {
-        StoreError::NotFound(_) => Status::not_found(e.to_string()),
-        StoreError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        StoreError::NotFound { .. } => Status::not_found(e.to_string()),
+        StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         StoreError::VersionMismatch { .. } => Status::failed_precondition(e.to_string()),
-        StoreError::InvalidNamespace(_) => Status::invalid_argument(e.to_string()),
-        StoreError::TooManyNamespaces { .. } => Status::resource_exhausted(e.to_string()),
+        StoreError::InvalidKey { .. } => Status::invalid_argument(e.to_string()),
+        StoreError::TooMany { .. } => Status::resource_exhausted(e.to_string()),
         StoreError::Io { .. } | StoreError::Corrupt { .. } => Status::unavailable(e.to_string()),
     }
 }
 
 /// Opaque versions on the wire: the decimal text of the store's version.
-fn encode_version(v: u64) -> Vec<u8> {
+pub(crate) fn encode_version(v: u64) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-fn decode_version(bytes: &[u8]) -> Result<u64, Status> {
+pub(crate) fn decode_version(bytes: &[u8]) -> Result<u64, Status> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| s.parse().ok())
@@ -109,12 +112,14 @@ impl AdminService {
     /// The API over `store` as `config` sets it up.
     pub fn new(
         config: &crate::config::Config,
-        store: Arc<DtabStore>,
+        stores: (Arc<DtabStore>, Arc<PolicyStore>),
         publisher: Arc<Publisher>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (store, policies) = stores;
         Self {
             store,
+            policies,
             base: config.base_dtabs.clone(),
             publisher,
             write_token: config.admin_token.clone(),
@@ -176,8 +181,8 @@ impl AdminService {
     /// A store error as a status, counting the refusals of the limits.
     fn store_status(&self, e: StoreError) -> Status {
         match e {
-            StoreError::InvalidNamespace(_) => self.metrics.dtab_write_refused("invalid_namespace"),
-            StoreError::TooManyNamespaces { .. } => {
+            StoreError::InvalidKey { .. } => self.metrics.dtab_write_refused("invalid_namespace"),
+            StoreError::TooMany { .. } => {
                 self.metrics.dtab_write_refused("too_many_namespaces");
             }
             _ => {}
@@ -248,13 +253,13 @@ impl AdminService {
     fn versioned(&self, namespace: &str, stored: Option<&StoredDtab>) -> pb::VersionedDtab {
         pb::VersionedDtab {
             namespace: namespace.to_owned(),
-            dtab: stored.map(|s| s.dtab.to_string()).unwrap_or_default(),
+            dtab: stored.map(|s| s.doc.to_string()).unwrap_or_default(),
             version: stored
                 .map(|s| encode_version(s.version))
                 .unwrap_or_default(),
             effective_dtab: self
                 .base
-                .effective(namespace, stored.map(|s| &*s.dtab))
+                .effective(namespace, stored.map(|s| &*s.doc))
                 .to_string(),
             exists: stored.is_some(),
         }
@@ -270,7 +275,7 @@ impl AdminService {
                 echo(namespace)
             )));
         }
-        let dtab = self.base.effective(namespace, stored.map(|s| &*s.dtab));
+        let dtab = self.base.effective(namespace, stored.map(|s| &*s.doc));
         Ok(if extra.trim().is_empty() {
             dtab
         } else {

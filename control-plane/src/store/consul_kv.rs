@@ -1,9 +1,12 @@
-//! The dtab store on Consul KV, for several controller replicas sharing
-//! one set of dtabs.
+//! The store on Consul KV, for several controller replicas sharing one
+//! set of dtabs and policies.
 //!
 //! - Each namespace is a key `<prefix>/<namespace>` (default prefix
-//!   `ecsmesh/dtabs`) holding the dtab's canonical text. Its version is the
-//!   key's ModifyIndex, so it only grows (Consul's Raft index).
+//!   `ecsmesh/dtabs`) holding the dtab's canonical text; each service
+//!   policy is a key under the sibling prefix `…/policies` followed by its
+//!   service prefix (`ecsmesh/policies/svc/payments`), holding the policy's
+//!   canonical JSON. A version is the key's ModifyIndex, so it only grows
+//!   (Consul's Raft index).
 //! - Every write is compare-and-set: create is `?cas=0`, update and delete
 //!   are `?cas=<expected version>`. A refused write is read back
 //!   (consistently) to tell `AlreadyExists`, `NotFound` and
@@ -12,8 +15,8 @@
 //!   current, with other replicas' writes too. A write returns once that
 //!   watch shows it (bounded by `settle_timeout`), so readers of this
 //!   replica see their own writes.
-//! - A value that is not a valid dtab (someone wrote the key by hand) is
-//!   logged and skipped: the namespace keeps its last valid dtab here (or
+//! - A value that is not a valid document (someone wrote the key by hand)
+//!   is logged and skipped: the entry keeps its last valid value here (or
 //!   stays absent), and is never half-applied.
 //! - Consul errors are `StoreError::Io` (the admin API answers UNAVAILABLE).
 
@@ -21,11 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ecsmesh_consul::{BlockingWatch, Client, Config, KvPair, QueryOptions, WatchConfig};
-use ecsmesh_dtab::Dtab;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Namespaces, StoreError, StoredDtab, check_room, validate_namespace};
+use super::{Document, Entries, Kind, StoreError, Stored, check_room};
 use crate::metrics::Metrics;
 
 /// Where the dtabs live unless configured otherwise.
@@ -41,7 +43,8 @@ pub struct ConsulStoreSettings {
     /// ACL token (`X-Consul-Token`): needs `key:read` and `key:write` on
     /// the prefix.
     pub token: Option<String>,
-    /// Key prefix, without a trailing `/`.
+    /// The dtabs' key prefix, without a trailing `/`; policies are kept
+    /// under its sibling (see [`kind_prefix`]).
     pub prefix: String,
     /// `?wait=` of the watch's blocking queries.
     pub wait: Duration,
@@ -65,24 +68,53 @@ impl Default for ConsulStoreSettings {
     }
 }
 
+/// Where a kind is kept, given the dtabs' prefix: the dtabs there, the
+/// policies beside them (`ecsmesh/dtabs` → `ecsmesh/policies`).
+pub fn kind_prefix(kind: Kind, dtab_prefix: &str) -> String {
+    let dtab_prefix = dtab_prefix.trim_matches('/');
+    match kind {
+        Kind::Dtab => dtab_prefix.to_owned(),
+        Kind::Policy => match dtab_prefix.rsplit_once('/') {
+            Some((parent, _)) => format!("{parent}/policies"),
+            None => format!("{dtab_prefix}-policies"),
+        },
+    }
+}
+
+/// The KV key's part after `<prefix>/` for an entry's key: policies'
+/// prefixes start with `/`, which the KV key does not repeat.
+fn kv_suffix(kind: Kind, key: &str) -> &str {
+    match kind {
+        Kind::Dtab => key,
+        Kind::Policy => key.trim_start_matches('/'),
+    }
+}
+
+fn entry_key(kind: Kind, suffix: &str) -> String {
+    match kind {
+        Kind::Dtab => suffix.to_owned(),
+        Kind::Policy => format!("/{suffix}"),
+    }
+}
+
 #[derive(Debug)]
-pub struct ConsulStore {
-    /// Boxed: the HTTP client is large, and `DtabStore` holds this inline.
+pub struct ConsulStore<D: Document> {
+    /// Boxed: the HTTP client is large, and `Store` holds this inline.
     client: Box<Client>,
     prefix: String,
-    tx: watch::Sender<Arc<Namespaces>>,
+    tx: watch::Sender<Arc<Entries<D>>>,
     follower: JoinHandle<()>,
     metrics: Arc<Metrics>,
     settle_timeout: Duration,
 }
 
-impl Drop for ConsulStore {
+impl<D: Document> Drop for ConsulStore<D> {
     fn drop(&mut self) {
         self.follower.abort();
     }
 }
 
-impl ConsulStore {
+impl<D: Document> ConsulStore<D> {
     /// The client and the key prefix, for the leader lease kept beside
     /// the dtabs.
     pub fn client(&self) -> (Client, &str) {
@@ -96,26 +128,27 @@ impl ConsulStore {
         settings: ConsulStoreSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let prefix = settings.prefix.trim_matches('/').to_owned();
+        let prefix = kind_prefix(D::KIND, &settings.prefix);
         let client = Client::new(Config {
             address: settings.address.clone(),
             datacenter: settings.datacenter.clone(),
             token: settings.token.clone(),
             ..Config::default()
         })
-        .map_err(|e| io_error(&settings.address, &prefix, e))?;
+        .map_err(|e| io_error::<D>(&settings.address, &prefix, e))?;
         let dir = format!("{prefix}/");
         let first = client.kv_list(&dir, &QueryOptions::default()).await;
         metrics.api_call("consul", "kv_list", first.is_ok());
-        let first = first.map_err(|e| io_error(&settings.address, &prefix, e))?;
-        let namespaces = decode(&prefix, &first.value, &Namespaces::new());
+        let first = first.map_err(|e| io_error::<D>(&settings.address, &prefix, e))?;
+        let entries = decode::<D>(&prefix, &first.value, &Entries::new());
         tracing::info!(
             address = settings.address,
             prefix,
-            namespaces = namespaces.len(),
-            "dtab store on Consul KV opened"
+            entries = entries.len(),
+            "{} on Consul KV opened",
+            D::KIND.store_noun()
         );
-        let tx = watch::Sender::new(Arc::new(namespaces));
+        let tx = watch::Sender::new(Arc::new(entries));
         let follower = tokio::spawn(follow(
             client.clone(),
             prefix.clone(),
@@ -138,20 +171,20 @@ impl ConsulStore {
         })
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Namespaces>> {
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Entries<D>>> {
         self.tx.subscribe()
     }
 
-    /// Creates the namespace. The namespace limit is checked against this
-    /// replica's view: replicas creating at once may pass it by one each.
+    /// Creates the entry. The limit is checked against this replica's
+    /// view: replicas creating at once may pass it by one each.
     pub async fn create(
         &self,
         namespace: &str,
-        dtab: Dtab,
-        max_namespaces: usize,
-    ) -> Result<StoredDtab, StoreError> {
-        check_room(&self.tx.borrow(), namespace, max_namespaces)?;
-        let text = dtab.to_string();
+        dtab: D,
+        max: usize,
+    ) -> Result<Stored<D>, StoreError> {
+        check_room(&self.tx.borrow(), namespace, max)?;
+        let text = dtab.encode();
         let key = self.key(namespace);
         let created = self
             .call(
@@ -161,7 +194,7 @@ impl ConsulStore {
             )
             .await?;
         if !created {
-            return Err(StoreError::AlreadyExists(namespace.to_owned()));
+            return Err(StoreError::already_exists::<D>(namespace));
         }
         self.written(namespace, dtab, &text, 0).await
     }
@@ -169,14 +202,14 @@ impl ConsulStore {
     pub async fn update(
         &self,
         namespace: &str,
-        dtab: Dtab,
+        dtab: D,
         expected: u64,
-    ) -> Result<StoredDtab, StoreError> {
+    ) -> Result<Stored<D>, StoreError> {
         // `cas=0` would mean "create": version 0 never matches a stored one.
         if expected == 0 {
             return Err(self.refused(namespace, expected).await);
         }
-        let text = dtab.to_string();
+        let text = dtab.encode();
         let key = self.key(namespace);
         let updated = self
             .call(
@@ -195,7 +228,7 @@ impl ConsulStore {
         let key = self.key(namespace);
         // Consul answers `true` for deleting a missing key: look first.
         let Some(current) = self.read(namespace).await? else {
-            return Err(StoreError::NotFound(namespace.to_owned()));
+            return Err(StoreError::not_found::<D>(namespace));
         };
         let deleted = match expected {
             Some(0) => false,
@@ -221,8 +254,8 @@ impl ConsulStore {
         Ok(())
     }
 
-    fn key(&self, namespace: &str) -> String {
-        format!("{}/{namespace}", self.prefix)
+    fn key(&self, key: &str) -> String {
+        format!("{}/{}", self.prefix, kv_suffix(D::KIND, key))
     }
 
     /// The key, read consistently (the leader checks with a quorum).
@@ -241,12 +274,10 @@ impl ConsulStore {
     /// Why a compare-and-set was refused.
     async fn refused(&self, namespace: &str, expected: u64) -> StoreError {
         match self.read(namespace).await {
-            Ok(None) => StoreError::NotFound(namespace.to_owned()),
-            Ok(Some(current)) => StoreError::VersionMismatch {
-                namespace: namespace.to_owned(),
-                expected,
-                actual: current.modify_index,
-            },
+            Ok(None) => StoreError::not_found::<D>(namespace),
+            Ok(Some(current)) => {
+                StoreError::mismatch::<D>(namespace, expected, current.modify_index)
+            }
             Err(e) => e,
         }
     }
@@ -256,35 +287,35 @@ impl ConsulStore {
     async fn written(
         &self,
         namespace: &str,
-        dtab: Dtab,
+        dtab: D,
         text: &str,
         expected: u64,
-    ) -> Result<StoredDtab, StoreError> {
+    ) -> Result<Stored<D>, StoreError> {
         let current = self.read(namespace).await?;
         match current {
             Some(p) if p.value == text.as_bytes() => {
                 let version = p.modify_index;
                 self.settle(|ns| ns.get(namespace).is_some_and(|s| s.version >= version))
                     .await;
-                Ok(StoredDtab {
-                    dtab: Arc::new(dtab),
+                Ok(Stored {
+                    doc: Arc::new(dtab),
                     version,
                 })
             }
             // Another replica replaced (or deleted) it between our write
             // and the read: ours is not the stored dtab any more, and its
             // version is unknown. Reporting the conflict is the safe answer.
-            Some(p) => Err(StoreError::VersionMismatch {
-                namespace: namespace.to_owned(),
+            Some(p) => Err(StoreError::mismatch::<D>(
+                namespace,
                 expected,
-                actual: p.modify_index,
-            }),
-            None => Err(StoreError::NotFound(namespace.to_owned())),
+                p.modify_index,
+            )),
+            None => Err(StoreError::not_found::<D>(namespace)),
         }
     }
 
-    /// Waits (bounded) until the watched namespaces satisfy `done`.
-    async fn settle(&self, done: impl Fn(&Namespaces) -> bool) {
+    /// Waits (bounded) until the watched entries satisfy `done`.
+    async fn settle(&self, done: impl Fn(&Entries<D>) -> bool) {
         let mut rx = self.tx.subscribe();
         let wait = rx.wait_for(|ns| done(ns));
         if tokio::time::timeout(self.settle_timeout, wait)
@@ -303,23 +334,23 @@ impl ConsulStore {
     ) -> Result<T, StoreError> {
         let r = call.await;
         self.metrics.api_call("consul", operation, r.is_ok());
-        r.map_err(|e| io_error(&self.client.config().address, key, e))
+        r.map_err(|e| io_error::<D>(&self.client.config().address, key, e))
     }
 }
 
-fn io_error(address: &str, key: &str, e: ecsmesh_consul::Error) -> StoreError {
+fn io_error<D: Document>(address: &str, key: &str, e: ecsmesh_consul::Error) -> StoreError {
     StoreError::Io {
-        path: format!("consul {address}/v1/kv/{key}"),
+        path: format!("{} consul {address}/v1/kv/{key}", D::KIND.store_noun()),
         source: std::io::Error::other(e),
     }
 }
 
 /// Follows the prefix until aborted.
-async fn follow(
+async fn follow<D: Document>(
     client: Client,
     prefix: String,
     config: WatchConfig,
-    tx: watch::Sender<Arc<Namespaces>>,
+    tx: watch::Sender<Arc<Entries<D>>>,
     metrics: Arc<Metrics>,
 ) {
     let dir = format!("{prefix}/");
@@ -338,7 +369,7 @@ async fn follow(
         match next {
             Ok(pairs) => {
                 let previous = tx.borrow().clone();
-                let next = decode(&prefix, &pairs, &previous);
+                let next = decode::<D>(&prefix, &pairs, &previous);
                 tx.send_if_modified(|current| {
                     if **current == next {
                         return false;
@@ -348,59 +379,63 @@ async fn follow(
                 });
             }
             Err(error) => {
-                tracing::warn!(prefix, %error, "Consul KV unavailable; keeping the last dtabs");
+                tracing::warn!(prefix, %error, "Consul KV unavailable; keeping the last {}", D::KIND.plural());
             }
         }
     }
 }
 
-/// The namespaces under `prefix`. Invalid entries are skipped; a namespace
-/// whose value is not a valid dtab keeps its `previous` one, if any.
-fn decode(prefix: &str, pairs: &[KvPair], previous: &Namespaces) -> Namespaces {
-    let mut namespaces = Namespaces::new();
+/// The entries under `prefix`. Invalid ones are skipped; an entry whose
+/// value is not a valid document keeps its `previous` one, if any.
+fn decode<D: Document>(prefix: &str, pairs: &[KvPair], previous: &Entries<D>) -> Entries<D> {
+    let mut entries = Entries::new();
     for pair in pairs {
-        let Some(ns) = pair
+        let Some(suffix) = pair
             .key
             .strip_prefix(prefix)
             .and_then(|k| k.strip_prefix('/'))
         else {
             continue;
         };
-        if ns.is_empty() {
+        if suffix.is_empty() {
             // The "folder" key Consul's UI creates.
             continue;
         }
-        if validate_namespace(ns).is_err() {
-            tracing::warn!(key = pair.key, "not a valid namespace name; skipped");
+        let key = entry_key(D::KIND, suffix);
+        if D::validate_key(&key).is_err() {
+            tracing::warn!(key = pair.key, "not a valid {} key; skipped", D::KIND);
             continue;
         }
-        let dtab = std::str::from_utf8(&pair.value)
+        let doc = std::str::from_utf8(&pair.value)
             .map_err(|e| e.to_string())
-            .and_then(|text| Dtab::read(text).map_err(|e| e.to_string()));
-        match dtab {
-            Ok(dtab) => {
-                namespaces.insert(
-                    ns.to_owned(),
-                    StoredDtab {
-                        dtab: Arc::new(dtab),
+            .and_then(D::decode);
+        match doc {
+            Ok(doc) => {
+                entries.insert(
+                    key,
+                    Stored {
+                        doc: Arc::new(doc),
                         version: pair.modify_index,
                     },
                 );
             }
             Err(error) => {
-                tracing::warn!(key = pair.key, error, "not a valid dtab; skipped");
-                if let Some(kept) = previous.get(ns) {
-                    namespaces.insert(ns.to_owned(), kept.clone());
+                tracing::warn!(key = pair.key, error, "not a valid {}; skipped", D::KIND);
+                if let Some(kept) = previous.get(&key) {
+                    entries.insert(key, kept.clone());
                 }
             }
         }
     }
-    namespaces
+    entries
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Namespaces, Policies, StoredDtab};
+    use ecsmesh_dtab::Dtab;
+    use ecsmesh_policy::ServicePolicy;
 
     fn pair(key: &str, value: &str, index: u64) -> KvPair {
         KvPair {
@@ -424,7 +459,7 @@ mod tests {
             pair("ecsmesh/dtabs/broken", "/svc=>", 8),
             pair("ecsmesh/dtabsx", "/a=>/b", 9),
         ];
-        let ns = decode("ecsmesh/dtabs", &pairs, &Namespaces::new());
+        let ns = decode::<Dtab>("ecsmesh/dtabs", &pairs, &Namespaces::new());
         assert_eq!(ns.keys().collect::<Vec<_>>(), ["default"]);
         assert_eq!(ns["default"].version, 5);
 
@@ -432,13 +467,47 @@ mod tests {
         let previous: Namespaces = [(
             "broken".to_owned(),
             StoredDtab {
-                dtab: Arc::new(Dtab::read("/x=>/y").unwrap()),
+                doc: Arc::new(Dtab::read("/x=>/y").unwrap()),
                 version: 3,
             },
         )]
         .into();
-        let ns = decode("ecsmesh/dtabs", &pairs, &previous);
+        let ns = decode::<Dtab>("ecsmesh/dtabs", &pairs, &previous);
         assert_eq!(ns["broken"].version, 3);
-        assert_eq!(ns["broken"].dtab.to_string(), "/x=>/y");
+        assert_eq!(ns["broken"].doc.to_string(), "/x=>/y");
+    }
+
+    #[test]
+    fn policies_are_kept_beside_the_dtabs_under_their_prefix() {
+        assert_eq!(
+            kind_prefix(Kind::Policy, "ecsmesh/dtabs"),
+            "ecsmesh/policies"
+        );
+        assert_eq!(kind_prefix(Kind::Policy, "a/b/dtabs/"), "a/b/policies");
+        assert_eq!(kind_prefix(Kind::Policy, "dtabs"), "dtabs-policies");
+        assert_eq!(kind_prefix(Kind::Dtab, "/ecsmesh/dtabs/"), "ecsmesh/dtabs");
+        let pairs = [
+            pair("ecsmesh/policies/", "", 1),
+            pair("ecsmesh/policies/svc", r#"{"zone_aware":false}"#, 4),
+            pair(
+                "ecsmesh/policies/svc/payments",
+                r#"{"timeouts":{"total":"2s"}}"#,
+                5,
+            ),
+            pair("ecsmesh/policies/svc//x", "{}", 6),
+            pair(
+                "ecsmesh/policies/svc/bad",
+                r#"{"retries":{"max_attempts":99}}"#,
+                7,
+            ),
+        ];
+        let all: Policies = decode("ecsmesh/policies", &pairs, &Policies::new());
+        assert_eq!(all.keys().collect::<Vec<_>>(), ["/svc", "/svc/payments"]);
+        assert_eq!(
+            all["/svc/payments"].doc.total_timeout,
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(all["/svc"].version, 4);
+        assert!(ServicePolicy::validate_key("/svc/payments").is_ok());
     }
 }

@@ -1,10 +1,12 @@
-//! The dtab store on DynamoDB (issue #17): durable across controller moves
+//! The store on DynamoDB (issue #17): durable across controller moves
 //! (the file store lives on one instance's disk) and shared by replicas,
 //! with the file and Consul stores' semantics.
 //!
 //! - One table (on-demand), partition key `pk` (a string). A namespace is
 //!   the item `dtab#<namespace>` with `dtab` (its canonical text) and
-//!   `version`. The item `meta#version` holds the table's write counter.
+//!   `version`; a service policy is `policy#<prefix>` with `policy` (its
+//!   canonical JSON) and `version`. The item `meta#version` holds the
+//!   table's write counter, shared by both kinds.
 //! - A write first takes a new version from the counter (an atomic `ADD`),
 //!   then writes with a condition: create `attribute_not_exists(pk)`, update
 //!   and delete `version = :expected`. So versions only grow, across deletes
@@ -13,33 +15,32 @@
 //!   and `VersionMismatch` apart.
 //! - DynamoDB has no watch: every `poll_interval` the follower reads the
 //!   counter (one consistent `GetItem`) and only when it moved scans the
-//!   namespaces again, so an idle mesh costs one small read a second. A
+//!   table again, so an idle mesh costs one small read a second per kind. A
 //!   write moves the counter once more after it landed: a replica that read
 //!   the counter between the two, and scanned before the write landed,
 //!   sees it move again and rescans. A full rescan every
 //!   [`RESCAN_INTERVAL`] is the backstop. A replica sees its own writes at
 //!   once (they update its view directly).
-//! - An item that is not a valid dtab (written by hand) is logged and
+//! - An item that is not a valid document (written by hand) is logged and
 //!   skipped, as in the Consul store; DynamoDB errors are `StoreError::Io`.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb as ddb;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
-use ecsmesh_dtab::Dtab;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Namespaces, StoreError, StoredDtab, check_room};
+use super::{Document, Entries, StoreError, Stored, check_room};
 use crate::metrics::Metrics;
 
 /// The table unless configured otherwise.
 pub const DEFAULT_TABLE: &str = "ecsmesh";
 const PK: &str = "pk";
 const COUNTER: &str = "meta#version";
-const DTAB_PREFIX: &str = "dtab#";
 /// Followers rescan this often even when the counter did not move.
 pub const RESCAN_INTERVAL: Duration = Duration::from_mins(1);
 
@@ -66,15 +67,16 @@ impl Default for DynamoStoreSettings {
 }
 
 #[derive(Debug)]
-pub struct DynamoStore {
+pub struct DynamoStore<D: Document> {
     client: ddb::Client,
     table: String,
-    tx: watch::Sender<Arc<Namespaces>>,
+    tx: watch::Sender<Arc<Entries<D>>>,
     follower: JoinHandle<()>,
     metrics: Arc<Metrics>,
+    _kind: PhantomData<D>,
 }
 
-impl Drop for DynamoStore {
+impl<D: Document> Drop for DynamoStore<D> {
     fn drop(&mut self) {
         self.follower.abort();
     }
@@ -102,7 +104,12 @@ fn version_of(item: &HashMap<String, AttributeValue>) -> Option<u64> {
     }
 }
 
-impl DynamoStore {
+/// An entry's partition key: `dtab#default`, `policy#/svc/payments`.
+fn item_key<D: Document>(key: &str) -> String {
+    format!("{}#{key}", D::KIND.field())
+}
+
+impl<D: Document> DynamoStore<D> {
     /// Reads the table once (so the store starts with what it holds, and
     /// fails if the table cannot be read), then follows it.
     pub async fn open(
@@ -128,10 +135,10 @@ impl DynamoStore {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let counter = read_counter(&client, &settings.table, &metrics).await?;
-        let namespaces = scan(&client, &settings.table, &metrics).await?;
-        tracing::info!(table = %settings.table, namespaces = namespaces.len(),
-            "dtab store on DynamoDB opened");
-        let tx = watch::Sender::new(Arc::new(namespaces));
+        let entries = scan::<D>(&client, &settings.table, &metrics).await?;
+        tracing::info!(table = %settings.table, entries = entries.len(),
+            "{} on DynamoDB opened", D::KIND.store_noun());
+        let tx = watch::Sender::new(Arc::new(entries));
         let follower = tokio::spawn(follow(
             client.clone(),
             settings.table.clone(),
@@ -146,10 +153,11 @@ impl DynamoStore {
             tx,
             follower,
             metrics,
+            _kind: PhantomData,
         })
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Namespaces>> {
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Entries<D>>> {
         self.tx.subscribe()
     }
 
@@ -187,7 +195,7 @@ impl DynamoStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key(PK, s(&format!("{DTAB_PREFIX}{namespace}")))
+            .key(PK, s(&item_key::<D>(namespace)))
             .consistent_read(true)
             .send()
             .await;
@@ -200,32 +208,29 @@ impl DynamoStore {
     async fn refused(&self, namespace: &str, expected: Option<u64>) -> StoreError {
         match self.read(namespace).await {
             Err(e) => e,
-            Ok(None) => StoreError::NotFound(namespace.to_owned()),
+            Ok(None) => StoreError::not_found::<D>(namespace),
             Ok(Some(actual)) => match expected {
-                None => StoreError::AlreadyExists(namespace.to_owned()),
-                Some(expected) => StoreError::VersionMismatch {
-                    namespace: namespace.to_owned(),
-                    expected,
-                    actual,
-                },
+                None => StoreError::already_exists::<D>(namespace),
+                Some(expected) => StoreError::mismatch::<D>(namespace, expected, actual),
             },
         }
     }
 
-    /// Writes `dtab` at a new version, if `condition` holds.
+    /// Writes `dtab` at a new version: created if `expected` is `None`,
+    /// else replacing that version.
     async fn put(
         &self,
         namespace: &str,
-        dtab: Dtab,
+        dtab: D,
         expected: Option<u64>,
-    ) -> Result<StoredDtab, StoreError> {
+    ) -> Result<Stored<D>, StoreError> {
         let version = self.next_version().await?;
         let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item(PK, s(&format!("{DTAB_PREFIX}{namespace}")))
-            .item("dtab", s(&dtab.to_string()))
+            .item(PK, s(&item_key::<D>(namespace)))
+            .item(D::KIND.field(), s(&dtab.encode()))
             .item("version", n(version));
         put = match expected {
             None => put.condition_expression("attribute_not_exists(pk)"),
@@ -243,8 +248,8 @@ impl DynamoStore {
             });
         }
         self.landed().await;
-        let stored = StoredDtab {
-            dtab: Arc::new(dtab),
+        let stored = Stored {
+            doc: Arc::new(dtab),
             version,
         };
         self.tx.send_modify(|all| {
@@ -255,24 +260,24 @@ impl DynamoStore {
         Ok(stored)
     }
 
-    /// Creates the namespace. The namespace limit is checked against this
-    /// replica's view: replicas creating at once may pass it by one each.
+    /// Creates the entry. The limit is checked against this replica's
+    /// view: replicas creating at once may pass it by one each.
     pub async fn create(
         &self,
         namespace: &str,
-        dtab: Dtab,
-        max_namespaces: usize,
-    ) -> Result<StoredDtab, StoreError> {
-        check_room(&self.tx.borrow(), namespace, max_namespaces)?;
+        dtab: D,
+        max: usize,
+    ) -> Result<Stored<D>, StoreError> {
+        check_room(&self.tx.borrow(), namespace, max)?;
         self.put(namespace, dtab, None).await
     }
 
     pub async fn update(
         &self,
         namespace: &str,
-        dtab: Dtab,
+        dtab: D,
         expected: u64,
-    ) -> Result<StoredDtab, StoreError> {
+    ) -> Result<Stored<D>, StoreError> {
         self.put(namespace, dtab, Some(expected)).await
     }
 
@@ -283,7 +288,7 @@ impl DynamoStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .key(PK, s(&format!("{DTAB_PREFIX}{namespace}")));
+            .key(PK, s(&item_key::<D>(namespace)));
         delete = match expected {
             None => delete.condition_expression("attribute_exists(pk)"),
             Some(expected) => delete
@@ -296,7 +301,7 @@ impl DynamoStore {
             return Err(if is_condition_failed(&e) {
                 match self.refused(namespace, expected).await {
                     // A delete with no expectation refused: it was absent.
-                    StoreError::AlreadyExists(ns) => StoreError::NotFound(ns),
+                    StoreError::AlreadyExists { kind, key } => StoreError::NotFound { kind, key },
                     other => other,
                 }
             } else {
@@ -316,7 +321,7 @@ impl DynamoStore {
     /// write stands either way, so a failure here is only logged.
     async fn landed(&self) {
         if let Err(e) = self.next_version().await {
-            tracing::warn!(error = %e, "marking a dtab write in the store failed; replicas see it at their next rescan");
+            tracing::warn!(error = %e, "marking a {} write in the store failed; replicas see it at their next rescan", D::KIND);
         }
     }
 }
@@ -345,12 +350,13 @@ async fn read_counter(
     Ok(out.item().and_then(version_of).unwrap_or(0))
 }
 
-/// Every namespace in the table (a consistent scan, all pages).
-async fn scan(
+/// Every entry of `D`'s kind in the table (a consistent scan, all pages).
+async fn scan<D: Document>(
     client: &ddb::Client,
     table: &str,
     metrics: &Metrics,
-) -> Result<Namespaces, StoreError> {
+) -> Result<Entries<D>, StoreError> {
+    let prefix = item_key::<D>("");
     let mut pages = client
         .scan()
         .table_name(table)
@@ -358,7 +364,7 @@ async fn scan(
         .into_paginator()
         .items()
         .send();
-    let mut namespaces = Namespaces::new();
+    let mut entries = Entries::new();
     while let Some(item) = pages.next().await {
         let item = item.map_err(|e| {
             metrics.api_call("dynamodb", "Scan", false);
@@ -367,44 +373,50 @@ async fn scan(
         let Some(AttributeValue::S(pk)) = item.get(PK) else {
             continue;
         };
-        let Some(namespace) = pk.strip_prefix(DTAB_PREFIX) else {
+        let Some(key) = pk.strip_prefix(&prefix) else {
             continue;
         };
-        let (Some(AttributeValue::S(text)), Some(version)) = (item.get("dtab"), version_of(&item))
+        let kind = D::KIND;
+        let (Some(AttributeValue::S(text)), Some(version)) =
+            (item.get(kind.field()), version_of(&item))
         else {
             tracing::warn!(
                 table,
-                namespace,
-                "a dtab item without its text or version: skipped"
+                key,
+                "a {kind} item without its text or version: skipped"
             );
             continue;
         };
-        match Dtab::read(text) {
-            Ok(dtab) => {
-                namespaces.insert(
-                    namespace.to_owned(),
-                    StoredDtab {
-                        dtab: Arc::new(dtab),
+        if D::validate_key(key).is_err() {
+            tracing::warn!(table, key, "not a valid {kind} key: skipped");
+            continue;
+        }
+        match D::decode(text) {
+            Ok(doc) => {
+                entries.insert(
+                    key.to_owned(),
+                    Stored {
+                        doc: Arc::new(doc),
                         version,
                     },
                 );
             }
-            Err(e) => {
-                tracing::warn!(table, namespace, error = %e, "an invalid dtab in the table: skipped");
+            Err(error) => {
+                tracing::warn!(table, key, error, "an invalid {kind} in the table: skipped");
             }
         }
     }
     metrics.api_call("dynamodb", "Scan", true);
-    Ok(namespaces)
+    Ok(entries)
 }
 
 /// Polls the counter; rescans when it moved.
-async fn follow(
+async fn follow<D: Document>(
     client: ddb::Client,
     table: String,
     interval: Duration,
     mut seen: u64,
-    tx: watch::Sender<Arc<Namespaces>>,
+    tx: watch::Sender<Arc<Entries<D>>>,
     metrics: Arc<Metrics>,
 ) {
     let mut rescanned = tokio::time::Instant::now();
@@ -413,14 +425,14 @@ async fn follow(
         let counter = match read_counter(&client, &table, &metrics).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "reading the dtab store failed; keeping the last view");
+                tracing::warn!(error = %e, "reading the {} failed; keeping the last view", D::KIND.store_noun());
                 continue;
             }
         };
         if counter == seen && rescanned.elapsed() < RESCAN_INTERVAL {
             continue;
         }
-        match scan(&client, &table, &metrics).await {
+        match scan::<D>(&client, &table, &metrics).await {
             Ok(namespaces) => {
                 seen = counter;
                 rescanned = tokio::time::Instant::now();
@@ -433,7 +445,7 @@ async fn follow(
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "reading the dtab store failed; keeping the last view");
+                tracing::warn!(error = %e, "reading the {} failed; keeping the last view", D::KIND.store_noun());
             }
         }
     }
