@@ -37,13 +37,22 @@ def pb():
     )
     assert rc == 0, f"protoc failed ({rc})"
     sys.path.insert(0, out)
-    from ecsmesh.v1 import dtab_admin_pb2, dtab_admin_pb2_grpc, mesh_pb2, mesh_pb2_grpc
+    from ecsmesh.v1 import (
+        dtab_admin_pb2,
+        dtab_admin_pb2_grpc,
+        mesh_pb2,
+        mesh_pb2_grpc,
+        policy_admin_pb2,
+        policy_admin_pb2_grpc,
+    )
 
     class Stubs:
         admin = dtab_admin_pb2
         admin_grpc = dtab_admin_pb2_grpc
         mesh = mesh_pb2
         mesh_grpc = mesh_pb2_grpc
+        policy = policy_admin_pb2
+        policy_grpc = policy_admin_pb2_grpc
 
     return Stubs
 
