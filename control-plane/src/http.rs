@@ -1,9 +1,9 @@
 //! The admin HTTP server (default :9991): the dashboard (`/`, with its
 //! `/api/*` data), `/metrics`, `/ready`, `/live`, `/agents`.
 //!
-//! `/api/*`, `/agents` and `/leader` show dtabs, endpoints and agents, as the gRPC
-//! reads do, so they follow `admin_reads` ([`read_gate`]); the page itself,
-//! the metrics and the probes stay open.
+//! `/api/*`, `/agents` and `/leader` show dtabs, service policies, endpoints
+//! and agents, as the gRPC reads do, so they follow `admin_reads`
+//! ([`read_gate`]); the page itself, the metrics and the probes stay open.
 
 use std::sync::Arc;
 
@@ -36,6 +36,8 @@ pub fn router(state: AdminState) -> Router {
     let reads = Router::new()
         .route("/api/overview", get(dashboard::overview))
         .route("/api/delegate", get(dashboard::delegate))
+        .route("/api/policies", get(dashboard::policies))
+        .route("/api/policies/explain", get(dashboard::explain_policy))
         .route("/agents", get(agents))
         .route("/leader", get(leader))
         .route_layer(middleware::from_fn_with_state(state.clone(), read_gate));

@@ -4,8 +4,10 @@ Starts `scripts/demo.sh` (the whole mesh: moto's ECS, the controller, two agents
 hello/world processes) and leaves it up, sends bounded curl traffic through both agents,
 then loads http://127.0.0.1:9991/ in headless Chromium (Debian `chromium`) and checks
 that the services, their success rates and both agents appear, and that the dtab
-playground shows a delegation with its endpoints. Also checks the Grafana dashboard
-against the metrics the live agents and controller export.
+playground shows a delegation with its endpoints. Stores two service policies (/svc and
+/svc/world, with ecsmeshctl) and checks that the services table shows the policy each
+service gets and that the page explains why (issue #18), as /api/policies/explain does.
+Also checks the Grafana dashboard against the metrics the live agents and controller export.
 
     $HOME/.cache/ecsmesh/venv/bin/python -m pytest tests/e2e/test_dashboard.py -q
 
@@ -18,6 +20,8 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
@@ -36,6 +40,15 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def get(url, timeout=5):
     with NO_PROXY.open(url, timeout=timeout) as r:
         return r.read().decode()
+
+
+def get_status(url, timeout=5):
+    """(status, body), an HTTP error's too."""
+    try:
+        with NO_PROXY.open(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def chromium():
@@ -108,15 +121,40 @@ def traffic(demo):
     worker.join(timeout=60)
 
 
+# The demo's service policies (stored by the `policies` fixture).
+POLICIES = {"/svc": "timeouts: {total: 30s}", "/svc/world": "timeouts: {total: 20s, attempt: 10s}"}
+
+
+@pytest.fixture(scope="module")
+def policies(demo):
+    """Stores POLICIES with the demo's ecsmeshctl (its settings file holds the token);
+    their versions, by prefix, as /api/policies lists them."""
+    target = Path(demo.get("CARGO_TARGET_DIR", Path.home() / ".cache/ecsmesh/target"))
+    ctl = target / demo["DEMO_PROFILE"] / "ecsmeshctl"
+    env = dict(demo, ECSMESH_CTL_CONFIG=str(Path(demo["ECSMESH_DEMO_DIR"]) / "ecsmeshctl.yaml"))
+    for prefix, policy in POLICIES.items():
+        done = subprocess.run([str(ctl), "policy", "set", prefix, policy], env=env,
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+    listed = json.loads(get(f"{ADMIN}/api/policies"))["policies"]
+    assert sorted(p["prefix"] for p in listed) == sorted(POLICIES), listed
+    return {p["prefix"]: p["version"] for p in listed}
+
+
 class Text(HTMLParser):
-    """The page's text, and its table rows as lists of cell texts."""
+    """The page's text, its table rows as lists of cell texts, and those rows by
+    table id."""
 
     def __init__(self):
         super().__init__()
         self.text, self.rows, self._row, self._cell = [], [], None, None
+        self.tables, self._table = {}, None
 
     def handle_starttag(self, tag, attrs):
-        if tag == "tr":
+        if tag == "table":
+            self._table = dict(attrs).get("id")
+            self.tables.setdefault(self._table, [])
+        elif tag == "tr":
             self._row = []
         elif tag in ("td", "th") and self._row is not None:
             self._cell = []
@@ -127,7 +165,11 @@ class Text(HTMLParser):
             self._cell = None
         elif tag == "tr" and self._row is not None:
             self.rows.append(self._row)
+            if self._table is not None:
+                self.tables[self._table].append(self._row)
             self._row = None
+        elif tag == "table":
+            self._table = None
 
     def handle_data(self, data):
         self.text.append(data)
@@ -158,7 +200,7 @@ def test_dashboard_shows_services_success_rates_and_agents(traffic, tmp_path):
     if os.environ.get("DASHBOARD_SCREENSHOT"):
         shutil.copy(shot, ROOT / os.environ["DASHBOARD_SCREENSHOT"])
 
-    rows = {r[0]: r for r in page.rows if r}
+    rows = {r[0]: r for r in page.tables["services"] if r}
     # Services: hello and world succeed; nowhere (no such service in ECS) fails.
     for name in ("/svc/hello", "/svc/world"):
         assert name in rows, page.rows
@@ -208,3 +250,56 @@ def test_prometheus_example_config_is_valid():
     check = subprocess.run(["promtool", "check", "config", "deploy/prometheus/prometheus.yml"],
                            cwd=ROOT, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_services_show_their_policy_and_the_page_explains_why(traffic, policies, tmp_path):
+    v_svc, v_world = policies["/svc"], policies["/svc/world"]
+    # What the page asks for: /svc/world/v2 gets /svc/world's policy (the most
+    # specific stored prefix), /svc/hello gets /svc's, /x the agents' defaults.
+    def explain(service):
+        query = urllib.parse.urlencode({"service": service})
+        return json.loads(get(f"{ADMIN}/api/policies/explain?{query}"))
+
+    e = explain("/svc/world/v2")
+    assert [(c["prefix"], c["stored"], c["chosen"]) for c in e["candidates"]] == [
+        ("/svc/world/v2", False, False), ("/svc/world", True, True), ("/svc", True, False)], e
+    assert (e["chosen"]["prefix"], e["chosen"]["version"]) == ("/svc/world", v_world), e
+    assert explain("/svc/hello")["chosen"]["prefix"] == "/svc"
+    assert explain("/x")["chosen"] is None
+    status, body = get_status(f"{ADMIN}/api/policies/explain?service=/" + "z" * 10_000)
+    assert status == 400 and len(body) < 200 and "zzzz" not in body, (status, body)
+
+    # The services table: each service's policy, prefix and version (the overview is
+    # polled every 2 s: wait for one that has the policies).
+    deadline = time.monotonic() + 30
+    while True:
+        html, page = browse(f"{ADMIN}/?policy=/svc/world/v2", tmp_path)
+        rows = {r[0]: r for r in page.tables["services"] if r}
+        if rows.get("/svc/world", [""])[-1] == f"/svc/world v{v_world}":
+            break
+        assert time.monotonic() < deadline, page.tables["services"]
+        time.sleep(1)
+    assert rows["/svc/hello"][-1] == f"/svc v{v_svc}", rows
+    assert rows["/svc/nowhere"][-1] == f"/svc v{v_svc}", rows
+    # Each is a link that explains it.
+    assert 'data-explain="/svc/hello"' in html, html
+    # The stored policies, with their canonical JSON.
+    stored = {r[0]: r for r in page.tables["policies"] if r}
+    assert stored["/svc/world"][1] == str(v_world), stored
+    assert '"total":"20s"' in stored["/svc/world"][2].replace(" ", ""), stored
+    # The explanation opened from the link: the candidates most specific first, which
+    # applies, and the policy's JSON.
+    candidates = re.findall(r'<li class="candidate (\w+)" data-prefix="([^"]+)">', html)
+    assert candidates == [("absent", "/svc/world/v2"), ("chosen", "/svc/world"),
+                          ("stored", "/svc")], html
+    assert re.search(r'class="result verdict">.*/svc/world/v2.*/svc/world.*version ' + str(v_world),
+                     html), html
+    pretty = re.search(r'<pre class="policy-json">([^<]*)</pre>', html)
+    assert pretty and '"attempt": "10s"' in pretty.group(1), html
+
+    # A service no stored prefix matches: the defaults; a malformed name: the error.
+    html, _ = browse(f"{ADMIN}/?policy=/other/name", tmp_path)
+    assert "gets the agents' defaults" in html, html
+    assert re.findall(r'<li class="candidate (\w+)"', html) == ["absent", "absent"], html
+    html, _ = browse(f"{ADMIN}/?policy=not-a-path", tmp_path)
+    assert re.search(r'class="error">invalid service name', html), html
