@@ -259,6 +259,10 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
     };
     if text {
         let mut out = report_text(&report);
+        if let Some(address) = &report.controller_address {
+            // Where ecsmeshctl's settings file (and the agents) reach it.
+            out.push_str(&format!("\ncontroller: {address}"));
+        }
         if let Some(view) = &controller {
             out.push('\n');
             out.push_str(&view.text());

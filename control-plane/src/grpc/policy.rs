@@ -99,6 +99,13 @@ impl PolicyAdmin {
     /// # Errors
     /// `service` is not a path.
     pub fn explanation(&self, service: &str) -> Result<Explanation, Status> {
+        // Bounded before parsing: a service name is short.
+        if service.len() > crate::limits::MAX_SERVICE_NAME_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a service name is at most {} bytes",
+                crate::limits::MAX_SERVICE_NAME_BYTES
+            )));
+        }
         let path = Path::read(service)
             .map_err(|e| Status::invalid_argument(format!("invalid service name: {e}")))?;
         Ok(explain(&self.0.policies.entries(), path))
