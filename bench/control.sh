@@ -13,7 +13,8 @@
 #
 # Environment: BENCH_AGENTS (default "100,1000"), BENCH_INSTANCES (500),
 # BENCH_SERVICES (200), BENCH_TASKS_PER_SERVICE (50), BENCH_CHANGES (3),
-# BENCH_STEADY_RESYNCS (2), BENCH_DTAB_UPDATES (10), BENCH_RESYNC_INTERVAL (1s),
+# BENCH_STEADY_RESYNCS (2), BENCH_DTAB_UPDATES (10), BENCH_POLICY_UPDATES (10,
+# service-policy writes, in turn with the dtab writes), BENCH_RESYNC_INTERVAL (1s),
 # BENCH_EVENT_AGENTS (1000), BENCH_EVENT_CHANGES (20; 0 skips the event path),
 # BENCH_STEADY_REPLICAS ("1,3"; 0 skips), BENCH_STEADY_WINDOW (330 seconds a
 # replica count; the goal's 10 minutes is 600), BENCH_STEADY_CHURN (30 s
@@ -56,6 +57,7 @@ before=$(quiet)
   --steady-resyncs "${BENCH_STEADY_RESYNCS:-2}" \
   --changes "${BENCH_CHANGES:-3}" \
   --dtab-updates "${BENCH_DTAB_UPDATES:-10}" \
+  --policy-updates "${BENCH_POLICY_UPDATES:-10}" \
   --resync-interval "${BENCH_RESYNC_INTERVAL:-1s}" \
   --event-agents "${BENCH_EVENT_AGENTS:-1000}" \
   --event-changes "${BENCH_EVENT_CHANGES:-20}" \

@@ -10,6 +10,12 @@
 #               hops compare with
 #   haproxy-chain-tls  the same with mutual TLS between the two haproxies
 #   nginx       wrk -> nginx (1 worker, upstream keepalive) -> upstream
+# Then the cross-zone rows (issue #18): an agent in zone bench-a in front of
+# four counting upstreams, two in bench-a and two in bench-b; the same load
+# with zone-aware balancing on (service `zones`) and off (service
+# `zones-off`, whose policy says zone_aware: false); the share of requests
+# and bytes that crossed zones, from the agent's
+# ecsmesh_agent_zone_requests_total and from the upstreams' own counts.
 # The agents route with a real snapshot file (20-entry dtab, 50 services),
 # restored from disk: no controller runs (they are statically stable).
 # Every proxy has BENCH_CORES worker threads (default 1); where they run is
@@ -19,7 +25,8 @@
 #
 # Environment: BENCH_SECONDS (per throughput run, default 2),
 # BENCH_LATENCY_SECONDS (per open-loop run, default 3), BENCH_REPS (default
-# 3), BENCH_RATES (open-loop rates, default "2000 5000"), BENCH_CORES
+# 3), BENCH_RATES (open-loop rates, default "2000 5000"), BENCH_ZONE_RATES
+# (the cross-zone rows' open-loop rates, default "200 2000"), BENCH_CORES
 # (default 1; N > 1 needs 2N + 2 CPUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +58,18 @@ export ECSMESH_TLS_CA="$T/ca.pem" ECSMESH_TLS_CERT="$T/agent.pem" ECSMESH_TLS_KE
 start_agent d 127.0.50.7 linker-to-linker 127.0.50.6
 start_agent e 127.0.50.6 direct 127.0.50.6
 unset ECSMESH_TLS_CA ECSMESH_TLS_CERT ECSMESH_TLS_KEY
+# Z: the cross-zone rows' agent (zone bench-a, as every agent here), with
+# the `zones` and `zones-off` services over four counting upstreams.
+ZONE_UPS=("127.0.51.1:8080=bench-a" "127.0.51.2:8080=bench-a" "127.0.51.3:8080=bench-b" "127.0.51.4:8080=bench-b")
+for z in "${ZONE_UPS[@]}"; do
+  taskset -c "$UP_CPUS" "$BIN/bench-upstream" --addr "${z%%=*}" --count & PIDS+=($!)
+  SNAPSHOT_ARGS+=(--zone-endpoint "$z")
+done
+start_agent z 127.0.50.13 direct 127.0.51.1
+SNAPSHOT_ARGS=()
 wait_port 127.0.50.1 4140; wait_port 127.0.50.3 4140; wait_port 127.0.50.2 4141
+wait_port 127.0.50.13 4140
+for z in "${ZONE_UPS[@]}"; do a="${z%%=*}"; wait_port "${a%:*}" "${a#*:}"; done
 wait_port 127.0.50.7 4140; wait_port 127.0.50.6 4141
 
 start_haproxy 127.0.50.4:8080
@@ -141,6 +159,48 @@ for rep in $(seq "$REPS"); do
       set -- $s
       out=$(taskset -c "$LOAD_CPUS" "$BIN/bench-load" --connect "$2" --host "$3" --rate "$rate" --duration "$LAT_SECS")
       echo "{\"kind\":\"latency\",\"system\":\"$1\",\"rep\":$rep,\"result\":$out}" >> "$RAW"
+    done
+  done
+done
+
+# Cross-zone rows: each mode under open loops at BENCH_ZONE_RATES and a
+# saturating closed loop (wrk), 4 KiB responses; before and after each run,
+# the agent's zone counters and each upstream's counts.
+zone_counts() {
+  python3 - "127.0.50.13:9990" "${ZONE_UPS[@]}" <<'PY'
+import json, sys, urllib.request
+agent, ups = sys.argv[1], sys.argv[2:]
+get = lambda url: urllib.request.urlopen(url, timeout=5).read().decode()
+zones = {}
+for line in get(f"http://{agent}/metrics").splitlines():
+    if line.startswith("ecsmesh_agent_zone_requests_total{"):
+        labels, value = line.rsplit(" ", 1)
+        kv = dict(p.split("=", 1) for p in labels[labels.index("{") + 1:-1].split(","))
+        zones[f"{kv['src_zone'].strip(chr(34))}>{kv['dst_zone'].strip(chr(34))}"] = float(value)
+upstreams = {}
+for u in ups:
+    addr, zone = u.split("=")
+    upstreams[addr] = dict(json.loads(get(f"http://{addr}/_bench/stats")), zone=zone)
+print(json.dumps({"agent_zone_requests": zones, "upstreams": upstreams}))
+PY
+}
+ZONE_RATES="${BENCH_ZONE_RATES:-200 2000}"
+for host in zones zones-off; do
+  wrk_run -d1s -H "Host: $host" "http://127.0.50.13:4140/4096" >/dev/null
+done
+for rep in $(seq "$REPS"); do
+  for host in zones zones-off; do
+    mode=on; [ "$host" = zones-off ] && mode=off
+    before=$(zone_counts)
+    out=$(wrk_run -d"${SECS}s" -H "Host: $host" "http://127.0.50.13:4140/4096")
+    reqs=$(awk '/requests in/{print $1}' <<<"$out")
+    # Non-2xx responses and socket errors, counted.
+    errs=$(awk '/Non-2xx/{n+=$NF} /Socket errors/{for(i=3;i<=NF;i++){v=$i; gsub(",","",v); if(v~/^[0-9]+$/)n+=v}} END{print n+0}' <<<"$out")
+    echo "{\"kind\":\"zones\",\"mode\":\"$mode\",\"load\":\"wrk\",\"rep\":$rep,\"size\":4096,\"client_requests\":$reqs,\"errors\":$errs,\"before\":$before,\"after\":$(zone_counts)}" >> "$RAW"
+    for rate in $ZONE_RATES; do
+      before=$(zone_counts)
+      out=$(taskset -c "$LOAD_CPUS" "$BIN/bench-load" --connect 127.0.50.13:4140 --host "$host" --path /4096 --rate "$rate" --duration "$LAT_SECS")
+      echo "{\"kind\":\"zones\",\"mode\":\"$mode\",\"load\":\"open\",\"rep\":$rep,\"size\":4096,\"result\":$out,\"before\":$before,\"after\":$(zone_counts)}" >> "$RAW"
     done
   done
 done

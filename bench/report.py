@@ -45,7 +45,8 @@ FAIR = {"agent": "haproxy", "agent-l2l": "haproxy-chain", "agent-l2l-tls": "hapr
 
 
 def main(path, secs, lat_secs, reps, quiet="", layout=""):
-    rows = [json.loads(line) for line in open(path)]
+    every = [json.loads(line) for line in open(path)]
+    rows = [r for r in every if r["kind"] in ("throughput", "latency")]
     tput = defaultdict(list)
     lat = defaultdict(list)
     for r in rows:
@@ -109,6 +110,110 @@ def main(path, secs, lat_secs, reps, quiet="", layout=""):
                 f"| {s} | {p['p50_us']:,.0f} | {p['p90_us']:,.0f} | {p['p99_us']:,.0f} | {p['p999_us']:,.0f} | "
                 f"{p['p50_us'] - dp50:+,.0f} | {p['p99_us'] - dp99:+,.0f} | {errors} | {late} |"
             )
+
+
+    zones([r for r in every if r["kind"] == "zones"], secs, lat_secs)
+
+
+AGENT_ZONE = "bench-a"
+
+
+def zone_run(r):
+    """One zones run: requests and body bytes each zone's upstreams served
+    (their own counts), and the agent's zone counters, over the run."""
+    b, a = r["before"], r["after"]
+    up = {"near": [0, 0], "far": [0, 0]}
+    for addr, x in a["upstreams"].items():
+        side = "near" if x["zone"] == AGENT_ZONE else "far"
+        up[side][0] += x["requests"] - b["upstreams"][addr]["requests"]
+        up[side][1] += x["body_bytes"] - b["upstreams"][addr]["body_bytes"]
+    ag = {"near": 0.0, "far": 0.0}
+    for key, v in a["agent_zone_requests"].items():
+        src, dst = key.split(">")
+        if src == AGENT_ZONE:
+            ag["near" if dst == AGENT_ZONE else "far"] += v - b["agent_zone_requests"].get(key, 0.0)
+    total_req, total_bytes = up["near"][0] + up["far"][0], up["near"][1] + up["far"][1]
+    ag_total = ag["near"] + ag["far"]
+    if r["load"] == "wrk":
+        errors = r["errors"]
+    else:
+        errors = r["result"]["errors"]
+    return {
+        "requests": total_req,
+        "far_req": up["far"][0] / total_req if total_req else None,
+        "bytes": total_bytes,
+        "far_bytes": up["far"][1] / total_bytes if total_bytes else None,
+        "agent_total": ag_total,
+        "agent_far": ag["far"] / ag_total if ag_total else None,
+        "agent_far_bytes": ag["far"] * r["size"],
+        "errors": errors,
+    }
+
+
+def zones(rows, secs, lat_secs):
+    """The cross-zone rows (issue #18)."""
+    if not rows:
+        return
+    runs = defaultdict(list)
+    for r in rows:
+        load = r["result"]["rate"] if r["load"] == "open" else "wrk"
+        runs[(r["mode"], load)].append(zone_run(r))
+    pc = lambda x: "–" if x is None else f"{x * 100:.1f} %"
+    rng = lambda xs: "" if len(xs) < 2 else f" ({min(xs) * 100:.1f}–{max(xs) * 100:.1f})"
+    mib = lambda b: f"{b / 1024 / 1024:,.1f} MiB"
+    print("\n### Cross-zone traffic (issue #18)\n")
+    print(
+        f"One agent in zone {AGENT_ZONE} (`--availability-zone`), direct mode, one worker thread, in front of four "
+        "upstreams on loopback: two in bench-a, two in bench-b (endpoint meta `availability_zone`). The same "
+        "service twice: `zones` (zone-aware balancing on, the default) and `zones-off` (its service policy: "
+        "`zone_aware: false`; the default balancer, p2c peak-EWMA, over all four). 4 KiB responses. Crossed = "
+        "served by a bench-b endpoint. *Upstreams*: each upstream's own count of requests and body bytes; "
+        "*agent*: `ecsmesh_agent_zone_requests_total{src_zone,dst_zone}` (attempts); its bytes are its "
+        "cross-zone attempts × the 4,096-byte response body (the agent's byte counters are per listener, "
+        "not per zone). With zone-aware balancing off the agent "
+        "makes no zone split and that counter does not move: the upstreams' counts are the figure. Medians over "
+        f"the repetitions (range); open-loop runs of {lat_secs} s (bench-load, 32 connections), wrk runs of "
+        f"{secs} s (closed loop, 32 connections: saturation, the upstreams and the agent sharing one CPU).\n"
+    )
+    print("| zone-aware | load | requests per run | crossed zones: share of requests (upstreams) "
+          "| crossed zones: body bytes per run, share (upstreams) | crossed zones: share of attempts (agent) "
+          "| crossed zones: bytes per run (agent: attempts × 4 KiB) | client errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    loads = sorted({k[1] for k in runs if k[1] != "wrk"}) + ["wrk"]
+    for mode in ("on", "off"):
+        for load in loads:
+            xs = runs.get((mode, load), [])
+            if not xs:
+                continue
+            label = f"open loop, {load:,} req/s" if load != "wrk" else "wrk -c32 (saturated)"
+            fr = [z["far_req"] for z in xs if z["far_req"] is not None]
+            fb = [z["far_bytes"] for z in xs if z["far_bytes"] is not None]
+            fa = [z["agent_far"] for z in xs if z["agent_far"] is not None]
+            far_bytes = med([z["bytes"] * z["far_bytes"] for z in xs if z["far_bytes"] is not None])
+            ab = med([z["agent_far_bytes"] for z in xs]) if fa else None
+            print(
+                f"| {mode} | {label} | {med([z['requests'] for z in xs]):,.0f} | {pc(med(fr))}{rng(fr)} | "
+                f"{'–' if far_bytes is None else mib(far_bytes)}, {pc(med(fb))} | "
+                f"{pc(med(fa)) + rng(fa) if fa else '– (not counted when off)'} | "
+                f"{'–' if ab is None else mib(ab)} | {sum(z['errors'] for z in xs)} |"
+            )
+    print(
+        "\nGoal (2 zones × 2 endpoints, agent in zone a): ≥ 95 % of requests stay in zone a while its endpoints "
+        "are healthy. Stayed (upstreams' counts, median over repetitions, worst run): "
+        + "; ".join(
+            f"{'wrk (saturated)' if load == 'wrk' else f'{load:,} req/s'}: on "
+            f"{100 - med(on) * 100:.1f} % (worst {100 - max(on) * 100:.1f} %), off {100 - med(off) * 100:.1f} %"
+            for load in loads
+            for on, off in [
+                ([z["far_req"] for z in runs.get(("on", load), []) if z["far_req"] is not None],
+                 [z["far_req"] for z in runs.get(("off", load), []) if z["far_req"] is not None])
+            ]
+            if on and off
+        )
+        + ". With zone-aware balancing on, a first attempt leaves the zone only when the near endpoint picked "
+        "has requests queued and costs more than twice a far one (peak-EWMA × pending: `SPILL_FACTOR` in "
+        "agent/src/routes.rs), so the share that crosses grows with load."
+    )
 
 
 if __name__ == "__main__":

@@ -55,12 +55,14 @@ def main(path, before="", after=""):
         "| agents | controller RSS: ready / agents connected / end (peak) | connect every agent: wall (controller CPU) "
         "| CPU per steady resync | ECS calls per steady resync | change visible → all agents ACK: p50 / p99 over changes (n) "
         "| every agent's ACK after a change: p50 / p99 | dtab write → all agents ACK: p50 / p99 over writes (n) "
-        "| every agent's ACK after a dtab write: p50 / p99 |"
+        "| every agent's ACK after a dtab write: p50 / p99 | policy write → all agents ACK: p50 / p99 over writes (n) "
+        "| every agent's ACK after a policy write: p50 / p99 |"
     )
-    print("|---:|---|---|---:|---:|---|---|---|---|")
+    print("|---:|---|---|---:|---:|---|---|---|---|---|---|")
     for r in runs:
         ch = [c["all_acked_ms"] for c in r["changes"]]
         dt = [c["all_acked_ms"] for c in r["dtab_updates"]]
+        po = [c["all_acked_ms"] for c in r.get("policy_updates", [])]
         calls = sum(r["calls_per_resync"].values())
         pooled = lambda p: "–" if not p else f"{p['p50_ms']:.0f} / {p['p99_ms']:.0f} ms ({p['n']:,})"
         print(
@@ -68,7 +70,9 @@ def main(path, before="", after=""):
             f"{mib(r['rss_end_kib'])} ({mib(r['hwm_end_kib'])}) | {r['connect_s']:.1f} s "
             f"({r['connect_cpu_s']:.1f} s) | {r['cpu_s_per_resync']:.2f} s | {calls:.0f} | "
             f"{pct(ch, 50):.0f} / {pct(ch, 99):.0f} ms ({len(ch)}) | {pooled(r.get('change_acks'))} | "
-            f"{pct(dt, 50):.0f} / {pct(dt, 99):.0f} ms ({len(dt)}) | {pooled(r.get('dtab_acks'))} |"
+            f"{pct(dt, 50):.0f} / {pct(dt, 99):.0f} ms ({len(dt)}) | {pooled(r.get('dtab_acks'))} | "
+            + (f"{pct(po, 50):.0f} / {pct(po, 99):.0f} ms ({len(po)})" if po else "–")
+            + f" | {pooled(r.get('policy_acks'))} |"
         )
     print(
         "\nWith a handful of changes, p99 over changes is their maximum; the pooled columns take every "
@@ -82,15 +86,18 @@ def main(path, before="", after=""):
     )
 
     print("\n**Bytes per agent** (protobuf `ControllerMessage`; gRPC adds 5 bytes a message)\n")
-    print("| agents | snapshot (endpoints) | one-endpoint change (median of changes) | dtab update | snapshot / one-endpoint delta |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| agents | snapshot (endpoints) | one-endpoint change (median of changes) | dtab update | policy update "
+          "| snapshot / one-endpoint delta |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         ch = statistics.median([c["bytes_median"] for c in r["changes"]]) if r["changes"] else 0
         dt = statistics.median([c["bytes_median"] for c in r["dtab_updates"]]) if r["dtab_updates"] else 0
+        po = [c["bytes_median"] for c in r.get("policy_updates", [])]
+        po = f"{statistics.median(po):,.0f} B" if po else "–"
         ratio = f"{r['snapshot_bytes'] / ch:,.0f}×" if ch else "–"
         print(
             f"| {r['agents']:,} | {r['snapshot_bytes']:,} B ({r['snapshot_endpoints']:,}) | {ch:,.0f} B | "
-            f"{dt:,.0f} B | {ratio} |"
+            f"{dt:,.0f} B | {po} | {ratio} |"
         )
 
     first = runs[0]
@@ -115,22 +122,58 @@ def main(path, before="", after=""):
         "resync to end before the first agent's ACK)\n"
     )
     print(
-        "| agents | change | delta: upserted / removed / dtabs | bytes per agent | visible → all ACK "
+        "| agents | change | delta: upserted / removed / dtabs / policies | bytes per agent | visible → all ACK "
         "| per-agent ACK p50 / p99 | controller: reconcile / publish → ACK (means) | change made → all ACK |"
     )
     print("|---:|---|---|---:|---:|---|---|---:|")
     for r in runs:
-        for c in r["changes"] + r["dtab_updates"]:
+        for c in r["changes"] + r["dtab_updates"] + r.get("policy_updates", []):
             made = c.get("change_to_all_acked_ms")
-            label = c["kind"] if c["kind"] != "dtab update" else "dtab update (from the UpdateDtab call)"
+            label = {
+                "dtab update": "dtab update (from the UpdateDtab call)",
+                "policy update": "policy update (from the UpdatePolicy call)",
+            }.get(c["kind"], c["kind"])
             print(
-                f"| {r['agents']:,} | {label} | {c['upserted']} / {c['removed']} / {c['dtabs']} | "
+                f"| {r['agents']:,} | {label} | {c['upserted']} / {c['removed']} / {c['dtabs']} / "
+                f"{c.get('policies', 0)} | "
                 f"{c['bytes_median']:,} B | {c['all_acked_ms']:.0f} ms | "
                 f"{c['per_agent']['p50_ms']:.0f} / {c['per_agent']['p99_ms']:.0f} ms | "
                 f"{ms(c.get('reconcile_mean_ms'))} / {ms(c.get('publish_to_ack_mean_ms'))} | "
                 f"{'–' if made is None else f'{made / 1000:.1f} s'} |"
             )
+    policies(doc)
     goals(doc)
+
+
+def policies(doc):
+    """The issue #18 row: a policy write against a dtab write, same runs."""
+    runs = [r for r in doc["runs"] if r.get("policy_updates")]
+    if not runs:
+        return
+    print("\n### Service policies (issue #18)\n")
+    print(
+        "Policy writes go through `PolicyAdmin.CreatePolicy`/`UpdatePolicy` (what `ecsmeshctl policy set|update` "
+        "calls) on `/svc/bench`, each a new total timeout; dtab writes through `DtabAdmin` on the \"default\" "
+        "namespace; the two taken in turn, 200 ms apart, against the same controller and agents. Each is timed "
+        "from the call to the last agent's ACK of the version carrying it (a delta with one policy, or one dtab).\n"
+    )
+    print("| goal | agents | dtab write → all ACK: p50 / p99 (n) | policy write → all ACK: p50 / p99 (n) "
+          "| every agent's ACK, dtab / policy: p99 | policy p99 / dtab p99 |")
+    print("|---|---:|---|---|---|---:|")
+    for r in runs:
+        dt = [c["all_acked_ms"] for c in r["dtab_updates"]]
+        po = [c["all_acked_ms"] for c in r["policy_updates"]]
+        da, pa = r.get("dtab_acks") or {}, r.get("policy_acks") or {}
+        ratio = f"{pct(po, 99) / pct(dt, 99):.2f}×" if dt and pct(dt, 99) else "–"
+        print(
+            f"| A policy change reaches every agent with the same p99 as a dtab change | {r['agents']:,} | "
+            f"{pct(dt, 50):.0f} / {pct(dt, 99):.0f} ms ({len(dt)}) | {pct(po, 50):.0f} / {pct(po, 99):.0f} ms "
+            f"({len(po)}) | {da.get('p99_ms', 0):.0f} / {pa.get('p99_ms', 0):.0f} ms | {ratio} |"
+        )
+    print(
+        "\nWith n writes, p99 over writes is their maximum (n < 100); the per-agent column pools every agent's "
+        "ACK of every write (agents × writes)."
+    )
 
 
 def goals(doc):

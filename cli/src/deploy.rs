@@ -261,7 +261,8 @@ async fn run_inner(cmd: &DeployCommand) -> anyhow::Result<()> {
         let mut out = report_text(&report);
         if let Some(address) = &report.controller_address {
             // Where ecsmeshctl's settings file (and the agents) reach it.
-            out.push_str(&format!("\ncontroller: {address}"));
+            out.push_str("\ncontroller: ");
+            out.push_str(address);
         }
         if let Some(view) = &controller {
             out.push('\n');

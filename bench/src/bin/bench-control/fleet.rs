@@ -29,10 +29,12 @@ pub struct Event {
     pub bytes: usize,
     pub acked_at: SystemTime,
     pub nacked: bool,
-    /// Endpoints upserted and removed, dtabs changed (deltas); endpoints (snapshots).
+    /// Endpoints upserted and removed, dtabs and service policies changed
+    /// or removed (deltas); endpoints, dtabs and policies (snapshots).
     pub upserted: usize,
     pub removed: usize,
     pub dtabs: usize,
+    pub policies: usize,
 }
 
 #[derive(Debug, Default)]
@@ -264,6 +266,7 @@ fn event(version: u64, snapshot: bool) -> Event {
         upserted: 0,
         removed: 0,
         dtabs: 0,
+        policies: 0,
     }
 }
 
@@ -285,6 +288,7 @@ fn apply_snapshot(
         Ok(mesh) => {
             e.upserted = mesh.endpoint_count();
             e.dtabs = mesh.dtabs.len();
+            e.policies = s.policies.len();
             *held = Some((
                 s.version,
                 s.epoch.clone(),
@@ -308,6 +312,7 @@ fn apply_delta(
     e.upserted = d.endpoint_changes.iter().map(|c| c.upserted.len()).sum();
     e.removed = d.endpoint_changes.iter().map(|c| c.removed.len()).sum();
     e.dtabs = d.dtabs.len();
+    e.policies = d.policies.len() + d.removed_policies.len();
     let Some((version, epoch, mesh)) = held.as_ref() else {
         e.nacked = true;
         return (nack(d.version, "a delta before any snapshot".into()), e);

@@ -11,9 +11,11 @@
 //!   scale it down, in turn), each made between two resyncs: the time from
 //!   the end of the resync that read it (the moment it became visible to the
 //!   controller) to every agent's ACK, and the bytes each agent got;
-//! - `--dtab-updates` dtab writes through `DtabAdmin.UpdateDtab`: the time
-//!   from the call to every agent's ACK, and the bytes.
-//!
+//! - `--dtab-updates` dtab writes through `DtabAdmin.UpdateDtab` and
+//!   `--policy-updates` service-policy writes through
+//!   `PolicyAdmin.UpdatePolicy` (issue #18), taken in turn so both see the
+//!   same machine: the time from the call to every agent's ACK, and the
+//!   bytes.
 //!
 //! Then, with ECS events (`events.rs`): the event path (event on the queue
 //! → every agent ACKed, `--event-agents` agents) and the steady-state
@@ -72,6 +74,9 @@ struct Args {
     changes: usize,
     #[arg(long, default_value_t = 10)]
     dtab_updates: usize,
+    /// Service-policy writes (`PolicyAdmin`), in turn with the dtab writes.
+    #[arg(long, default_value_t = 10)]
+    policy_updates: usize,
     /// Agents connecting at once (each waits for its first snapshot).
     #[arg(long, default_value_t = 100)]
     connect_concurrency: usize,
@@ -154,6 +159,7 @@ struct Propagation {
     upserted: usize,
     removed: usize,
     dtabs: usize,
+    policies: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     change_to_all_acked_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,6 +206,7 @@ fn propagation(got: &[(fleet::Event, usize)], from: f64, kind: &str) -> Propagat
         upserted: first.map_or(0, |e| e.upserted),
         removed: first.map_or(0, |e| e.removed),
         dtabs: first.map_or(0, |e| e.dtabs),
+        policies: first.map_or(0, |e| e.policies),
         change_to_all_acked_ms: None,
         emulator_read_ms: None,
         publish_to_ack_mean_ms: None,
@@ -229,10 +236,12 @@ struct Run {
     rss_steady_kib: u64,
     changes: Vec<Propagation>,
     dtab_updates: Vec<Propagation>,
-    /// Every agent's ACK over every change (visible → ACK) and every dtab
-    /// update (call → ACK).
+    policy_updates: Vec<Propagation>,
+    /// Every agent's ACK over every change (visible → ACK), every dtab
+    /// update and every policy update (call → ACK).
     change_acks: Option<Percentiles>,
     dtab_acks: Option<Percentiles>,
+    policy_acks: Option<Percentiles>,
     rss_end_kib: u64,
     hwm_end_kib: u64,
 }
@@ -382,13 +391,14 @@ async fn run(
     let fleet = connect(&cx, agents, &mut out).await?;
     steady(&mut cx, &mut out).await?;
     changes(&mut cx, &fleet, desired, &mut out).await?;
-    dtab_updates(&cx, &fleet, &mut out).await?;
+    admin_writes(&cx, &fleet, &mut out).await?;
 
     let pooled = |ps: &[Propagation]| {
         (!ps.is_empty()).then(|| percentiles(ps.iter().flat_map(|p| p.acks_ms.clone()).collect()))
     };
     out.change_acks = pooled(&out.changes);
     out.dtab_acks = pooled(&out.dtab_updates);
+    out.policy_acks = pooled(&out.policy_updates);
     let end = cx.ctl.usage()?;
     out.rss_end_kib = end.rss_kib;
     out.hwm_end_kib = end.hwm_kib;
@@ -543,48 +553,117 @@ async fn changes(
     Ok(())
 }
 
-/// Dtab writes through `DtabAdmin`, from the call to every agent's ACK.
-async fn dtab_updates(cx: &Ctx<'_>, fleet: &Fleet, out: &mut Run) -> anyhow::Result<()> {
+/// Dtab writes through `DtabAdmin` and service-policy writes through
+/// `PolicyAdmin` (the API `ecsmeshctl dtab|policy update` calls), in turn:
+/// from the call to every agent's ACK of the version carrying it.
+async fn admin_writes(cx: &Ctx<'_>, fleet: &Fleet, out: &mut Run) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(cx.ctl.grpc.clone())?
         .connect()
         .await?;
-    let mut admin = pb::dtab_admin_client::DtabAdminClient::new(channel);
+    let mut dtabs = pb::dtab_admin_client::DtabAdminClient::new(channel.clone());
+    let mut policies = pb::policy_admin_client::PolicyAdminClient::new(channel);
     let services = &cx.pop.services;
-    let mut stored: Option<Vec<u8>> = None;
-    for i in 0..cx.args.dtab_updates {
-        let version = fleet.min_acked();
-        let metrics0 = cx.ctl.metrics().await?;
-        let dtab = format!("/svc/bench=>/svc/{}", services[i % services.len()]);
-        let from = unix_now();
-        let resp = match stored.take() {
-            None => admin
-                .create_dtab(pb::CreateDtabRequest {
-                    namespace: "default".into(),
-                    dtab,
-                })
-                .await
-                .context("CreateDtab")?,
-            Some(expected_version) => admin
-                .update_dtab(pb::UpdateDtabRequest {
-                    namespace: "default".into(),
-                    dtab,
-                    expected_version,
-                })
-                .await
-                .context("UpdateDtab")?,
-        };
-        stored = Some(resp.into_inner().version);
-        fleet.wait_acked(version + 1, PHASE_TIMEOUT).await?;
-        let mut p = propagation(&fleet.after(version), from, "dtab update");
-        p.controller_view(&metrics0, &cx.ctl.metrics().await?);
-        tracing::info!(
-            all_acked_ms = p.all_acked_ms,
-            bytes = p.bytes_median,
-            "dtab update propagated"
-        );
-        out.dtab_updates.push(p);
-        // Spread the writes out a little so each is its own version.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut dtab_version, mut policy_version) = (None, None);
+    for i in 0..cx.args.dtab_updates.max(cx.args.policy_updates) {
+        if i < cx.args.dtab_updates {
+            let dtab = format!("/svc/bench=>/svc/{}", services[i % services.len()]);
+            let write = dtab_write(&mut dtabs, dtab, &mut dtab_version);
+            let p = timed_write(cx, fleet, "dtab update", write).await?;
+            out.dtab_updates.push(p);
+            // Spread the writes out a little so each is its own version.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if i < cx.args.policy_updates {
+            // A different total timeout each time: a new policy version.
+            let policy = format!(
+                "timeouts: {{total: {}s}}\nretries: {{max_attempts: 2}}\n",
+                i + 1
+            );
+            let write = policy_write(&mut policies, policy, &mut policy_version);
+            let p = timed_write(cx, fleet, "policy update", write).await?;
+            out.policy_updates.push(p);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     Ok(())
 }
+
+/// Runs one admin write and waits for every agent to ACK the next version;
+/// timed from just before the call.
+async fn timed_write(
+    cx: &Ctx<'_>,
+    fleet: &Fleet,
+    kind: &str,
+    write: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<Propagation> {
+    let version = fleet.min_acked();
+    let metrics0 = cx.ctl.metrics().await?;
+    let from = unix_now();
+    write.await?;
+    fleet.wait_acked(version + 1, PHASE_TIMEOUT).await?;
+    let mut p = propagation(&fleet.after(version), from, kind);
+    p.controller_view(&metrics0, &cx.ctl.metrics().await?);
+    tracing::info!(
+        kind,
+        all_acked_ms = p.all_acked_ms,
+        bytes = p.bytes_median,
+        "admin write propagated"
+    );
+    Ok(p)
+}
+
+/// `CreateDtab` on the "default" namespace the first time, then
+/// `UpdateDtab` on the version it returned.
+async fn dtab_write(
+    admin: &mut pb::dtab_admin_client::DtabAdminClient<tonic::transport::Channel>,
+    dtab: String,
+    stored: &mut Option<Vec<u8>>,
+) -> anyhow::Result<()> {
+    let namespace = "default".to_owned();
+    let resp = match stored.take() {
+        None => admin
+            .create_dtab(pb::CreateDtabRequest { namespace, dtab })
+            .await
+            .context("CreateDtab")?,
+        Some(expected_version) => admin
+            .update_dtab(pb::UpdateDtabRequest {
+                namespace,
+                dtab,
+                expected_version,
+            })
+            .await
+            .context("UpdateDtab")?,
+    };
+    *stored = Some(resp.into_inner().version);
+    Ok(())
+}
+
+/// `CreatePolicy` on `/svc/bench` the first time, then `UpdatePolicy` on
+/// the version it returned.
+async fn policy_write(
+    admin: &mut pb::policy_admin_client::PolicyAdminClient<tonic::transport::Channel>,
+    policy: String,
+    stored: &mut Option<Vec<u8>>,
+) -> anyhow::Result<()> {
+    let prefix = POLICY_PREFIX.to_owned();
+    let resp = match stored.take() {
+        None => admin
+            .create_policy(pb::CreatePolicyRequest { prefix, policy })
+            .await
+            .context("CreatePolicy")?,
+        Some(expected_version) => admin
+            .update_policy(pb::UpdatePolicyRequest {
+                prefix,
+                policy,
+                expected_version,
+            })
+            .await
+            .context("UpdatePolicy")?,
+    };
+    *stored = Some(resp.into_inner().version);
+    Ok(())
+}
+
+/// The prefix the policy writes go to: the name the dtab writes alias, so
+/// the policy is one an operator would write for it.
+const POLICY_PREFIX: &str = "/svc/bench";
