@@ -90,9 +90,14 @@ pub enum Target {
     },
 }
 
-/// Zone-aware balancing of a set that spans availability zones (issue #18):
+/// A set's endpoints by availability zone, when the agent knows its own:
+/// every attempt is counted by (this zone, the endpoint's zone), whether or
+/// not zone-aware balancing is on, so the cost of cross-zone traffic shows
+/// either way.
+///
+/// Zone-aware balancing ([`Split`], issue #18), for a set that spans zones:
 /// a request's first attempt goes to this agent's zone with probability
-/// [`near_share`](Self::near_share), else to the other zones. Retries use
+/// [`near_share`](Split::near_share), else to the other zones. Retries use
 /// the whole set, so a failing zone costs an idempotent request one retry.
 ///
 /// The share keeps the load even when zones are uneven, assuming agents
@@ -109,12 +114,21 @@ pub enum Target {
 pub struct Zones {
     /// This agent's zone.
     pub here: Arc<str>,
-    pub near: Balancer,
-    pub far: Balancer,
-    pub near_share: f64,
+    /// The zone-aware split; `None` when balancing ignores zones (turned
+    /// off, or the set is not in this zone and another).
+    pub split: Option<Split>,
     /// Endpoint address → its zone and the requests-by-zone counter
     /// (this zone → that one).
     pub of: HashMap<SocketAddr, (Arc<str>, Counter)>,
+}
+
+/// The endpoints in this agent's zone and elsewhere, and the share of
+/// first attempts kept here.
+#[derive(Debug)]
+pub struct Split {
+    pub near: Balancer,
+    pub far: Balancer,
+    pub near_share: f64,
 }
 
 /// How much dearer than a far endpoint a busy near one may be before a
@@ -122,18 +136,19 @@ pub struct Zones {
 pub const SPILL_FACTOR: f64 = 2.0;
 
 impl Zones {
-    /// The first attempt's endpoint.
+    /// The first attempt's endpoint, when balancing is zone-aware.
     pub fn pick(&self) -> Option<ecsmesh_agent_balance::Pick> {
-        if fastrand::f64() >= self.near_share {
-            return self.far.pick(&[]).or_else(|| self.near.pick(&[]));
+        let s = self.split.as_ref()?;
+        if fastrand::f64() >= s.near_share {
+            return s.far.pick(&[]).or_else(|| s.near.pick(&[]));
         }
-        match self.near.pick(&[]) {
-            Some(near) if near.queued() > 0 => match self.far.pick(&[]) {
+        match s.near.pick(&[]) {
+            Some(near) if near.queued() > 0 => match s.far.pick(&[]) {
                 Some(far) if far.cost() * SPILL_FACTOR < near.cost() => Some(far),
                 _ => Some(near),
             },
             Some(near) => Some(near),
-            None => self.far.pick(&[]),
+            None => s.far.pick(&[]),
         }
     }
 
@@ -755,10 +770,7 @@ fn zones(
     settings: &TableSettings,
     ts: &TargetSettings,
 ) -> Option<Zones> {
-    let here = settings
-        .availability_zone
-        .as_ref()
-        .filter(|_| ts.zone_aware)?;
+    let here = settings.availability_zone.as_ref()?;
     let mut of = HashMap::with_capacity(serving.len());
     let (mut near, mut far) = (Vec::new(), Vec::new());
     let mut zones = std::collections::HashSet::new();
@@ -772,17 +784,19 @@ fn zones(
         let counter = settings.zone_counters.counter(here, zone);
         of.insert(endpoint.addr, (Arc::from(zone), counter));
     }
-    if near.is_empty() || far.is_empty() {
-        return None;
-    }
-    let near = Balancer::new(&near, &ts.balancer, Some(all));
-    let zone_count = u32::try_from(zones.len()).map_or(f64::MAX, f64::from);
-    let near_share = (zone_count * near.total_weight() / all.total_weight()).min(1.0);
+    let split = (ts.zone_aware && !near.is_empty() && !far.is_empty()).then(|| {
+        let near = Balancer::new(&near, &ts.balancer, Some(all));
+        let zone_count = u32::try_from(zones.len()).map_or(f64::MAX, f64::from);
+        let near_share = (zone_count * near.total_weight() / all.total_weight()).min(1.0);
+        Split {
+            near,
+            far: Balancer::new(&far, &ts.balancer, Some(all)),
+            near_share,
+        }
+    });
     Some(Zones {
         here: Arc::clone(here),
-        near,
-        far: Balancer::new(&far, &ts.balancer, Some(all)),
-        near_share,
+        split,
         of,
     })
 }
@@ -1035,6 +1049,7 @@ mod tests {
             match table.balancers.values().next() {
                 Some(Target::Set { zones, .. }) => zones
                     .as_ref()
+                    .and_then(|z| z.split.as_ref())
                     .map(|z| (z.near.len(), z.far.len(), z.near_share)),
                 _ => None,
             }
@@ -1068,6 +1083,31 @@ mod tests {
         off.availability_zone = Some(Arc::from("a"));
         off.zone_aware = false;
         assert_eq!(zones_of(&off, &["a", "b"]), None);
+        // Off, attempts are still counted by zone.
+        let mesh = MeshState {
+            sets: [(
+                Path::read("/#/ecs/demo/world").unwrap(),
+                Arc::new(
+                    [("a", 1u8), ("b", 2)]
+                        .iter()
+                        .map(|(z, i)| {
+                            ecsmesh_state::Endpoint::new(SocketAddr::from(([127, 0, 9, *i], 80)))
+                                .with_meta(ecsmesh_state::meta::AVAILABILITY_ZONE, *z)
+                        })
+                        .collect::<EndpointSet>(),
+                ),
+            )]
+            .into(),
+            ..MeshState::default()
+        };
+        let table = RouteTable::build(1, "e".into(), Arc::new(mesh), &off, None);
+        match table.balancers.values().next() {
+            Some(Target::Set { zones: Some(z), .. }) => {
+                assert!(z.split.is_none() && z.pick().is_none());
+                assert_eq!(z.zone_of(&SocketAddr::from(([127, 0, 9, 2], 80))), "b");
+            }
+            _ => panic!("no zone counters with zone-aware balancing off"),
+        }
         let unknown = TableSettings::new("default".into(), "127.0.1.1".parse().unwrap());
         assert_eq!(zones_of(&unknown, &["a", "b"]), None);
     }
