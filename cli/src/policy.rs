@@ -22,7 +22,9 @@ use tonic::transport::Channel;
 
 use crate::dtab::{Output, OutputArg, render};
 use crate::output::emit;
-use crate::remote::{ControllerArgs, Target, authorized, connect, input_text, version_text};
+use crate::remote::{
+    ControllerArgs, Target, authorized, connect, input_text, print_updates, version_text,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -317,15 +319,10 @@ async fn watch(
         .await
         .context("watch")?
         .into_inner();
-    let mut seen = 0;
-    while count.is_none_or(|c| seen < c) {
-        let Some(p) = updates.message().await.context("watch")? else {
-            break;
-        };
-        seen += 1;
-        emit(&render(output, &policy_text(&p), || policy_json(&p)))?;
-    }
-    Ok(())
+    print_updates(&mut updates, count, |p| {
+        render(output, &policy_text(p), || policy_json(p))
+    })
+    .await
 }
 
 /// Create, or replace at the current version; a concurrent change between

@@ -485,13 +485,26 @@ async fn watch(
         .await
         .context("watch")?
         .into_inner();
+    print_updates(&mut updates, count, |d| {
+        render(output, &dtab_text(d), || dtab_json(d))
+    })
+    .await
+}
+
+/// Prints each message of a watch stream as `show` renders it, until the
+/// stream ends or `count` were printed.
+pub(crate) async fn print_updates<T>(
+    updates: &mut tonic::Streaming<T>,
+    count: Option<usize>,
+    show: impl Fn(&T) -> String,
+) -> Result<()> {
     let mut seen = 0;
     while count.is_none_or(|c| seen < c) {
-        let Some(d) = updates.message().await.context("watch")? else {
+        let Some(m) = updates.message().await.context("watch")? else {
             break;
         };
         seen += 1;
-        emit(&render(output, &dtab_text(&d), || dtab_json(&d)))?;
+        emit(&show(&m))?;
     }
     Ok(())
 }

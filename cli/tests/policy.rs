@@ -7,12 +7,7 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use ecsmesh_controller::Controller;
-use ecsmesh_controller::config::Config;
-use ecsmesh_controller::reconcile::BaseDtabs;
-use ecsmesh_dtab::Dtab;
 use serde_json::Value;
 
 const TOKEN: &str = "policy-test-token";
@@ -20,25 +15,7 @@ const TOKEN: &str = "policy-test-token";
 async fn controller(dir: &std::path::Path, max_policies: usize) -> Controller {
     let mut security = ecsmesh_controller::config::Security::default();
     security.dtab_limits.max_policies = max_policies;
-    let config = Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        store_dir: dir.to_owned(),
-        admin_token: Some(Arc::from(TOKEN)),
-        base_dtabs: BaseDtabs(
-            [(
-                "default".to_owned(),
-                Arc::new(Dtab::read("/svc=>/#/ecs/demo").unwrap()),
-            )]
-            .into(),
-        ),
-        ecs: None,
-        consul: None,
-        consul_store: None,
-        dynamodb_store: None,
-        replicas: ecsmesh_controller::config::ReplicaSettings::default(),
-        security,
-    };
+    let config = common::controller_config(dir, Some(TOKEN), security);
     let c = Controller::start(config, &["test"]).await.unwrap();
     c.observed
         .replace("test", std::collections::BTreeMap::new());

@@ -10,31 +10,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use ecsmesh_controller::Controller;
-use ecsmesh_controller::config::Config;
-use ecsmesh_controller::reconcile::BaseDtabs;
 use ecsmesh_dtab::{Dtab, Path};
 use ecsmesh_state::{Endpoint, EndpointSet};
 
 async fn controller(dir: &std::path::Path, token: Option<&str>) -> Controller {
-    let config = Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        store_dir: dir.to_owned(),
-        admin_token: token.map(Arc::from),
-        base_dtabs: BaseDtabs(
-            [(
-                "default".to_owned(),
-                Arc::new(Dtab::read("/svc=>/#/ecs/demo").unwrap()),
-            )]
-            .into(),
-        ),
-        ecs: None,
-        consul: None,
-        consul_store: None,
-        dynamodb_store: None,
-        replicas: ecsmesh_controller::config::ReplicaSettings::default(),
-        security: ecsmesh_controller::config::Security::default(),
-    };
+    let config =
+        common::controller_config(dir, token, ecsmesh_controller::config::Security::default());
     let c = Controller::start(config, &["test"]).await.unwrap();
     let set = |addr: &str| {
         Arc::new(

@@ -9,13 +9,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use assert_cmd::Command;
 use ecsmesh_controller::Controller;
-use ecsmesh_controller::config::{Config, Security, ServerTlsSettings};
-use ecsmesh_controller::reconcile::BaseDtabs;
-use ecsmesh_dtab::Dtab;
+use ecsmesh_controller::config::{Security, ServerTlsSettings};
 use ecsmesh_tls::{ClientAuth, TlsFiles};
 
 async fn ctl(args: Vec<String>) -> (i32, String, String) {
@@ -39,24 +36,10 @@ fn init(dir: &Path) -> String {
 }
 
 async fn tls_controller(store: &Path, certs: &Path) -> Controller {
-    let config = Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        store_dir: store.to_owned(),
-        admin_token: None,
-        base_dtabs: BaseDtabs(
-            [(
-                "default".to_owned(),
-                Arc::new(Dtab::read("/svc=>/#/ecs/demo").unwrap()),
-            )]
-            .into(),
-        ),
-        ecs: None,
-        consul: None,
-        consul_store: None,
-        dynamodb_store: None,
-        replicas: ecsmesh_controller::config::ReplicaSettings::default(),
-        security: Security {
+    let config = common::controller_config(
+        store,
+        None,
+        Security {
             tls: Some(ServerTlsSettings {
                 files: TlsFiles {
                     ca: Some(certs.join("ca.pem")),
@@ -69,7 +52,7 @@ async fn tls_controller(store: &Path, certs: &Path) -> Controller {
             admin_identities: vec!["ecsmesh-admin".into()],
             ..Security::default()
         },
-    };
+    );
     let c = Controller::start(config, &["test"]).await.unwrap();
     c.observed.replace("test", BTreeMap::new());
     c

@@ -50,3 +50,34 @@ pub async fn ecsmeshctl_with_stdin(
     .await
     .unwrap()
 }
+
+/// A controller's settings for these tests: loopback ports chosen by the
+/// kernel, the store in `store`, the base dtab `/svc=>/#/ecs/demo`, no ECS
+/// or Consul; `token` and `security` as given.
+#[allow(dead_code)] // not every test binary starts a controller
+pub fn controller_config(
+    store: &std::path::Path,
+    token: Option<&str>,
+    security: ecsmesh_controller::config::Security,
+) -> ecsmesh_controller::config::Config {
+    use std::sync::Arc;
+    ecsmesh_controller::config::Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        store_dir: store.to_owned(),
+        admin_token: token.map(Arc::from),
+        base_dtabs: ecsmesh_controller::reconcile::BaseDtabs(
+            [(
+                "default".to_owned(),
+                Arc::new(ecsmesh_dtab::Dtab::read("/svc=>/#/ecs/demo").unwrap()),
+            )]
+            .into(),
+        ),
+        ecs: None,
+        consul: None,
+        consul_store: None,
+        dynamodb_store: None,
+        replicas: ecsmesh_controller::config::ReplicaSettings::default(),
+        security,
+    }
+}
