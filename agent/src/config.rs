@@ -83,6 +83,7 @@ pub struct FileConfig {
     pub allow_inet_override: Option<bool>,
     pub allow_local_inet_override: Option<bool>,
     pub zone_aware_balancing: Option<bool>,
+    pub http1_fast_path: Option<bool>,
     pub max_dtab_header_bytes: Option<usize>,
     pub decision_cache_bytes: Option<usize>,
     pub worker_threads: Option<usize>,
@@ -170,6 +171,11 @@ pub struct Args {
     /// fail or are busy [default: true].
     #[arg(long, env = "ECSMESH_ZONE_AWARE_BALANCING")]
     pub zone_aware_balancing: Option<bool>,
+    /// Carry plain HTTP/1.1 requests without a body on the outgoing
+    /// listener through the HTTP/1 fast path (the request path's cheap
+    /// form; everything else goes through hyper) [default: true].
+    #[arg(long, env = "ECSMESH_HTTP1_FAST_PATH")]
+    pub http1_fast_path: Option<bool>,
     /// Largest l5d-dtab or l5d-ctx-dtab a request may carry, in bytes (all
     /// values of the header together); larger ones get 431 [default: 16384].
     #[arg(long, env = "ECSMESH_MAX_DTAB_HEADER_BYTES")]
@@ -328,6 +334,7 @@ pub struct Config {
     pub allow_inet_override: bool,
     pub allow_local_inet_override: bool,
     pub zone_aware_balancing: bool,
+    pub http1_fast_path: bool,
     /// Bytes of one dtab header (all its values together) a request may carry.
     pub max_dtab_header_bytes: usize,
     pub decision_cache_bytes: usize,
@@ -565,6 +572,7 @@ impl Config {
                 .zone_aware_balancing
                 .or(f.zone_aware_balancing)
                 .unwrap_or(true),
+            http1_fast_path: args.http1_fast_path.or(f.http1_fast_path).unwrap_or(true),
             max_dtab_header_bytes: not_zero(
                 "max_dtab_header_bytes",
                 args.max_dtab_header_bytes.or(f.max_dtab_header_bytes),

@@ -178,10 +178,18 @@ fn status_class(status: StatusCode) -> usize {
 
 /// One (direction, service)'s series.
 #[derive(Debug)]
-struct ServiceHandles {
+pub struct ServiceHandles {
     /// By status class: 1xx … 5xx.
     requests: [Counter; 5],
     latency: LatencyHistogram,
+}
+
+impl ServiceHandles {
+    /// One finished request (see [`Metrics::request`]).
+    pub fn record(&self, status: StatusCode, took: Duration) {
+        self.requests[status_class(status)].inc();
+        self.latency.observe(took);
+    }
 }
 
 /// A service's handles: outgoing, incoming.
@@ -189,9 +197,17 @@ type DirectionHandles = [Option<Arc<ServiceHandles>>; 2];
 
 /// One client's per-attempt series.
 #[derive(Debug)]
-struct ClientHandles {
+pub struct ClientHandles {
     requests: [Counter; 5],
     latency: LatencyHistogram,
+}
+
+impl ClientHandles {
+    /// One attempt that got a response (see [`Metrics::attempt`]).
+    pub fn record(&self, status: StatusCode, took: Duration) {
+        self.requests[status_class(status)].inc();
+        self.latency.observe(took);
+    }
 }
 
 /// One listener's connection and byte counters (shared with its
@@ -407,6 +423,9 @@ pub struct Metrics {
     listener_limits: Family<ListenerLimitLabels, Gauge<f64, AtomicU64>>,
     /// The runtime's request-serving threads.
     pub worker_threads: Gauge,
+    /// Requests answered on the HTTP/1 fast path.
+    pub fast_path_requests: Counter,
+    fast_path_declines: Family<RefusedLabels, Counter>,
 }
 
 /// A refused TLS handshake: on which listener, and why.
@@ -458,6 +477,8 @@ impl Metrics {
             limit_counters: [Side::Outgoing, Side::Incoming].map(|side| limits.counters(side)),
             listener_limits: Family::default(),
             worker_threads: Gauge::default(),
+            fast_path_requests: Counter::default(),
+            fast_path_declines: Family::default(),
         };
         {
             let mut root = m.registry.lock().unwrap_or_else(PoisonError::into_inner);
@@ -573,6 +594,16 @@ impl Metrics {
                 m.downgrades.clone(),
             );
             r.register(
+                "fast_path_requests",
+                "Requests answered on the outgoing listener's HTTP/1 fast path",
+                m.fast_path_requests.clone(),
+            );
+            r.register(
+                "fast_path_declines",
+                "Requests the HTTP/1 fast path left to the general path (which then serves the rest of their connection), by reason",
+                m.fast_path_declines.clone(),
+            );
+            r.register(
                 "worker_threads",
                 "Threads serving requests (worker_threads)",
                 m.worker_threads.clone(),
@@ -639,12 +670,13 @@ impl Metrics {
 
     /// One finished request, as the calling application saw it.
     pub fn request(&self, side: Side, service: Option<&str>, status: StatusCode, took: Duration) {
-        let handles = self.service_handles(side, service.unwrap_or(UNIDENTIFIED));
-        handles.requests[status_class(status)].inc();
-        handles.latency.observe(took);
+        self.service_handles(side, service.unwrap_or(UNIDENTIFIED))
+            .record(status, took);
     }
 
-    fn service_handles(&self, side: Side, service: &str) -> Arc<ServiceHandles> {
+    /// A service's request series, to keep and record into without the
+    /// lookup (the HTTP/1 fast path caches them per route).
+    pub fn service_handles(&self, side: Side, service: &str) -> Arc<ServiceHandles> {
         let slot = usize::from(side == Side::Incoming);
         let mut all = self
             .service_handles
@@ -693,12 +725,11 @@ impl Metrics {
 
     /// One attempt to a concrete client that got a response.
     pub fn attempt(&self, client: &str, status: StatusCode, took: Duration) {
-        let handles = self.client_handles(client);
-        handles.requests[status_class(status)].inc();
-        handles.latency.observe(took);
+        self.client_handles(client).record(status, took);
     }
 
-    fn client_handles(&self, client: &str) -> Arc<ClientHandles> {
+    /// A client's attempt series, to keep (see [`Self::service_handles`]).
+    pub fn client_handles(&self, client: &str) -> Arc<ClientHandles> {
         let mut all = self
             .client_handles
             .lock()
@@ -749,6 +780,13 @@ impl Metrics {
     /// `local_address_override`.
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&RefusedLabels { reason }).inc();
+    }
+
+    /// A request the HTTP/1 fast path left to the general path.
+    pub fn fast_path_declined(&self, reason: &'static str) {
+        self.fast_path_declines
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
     }
 
     /// An endpoint found to speak only HTTP/1 (the request is resent).

@@ -74,6 +74,12 @@ fn without_userinfo(authority: &[u8]) -> Option<&[u8]> {
 static SVC: LazyLock<Path> =
     LazyLock::new(|| Path::from_strs(["svc"]).expect("a literal non-empty element"));
 
+/// `/svc/<token>`: the name of a header token (`io.l5d.header.token`),
+/// if it is a valid label.
+pub fn token_name(token: &[u8]) -> Option<Path> {
+    Label::new(token).ok().map(|label| SVC.join(&[label]))
+}
+
 /// The request's logical name.
 pub fn identify(identifier: &Identifier, parts: &mut Parts) -> Result<Path, IdentifyError> {
     match identifier {
@@ -90,9 +96,7 @@ pub fn identify(identifier: &Identifier, parts: &mut Parts) -> Result<Path, Iden
                         .flatten()
                 })
                 .ok_or_else(|| IdentifyError::MissingHeader(header.clone()))?;
-            let label =
-                Label::new(value).map_err(|_| IdentifyError::MissingHeader(header.clone()))?;
-            Ok(SVC.join(&[label]))
+            token_name(value).ok_or_else(|| IdentifyError::MissingHeader(header.clone()))
         }
         Identifier::Path { segments, consume } => {
             let path = parts.uri.path().to_owned();

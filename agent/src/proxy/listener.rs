@@ -244,7 +244,16 @@ pub async fn serve(
 ) {
     let settings = Settings::new(&proxy.config.limits, side);
     settings.publish(&proxy, side);
-    let server = Server {
+    // Fast-path connections hold a sender each: the channel closes when
+    // the last has ended.
+    let (live, mut ended) = tokio::sync::mpsc::channel::<()>(1);
+    let mut server = Server {
+        fast: super::fast::enabled(&proxy, side).then_some(super::fast::HeadLimits {
+            max_headers: settings.max_headers,
+            max_head_bytes: settings.max_head_bytes,
+        }),
+        shutdown: shutdown.clone(),
+        live: Some(live),
         builder: settings.builder(),
         graceful: GracefulShutdown::new(),
         slots: Arc::new(Slots {
@@ -279,14 +288,22 @@ pub async fn serve(
         }
     }
     drop(listener);
+    server.live = None;
+    let drained = async {
+        tokio::join!(server.graceful.shutdown(), ended.recv());
+    };
     tokio::select! {
-        () = server.graceful.shutdown() => {}
+        () = drained => {}
         () = tokio::time::sleep(grace) => tracing::warn!(side = side.as_str(), "in-flight requests cut off by the shutdown deadline"),
     }
 }
 
 /// What each accepted connection needs.
 struct Server {
+    /// Connections start on the HTTP/1 fast path ([`super::fast`]).
+    fast: Option<super::fast::HeadLimits>,
+    shutdown: watch::Receiver<bool>,
+    live: Option<tokio::sync::mpsc::Sender<()>>,
     proxy: Arc<Proxy>,
     side: Side,
     builder: auto::Builder<TokioExecutor>,
@@ -307,6 +324,29 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let stream = counted::Counted::new(stream, self.proxy.metrics.listener(self.side));
         let (stream, conn) = Guarded::new(stream, self.timeouts, Arc::clone(&self.counters), slot);
+        if let Some(limits) = self.fast {
+            let service = service(Arc::clone(&self.proxy), self.side, conn.clone());
+            let (proxy, builder, watcher) = (
+                Arc::clone(&self.proxy),
+                self.builder.clone(),
+                self.graceful.watcher(),
+            );
+            let (shutdown, live) = (self.shutdown.clone(), self.live.clone());
+            tokio::spawn(async move {
+                let _live = live;
+                // Served here until a request the fast path declines;
+                // hyper serves the rest of the connection.
+                if let Some(handoff) =
+                    super::fast::serve(&proxy, stream, &conn, limits, shutdown).await
+                {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(handoff.io), service)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                }
+            });
+            return;
+        }
         let service = service(Arc::clone(&self.proxy), self.side, conn);
         if let (Side::Incoming, Some(tls)) = (self.side, &self.proxy.l2l_tls) {
             // The handshake runs off the accept loop.

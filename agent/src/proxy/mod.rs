@@ -17,6 +17,8 @@
 
 pub mod body;
 pub mod conn;
+mod fast;
+pub mod h1;
 pub mod h2probe;
 pub mod headers;
 pub mod identify;
@@ -391,7 +393,23 @@ impl Proxy {
         }
         let grpc = headers::is_grpc(&parts.headers);
         let version = parts.version;
-        let (service, mut resp) = self.route(side, &mut parts, body).await;
+        let (service, resp) = self.route(side, &mut parts, body).await;
+        let resp = Self::finish(resp, version, grpc, clear);
+        self.metrics
+            .request(side, service.as_deref(), resp.status(), started.elapsed());
+        resp
+    }
+
+    /// A response on its way back to the client: hop-by-hop headers out,
+    /// `Via` in, the proxy's own errors in gRPC's terms for a gRPC client,
+    /// and, where the context is cleared (`clear`), every `l5d-*` header
+    /// and an error's body removed.
+    fn finish(
+        mut resp: Response<Body>,
+        version: http::Version,
+        grpc: bool,
+        clear: bool,
+    ) -> Response<Body> {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             headers::strip_hop_by_hop(resp.headers_mut());
         }
@@ -412,8 +430,6 @@ impl Proxy {
                 *resp.body_mut() = headers::full(Bytes::new());
             }
         }
-        self.metrics
-            .request(side, service.as_deref(), resp.status(), started.elapsed());
         resp
     }
 
@@ -646,30 +662,12 @@ impl Proxy {
             };
             let (addr, connect_to, pick) = match self.select(side, dest, &tried).await {
                 Ok(Some(chosen)) => chosen,
-                Ok(None) if last_error.is_none() && at_capacity(&dest.target, side, &tried) => {
-                    self.metrics.concurrency_rejection(service);
-                    return error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!(
-                            "max_concurrent_requests: every endpoint of {} has {} requests in flight for {service} (its policy's limit); failing fast instead of queueing",
-                            dest.id, policy.target.balancer.max_concurrent
-                        ),
-                    );
-                }
                 Ok(None) if last_error.is_none() => {
-                    let table = self.routes.load();
-                    let msg = Self::unable_to_route(
-                        service,
-                        &table,
-                        parts
-                            .headers
-                            .get(L5D_CTX_DTAB)
-                            .and_then(|v| v.to_str().ok()),
-                        &RouteError::NoHosts,
-                    );
-                    self.metrics
-                        .failure(service, Some(client_name(dest)), Class::NoHosts);
-                    return error_response(StatusCode::BAD_GATEWAY, &msg);
+                    let ctx = parts
+                        .headers
+                        .get(L5D_CTX_DTAB)
+                        .and_then(|v| v.to_str().ok());
+                    return self.no_endpoint(side, dest, &tried, service, policy, ctx);
                 }
                 Ok(None) => break,
                 Err(refused) => {
@@ -708,23 +706,11 @@ impl Proxy {
                 Attempt::Retry(resp) => {
                     last_error = Some(resp);
                     tried.push(addr);
-                    if retries + 1 >= policy.max_attempts {
+                    if !self
+                        .may_retry(policy, service, &mut retries, deadline)
+                        .await
+                    {
                         break;
-                    }
-                    if !policy.budget.try_withdraw() {
-                        self.metrics.retry_budget_exhausted(service);
-                        break;
-                    }
-                    retries += 1;
-                    self.metrics.retry(service);
-                    let wait = policy.backoff(retries);
-                    if !wait.is_zero() {
-                        // A backoff that outlasts the deadline would only
-                        // turn the last answer into a timeout.
-                        if Instant::now() + wait >= deadline {
-                            break;
-                        }
-                        tokio::time::sleep(wait).await;
                     }
                 }
             }
@@ -735,6 +721,66 @@ impl Proxy {
                 &format!("No hosts are available for {service}"),
             )
         })
+    }
+
+    /// Whether a request whose attempt failed in a retryable way goes
+    /// again: within its policy's attempts and retry budget, and only if
+    /// the backoff (slept here) ends before its deadline.
+    async fn may_retry(
+        &self,
+        policy: &Policy,
+        service: &str,
+        retries: &mut u32,
+        deadline: Instant,
+    ) -> bool {
+        if *retries + 1 >= policy.max_attempts {
+            return false;
+        }
+        if !policy.budget.try_withdraw() {
+            self.metrics.retry_budget_exhausted(service);
+            return false;
+        }
+        *retries += 1;
+        self.metrics.retry(service);
+        let wait = policy.backoff(*retries);
+        if !wait.is_zero() {
+            // A backoff that outlasts the deadline would only turn the
+            // last answer into a timeout.
+            if Instant::now() + wait >= deadline {
+                return false;
+            }
+            tokio::time::sleep(wait).await;
+        }
+        true
+    }
+
+    /// The answer when a request's first attempt finds no endpoint: 503
+    /// if they are all at the policy's in-flight limit, else Linkerd's
+    /// 502 "no hosts".
+    fn no_endpoint(
+        &self,
+        side: Side,
+        dest: &Dest,
+        tried: &[SocketAddr],
+        service: &str,
+        policy: &Policy,
+        ctx_dtab: Option<&str>,
+    ) -> Response<Body> {
+        if at_capacity(&dest.target, side, tried) {
+            self.metrics.concurrency_rejection(service);
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "max_concurrent_requests: every endpoint of {} has {} requests in flight for {service} (its policy's limit); failing fast instead of queueing",
+                    dest.id, policy.target.balancer.max_concurrent
+                ),
+            );
+        }
+        let table = self.routes.load();
+        let msg = Self::unable_to_route(service, &table, ctx_dtab, &RouteError::NoHosts);
+        self.metrics
+            .failure(service, Some(client_name(dest)), Class::NoHosts);
+        error_response(StatusCode::BAD_GATEWAY, &msg)
     }
 
     /// Sends one attempt and classifies what happened; failures that are
