@@ -61,15 +61,20 @@ start_upstream() {
 # start_agent NAME HOST_IP MODE UPSTREAM_HOST [BINARY]: an agent routing
 # with a real snapshot file (20-entry dtab, 50 services; the upstream's
 # endpoints named by UPSTREAM_HOST), no controller; pid in AGENT_PID[NAME].
-# SNAPSHOT_ARGS (an array) adds bench-snapshot flags (the zone services).
+# SNAPSHOT_ARGS (an array) adds bench-snapshot flags (the zone services);
+# AGENT_CONTROLLER, the agent's --controller (by default an address where
+# nothing listens: the agent stays on the snapshot file; proxy.sh's
+# agent-deltas row points it at bench-push).
 declare -A AGENT_PID
 SNAPSHOT_ARGS=()
+NO_CONTROLLER=http://127.0.0.1:9
+AGENT_CONTROLLER=$NO_CONTROLLER
 start_agent() {
   "$BIN/bench-snapshot" --upstream "$UP" --upstream-host "$4" ${SNAPSHOT_ARGS[@]+"${SNAPSHOT_ARGS[@]}"} \
     --out "$WORK/$1/snapshot.pb"
   RUST_LOG=error TOKIO_WORKER_THREADS="$CORES" ECSMESH_WORKER_THREADS="$CORES" taskset -c "$PROXY_CPUS" "${5:-$BIN/ecsmesh-agent}" \
     --host-ip "$2" --instance-id "i-$1" --availability-zone bench-a --mode "$3" \
-    --controller http://127.0.0.1:9 --state-dir "$WORK/$1" --imds-endpoint http://127.0.0.1:9 &
+    --controller "$AGENT_CONTROLLER" --state-dir "$WORK/$1" --imds-endpoint http://127.0.0.1:9 &
   AGENT_PID[$1]=$!; PIDS+=($!)
 }
 # start_haproxy ADDR [SERVER [NAME [BIND_OPTS [SERVER_OPTS]]]]: haproxy as a

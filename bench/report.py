@@ -39,9 +39,15 @@ def spread(xs):
     return f"{min(xs):,.0f}–{max(xs):,.0f}" if xs else ""
 
 
-# Each agent shape and the haproxy setup it compares with: one hop, two
-# hops, two hops with mutual TLS between them.
-FAIR = {"agent": "haproxy", "agent-l2l": "haproxy-chain", "agent-l2l-tls": "haproxy-chain-tls"}
+# Each agent shape and the haproxy setup it compares with: one hop (with
+# and without a controller pushing deltas), two hops, two hops with mutual
+# TLS between them.
+FAIR = {
+    "agent": "haproxy",
+    "agent-deltas": "haproxy",
+    "agent-l2l": "haproxy-chain",
+    "agent-l2l-tls": "haproxy-chain-tls",
+}
 
 
 def main(path, secs, lat_secs, reps, quiet="", layout=""):
@@ -65,7 +71,9 @@ def main(path, secs, lat_secs, reps, quiet="", layout=""):
         f"{secs} s, open-loop latency runs of {lat_secs} s; "
         f"{layout or 'wrk -t1 -c32 on CPU 0; each proxy with one worker thread, pinned with the upstream to CPU 1'}; "
         "loopback. *vs its haproxy*: the agent over the haproxy setup of the same shape "
-        "(agent-l2l over haproxy-chain, agent-l2l-tls over haproxy-chain-tls).\n"
+        "(agent and agent-deltas over haproxy, agent-l2l over haproxy-chain, agent-l2l-tls over "
+        "haproxy-chain-tls). *agent-deltas*: the agent row's twin, following `bench-push`, a stand-in "
+        "controller that changes the routed set (svc7) with a delta at a fixed interval (issue #15).\n"
     )
     if quiet:
         print(f"Machine during the run: {quiet}.\n")
@@ -92,9 +100,16 @@ def main(path, secs, lat_secs, reps, quiet="", layout=""):
             f"{m64 / base_h:.2f}× | {fair} | {m64 / base_d:.2f}× | {fmt_kib(idle)} | {fmt_kib(load)} | "
             f"{'–' if cpu is None else f'{cpu:.2f}'} |"
         )
+    share = next((r for r in every if r["kind"] == "haproxy_share"), None)
     rates = sorted({rate for (_, rate) in lat})
     for rate in rates:
-        print(f"\n**Latency at {rate:,} req/s, open loop (µs; added = over direct, medians)**\n")
+        of = ""
+        if share and rate == share["rate"]:
+            of = (
+                f" ({share['share'] * 100:.0f} % of haproxy's max, {base_h:,.0f} req/s;"
+                " one-hop systems: the two-hop shapes' max is below it)"
+            )
+        print(f"\n**Latency at {rate:,} req/s{of}, open loop (µs; added = over direct, medians)**\n")
         print("| system | p50 | p90 | p99 | p99.9 | added p50 | added p99 | errors | late |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         d = lat.get(("direct", rate), [])
@@ -111,8 +126,65 @@ def main(path, secs, lat_secs, reps, quiet="", layout=""):
                 f"{p['p50_us'] - dp50:+,.0f} | {p['p99_us'] - dp99:+,.0f} | {errors} | {late} |"
             )
 
-
+    pushed(every, tput, lat, rates)
     zones([r for r in every if r["kind"] == "zones"], secs, lat_secs)
+
+
+def pushed(every, tput, lat, rates):
+    """The agent-deltas line (issue #15): the deltas bench-push sent during
+    agent-deltas's own runs and how many of those the agent had ACKed by
+    each run's end, and agent-deltas over agent, the same agent with no
+    controller."""
+    runs = [r for r in every if r.get("system") == "agent-deltas" and r.get("push_before")]
+    if not runs:
+        return
+    sent = acked = nacks = 0
+    for r in runs:
+        b, a = r["push_before"], r["push_after"]
+        n = a["deltas_sent"] - b["deltas_sent"]
+        sent += n
+        nacks += a["nacks"] - b["nacks"]
+        if a["streams"] == b["streams"] and a["snapshots_sent"] == b["snapshots_sent"]:
+            # One stream, deltas only: the run's deltas are versions
+            # b.version + 1 … a.version, ACKed in order. (Counting the ACKs
+            # that arrived would also count earlier deltas the agent was
+            # still saving to disk when the run began.)
+            acked += max(0, min(a["acked_version"], a["version"]) - b["version"])
+        else:
+            acked += a["deltas_acked"] - b["deltas_acked"]
+    interval = runs[0]["push_after"]["interval_ms"]
+    line = (
+        f"\nagent-deltas: {sent:,} deltas pushed, one every {interval} ms, "
+        f"{acked:,} acknowledged"
+    )
+    if nacks:
+        line += f", {nacks} NACKed"
+    whole = next((r for r in every if r["kind"] == "push"), None)
+    if whole:
+        b, a = whole["before"], whole["after"]
+        line += (
+            f" (during its {len(runs)} runs, ACKed by each run's end; over the whole measurement, "
+            f"every system's runs: {a['deltas_sent'] - b['deltas_sent']:,} pushed, "
+            f"{a['deltas_acked'] - b['deltas_acked']:,} ACKed, mesh version "
+            f"{b['acked_version']:,} → {a['acked_version']:,})"
+        )
+    print(line + ".")
+    tputs, lats = [], []
+    for size, label in ((64, "64 B"), (4096, "4 KiB")):
+        d = med([r["rps"] for r in tput.get(("agent-deltas", size), [])])
+        a = med([r["rps"] for r in tput.get(("agent", size), [])])
+        if d and a:
+            tputs.append(f"{label} {d / a:.2f}×")
+    for rate in rates:
+        d, a = lat.get(("agent-deltas", rate), []), lat.get(("agent", rate), [])
+        if d and a:
+            added = lambda k: med([x[k] for x in d]) - med([x[k] for x in a])
+            lats.append(f"at {rate:,} req/s p99 {added('p99_us'):+,.0f} µs, p99.9 {added('p999_us'):+,.0f} µs")
+    if tputs or lats:
+        print(
+            f"agent-deltas over agent (the same agent, no controller): throughput {', '.join(tputs)}; "
+            f"latency added {'; '.join(lats)}."
+        )
 
 
 AGENT_ZONE = "bench-a"
