@@ -144,11 +144,12 @@ pub async fn run(
     status: watch::Sender<ControlStatus>,
     summaries: Summaries,
 ) {
+    let saver = Saver::start(file);
     let mut failures = 0u32;
     let replicas = u32::try_from(controllers.len().max(1)).unwrap_or(u32::MAX);
     for controller in controllers.iter().cycle() {
         let started = Instant::now();
-        let result = follow(controller, &info, &routes, &file, &status, &summaries).await;
+        let result = follow(controller, &info, &routes, &saver, &status, &summaries).await;
         status.send_modify(|s| s.connected = false);
         if let Err(e) = &result {
             tracing::warn!(%controller, error = %e, "controller stream ended; routing on the last state");
@@ -192,7 +193,7 @@ async fn follow(
     controller: &ControllerEndpoint,
     info: &AgentInfo,
     routes: &Routes,
-    file: &SnapshotFile,
+    saver: &Saver,
     status: &watch::Sender<ControlStatus>,
     summaries: &Summaries,
 ) -> Result<(), StreamError> {
@@ -237,16 +238,16 @@ async fn follow(
         let reply = match msg.kind {
             Some(pb::controller_message::Kind::Snapshot(s)) => {
                 parts.reset();
-                apply_snapshot(s, routes, file, status).await
+                apply_snapshot(s, routes, saver, status)
             }
             Some(pb::controller_message::Kind::SnapshotPart(part)) => match parts.push(part) {
-                Ok(Some(s)) => apply_snapshot(s, routes, file, status).await,
+                Ok(Some(s)) => apply_snapshot(s, routes, saver, status),
                 Ok(None) => continue,
                 Err(e) => nack(e.version(), &e.to_string()),
             },
             Some(pb::controller_message::Kind::Delta(d)) => {
                 parts.reset();
-                apply_delta(&d, routes, file, status).await
+                apply_delta(&d, routes, saver, status)
             }
             None => continue,
         };
@@ -288,23 +289,24 @@ async fn send_summaries(summaries: Summaries, tx: mpsc::Sender<pb::AgentMessage>
     }
 }
 
-async fn apply_snapshot(
+fn apply_snapshot(
     snapshot: pb::Snapshot,
     routes: &Routes,
-    file: &SnapshotFile,
+    saver: &Saver,
     status: &watch::Sender<ControlStatus>,
 ) -> pb::agent_message::Kind {
     let version = snapshot.version;
     match MeshState::from_snapshot(&snapshot) {
         Ok(mesh) => {
+            let mesh = Arc::new(mesh);
             install(
                 version,
                 snapshot.epoch.clone(),
-                Arc::new(mesh),
+                Arc::clone(&mesh),
                 routes,
                 status,
             );
-            persist(file, snapshot).await;
+            saver.save(version, snapshot.epoch, mesh);
             tracing::info!(version, "installed a snapshot");
             pb::agent_message::Kind::Ack(pb::Ack { version })
         }
@@ -312,10 +314,10 @@ async fn apply_snapshot(
     }
 }
 
-async fn apply_delta(
+fn apply_delta(
     delta: &pb::Delta,
     routes: &Routes,
-    file: &SnapshotFile,
+    saver: &Saver,
     status: &watch::Sender<ControlStatus>,
 ) -> pb::agent_message::Kind {
     let table = routes.load();
@@ -338,7 +340,7 @@ async fn apply_delta(
                 routes,
                 status,
             );
-            persist(file, mesh.to_snapshot(delta.version, &delta.epoch)).await;
+            saver.save(delta.version, delta.epoch.clone(), mesh);
             tracing::debug!(version = delta.version, "installed a delta");
             pb::agent_message::Kind::Ack(pb::Ack {
                 version: delta.version,
@@ -364,13 +366,55 @@ fn install(
     });
 }
 
-/// Saves the installed state; a failure is logged, not fatal (routing goes on).
-async fn persist(file: &SnapshotFile, snapshot: pb::Snapshot) {
-    let file = file.clone();
-    match tokio::task::spawn_blocking(move || file.save(&snapshot)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not save the snapshot"),
-        Err(e) => tracing::warn!(error = %e, "could not save the snapshot"),
+/// Saves the installed state to disk off the update path: the ACK does
+/// not wait for the disk, and the encoding and fsync run on a blocking
+/// thread, one at a time, always of the newest state (updates that come
+/// faster than the disk takes them are saved only as the latest). A
+/// restart may thus find a slightly older version, which the controller
+/// then brings up to date.
+#[derive(Debug)]
+struct Saver {
+    latest: watch::Sender<Option<Pending>>,
+}
+
+/// A state waiting to be saved.
+#[derive(Clone, Debug)]
+struct Pending {
+    version: u64,
+    epoch: String,
+    mesh: Arc<MeshState>,
+}
+
+impl Saver {
+    fn start(file: SnapshotFile) -> Self {
+        let (latest, mut next) = watch::channel::<Option<Pending>>(None);
+        tokio::spawn(async move {
+            while next.changed().await.is_ok() {
+                let Some(p) = next.borrow_and_update().clone() else {
+                    continue;
+                };
+                let file = file.clone();
+                let saved = tokio::task::spawn_blocking(move || {
+                    file.save(&p.mesh.to_snapshot(p.version, &p.epoch))
+                })
+                .await;
+                match saved {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not save the snapshot"),
+                    Err(e) => tracing::warn!(error = %e, "could not save the snapshot"),
+                }
+            }
+        });
+        Self { latest }
+    }
+
+    /// Saves this state soon (a failure is logged, not fatal: routing goes on).
+    fn save(&self, version: u64, epoch: String, mesh: Arc<MeshState>) {
+        self.latest.send_replace(Some(Pending {
+            version,
+            epoch,
+            mesh,
+        }));
     }
 }
 

@@ -163,7 +163,7 @@ pub fn parse_request<'h, 'b>(
     };
     let headers: &'h [Header<'b>] = req.headers;
     let mut host = None;
-    let mut hosts = 0;
+    let (mut hosts, mut lengths) = (0, 0);
     let (mut close, mut via_depth, mut has_request_id) = (false, 0, false);
     for h in headers {
         let (name, value) = (h.name, h.value);
@@ -172,9 +172,11 @@ pub fn parse_request<'h, 'b>(
             hosts += 1;
             host = Some(value);
         } else if is("content-length") {
-            if value.trim_ascii() != b"0" {
+            // One `0` only: hyper judges (and merges) anything else.
+            if value.trim_ascii() != b"0" || lengths > 0 {
                 return Parsed::Decline(Decline::Body);
             }
+            lengths += 1;
         } else if is("transfer-encoding") {
             return Parsed::Decline(Decline::Body);
         } else if is("connection") {
@@ -223,6 +225,36 @@ pub fn parse_request<'h, 'b>(
 /// authority-form, other schemes, credentials, an empty authority).
 fn target_of(target: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
     const SCHEME: &[u8] = b"http://";
+    // RFC 3986's path and query characters only: anything else (a
+    // fragment, which hyper's URI drops; `<`, `"`, `{` …) is hyper's to judge.
+    let uri_char = |b: &u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+                    | b'?'
+            )
+    };
+    if !target.iter().all(uri_char) {
+        return None;
+    }
     if target.first() == Some(&b'/') {
         return Some((target, None));
     }
@@ -235,11 +267,30 @@ fn target_of(target: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
         .position(|b| matches!(b, b'/' | b'?' | b'#'))
         .unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
-    if authority.is_empty() || authority.contains(&b'@') || path.first().is_some_and(|b| *b != b'/')
-    {
+    if !plain_authority(authority) || path.first().is_some_and(|b| *b != b'/') {
         return None;
     }
     Some((if path.is_empty() { b"/" } else { path }, Some(authority)))
+}
+
+/// `host[:port]` with a plain host name or IPv4 address: what the fast
+/// path routes. Anything else (IPv6 literals, percent-encoding,
+/// credentials, odd ports) is left to hyper's URI rules.
+fn plain_authority(authority: &[u8]) -> bool {
+    let (host, port) = match authority.iter().position(|b| *b == b':') {
+        Some(i) => (&authority[..i], Some(&authority[i + 1..])),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p).is_ok_and(|p| p.parse::<u16>().is_ok())
+    });
+    host_ok && port_ok
 }
 
 /// How a response's body is delimited (RFC 9112 §6.3).
@@ -303,23 +354,29 @@ pub fn parse_response<'h, 'b>(
     let mut keep_alive = false;
     let (mut chunked, mut encoded) = (false, false);
     let mut length: Option<u64> = None;
+    // Judged only without Transfer-Encoding, which overrides it.
+    let mut bad_length = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             encoded = true;
-            // The last coding decides (RFC 9112 §6.3 3.).
+            // The last coding of the last line decides (RFC 9112 §6.3
+            // 3.); a value that is not visible ASCII names no coding (as
+            // hyper reads it).
             chunked = h
                 .value
-                .split(|b| *b == b',')
-                .map(<[u8]>::trim_ascii)
-                .rfind(|c| !c.is_empty())
-                .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+                .iter()
+                .all(|b| *b == b'\t' || (b' '..=b'~').contains(b))
+                && h.value
+                    .split(|b| *b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .rfind(|c| !c.is_empty())
+                    .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("content-length") {
             for v in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                let n = content_length(v).ok_or(ResponseError::ContentLength)?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(ResponseError::ContentLength);
+                match content_length(v) {
+                    Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                    _ => bad_length = true,
                 }
-                length = Some(n);
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
             for option in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
@@ -331,7 +388,15 @@ pub fn parse_response<'h, 'b>(
     if version == 0 && keep_alive && !encoded && length.is_some() {
         close = false;
     }
-    let framing = if head_request || code < 200 || code == 204 || code == 304 {
+    let bodiless = head_request || code < 200 || code == 204 || code == 304;
+    // HTTP/1.0 has no transfer codings (hyper refuses them too).
+    if version == 0 && encoded && !bodiless {
+        return Err(ResponseError::Invalid);
+    }
+    if bad_length && !encoded && !bodiless {
+        return Err(ResponseError::ContentLength);
+    }
+    let framing = if bodiless {
         Framing::Empty
     } else if encoded {
         // A length beside Transfer-Encoding is a smuggling risk: the
@@ -371,7 +436,9 @@ fn content_length(v: &[u8]) -> Option<u64> {
 /// Where a chunked body is (RFC 9112 §7.1), byte by byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     SizeSpace,
     Extension,
     SizeLf,
@@ -379,6 +446,8 @@ enum State {
     DataCr,
     DataLf,
     TrailerStart,
+    /// A trailer field's name, then (after `:`) its value.
+    TrailerName,
     Trailer,
     TrailerLf,
     EndLf,
@@ -441,6 +510,15 @@ impl Chunked {
         Ok(i)
     }
 
+    /// One more extension or trailer byte, within the bound.
+    fn extra_byte(&mut self, next: State) -> Result<State, ChunkedError> {
+        self.extra += 1;
+        if self.extra > MAX_CHUNK_EXTRA {
+            return Err(ChunkedError);
+        }
+        Ok(next)
+    }
+
     fn step(&mut self, b: u8) -> Result<(), ChunkedError> {
         self.state = match (self.state, b) {
             (State::Size { digits }, _) if b.is_ascii_hexdigit() => {
@@ -456,28 +534,21 @@ impl Chunked {
             (State::Size { digits: 1.. } | State::SizeSpace | State::Extension, b'\r') => {
                 State::SizeLf
             }
-            (State::Extension | State::TrailerStart | State::Trailer, b'\n') => {
-                return Err(ChunkedError);
-            }
-            (State::Extension, _) => {
-                self.extra += 1;
-                if self.extra > MAX_CHUNK_EXTRA {
-                    return Err(ChunkedError);
-                }
-                State::Extension
-            }
+            (State::Extension, b'\n') => return Err(ChunkedError),
+            (State::Extension, _) => self.extra_byte(State::Extension)?,
             (State::SizeLf, b'\n') if self.size == 0 => State::TrailerStart,
             (State::SizeLf, b'\n') => State::Data,
             (State::DataCr, b'\r') => State::DataLf,
             (State::DataLf, b'\n') => State::Size { digits: 0 },
             (State::TrailerStart, b'\r') => State::EndLf,
             (State::Trailer, b'\r') => State::TrailerLf,
-            (State::TrailerStart | State::Trailer, _) => {
-                self.extra += 1;
-                if self.extra > MAX_CHUNK_EXTRA {
-                    return Err(ChunkedError);
-                }
-                State::Trailer
+            (State::TrailerName, b':') => self.extra_byte(State::Trailer)?,
+            // Field names are tokens; values visible bytes, blanks, obs-text.
+            (State::TrailerStart | State::TrailerName, _) if is_tchar(b) => {
+                self.extra_byte(State::TrailerName)?
+            }
+            (State::Trailer, b'\t' | b' '..=b'~' | 0x80..=0xff) => {
+                self.extra_byte(State::Trailer)?
             }
             (State::TrailerLf, b'\n') => State::TrailerStart,
             (State::EndLf, b'\n') => State::Done,
@@ -485,6 +556,28 @@ impl Chunked {
         };
         Ok(())
     }
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
 }
 
 #[cfg(test)]
