@@ -130,6 +130,18 @@ async fn proxy(
     sets: &[(&str, &[SocketAddr])],
     tweak: impl FnOnce(&mut Config),
 ) -> (SocketAddr, Arc<Metrics>, watch::Sender<bool>) {
+    serve(ip, Side::Outgoing, sets, None, tweak).await
+}
+
+/// A proxy's `side` listener on `ip`; the endpoints run on `endpoint_host`
+/// (their `host_ip`), if given.
+async fn serve(
+    ip: &str,
+    side: Side,
+    sets: &[(&str, &[SocketAddr])],
+    endpoint_host: Option<&str>,
+    tweak: impl FnOnce(&mut Config),
+) -> (SocketAddr, Arc<Metrics>, watch::Sender<bool>) {
     let host: IpAddr = ip.parse().unwrap();
     let mut config = Config::resolve(&Args::default(), FileConfig::default()).unwrap();
     config.mode = ecsmesh_agent::config::Mode::Direct;
@@ -147,7 +159,13 @@ async fn proxy(
         sets: sets
             .iter()
             .map(|(name, eps)| {
-                let set: EndpointSet = eps.iter().map(|a| Endpoint::new(*a)).collect();
+                let set: EndpointSet = eps
+                    .iter()
+                    .map(|a| match endpoint_host {
+                        Some(h) => Endpoint::new(*a).with_meta("host_ip", h),
+                        None => Endpoint::new(*a),
+                    })
+                    .collect();
                 (
                     Path::read(&format!("/#/ecs/fast/{name}")).unwrap(),
                     Arc::new(set),
@@ -161,7 +179,7 @@ async fn proxy(
     let addr = listener.local_addr().unwrap();
     let proxy = Arc::new(Proxy::new(routes, config, host, Arc::clone(&metrics)));
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(proxy.serve(Side::Outgoing, listener, stopped, Duration::from_secs(1)));
+    tokio::spawn(proxy.serve(side, listener, stopped, Duration::from_secs(1)));
     (addr, metrics, stop)
 }
 
@@ -364,6 +382,85 @@ async fn relays_every_framing_and_keeps_connections() {
         ),
         10.0
     );
+}
+
+#[tokio::test]
+async fn both_hops_of_linker_to_linker_take_the_fast_path() {
+    let up = Scripted::start("127.0.85.3").await;
+    let sets: &[(&str, &[SocketAddr])] = &[("fast", &[up.addr])];
+    let (incoming, b, _stop_b) = serve(
+        "127.0.85.2",
+        Side::Incoming,
+        sets,
+        Some("127.0.85.2"),
+        |_| {},
+    )
+    .await;
+    let (outgoing, a, _stop_a) = serve(
+        "127.0.85.1",
+        Side::Outgoing,
+        sets,
+        Some("127.0.85.2"),
+        |c| {
+            c.mode = ecsmesh_agent::config::Mode::LinkerToLinker;
+            c.incoming_port = incoming.port();
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(outgoing).await.unwrap();
+    let mut buf = Vec::new();
+    let (code, h, seen) = get(&mut s, &mut buf, "GET", "/echo", "fast").await;
+    assert_eq!(code, 200);
+    // Each agent appends its Via, on the way there and back.
+    assert_eq!(h["via"], "1.1 ecsmesh");
+    let seen = String::from_utf8(seen).unwrap().to_ascii_lowercase();
+    assert_eq!(seen.matches("via: 1.1 ecsmesh\r\n").count(), 2, "{seen}");
+    for once in [
+        "l5d-dst-service: /svc/fast\r\n",
+        "l5d-dst-client: /#/ecs/fast/fast\r\n",
+        "l5d-reqid: ",
+        "l5d-ctx-deadline: ",
+    ] {
+        assert_eq!(seen.matches(once).count(), 1, "{once:?} in {seen}");
+    }
+    // The deadline the second agent sends is its own reading of the
+
+    let line = seen
+        .lines()
+        .find(|l| l.starts_with("l5d-ctx-deadline"))
+        .unwrap();
+    let mut nums = line["l5d-ctx-deadline: ".len()..].split(' ');
+    let (ts, dl): (u128, u128) = (
+        nums.next().unwrap().parse().unwrap(),
+        nums.next().unwrap().parse().unwrap(),
+    );
+    assert!(dl > ts && dl - ts <= 10_000_000_000, "{line}");
+    for m in [&a, &b] {
+        assert_eq!(metric(m, "ecsmesh_agent_fast_path_requests_total"), 1.0);
+        assert_eq!(metric(m, "ecsmesh_agent_fast_path_declines_total"), 0.0);
+    }
+    assert_eq!(
+        metric(
+            &b,
+            "ecsmesh_agent_requests_total{direction=\"incoming\",service=\"/svc/fast\",status_class=\"2xx\"}"
+        ),
+        1.0
+    );
+    // A dtab override goes the general way on the first hop; the second
+    // still takes the fast path (it reads the context the first sent).
+    s.write_all(b"GET /len HTTP/1.1\r\nHost: fast\r\nl5d-dtab: /svc/x=>/svc/fast\r\n\r\n")
+        .await
+        .unwrap();
+    let (code, _, body) = response(&mut s, &mut buf, false).await;
+    assert_eq!((code, body.as_slice()), (200, &b"hello"[..]));
+    assert_eq!(
+        metric(
+            &a,
+            "ecsmesh_agent_fast_path_declines_total{reason=\"context\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&b, "ecsmesh_agent_fast_path_requests_total"), 2.0);
 }
 
 #[tokio::test]

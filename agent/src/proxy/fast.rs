@@ -1,9 +1,11 @@
-//! The HTTP/1 fast path of the outgoing listener: plain HTTP/1.1 requests
-//! without a body, routed by `Host`, carried without hyper.
+//! The HTTP/1 fast path: plain HTTP/1.1 requests without a body, carried
+//! without hyper — on the outgoing listener routed by `Host`, on the
+//! (plain) incoming listener by the concrete set the sending agent chose
+//! (`l5d-dst-client`, with its `l5d-dst-service` and `l5d-ctx-deadline`).
 //!
 //! A connection starts here. Each request head is parsed in place with
 //! `httparse` ([`super::h1`]), routed through a per-thread cache keyed by
-//! the raw `Host` bytes (for one routing table), and written upstream as
+//! the raw `Host` (or context) bytes for one routing table, and written upstream as
 //! the client's header lines minus the hop-by-hop ones, plus the `l5d-*`
 //! context lines rendered from the decision. The upstream connection is
 //! driven from this connection's task (no pool task, no channel) and kept
@@ -40,6 +42,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ecsmesh_agent_balance::{Outcome, Pick};
 use ecsmesh_dtab::NameTree;
+use http::header::HeaderValue;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt as _;
 use std::time::Instant;
@@ -55,6 +58,7 @@ use super::headers::{
 use super::{Body, Failure, Proxy, Sent, Side, client_name};
 use crate::config::{Identifier, Mode};
 use crate::metrics::{Class, ClientHandles, ServiceHandles, TimeoutKind};
+use crate::policy::Policy;
 use crate::routes::{Decision, Dest, RouteTable, Target, choose};
 
 /// The downstream read buffer's first size (it grows for larger heads,
@@ -76,11 +80,22 @@ const MAX_BUFFERED_BODY: u64 = 64 << 10;
 const MAX_SPARE_BUFFERS: usize = 64;
 
 /// Whether `side` of `proxy` starts connections on the fast path.
+///
+/// - outgoing: when requests are named by `Host` and the next hop is not
+///   TLS (the fast path speaks plain TCP upstream);
+/// - incoming: when the listener is plain (a TLS one is hyper's); requests
+///   that name their concrete set (`l5d-dst-client`, as agents send them).
 pub(super) fn enabled(proxy: &Proxy, side: Side) -> bool {
-    let by_host = matches!(&proxy.config.identifier,
-        Identifier::HeaderToken { header } if header.eq_ignore_ascii_case("host"));
-    let tls_hop = proxy.config.mode == Mode::LinkerToLinker && proxy.l2l_tls.is_some();
-    proxy.config.http1_fast_path && side == Side::Outgoing && by_host && !tls_hop
+    let on = proxy.config.http1_fast_path;
+    match side {
+        Side::Outgoing => {
+            let by_host = matches!(&proxy.config.identifier,
+                Identifier::HeaderToken { header } if header.eq_ignore_ascii_case("host"));
+            let tls_hop = proxy.config.mode == Mode::LinkerToLinker && proxy.l2l_tls.is_some();
+            on && by_host && !tls_hop
+        }
+        Side::Incoming => on && proxy.l2l_tls.is_none(),
+    }
 }
 
 /// A connection the fast path gives up: hyper serves it from `buffered`
@@ -99,6 +114,7 @@ pub(super) struct HeadLimits {
 /// Serves `io` until it closes, or returns it to be served by hyper.
 pub(super) async fn serve<T>(
     proxy: &Proxy,
+    side: Side,
     mut io: T,
     conn: &ConnHandle,
     limits: HeadLimits,
@@ -124,7 +140,7 @@ where
                 }
                 Parsed::Request(head) => {
                     let len = head.len;
-                    Some(match proxy.fast_request(&head, &mut io, conn).await {
+                    Some(match proxy.fast_request(side, &head, &mut io, conn).await {
                         Next::Keep => Next::Consumed(len),
                         other => other,
                     })
@@ -171,22 +187,47 @@ enum Next {
     Decline,
 }
 
-/// A route as the fast path keeps it: the decision, and the metric
-/// handles of its service and of each concrete name it may pick.
+/// A route as the fast path keeps it: where requests go, their policy,
+/// the context lines it renders, and the metric handles of the service and
+/// of each concrete name it may pick.
 struct Route {
-    decision: Arc<Decision>,
-    service: Arc<ServiceHandles>,
-    /// By the address of the leaf (in `decision`'s tree) they are for.
+    service: Arc<str>,
+    service_header: Option<HeaderValue>,
+    local_dtab_header: Option<HeaderValue>,
+    policy: Arc<Policy>,
+    dests: Dests,
+    handles: Arc<ServiceHandles>,
+    /// By the address of the destination they are for.
     clients: Vec<(usize, Arc<ClientHandles>)>,
+}
+
+/// Where a route's requests go.
+enum Dests {
+    /// Outgoing: the decision's tree (a union is chosen per request).
+    Tree(Arc<Decision>),
+    /// Incoming: the concrete set the sending agent chose.
+    Chosen(Dest),
+}
+
+impl Route {
+    fn tree(&self) -> Option<&NameTree<Dest>> {
+        match &self.dests {
+            Dests::Tree(d) => d.route.as_ref().ok(),
+            Dests::Chosen(_) => None,
+        }
+    }
 }
 
 /// This thread's routes, for one routing table.
 #[derive(Default)]
 struct Routes {
     table: Option<Arc<RouteTable>>,
-    /// `None`: a name the fast path leaves to the general path.
-    by_host: HashMap<Box<[u8]>, Option<Arc<Route>>>,
+    /// Outgoing, by `Host`; incoming, by `l5d-dst-client` NUL
+    /// `l5d-dst-service`. `None`: left to the general path.
+    by_key: [RouteMap; 2],
 }
+
+type RouteMap = HashMap<Box<[u8]>, Option<Arc<Route>>>;
 
 thread_local! {
     static ROUTES: RefCell<Routes> = RefCell::new(Routes::default());
@@ -291,6 +332,7 @@ impl Proxy {
     /// One request on the fast path.
     async fn fast_request<T>(
         &self,
+        side: Side,
         head: &RequestHead<'_, '_>,
         io: &mut T,
         conn: &ConnHandle,
@@ -307,11 +349,27 @@ impl Proxy {
         if head.via_depth >= self.config.max_call_depth {
             return decline("call_depth");
         }
-        if clear && head.has_request_id {
+        let clear = clear && side == Side::Outgoing;
+        // The outgoing side reads no context from the application (and
+        // clears its request id where told to); the incoming side routes
+        // by the sending agent's choice.
+        let context = &head.context;
+        let bad_context = match side {
+            Side::Outgoing => context.any() || (clear && head.has_request_id),
+            Side::Incoming => context.other || context.dst_client.is_none(),
+        };
+        if bad_context {
             return decline("context");
         }
+        let own = match context.deadline {
+            Some(v) => match super::headers::deadline_value_remaining(v) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return decline("context"),
+            },
+            None => None,
+        };
         let table = self.routes.load();
-        let Some(route) = self.fast_route(&table, head.host) else {
+        let Some(route) = self.fast_route(side, &table, head) else {
             return decline("route");
         };
         drop(table);
@@ -322,7 +380,9 @@ impl Proxy {
         self.metrics.fast_path_requests.inc();
         let _active = conn.request(http::Version::HTTP_11);
         let mut bufs = Buffers::take();
-        let answer = self.fast_attempts(head, &route, &mut bufs, io).await;
+        let answer = self
+            .fast_attempts(side, head, &route, own, &mut bufs, io)
+            .await;
         let (status, keep) = match answer {
             Answer::Relayed(status, keep) => (status, keep && !head.close),
             Answer::Made(resp) => {
@@ -333,32 +393,59 @@ impl Proxy {
             }
         };
         bufs.give();
-        route.service.record(status, started.elapsed());
+        route.handles.record(status, started.elapsed());
         if keep { Next::Keep } else { Next::Close }
     }
 
-    /// The thread's route for `host` under `table`, filled on a miss;
-    /// `None` where the general path must decide (no name, an error, a
-    /// fixed address).
-    fn fast_route(&self, table: &Arc<RouteTable>, host: &[u8]) -> Option<Arc<Route>> {
+    /// The thread's route for the request under `table`, filled on a
+    /// miss; `None` where the general path must decide (no name, an
+    /// error, a fixed address, a set not published).
+    fn fast_route(
+        &self,
+        side: Side,
+        table: &Arc<RouteTable>,
+        head: &RequestHead<'_, '_>,
+    ) -> Option<Arc<Route>> {
         ROUTES.with_borrow_mut(|routes| {
             if !routes.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, table)) {
-                routes.by_host.clear();
+                routes.by_key.iter_mut().for_each(HashMap::clear);
                 routes.table = Some(Arc::clone(table));
             }
-            if let Some(route) = routes.by_host.get(host) {
+            let by_key = &mut routes.by_key[usize::from(side == Side::Incoming)];
+            let (client, service) = (
+                head.context.dst_client.unwrap_or_default(),
+                head.context.dst_service.unwrap_or_default(),
+            );
+            // Incoming keys are the client, NUL, the service: built on the
+            // stack for the lookup.
+            let mut stack = [0_u8; 512];
+            let key: &[u8] = match side {
+                Side::Outgoing => head.host,
+                Side::Incoming => {
+                    let len = client.len() + 1 + service.len();
+                    let key = stack.get_mut(..len)?;
+                    key[..client.len()].copy_from_slice(client);
+                    key[client.len() + 1..].copy_from_slice(service);
+                    key
+                }
+            };
+            if let Some(route) = by_key.get(key) {
                 return route.clone();
             }
-            if routes.by_host.len() >= MAX_ROUTES {
-                routes.by_host.clear();
+            if by_key.len() >= MAX_ROUTES {
+                by_key.clear();
             }
-            let route = self.new_route(table, host).map(Arc::new);
-            routes.by_host.insert(host.into(), route.clone());
+            let route = match side {
+                Side::Outgoing => self.outgoing_route(table, head.host),
+                Side::Incoming => self.incoming_route(table, client, head.context.dst_service),
+            }
+            .map(Arc::new);
+            by_key.insert(key.into(), route.clone());
             route
         })
     }
 
-    fn new_route(&self, table: &RouteTable, host: &[u8]) -> Option<Route> {
+    fn outgoing_route(&self, table: &RouteTable, host: &[u8]) -> Option<Route> {
         if host.contains(&b'@') {
             return None;
         }
@@ -376,11 +463,35 @@ impl Proxy {
             })
             .collect();
         Some(Route {
-            service: self
+            service: Arc::clone(&decision.service),
+            service_header: decision.service_header.clone(),
+            local_dtab_header: decision.local_dtab_header.clone(),
+            policy: Arc::clone(&decision.policy),
+            handles: self
                 .metrics
                 .service_handles(Side::Outgoing, &decision.service),
             clients,
-            decision,
+            dests: Dests::Tree(decision),
+        })
+    }
+
+    fn incoming_route(
+        &self,
+        table: &RouteTable,
+        client: &[u8],
+        service: Option<&[u8]>,
+    ) -> Option<Route> {
+        let (name, dest, policy) =
+            super::incoming_route(table, client, service, &self.routes.settings)?;
+        let service: Arc<str> = Arc::from(name.to_string());
+        Some(Route {
+            service_header: HeaderValue::from_str(&service).ok(),
+            local_dtab_header: None,
+            policy,
+            handles: self.metrics.service_handles(Side::Incoming, &service),
+            clients: Vec::new(),
+            service,
+            dests: Dests::Chosen(dest),
         })
     }
 
@@ -388,46 +499,46 @@ impl Proxy {
     #[allow(clippy::too_many_lines)]
     async fn fast_attempts<T>(
         &self,
+        side: Side,
         head: &RequestHead<'_, '_>,
         route: &Route,
+        own: Option<Duration>,
         bufs: &mut Buffers,
         io: &mut T,
     ) -> Answer
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let decision = &route.decision;
-        let policy = &*decision.policy;
-        let service = &*decision.service;
-        let remaining = policy.total_timeout;
+        let policy = &*route.policy;
+        let service = &*route.service;
+        let (remaining, bound) = super::limit_of(own, policy);
         let deadline = Instant::now() + remaining;
+        let ctx_dtab = head
+            .context
+            .ctx_dtab
+            .and_then(|d| std::str::from_utf8(d).ok());
         let request_id = (!head.has_request_id).then(request_id);
         policy.budget.deposit();
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last: Option<Response<Body>> = None;
         let mut retries = 0;
-        while let Ok(tree) = decision.route.as_ref() {
-            let dest = match choose(tree) {
-                Ok(dest) => dest,
-                Err(e) if last.is_none() => {
+        loop {
+            let dest = match (&route.dests, route.tree().map(choose)) {
+                (Dests::Chosen(dest), _) | (_, Some(Ok(dest))) => dest,
+                (_, Some(Err(e))) if last.is_none() => {
                     let table = self.routes.load();
                     let msg = Self::unable_to_route(service, &table, None, &e);
                     self.metrics.failure(service, None, Class::NoHosts);
                     return Answer::Made(super::error_response(StatusCode::BAD_GATEWAY, &msg));
                 }
-                Err(_) => break,
+                _ => break,
             };
-            let (addr, connect_to, pick) = match self.select(Side::Outgoing, dest, &tried).await {
+            let (addr, connect_to, pick) = match self.select(side, dest, &tried).await {
                 Ok(Some(chosen)) => chosen,
                 Ok(None) if last.is_none() => {
-                    return Answer::Made(self.no_endpoint(
-                        Side::Outgoing,
-                        dest,
-                        &tried,
-                        service,
-                        policy,
-                        None,
-                    ));
+                    return Answer::Made(
+                        self.no_endpoint(side, dest, &tried, service, policy, ctx_dtab),
+                    );
                 }
                 Ok(None) | Err(_) => break,
             };
@@ -435,17 +546,10 @@ impl Proxy {
             let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 self.metrics.failure(service, None, Class::Timeout);
-                self.metrics.timeout(service, TimeoutKind::Total);
+                self.metrics.timeout(service, bound);
                 return Answer::Made(timed_out(service, remaining));
             }
-            render_request(
-                head,
-                decision,
-                dest,
-                request_id.as_ref(),
-                left,
-                &mut bufs.out,
-            );
+            render_request(head, route, dest, request_id.as_ref(), left, &mut bufs.out);
             let client = client_name(dest);
             let sent = Sent {
                 dest,
@@ -513,7 +617,7 @@ impl Proxy {
                     let kind = if policy.attempt_timeout < left {
                         TimeoutKind::Attempt
                     } else {
-                        TimeoutKind::Total
+                        bound
                     };
                     self.metrics.timeout(service, kind);
                     Failure::Timeout
@@ -649,7 +753,7 @@ fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// hop-by-hop ones, then `Via` and the context lines.
 fn render_request(
     head: &RequestHead<'_, '_>,
-    decision: &Decision,
+    route: &Route,
     dest: &Dest,
     request_id: Option<&[u8; 16]>,
     left: Duration,
@@ -669,13 +773,13 @@ fn render_request(
         }
     }
     line(out, "via", b"1.1 ecsmesh");
-    if let Some(v) = &decision.service_header {
+    if let Some(v) = &route.service_header {
         line(out, L5D_DST_SERVICE, v.as_bytes());
     }
     if let Some(id) = request_id {
         line(out, L5D_REQID, id);
     }
-    if let Some(v) = &decision.local_dtab_header {
+    if let Some(v) = &route.local_dtab_header {
         line(out, L5D_CTX_DTAB, v.as_bytes());
     }
     if let Some(v) = &dest.id_header {

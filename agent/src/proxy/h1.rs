@@ -53,8 +53,9 @@ pub enum Decline {
     Connection,
     /// `Upgrade` or `Expect`.
     Upgrade,
-    /// Dtab or context headers (`l5d-*` but `l5d-reqid`, `grpc-timeout`)
-    /// or a gRPC request: the general path reads them.
+    /// Context lines the fast path does not take (two of one `l5d-*`
+    /// name; any but `l5d-reqid` on the outgoing side; `grpc-timeout`), or
+    /// a gRPC request: the general path reads them.
     Context,
 }
 
@@ -92,15 +93,65 @@ pub struct RequestHead<'h, 'b> {
     pub via_depth: usize,
     /// The client sent its own `l5d-reqid`.
     pub has_request_id: bool,
+    /// The `l5d-*` context lines (what the sending agent said).
+    pub context: Context<'b>,
     pub headers: &'h [Header<'b>],
     /// The head's length in bytes (where the next request starts).
     pub len: usize,
 }
 
 impl RequestHead<'_, '_> {
-    /// Whether a header line of the request is forwarded as it is.
+    /// Whether a header line of the request is forwarded as it is (the
+    /// proxy renders `Host` for an absolute-form target, and the context
+    /// lines it sets itself).
     pub fn forwards(&self, name: &str) -> bool {
-        !(hop_by_hop(name) || (self.authority.is_some() && name.eq_ignore_ascii_case("host")))
+        !(hop_by_hop(name)
+            || (self.authority.is_some() && name.eq_ignore_ascii_case("host"))
+            || ["l5d-ctx-deadline", "l5d-dst-service", "l5d-dst-client"]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name)))
+    }
+}
+
+/// The `l5d-*` lines of a request, one of each at most (more is
+/// declined). The outgoing side takes none of them; the incoming side
+/// routes by `l5d-dst-client`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Context<'b> {
+    pub dst_client: Option<&'b [u8]>,
+    pub dst_service: Option<&'b [u8]>,
+    pub dst_residual: Option<&'b [u8]>,
+    pub ctx_dtab: Option<&'b [u8]>,
+    pub deadline: Option<&'b [u8]>,
+    /// Any other `l5d-*` line (`l5d-dtab`, `l5d-err` …).
+    pub other: bool,
+}
+
+impl<'b> Context<'b> {
+    /// Whether the request carries any context line (`l5d-reqid` aside).
+    pub fn any(&self) -> bool {
+        self.other
+            || self.dst_client.is_some()
+            || self.dst_service.is_some()
+            || self.dst_residual.is_some()
+            || self.ctx_dtab.is_some()
+            || self.deadline.is_some()
+    }
+
+    /// Notes an `l5d-*` line; `false` for a second line of one name.
+    fn note(&mut self, name: &str, value: &'b [u8]) -> bool {
+        let slot = match name {
+            n if n.eq_ignore_ascii_case("l5d-dst-client") => &mut self.dst_client,
+            n if n.eq_ignore_ascii_case("l5d-dst-service") => &mut self.dst_service,
+            n if n.eq_ignore_ascii_case("l5d-dst-residual") => &mut self.dst_residual,
+            n if n.eq_ignore_ascii_case("l5d-ctx-dtab") => &mut self.ctx_dtab,
+            n if n.eq_ignore_ascii_case("l5d-ctx-deadline") => &mut self.deadline,
+            _ => {
+                self.other = true;
+                return true;
+            }
+        };
+        slot.replace(value).is_none()
     }
 }
 
@@ -165,6 +216,7 @@ pub fn parse_request<'h, 'b>(
     let mut host = None;
     let (mut hosts, mut lengths) = (0, 0);
     let (mut close, mut via_depth, mut has_request_id) = (false, 0, false);
+    let mut context = Context::default();
     for h in headers {
         let (name, value) = (h.name, h.value);
         let is = |n: &str| name.eq_ignore_ascii_case(n);
@@ -193,8 +245,11 @@ pub fn parse_request<'h, 'b>(
             via_depth += value.split(|b| *b == b',').count();
         } else if is("l5d-reqid") {
             has_request_id = true;
-        } else if name.len() > 4 && name[..4].eq_ignore_ascii_case("l5d-")
-            || is("grpc-timeout")
+        } else if name.len() > 4 && name[..4].eq_ignore_ascii_case("l5d-") {
+            if !context.note(name, value) {
+                return Parsed::Decline(Decline::Context);
+            }
+        } else if is("grpc-timeout")
             || (is("content-type")
                 && value.len() >= 16
                 && value[..16].eq_ignore_ascii_case(b"application/grpc"))
@@ -215,6 +270,7 @@ pub fn parse_request<'h, 'b>(
         close,
         via_depth,
         has_request_id,
+        context,
         headers,
         len,
     })
@@ -643,7 +699,7 @@ mod tests {
                 Decline::Upgrade,
             ),
             (
-                b"GET / HTTP/1.1\r\nHost: a\r\nl5d-dtab: /svc=>/x\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: a\r\nl5d-dst-client: /x\r\nl5d-dst-client: /y\r\n\r\n",
                 Decline::Context,
             ),
             (b"GET / HTTP/1.1\r\nHost a\r\n\r\n", Decline::Invalid),

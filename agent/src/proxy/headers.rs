@@ -216,12 +216,28 @@ pub fn deadline_remaining(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get_all(L5D_CTX_DEADLINE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split_whitespace().nth(1)?.parse::<u128>().ok())
+        .filter_map(|v| deadline_of(v.as_bytes()))
         .min()
-        .map(|deadline| {
-            Duration::from_nanos(u64::try_from(deadline.saturating_sub(now)).unwrap_or(u64::MAX))
-        })
+        .map(|deadline| remaining_until(deadline, now))
+}
+
+/// The time left by one `l5d-ctx-deadline` value, if it is one.
+pub fn deadline_value_remaining(value: &[u8]) -> Option<Duration> {
+    deadline_of(value).map(|deadline| remaining_until(deadline, now_nanos()))
+}
+
+/// The deadline (nanoseconds since the epoch) of `"<timestamp> <deadline>"`.
+fn deadline_of(value: &[u8]) -> Option<u128> {
+    std::str::from_utf8(value)
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u128>()
+        .ok()
+}
+
+fn remaining_until(deadline: u128, now: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(deadline.saturating_sub(now)).unwrap_or(u64::MAX))
 }
 
 /// `l5d-ctx-deadline` for a deadline `remaining` from now.

@@ -331,13 +331,13 @@ impl Server {
                 self.builder.clone(),
                 self.graceful.watcher(),
             );
-            let (shutdown, live) = (self.shutdown.clone(), self.live.clone());
+            let (shutdown, live, side) = (self.shutdown.clone(), self.live.clone(), self.side);
             tokio::spawn(async move {
                 let _live = live;
                 // Served here until a request the fast path declines;
                 // hyper serves the rest of the connection.
                 if let Some(handoff) =
-                    super::fast::serve(&proxy, stream, &conn, limits, shutdown).await
+                    super::fast::serve(&proxy, side, stream, &conn, limits, shutdown).await
                 {
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(handoff.io), service)

@@ -100,6 +100,11 @@ fn time_limit(headers: &http::HeaderMap, policy: &Policy) -> (Duration, TimeoutK
     .into_iter()
     .flatten()
     .min();
+    limit_of(own, policy)
+}
+
+/// The request's time from its own deadline, if any, and its policy.
+fn limit_of(own: Option<Duration>, policy: &Policy) -> (Duration, TimeoutKind) {
     match own {
         Some(own) if own < policy.total_timeout => (own, TimeoutKind::Deadline),
         _ => (policy.total_timeout, TimeoutKind::Total),
@@ -1188,8 +1193,24 @@ fn incoming_choice(
     parts: &http::request::Parts,
     settings: &crate::routes::TableSettings,
 ) -> Option<(Path, Dest, Arc<Policy>)> {
-    let id = parts.headers.get(L5D_DST_CLIENT)?.to_str().ok()?;
-    let id = Path::read(id).ok()?;
+    let id = parts.headers.get(L5D_DST_CLIENT)?.as_bytes();
+    let service = parts
+        .headers
+        .get(L5D_DST_SERVICE)
+        .map(HeaderValue::as_bytes);
+    incoming_route(table, id, service, settings)
+}
+
+/// The concrete set named by `l5d-dst-client` (`client`), if published,
+/// with the logical name of `l5d-dst-service` (else the set's) and that
+/// name's policy.
+fn incoming_route(
+    table: &RouteTable,
+    client: &[u8],
+    service: Option<&[u8]>,
+    settings: &crate::routes::TableSettings,
+) -> Option<(Path, Dest, Arc<Policy>)> {
+    let id = Path::read(std::str::from_utf8(client).ok()?).ok()?;
     names::kind(id.elems())?;
     let (_, endpoints) = ecsmesh_state::MeshNamer::new(&table.mesh).set(&id)?;
     let bound = ecsmesh_state::Bound::Set {
@@ -1197,10 +1218,8 @@ fn incoming_choice(
         endpoints: Arc::clone(endpoints),
         residual: Path::empty(),
     };
-    let service = parts
-        .headers
-        .get(L5D_DST_SERVICE)
-        .and_then(|v| v.to_str().ok())
+    let service = service
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|s| Path::read(s).ok())
         .unwrap_or_else(|| id.clone());
     let policy = Arc::clone(table.policies.matching(&service));
