@@ -64,8 +64,10 @@ use crate::routes::{Decision, Dest, RouteTable, Target, choose};
 /// The downstream read buffer's first size (it grows for larger heads,
 /// up to the listener's head limit).
 const READ_BUFFER: usize = 4 << 10;
-/// The upstream read buffer and the write buffer.
-const EXCHANGE_BUFFER: usize = 16 << 10;
+/// The upstream read buffer and the write buffer, each (they grow for a
+/// larger response head; a body is relayed a buffer at a time). 8 KiB
+/// holds a typical head and a 4 KiB body in one read.
+const EXCHANGE_BUFFER: usize = 8 << 10;
 /// Routes kept per thread (the whole cache is dropped past it, and with
 /// every new routing table).
 const MAX_ROUTES: usize = 4096;
@@ -76,7 +78,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_mins(1);
 /// The most a response may hold for a retry to replace it (larger ones
 /// are returned as they are).
 const MAX_BUFFERED_BODY: u64 = 64 << 10;
-/// Buffer pairs kept per thread for the next request.
+/// Buffer pairs kept per thread for the next request: as many as
+/// requests in progress at once on a thread, up to this (past it, a
+/// request allocates its pair).
 const MAX_SPARE_BUFFERS: usize = 64;
 
 /// Whether `side` of `proxy` starts connections on the fast path.
