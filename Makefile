@@ -47,7 +47,7 @@ deny:
 fmt:
 	$(CARGO) fmt --all
 
-## bench-proxy: the agent against a direct connection, haproxy and nginx.
+## bench-proxy: the agent (one hop, two, two with mTLS, under a delta every 100 ms) against a direct connection, haproxy (one hop and two) and nginx.
 bench-proxy:
 	bash bench/proxy.sh
 
