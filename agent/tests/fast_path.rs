@@ -597,6 +597,14 @@ async fn failures_are_retried_and_lost_connections_replaced() {
         assert_eq!(code, 200);
     }
 
+    // The proxy's own error to a HEAD: its head only, and the connection
+    // goes on.
+    let (code, h, _) = get(&mut s, &mut buf, "HEAD", "/len", "nowhere").await;
+    assert_eq!(code, 502);
+    assert!(h["content-length"].parse::<usize>().unwrap() > 0);
+    let (code, _, body) = get(&mut s, &mut buf, "GET", "/len", "fast").await;
+    assert_eq!((code, body.as_slice()), (200, &b"hello"[..]));
+
     // Not HTTP: a 502 named as the protocol error it is.
     let (code, h, body) = get(&mut s, &mut buf, "POST", "/garbage", "fast").await;
     assert_eq!(code, 502);

@@ -102,8 +102,8 @@ pub(super) fn enabled(proxy: &Proxy, side: Side) -> bool {
     }
 }
 
-/// A connection the fast path gives up: hyper serves it from `buffered`
-/// (the request it declined, and whatever came after) on.
+/// A connection the fast path gives up: hyper serves it from the bytes
+/// already read (the request it declined, and whatever came after) on.
 pub(super) struct Handoff<T> {
     pub io: Rewind<T>,
 }
@@ -392,7 +392,8 @@ impl Proxy {
             Answer::Made(resp) => {
                 let resp = Self::finish(resp, http::Version::HTTP_11, false, clear);
                 let status = resp.status();
-                let written = write_made(resp, head.close, &mut bufs.out, io).await;
+                let head_request = head.method == "HEAD";
+                let written = write_made(resp, head.close, head_request, &mut bufs.out, io).await;
                 (status, written && !head.close)
             }
         };
@@ -564,7 +565,12 @@ impl Proxy {
             let attempt_limit = left.min(policy.attempt_timeout);
             let exchanged = tokio::time::timeout(
                 attempt_limit,
-                self.exchange(connect_to, head, bufs, self.config.clear_context),
+                self.exchange(
+                    connect_to,
+                    head,
+                    bufs,
+                    self.config.clear_context && side == Side::Outgoing,
+                ),
             )
             .await;
             let failure = match exchanged {
@@ -877,13 +883,19 @@ fn render_response(
         && h.headers
             .iter()
             .any(|x| x.name.eq_ignore_ascii_case(super::headers::L5D_ERR));
+    let options = h
+        .headers
+        .iter()
+        .any(|x| x.name.eq_ignore_ascii_case("connection"));
+    // Headers the upstream's `Connection` names are hop-by-hop too.
     let named = |name: &str| {
-        h.headers.iter().any(|x| {
-            x.name.eq_ignore_ascii_case("connection")
-                && x.value
-                    .split(|b| *b == b',')
-                    .any(|o| o.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-        })
+        options
+            && h.headers.iter().any(|x| {
+                x.name.eq_ignore_ascii_case("connection")
+                    && x.value
+                        .split(|b| *b == b',')
+                        .any(|o| o.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+            })
     };
     for x in h.headers {
         let l5d = x.name.len() > 4 && x.name[..4].eq_ignore_ascii_case("l5d-");
@@ -1120,8 +1132,15 @@ fn dechunk(mut body: &[u8]) -> Option<Bytes> {
     }
 }
 
-/// Writes a response the proxy made (or kept); whether it was written.
-async fn write_made<T>(resp: Response<Body>, close: bool, out: &mut Vec<u8>, io: &mut T) -> bool
+/// Writes a response the proxy made (or kept), without its body to a
+/// HEAD request; whether it was written.
+async fn write_made<T>(
+    resp: Response<Body>,
+    close: bool,
+    head_request: bool,
+    out: &mut Vec<u8>,
+    io: &mut T,
+) -> bool
 where
     T: AsyncWrite + Unpin + Send,
 {
@@ -1150,7 +1169,9 @@ where
         line(out, "connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
+    if !head_request {
+        out.extend_from_slice(&body);
+    }
     io.write_all(out).await.is_ok()
 }
 
