@@ -79,6 +79,20 @@ async fn tls_agent(
 }
 
 /// B's `ecsmesh_agent_tls_handshake_failures_total` for `reason`.
+/// `ecsmesh_agent_fast_path_requests_total` of `agent`.
+async fn fast_path_requests(agent: &Agent) -> u64 {
+    let (_, _, text) = get_via(
+        agent.admin_addr,
+        &agent.admin_addr.to_string(),
+        "/metrics",
+        &[],
+    )
+    .await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("ecsmesh_agent_fast_path_requests_total "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 async fn refusals(agent: &Agent, reason: &str) -> u64 {
     let (_, _, text) = get_via(
         agent.admin_addr,
@@ -238,6 +252,9 @@ async fn requests_cross_every_hop_over_tls_and_strangers_are_refused_at_the_inco
         let (status, _, body) = get_via(m.a.outgoing_addr, "world", "/", &[]).await;
         assert_eq!((status, body.as_str()), (200, "world-b"));
     }
+    // Both hops carried them on the HTTP/1 fast path, over TLS between.
+    assert_eq!(fast_path_requests(&m.a).await, 20);
+    assert_eq!(fast_path_requests(&m.b).await, 20);
 
     let ca = std::fs::read_to_string(m.certs.join("ca.pem")).unwrap();
     let b_incoming = m.b.incoming_addr;

@@ -41,6 +41,7 @@ pub use server::{ClientAuth, ServerTls};
 
 /// Re-exported so callers name these without depending on rustls.
 pub use rustls::pki_types::ServerName;
+pub use tokio_rustls::client::TlsStream as ClientTlsStream;
 pub use tokio_rustls::server::TlsStream as ServerTlsStream;
 
 /// How often the certificate files are checked for changes by default.

@@ -1,15 +1,17 @@
-//! The HTTP/1 fast path: plain HTTP/1.1 requests without a body, carried
+//! The HTTP/1 fast path: HTTP/1.1 requests without a body, carried
 //! without hyper — on the outgoing listener routed by `Host`, on the
-//! (plain) incoming listener by the concrete set the sending agent chose
+//! incoming listener by the concrete set the sending agent chose
 //! (`l5d-dst-client`, with its `l5d-dst-service` and `l5d-ctx-deadline`).
 //!
-//! A connection starts here. Each request head is parsed in place with
-//! `httparse` ([`super::h1`]), routed through a per-thread cache keyed by
-//! the raw `Host` (or context) bytes for one routing table, and written upstream as
-//! the client's header lines minus the hop-by-hop ones, plus the `l5d-*`
-//! context lines rendered from the decision. The upstream connection is
-//! driven from this connection's task (no pool task, no channel) and kept
-//! in a per-thread idle list between requests. The response head is
+//! A connection starts here (after the TLS handshake on a TLS incoming
+//! port). Each request head is parsed in place with `httparse`
+//! ([`super::h1`]), routed through a per-thread cache keyed by the raw
+//! `Host` (or context) bytes for one routing table, and written upstream
+//! as the client's header lines minus the hop-by-hop ones, plus the
+//! `l5d-*` context lines rendered from the decision. The upstream
+//! connection (plain, or TLS to the next agent) is driven from this
+//! connection's task (no pool task, no channel) and kept in a per-thread
+//! idle list between requests. The response head is
 //! parsed the same way and its body relayed with its own framing.
 //!
 //! What the general path decides is decided the same way here: the
@@ -85,20 +87,26 @@ const MAX_SPARE_BUFFERS: usize = 64;
 
 /// Whether `side` of `proxy` starts connections on the fast path.
 ///
-/// - outgoing: when requests are named by `Host` and the next hop is not
-///   TLS (the fast path speaks plain TCP upstream);
-/// - incoming: when the listener is plain (a TLS one is hyper's); requests
-///   that name their concrete set (`l5d-dst-client`, as agents send them).
+/// - outgoing: when requests are named by `Host`, and the next agent's
+///   TLS name (if the hop has TLS) is fixed, as by default;
+/// - incoming: requests that name their concrete set (`l5d-dst-client`, as
+///   agents send them), after the TLS handshake where the port has TLS.
 pub(super) fn enabled(proxy: &Proxy, side: Side) -> bool {
     let on = proxy.config.http1_fast_path;
     match side {
         Side::Outgoing => {
             let by_host = matches!(&proxy.config.identifier,
                 Identifier::HeaderToken { header } if header.eq_ignore_ascii_case("host"));
-            let tls_hop = proxy.config.mode == Mode::LinkerToLinker && proxy.l2l_tls.is_some();
-            on && by_host && !tls_hop
+            // A server name rendered per destination needs the general
+            // path's per-name pools.
+            let templated = proxy.config.mode == Mode::LinkerToLinker
+                && proxy
+                    .l2l_tls
+                    .as_ref()
+                    .is_some_and(|t| t.names().fixed().is_none());
+            on && by_host && !templated
         }
-        Side::Incoming => on && proxy.l2l_tls.is_none(),
+        Side::Incoming => on,
     }
 }
 
@@ -239,22 +247,85 @@ thread_local! {
     static SPARE: RefCell<Vec<Buffers>> = const { RefCell::new(Vec::new()) };
 }
 
+/// An upstream connection: plain, or TLS to the next agent.
+enum Up {
+    Plain(TcpStream),
+    Tls(Box<ecsmesh_tls::ClientTlsStream<TcpStream>>),
+}
+
+impl Up {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, Self::Tls(_))
+    }
+}
+
+impl AsyncRead for Up {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Up {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An upstream connection between requests.
 struct Idle {
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Up,
     since: Instant,
 }
 
-/// Takes an idle connection to `addr` that is still open.
-fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
+/// Takes an idle connection to `addr` (TLS or not) that is still open.
+fn take_idle(addr: SocketAddr, tls: bool) -> Option<Up> {
     IDLE.with_borrow_mut(|idle| {
         let now = Instant::now();
         idle.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT);
-        while let Some(i) = idle.iter().rposition(|c| c.addr == addr) {
+        while let Some(i) = idle
+            .iter()
+            .rposition(|c| c.addr == addr && c.stream.is_tls() == tls)
+        {
             let c = idle.swap_remove(i);
-            // Closed (or sent something unasked) while idle: not usable.
-            if matches!(c.stream.try_read(&mut [0_u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            // Closed (or sent something unasked, a TLS alert included)
+            // while idle: not usable.
+            if matches!(c.stream.tcp().try_read(&mut [0_u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             {
                 return Some(c.stream);
             }
@@ -263,7 +334,7 @@ fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
     })
 }
 
-fn put_idle(addr: SocketAddr, stream: TcpStream) {
+fn put_idle(addr: SocketAddr, stream: Up) {
     IDLE.with_borrow_mut(|idle| {
         if idle.capacity() == 0 {
             idle.reserve_exact(MAX_IDLE);
@@ -567,6 +638,7 @@ impl Proxy {
                 attempt_limit,
                 self.exchange(
                     connect_to,
+                    connect_to != addr,
                     head,
                     bufs,
                     self.config.clear_context && side == Side::Outgoing,
@@ -658,7 +730,8 @@ impl Proxy {
         }))
     }
 
-    /// Sends the rendered request (`bufs.out`) to `addr` and reads the
+    /// Sends the rendered request (`bufs.out`) to `addr` (another agent's
+    /// incoming port if `to_agent`, over the hop's TLS if it has it) and reads the
     /// response head into `bufs.up`; renders the client's head into
     /// `bufs.out`. A kept connection that turns out closed before any
     /// answer is replaced once for an idempotent request, as hyper's pool
@@ -666,16 +739,18 @@ impl Proxy {
     async fn exchange(
         &self,
         addr: SocketAddr,
+        to_agent: bool,
         head: &RequestHead<'_, '_>,
         bufs: &mut Buffers,
         clear: bool,
-    ) -> Result<(TcpStream, Exchanged), Failure> {
-        let mut kept = take_idle(addr);
+    ) -> Result<(Up, Exchanged), Failure> {
+        let tls = self.tls_to(to_agent);
+        let mut kept = take_idle(addr, tls.is_some());
         loop {
             let reused = kept.is_some();
             let mut up = match kept.take() {
                 Some(up) => up,
-                None => self.connect(addr).await?,
+                None => self.connect(addr, tls).await?,
             };
             match read_head(&mut up, head, bufs, clear).await {
                 Ok(ex) => return Ok((up, ex)),
@@ -689,16 +764,50 @@ impl Proxy {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, Failure> {
+    /// The TLS a connection needs: the linker-to-linker hop's, with its
+    /// fixed server name, when it goes to another agent.
+    fn tls_to(
+        &self,
+        to_agent: bool,
+    ) -> Option<(&crate::tls::L2lTls, &ecsmesh_tls::ServerName<'static>)> {
+        let tls = self.l2l_tls.as_deref().filter(|_| to_agent)?;
+        tls.names().fixed().map(|name| (tls, name))
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        tls: Option<(&crate::tls::L2lTls, &ecsmesh_tls::ServerName<'static>)>,
+    ) -> Result<Up, Failure> {
         let timeout = self.config.connect_timeout;
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                Ok(stream)
+                stream
             }
-            Ok(Err(e)) => Err(Failure::Connect(format!("tcp connect error: {e}"))),
-            Err(_) => Err(Failure::Connect(format!(
-                "tcp connect error: timed out after {timeout:?}"
+            Ok(Err(e)) => return Err(Failure::Connect(format!("tcp connect error: {e}"))),
+            Err(_) => {
+                return Err(Failure::Connect(format!(
+                    "tcp connect error: timed out after {timeout:?}"
+                )));
+            }
+        };
+        let Some((tls, name)) = tls else {
+            return Ok(Up::Plain(tcp));
+        };
+        match tokio::time::timeout(timeout, tls.client().connect(name.clone(), tcp)).await {
+            Ok(Ok(stream)) => Ok(Up::Tls(Box::new(stream))),
+            Ok(Err(e)) => {
+                let name = name.to_str();
+                if e.failure.is_certificate_problem() {
+                    tracing::warn!(server = %addr, %name, reason = e.failure.as_str(), "TLS handshake refused: {}", e.message);
+                } else {
+                    tracing::debug!(server = %addr, %name, reason = e.failure.as_str(), "TLS handshake failed: {}", e.message);
+                }
+                Err(Failure::Tls(e.to_string()))
+            }
+            Err(_) => Err(Failure::Tls(format!(
+                "the TLS handshake timed out after {timeout:?}"
             ))),
         }
     }
@@ -810,7 +919,7 @@ fn render_request(
 /// any 1xx) into `bufs.up`, then renders the client's head into
 /// `bufs.out`. On failure: whether any answer had come.
 async fn read_head(
-    up: &mut TcpStream,
+    up: &mut Up,
     req: &RequestHead<'_, '_>,
     bufs: &mut Buffers,
     clear: bool,
@@ -934,7 +1043,7 @@ fn render_response(
 /// connection goes back to the idle list if it ended cleanly. Returns
 /// whether the client's connection can go on.
 async fn relay<T>(
-    mut up: TcpStream,
+    mut up: Up,
     addr: SocketAddr,
     ex: &Exchanged,
     bufs: &mut Buffers,
@@ -1056,7 +1165,7 @@ async fn write_chunk<T: AsyncWrite + Unpin>(io: &mut T, data: &[u8]) -> bool {
 /// Reads the whole (small) body of a response that may be retried, and
 /// keeps the response; the connection goes back to the idle list.
 async fn buffered(
-    mut up: TcpStream,
+    mut up: Up,
     addr: SocketAddr,
     ex: &Exchanged,
     bufs: &mut Buffers,

@@ -334,15 +334,21 @@ impl Server {
             let (shutdown, live, side) = (self.shutdown.clone(), self.live.clone(), self.side);
             tokio::spawn(async move {
                 let _live = live;
-                // Served here until a request the fast path declines;
-                // hyper serves the rest of the connection.
-                if let Some(handoff) =
-                    super::fast::serve(&proxy, side, stream, &conn, limits, shutdown).await
-                {
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(handoff.io), service)
-                        .into_owned();
-                    let _ = watcher.watch(conn).await;
+                let fast = Fast {
+                    proxy: &proxy,
+                    side,
+                    conn: &conn,
+                    limits,
+                    shutdown,
+                };
+                match (side, &proxy.l2l_tls) {
+                    // The handshake runs off the accept loop.
+                    (Side::Incoming, Some(tls)) => {
+                        if let Some(stream) = tls.accept(stream).await {
+                            fast.serve(stream, builder, service, watcher).await;
+                        }
+                    }
+                    _ => fast.serve(stream, builder, service, watcher).await,
                 }
             });
             return;
@@ -372,6 +378,51 @@ impl Server {
         tokio::spawn(async move {
             let _ = conn.await;
         });
+    }
+}
+
+/// A connection on the fast path.
+struct Fast<'a> {
+    proxy: &'a Proxy,
+    side: Side,
+    conn: &'a ConnHandle,
+    limits: super::fast::HeadLimits,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Fast<'_> {
+    /// Serves `io` on the fast path until a request it declines; hyper
+    /// serves the rest of the connection.
+    async fn serve<T, S>(
+        self,
+        io: T,
+        builder: auto::Builder<TokioExecutor>,
+        service: S,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                http::Request<Incoming>,
+                Response = http::Response<GuardedBody>,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let Fast {
+            proxy,
+            side,
+            conn,
+            limits,
+            shutdown,
+        } = self;
+        if let Some(handoff) = super::fast::serve(proxy, side, io, conn, limits, shutdown).await {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(handoff.io), service)
+                .into_owned();
+            let _ = watcher.watch(conn).await;
+        }
     }
 }
 
