@@ -73,6 +73,9 @@ const EXCHANGE_BUFFER: usize = 8 << 10;
 /// Routes kept per thread (the whole cache is dropped past it, and with
 /// every new routing table).
 const MAX_ROUTES: usize = 4096;
+/// The longest `Host` the route cache keeps (a DNS name and a port fit):
+/// a longer one goes the general way, so 4096 cached keys stay small.
+const MAX_HOST: usize = 300;
 /// Idle upstream connections kept per thread.
 const MAX_IDLE: usize = 256;
 /// How long an idle upstream connection is kept (hyper's pool: the same).
@@ -496,6 +499,7 @@ impl Proxy {
             // stack for the lookup.
             let mut stack = [0_u8; 512];
             let key: &[u8] = match side {
+                Side::Outgoing if head.host.len() > MAX_HOST => return None,
                 Side::Outgoing => head.host,
                 Side::Incoming => {
                     let len = client.len() + 1 + service.len();
