@@ -15,8 +15,16 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load(&Args::parse())?;
     let (workers, source) = config.workers();
     tracing::info!(workers, source, "worker threads");
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    // One worker: tokio's current-thread scheduler, which wakes tasks
+    // without the multi-thread one's cross-thread machinery.
+    let mut runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    runtime
         .thread_name("ecsmesh-worker")
         .enable_all()
         .build()?
