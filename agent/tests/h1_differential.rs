@@ -49,6 +49,24 @@ fn runner() -> TestRunner {
     )
 }
 
+/// One byte replaced (0), inserted (1) or removed (2) per mutation, at
+/// its index into the bytes as they are then.
+type Mutation = (prop::sample::Index, u8, u8);
+
+fn mutate(b: &mut Vec<u8>, mutations: &[Mutation]) {
+    for &(at, kind, byte) in mutations {
+        let i = at.index(b.len() + 1);
+        match kind {
+            0 if i < b.len() => b[i] = byte,
+            1 => b.insert(i, byte),
+            _ if i < b.len() => {
+                b.remove(i);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Request heads from pieces that matter to framing and routing, then
 /// mutated: a byte replaced, inserted or removed somewhere.
 fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -154,17 +172,7 @@ fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
                 b.extend_from_slice(e.as_bytes());
             }
             b.extend_from_slice(end.as_bytes());
-            for (at, kind, byte) in mutations {
-                let i = at.index(b.len() + 1);
-                match kind {
-                    0 if i < b.len() => b[i] = byte,
-                    1 => b.insert(i, byte),
-                    _ if i < b.len() => {
-                        b.remove(i);
-                    }
-                    _ => {}
-                }
-            }
+            mutate(&mut b, &mutations);
             b
         })
 }
@@ -362,17 +370,7 @@ fn response_bytes() -> impl Strategy<Value = (bool, Vec<u8>)> {
             }
             b.extend_from_slice(b"\r\n");
             b.extend_from_slice(body.as_bytes());
-            for (at, kind, byte) in mutations {
-                let i = at.index(b.len() + 1);
-                match kind {
-                    0 if i < b.len() => b[i] = byte,
-                    1 => b.insert(i, byte),
-                    _ if i < b.len() => {
-                        b.remove(i);
-                    }
-                    _ => {}
-                }
-            }
+            mutate(&mut b, &mutations);
             (head_request, b)
         })
 }

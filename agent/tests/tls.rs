@@ -78,9 +78,9 @@ async fn tls_agent(
     .await
 }
 
-/// B's `ecsmesh_agent_tls_handshake_failures_total` for `reason`.
-/// `ecsmesh_agent_fast_path_requests_total` of `agent`.
-async fn fast_path_requests(agent: &Agent) -> u64 {
+/// The value of one series (name and labels as printed) of `agent`'s
+/// metrics; 0 when it is not there.
+async fn series(agent: &Agent, key: &str) -> u64 {
     let (_, _, text) = get_via(
         agent.admin_addr,
         &agent.admin_addr.to_string(),
@@ -89,24 +89,21 @@ async fn fast_path_requests(agent: &Agent) -> u64 {
     )
     .await;
     text.lines()
-        .find_map(|l| l.strip_prefix("ecsmesh_agent_fast_path_requests_total "))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// `ecsmesh_agent_fast_path_requests_total` of `agent`.
+async fn fast_path_requests(agent: &Agent) -> u64 {
+    series(agent, "ecsmesh_agent_fast_path_requests_total").await
+}
+
+/// B's `ecsmesh_agent_tls_handshake_failures_total` for `reason`.
 async fn refusals(agent: &Agent, reason: &str) -> u64 {
-    let (_, _, text) = get_via(
-        agent.admin_addr,
-        &agent.admin_addr.to_string(),
-        "/metrics",
-        &[],
-    )
-    .await;
     let key = format!(
-        "ecsmesh_agent_tls_handshake_failures_total{{listener=\"incoming\",reason=\"{reason}\"}} "
+        "ecsmesh_agent_tls_handshake_failures_total{{listener=\"incoming\",reason=\"{reason}\"}}"
     );
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    series(agent, &key).await
 }
 
 /// A TLS client's GET to an incoming port; `None` when the connection is

@@ -53,6 +53,18 @@ fn zone_endpoint(s: &str) -> anyhow::Result<(SocketAddr, String)> {
     Ok((addr.parse()?, zone.to_owned()))
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): what every
+/// bench binary that logs starts with.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// The policy of `/svc/zones-off`.
 const ZONES_OFF_POLICY: &str = "{\"zone_aware\":false}";
 

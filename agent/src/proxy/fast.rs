@@ -597,7 +597,7 @@ impl Proxy {
             .context
             .ctx_dtab
             .and_then(|d| std::str::from_utf8(d).ok());
-        let request_id = (!head.has_request_id).then(request_id);
+        let request_id = (!head.has_request_id).then(super::headers::request_id_bytes);
         policy.budget.deposit();
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last: Option<Response<Body>> = None;
@@ -627,7 +627,7 @@ impl Proxy {
             if left.is_zero() {
                 self.metrics.failure(service, None, Class::Timeout);
                 self.metrics.timeout(service, bound);
-                return Answer::Made(timed_out(service, remaining));
+                return Answer::Made(super::timed_out(service, remaining));
             }
             render_request(head, route, dest, request_id.as_ref(), left, &mut bufs.out);
             let client = client_name(dest);
@@ -842,27 +842,6 @@ fn idempotent(method: &str) -> bool {
         method,
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     )
-}
-
-/// The 503 of a request whose whole time ran out.
-fn timed_out(service: &str, remaining: Duration) -> Response<Body> {
-    let mut resp = super::error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &format!("request to {service} timed out after {remaining:?}"),
-    );
-    resp.extensions_mut().insert(super::DeadlineExceeded);
-    resp
-}
-
-/// A fresh `l5d-reqid`: 16 lowercase hex digits.
-fn request_id() -> [u8; 16] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let id = fastrand::u64(..);
-    let mut buf = [0_u8; 16];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[usize::try_from((id >> (60 - 4 * i)) & 0xf).unwrap_or(0)];
-    }
-    buf
 }
 
 fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {

@@ -260,13 +260,19 @@ fn now_nanos() -> u128 {
 
 /// A fresh request id: 16 lowercase hex digits.
 pub fn request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&request_id_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("0000000000000000"))
+}
+
+/// A fresh request id's 16 lowercase hex digits, on the stack.
+pub fn request_id_bytes() -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let id = fastrand::u64(..);
     let mut buf = [0_u8; 16];
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[usize::try_from((id >> (60 - 4 * i)) & 0xf).unwrap_or(0)];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0000000000000000"))
+    buf
 }
 
 /// A response the proxy makes itself: the message as the plain-text body

@@ -131,6 +131,16 @@ fn at_capacity(target: &Target, side: Side, tried: &[SocketAddr]) -> bool {
     }
 }
 
+/// The 503 of a request whose whole time ran out.
+fn timed_out(service: &str, remaining: Duration) -> Response<Body> {
+    let mut resp = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("request to {service} timed out after {remaining:?}"),
+    );
+    resp.extensions_mut().insert(DeadlineExceeded);
+    resp
+}
+
 /// Marks a response the proxy made because the request's deadline passed
 /// (a gRPC client then reads `DEADLINE_EXCEEDED`).
 #[derive(Clone, Copy, Debug)]
@@ -589,12 +599,7 @@ impl Proxy {
         } else {
             self.metrics.failure(service, None, Class::Timeout);
             self.metrics.timeout(service, bound);
-            let mut resp = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("request to {service} timed out after {remaining:?}"),
-            );
-            resp.extensions_mut().insert(DeadlineExceeded);
-            resp
+            timed_out(service, remaining)
         };
         if let Some(downstream) = on_upgrade
             && resp.status() == StatusCode::SWITCHING_PROTOCOLS

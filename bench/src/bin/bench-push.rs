@@ -318,13 +318,7 @@ async fn serve_stats(addr: SocketAddr, stats: Arc<Stats>, interval_ms: u64) -> a
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ecsmesh_bench::init_tracing();
     let args = Args::parse();
     let snapshot = args.mesh.snapshot()?;
     let base = Arc::new(MeshState::from_snapshot(&snapshot)?);
