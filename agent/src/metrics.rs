@@ -5,8 +5,9 @@
 //! routed by, `/svc/…`; counted once per request, after retries) and the
 //! *client* (the concrete endpoint set an attempt went to, `/#/…`; counted
 //! per attempt). Label values are bounded: past [`MAX_SERVICES`] distinct
-//! services (or [`MAX_CLIENTS`] clients) further ones are counted under
-//! `other`, so arbitrary Host headers cannot blow up the series count; no
+//! services (or [`MAX_CLIENTS`] clients) further ones, and any longer than
+//! [`MAX_LABEL_BYTES`], are counted under `other`, so arbitrary Host
+//! headers cannot blow up the series count or their memory; no
 //! label ever holds an endpoint address or a request attribute.
 //!
 //! The request path looks up its series once per name and keeps the handles
@@ -34,6 +35,10 @@ use crate::labels::{AcceptErrorKind, Side};
 pub const MAX_SERVICES: usize = 500;
 /// Distinct client label values kept before the rest become `other`.
 pub const MAX_CLIENTS: usize = 500;
+/// The longest label value kept; a longer name is counted as `other`
+/// (each series holds its own copy: 500 names of a 64 KiB Host each, in a
+/// dozen families, would be hundreds of MiB).
+pub const MAX_LABEL_BYTES: usize = 256;
 
 /// The label of requests whose destination could not be identified.
 const UNIDENTIFIED: &str = "unidentified";
@@ -369,10 +374,14 @@ impl Bounded {
         }
     }
 
-    /// `value` itself while there is room, else `other`.
+    /// `value` itself while there is room (and it is short enough), else
+    /// `other`.
     fn label(&self, value: &str) -> String {
         if value == UNIDENTIFIED {
             return value.to_owned();
+        }
+        if value.len() > MAX_LABEL_BYTES {
+            return OTHER.to_owned();
         }
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if seen.contains(value) {

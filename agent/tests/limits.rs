@@ -767,3 +767,60 @@ async fn heads_past_the_limits_get_431_and_the_allowed_ones_pass_two_hops() {
     let status = h2_get(&mut sender, req).await;
     assert!(matches!(status, Ok(431)), "{status:?}");
 }
+
+/// The HTTP/1 fast path meets every client first (agent/src/proxy/fast.rs);
+/// through the real binary: names it must not keep (30 KiB each, ever
+/// new) leave memory bounded, and heads it must not judge (conflicting
+/// lengths, dtab headers) are the general path's.
+#[tokio::test]
+async fn hostile_heads_meet_the_fast_path_first() {
+    let world = Upstream::start("127.0.86.11", "world").await;
+    let (dir, _ctl, grpc) = mesh(&[("/#/ecs/demo/world", &[(world.addr, "127.0.86.11")])]).await;
+    let agent = AgentProcess::start("127.0.86.1", grpc, &dir.path().join("a"), &[]).await;
+    let addr = agent.outgoing_addr;
+    let mut client = H1::connect(addr).await;
+    assert_eq!(client.get("world").await.unwrap(), 200);
+    let before = agent.rss_kib();
+    // 600 names of 30 KiB (in the target and in Host), each on a new
+    // connection (so each meets the fast path): kept as route-cache keys
+    // they would hold 18 MiB, as metric labels hundreds.
+    for i in 0..600 {
+        let host = format!("n{i}{}", "x".repeat(30 << 10));
+        let mut fresh = H1::connect(addr).await;
+        assert_eq!(fresh.get(&host).await.unwrap(), 502);
+    }
+    let grown = agent.rss_kib().saturating_sub(before);
+    assert!(grown < 12 << 10, "RSS grew {grown} KiB");
+    let declined = "ecsmesh_agent_fast_path_declines_total{reason=\"route\"}";
+    assert_eq!(value(&agent, declined).await, 600);
+    assert_eq!(client.get("world").await.unwrap(), 200);
+
+    // Conflicting lengths: refused (by hyper), nothing reaches the endpoint.
+    let hits = world.hits();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: world\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(world.hits(), hits);
+
+    // A dtab header on the outgoing side: the general path reads it.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: nowhere\r\nl5d-dtab: /svc/nowhere=>/svc/world\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("world"),
+        "{out}"
+    );
+    let context = "ecsmesh_agent_fast_path_declines_total{reason=\"context\"}";
+    assert_eq!(value(&agent, context).await, 1);
+}
